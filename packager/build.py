@@ -1,0 +1,382 @@
+"""The one path every build takes: convert, validate on the target's runtime, benchmark,
+gate, then publish the bundle or keep it under DIR/.failed/ with its report."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packager import __version__
+from packager.bench import best_throughput
+from packager.bundle import locked, make_tarball, new_stage, publish, write_manifest
+from packager.errors import PackagerError, Unavailable, UserError
+from packager.hostinfo import host_facts
+from packager.metrics import to_probabilities
+from packager.registry import get
+from packager.render import render_bundle_docs
+from packager.runner import run_worker
+from packager.schema import from_dict
+from packager.session import Session
+from packager.validate import evaluate, gate_checks, predict
+from targets.base import BuildContext, BuildOutput, Check, Target
+
+PREPROCESS_SRC = Path(__file__).with_name("preprocess.py")
+
+
+@dataclass
+class Step:
+    name: str
+    status: str  # ok | failed | skipped
+    reason: str = ""
+    seconds: float = 0.0
+
+
+@dataclass
+class TargetResult:
+    target: str
+    status: str  # passed | failed | not-validated | unavailable | error
+    reason: str = ""
+    bundle: str | None = None
+    report: dict[str, Any] | None = field(default=None, repr=False)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "status": self.status,
+            "reason": self.reason,
+            "bundle": self.bundle,
+        }
+
+
+def target_options(target: Target, s: Session, int8: bool) -> Any:
+    opts = from_dict(target.Options, s.cfg.targets.get(target.name), f"targets.{target.name}")
+    if int8 and target.int8_option:
+        key, value = target.int8_option
+        setattr(opts, key, value)
+    return opts
+
+
+def bundle_root(s: Session) -> Path:
+    return Path(s.cfg.output.dir) / f"{s.cfg.model.name}-{s.cfg.model.version}"
+
+
+def check_targets(cfg_targets: dict[str, Any], names: list[str]) -> None:
+    for name in cfg_targets:
+        get(name)  # a typo in [targets.<name>] is an error, not a silent default
+    for name in names:
+        get(name)
+
+
+def build(
+    s: Session, names: list[str], force: bool, bench: bool, int8: bool, explicit: bool
+) -> list[TargetResult]:
+    check_targets(s.cfg.targets, names)
+    root = bundle_root(s)
+    if not force:
+        existing = [n for n in names if (root / n).exists()]
+        if existing:
+            raise UserError(f"{root / existing[0]} already exists; pass --force to replace it")
+    targets = [get(n) for n in names]
+    options = {t.name: target_options(t, s, int8) for t in targets}  # validate all before work
+    reference = to_probabilities(s.reference_scores(), s.output_kind)
+    results = []
+    for t in targets:
+        avail = t.availability()
+        if not avail.build.ok:
+            if explicit:
+                raise Unavailable(f"{t.name} cannot build on this host: {avail.build.reason}")
+            s.progress.say(f"[{t.name}] skipped: {avail.build.reason}")
+            results.append(TargetResult(t.name, "unavailable", avail.build.reason))
+            continue
+        results.append(_build_one(s, t, options[t.name], reference, bench, int8))
+    return results
+
+
+def _build_one(
+    s: Session, t: Target, opts: Any, reference: np.ndarray, bench: bool, int8: bool
+) -> TargetResult:
+    out = Path(s.cfg.output.dir)
+    stage = new_stage(out, t.name)
+    bdir = stage / t.name
+    steps: list[Step] = []
+    try:
+        ctx = BuildContext(
+            s.cfg,
+            opts,
+            s.model_path,
+            s.info,
+            s.preprocess,
+            s.validation,
+            s.calibration,
+            s.progress,
+            int8,
+        )
+        t0 = time.perf_counter()
+        with s.progress.step(t.name, "converting"):
+            built = t.build(ctx, bdir)
+        steps.append(
+            Step("convert", "ok", f"precision {built.precision}", time.perf_counter() - t0)
+        )
+        if int8 and not t.int8_option:
+            built.notes.append(
+                "--int8 is not supported by this target; built its default precision"
+            )
+        artifact_mb = _artifact_mb(bdir, built)
+        _write_runtime(s, t, bdir, built)
+        report = _validate(s, t, ctx, bdir, built, reference, steps)
+        report["benchmark"] = _bench(s, t, bdir, built, report, bench, steps)
+        report["benchmark"]["model_size_mb"] = artifact_mb
+        finish_report(report, [asdict(st) for st in steps])
+        (bdir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        render_bundle_docs(bdir, report, s)
+        write_manifest(bdir, _manifest_meta(s, t, built, report))
+        make_tarball(bdir, stage / f"{t.name}.tar.gz")
+        root = bundle_root(s)
+        with locked(out):
+            if report["status"] == "failed":
+                dest = out / ".failed" / root.name
+                shutil.rmtree(dest / t.name, ignore_errors=True)
+                final = publish(stage, dest, t.name)
+            else:
+                final = publish(stage, root, t.name)
+        s.progress.say(f"[{t.name}] {report['status']}: {final}")
+        return TargetResult(t.name, report["status"], report["reason"], str(final), report)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+
+
+def _artifact_mb(bdir: Path, built: BuildOutput) -> float:
+    files = [bdir / a for a in built.artifacts] if built.artifacts else list(bdir.rglob("*"))
+    return sum(f.stat().st_size for f in files if f.is_file()) / 2**20
+
+
+def _write_runtime(s: Session, t: Target, bdir: Path, built: BuildOutput) -> None:
+    shutil.copyfile(PREPROCESS_SRC, bdir / "preprocess.py")
+    (bdir / "preprocess.json").write_text(s.preprocess.to_json())
+    runtime = {
+        "target": t.name,
+        "precision": built.precision,
+        "runner_options": built.runner_options,
+        "labels": s.cfg.labels.names,
+        "positive": s.cfg.labels.positive,
+        "threshold": s.cfg.labels.threshold,
+        "output": s.output_kind,
+        "fixed_batch": s.info.fixed_batch,
+        "input": asdict(s.info.input),
+    }
+    (bdir / "runtime.json").write_text(json.dumps(runtime, indent=2, sort_keys=True) + "\n")
+
+
+def _validate(
+    s: Session,
+    t: Target,
+    ctx: BuildContext,
+    bdir: Path,
+    built: BuildOutput,
+    reference: np.ndarray,
+    steps: list[Step],
+) -> dict[str, Any]:
+    avail = t.availability()
+    kind, proxy_label = "main", None
+    if not avail.validate.ok:
+        proxy = t.proxy(built.runner_options)
+        if proxy is None:
+            steps.append(Step("validate", "skipped", avail.validate.reason))
+            return _report_head(s, t, built, None, [], avail.validate.reason, None)
+        kind, proxy_label = proxy.runner, proxy.label
+    t0 = time.perf_counter()
+    what = f"validating on {proxy_label or 'its runtime'} ({len(s.validation)} images)"
+    with s.progress.step(t.name, what):
+        scores, runtime = predict(
+            t.name, bdir, built.runner_options, s.x, s.info.fixed_batch, s.cfg.bench.timeout_s, kind
+        )
+    probs, clin = evaluate(scores, s.validation.labels, s.cfg, s.output_kind, reference)
+    checks = (
+        gate_checks(clin, s.cfg, has_reference=True) + built.checks + t.checks(ctx, bdir, probs)
+    )
+    failed = [c for c in checks if not c.passed]
+    steps.append(
+        Step(
+            "validate",
+            "failed" if failed else "ok",
+            "; ".join(f"{c.name} {c.value} vs {c.limit}" for c in failed)
+            or (f"proxy: {proxy_label}" if proxy_label else ""),
+            time.perf_counter() - t0,
+        )
+    )
+    np.savez(
+        bdir / "validation.npz",
+        labels=s.validation.labels,
+        probs=probs.astype(np.float32),
+        reference=reference.astype(np.float32),
+    )
+    clinical = asdict(clin)
+    clinical["split"] = s.validation.split
+    clinical["output"] = s.output_kind
+    report = _report_head(
+        s, t, built, clinical, checks, avail.validate.reason if proxy_label else "", runtime
+    )
+    report["validation"]["proxy"] = proxy_label
+    return report
+
+
+def _report_head(
+    s: Session,
+    t: Target,
+    built: BuildOutput,
+    clinical: dict[str, Any] | None,
+    checks: list[Check],
+    not_validated: str,
+    runtime: dict[str, Any] | None,
+) -> dict[str, Any]:
+    return {
+        "schema_version": 1,
+        "target": t.name,
+        "summary": t.summary,
+        "precision": built.precision,
+        "model": {
+            "name": s.cfg.model.name,
+            "version": s.cfg.model.version,
+            "source_sha256": s.info.sha256,
+            "batch": s.info.batch,
+            "gflops_per_sample": s.info.gflops_per_sample,
+            "params": s.info.params,
+        },
+        "validation": {"runtime": runtime, "proxy": None, "not_validated": not_validated},
+        "clinical": clinical,
+        "gates": {
+            "passed": all(c.passed for c in checks) and bool(checks),
+            "checks": [c.to_dict() for c in checks],
+        },
+        "details": built.details,
+        "notes": built.notes,
+    }
+
+
+def _bench(
+    s: Session,
+    t: Target,
+    bdir: Path,
+    built: BuildOutput,
+    report: dict[str, Any],
+    bench: bool,
+    steps: list[Step],
+) -> dict[str, Any]:
+    avail = t.availability()
+    reason = (
+        "--no-bench given"
+        if not bench
+        else "a clinical gate failed"
+        if report["gates"]["checks"] and not report["gates"]["passed"]
+        else ""
+        if avail.bench.ok
+        else avail.bench.reason
+    )
+    if reason:
+        steps.append(Step("benchmark", "skipped", reason))
+        return {"status": "skipped", "reason": reason, "host": host_facts()}
+    b = s.cfg.bench
+    sizes = [s.info.fixed_batch] if s.info.fixed_batch else b.batch_sizes
+    sample = s.x[: max(sizes)]
+    spec = {
+        "batch_sizes": sizes,
+        "warmup": b.warmup,
+        "seconds": b.seconds,
+        "min_iterations": b.min_iterations,
+    }
+    t0 = time.perf_counter()
+    try:
+        with s.progress.step(t.name, f"benchmarking batch sizes {sizes}"):
+            main = _bench_run(t, bdir, built.runner_options, spec, sample, b.timeout_s)
+            variants = []
+            for label, override in t.bench_variants(built.runner_options):
+                r = _bench_run(
+                    t, bdir, {**built.runner_options, **override}, spec, sample, b.timeout_s
+                )
+                variants.append({"label": label, **r})
+    except PackagerError as exc:
+        steps.append(Step("benchmark", "failed", str(exc), time.perf_counter() - t0))
+        return {"status": "failed", "reason": str(exc), "host": host_facts()}
+    steps.append(Step("benchmark", "ok", "", time.perf_counter() - t0))
+    best = best_throughput(main["batches"])
+    return {
+        "status": "ok",
+        "reason": "",
+        "host": {
+            **host_facts(),
+            "runtime_versions": {
+                main["runtime"].get("runtime", "?"): main["runtime"].get("version")
+            },
+        },
+        **main,
+        "best": {"batch_size": best["batch_size"], "throughput_sps": best["throughput_sps"]}
+        if best
+        else None,
+        "variants": variants,
+    }
+
+
+def _bench_run(
+    t: Target,
+    bdir: Path,
+    options: dict[str, Any],
+    spec: dict[str, Any],
+    sample: np.ndarray,
+    timeout: float,
+) -> dict[str, Any]:
+    job = {"job": "bench", "target": t.name, "bundle": str(bdir), "options": options, "bench": spec}
+    return run_worker(job, timeout, {"x": sample})
+
+
+def finish_report(report: dict[str, Any], steps: list[dict[str, Any]]) -> None:
+    checks = report["gates"]["checks"]
+    failed = [c for c in checks if not c["passed"]]
+    v = report["validation"]
+    if failed:
+        status = "failed"
+        reason = "gate failed: " + "; ".join(
+            f"{c['name']} = {c['value']} (limit {c['limit']})" for c in failed
+        )
+    elif v["not_validated"]:
+        status = "not-validated"
+        reason = f"not validated: {v['not_validated']}" + (
+            f" (proxy check passed on {v['proxy']})" if v["proxy"] else ""
+        )
+    else:
+        status, reason = "passed", "every gate passed on the target's own runtime"
+    report["status"], report["reason"] = status, reason
+    report["steps"] = steps
+
+
+def _manifest_meta(
+    s: Session, t: Target, built: BuildOutput, report: dict[str, Any]
+) -> dict[str, Any]:
+    runtime = (report["validation"] or {}).get("runtime") or {}
+    return {
+        "name": s.cfg.model.name,
+        "version": s.cfg.model.version,
+        "target": t.name,
+        "precision": built.precision,
+        "status": report["status"],
+        "source_model": {"file": s.model_path.name, "sha256": s.info.sha256},
+        "data": {
+            "sha256": s.validation.sha256,
+            "split": s.validation.split,
+            "n": len(s.validation),
+        },
+        "config": {k: v for k, v in s.cfg.to_dict().items() if k not in ("output",)}
+        | {
+            "model": {k: v for k, v in s.cfg.to_dict()["model"].items() if k != "path"},
+            "data": {k: v for k, v in s.cfg.to_dict()["data"].items() if k != "path"},
+        },
+        "tool": {"packager": __version__},
+        "runtime": runtime,
+        "validated_by": {"host": host_facts(), "status": report["status"]},
+    }

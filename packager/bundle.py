@@ -1,0 +1,221 @@
+"""Bundles: staging, manifest, reproducible tarball, atomic publish, verify, sign."""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import fcntl
+import gzip
+import io
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from packager.data import file_sha256
+from packager.errors import UserError
+
+MANIFEST = "manifest.json"
+SIGNATURE = "manifest.sig"
+UNCOVERED = {MANIFEST, SIGNATURE}
+SCHEMA_VERSION = 1
+
+
+def _mtime() -> int:
+    return int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
+
+
+def bundle_files(root: Path) -> dict[str, dict[str, Any]]:
+    """sha256 and size of every file under `root` except the manifest and its signature."""
+    out = {}
+    for path in sorted(root.rglob("*")):
+        rel = path.relative_to(root).as_posix()
+        if path.is_symlink():
+            raise UserError(f"{path} is a link; bundles hold plain files only")
+        if path.is_file() and rel not in UNCOVERED:
+            out[rel] = {"sha256": file_sha256(path), "size": path.stat().st_size}
+    return out
+
+
+def write_manifest(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    manifest = {"schema_version": SCHEMA_VERSION, **meta, "files": bundle_files(root)}
+    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    return manifest
+
+
+def make_tarball(root: Path, dest: Path) -> None:
+    """A byte-identical .tar.gz for identical contents: sorted, fixed mtime, owner and modes."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in [root, *sorted(root.rglob("*"))]:
+            arcname = Path(root.name, path.relative_to(root)).as_posix()
+            info = tarfile.TarInfo(arcname)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = _mtime(), 0, 0, "", ""
+            if path.is_dir():
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                tar.addfile(info)
+            else:
+                info.size = path.stat().st_size
+                info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
+                with open(path, "rb") as f:
+                    tar.addfile(info, f)
+    tmp = dest.with_name(dest.name + ".part")
+    with (
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=_mtime(), compresslevel=6) as gz,
+    ):
+        gz.write(buf.getvalue())
+    os.replace(tmp, dest)
+
+
+@contextmanager
+def locked(out: Path) -> Iterator[None]:
+    """Serialize publishing into one output directory across processes."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / ".lock", "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def new_stage(out: Path, target: str) -> Path:
+    base = out / ".staging"
+    base.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f"{target}-", dir=base))
+    (stage / target).mkdir()
+    return stage
+
+
+_RENAME_EXCHANGE = 2
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two paths (Linux renameat2); False where unsupported."""
+    libc_name = ctypes.util.find_library("c")
+    if not libc_name:
+        return False
+    libc = ctypes.CDLL(libc_name, use_errno=True)
+    fn = getattr(libc, "renameat2", None)
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    return rc == 0
+
+
+def publish(stage: Path, dest_dir: Path, target: str) -> Path:
+    """Move stage/<target> and stage/<target>.tar.gz to dest_dir; an existing bundle is
+    swapped out atomically, so a reader sees the old or the new one, never a mix."""
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    final, tar = dest_dir / target, dest_dir / f"{target}.tar.gz"
+    new = stage / target
+    if final.exists():
+        if not _exchange(new, final):
+            old = stage / f"{target}.old"
+            os.rename(final, old)
+            os.rename(new, final)
+    else:
+        os.rename(new, final)
+    staged_tar = stage / f"{target}.tar.gz"
+    if staged_tar.exists():
+        os.replace(staged_tar, tar)
+    shutil.rmtree(stage, ignore_errors=True)
+    return final
+
+
+@dataclass
+class VerifyResult:
+    path: str
+    ok: bool = True
+    problems: list[str] = field(default_factory=list)
+    signature: str = "not checked"
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    def fail(self, msg: str) -> None:
+        self.ok = False
+        self.problems.append(msg)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "path": self.path,
+            "ok": self.ok,
+            "problems": self.problems,
+            "signature": self.signature,
+            "target": self.manifest.get("target"),
+            "files": len(self.manifest.get("files", {})),
+        }
+
+
+def safe_extract(tar_path: Path, into: Path) -> Path:
+    """Extract a bundle tarball, refusing absolute paths, '..', links and device files."""
+    try:
+        tar = tarfile.open(tar_path, "r:gz")
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"{tar_path} is not a readable .tar.gz ({exc})") from None
+    with tar:
+        try:
+            members = tar.getmembers()
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise UserError(f"{tar_path} is truncated or corrupt ({exc})") from None
+        roots = set()
+        for m in members:
+            parts = Path(m.name).parts
+            if m.name.startswith(("/", "\\")) or Path(m.name).is_absolute() or ".." in parts:
+                raise UserError(f"{tar_path}: refusing entry {m.name!r} (path escapes the bundle)")
+            if not (m.isfile() or m.isdir()):
+                raise UserError(
+                    f"{tar_path}: refusing entry {m.name!r} (links and devices are not allowed)"
+                )
+            roots.add(parts[0])
+        if len(roots) != 1:
+            raise UserError(
+                f"{tar_path}: a bundle tarball holds one top folder, found {sorted(roots)}"
+            )
+        tar.extractall(into, filter="data")
+    return into / roots.pop()
+
+
+def verify(path: Path, pubkey: Path | None = None) -> VerifyResult:
+    if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
+        with tempfile.TemporaryDirectory(prefix="packager-verify-") as tmp:
+            result = verify(safe_extract(path, Path(tmp)), pubkey)
+            result.path = str(path)
+            return result
+    if not path.is_dir():
+        raise UserError(f"{path} is neither a bundle directory nor a .tar.gz; pass one of them")
+    result = VerifyResult(str(path))
+    mpath = path / MANIFEST
+    try:
+        manifest = json.loads(mpath.read_text())
+        listed = manifest["files"]
+        if not isinstance(listed, dict):
+            raise TypeError
+    except FileNotFoundError:
+        raise UserError(f"{path} has no {MANIFEST}; is it a packager bundle?") from None
+    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
+        result.fail(f"{MANIFEST}: unreadable or without a file list")
+        return result
+    result.manifest = manifest
+    actual = bundle_files(path)
+    for rel, meta in sorted(listed.items()):
+        if rel not in actual:
+            result.fail(f"missing: {rel}")
+        elif actual[rel]["sha256"] != meta.get("sha256"):
+            result.fail(f"changed: {rel}")
+    for rel in sorted(set(actual) - set(listed)):
+        result.fail(f"added: {rel}")
+    if pubkey is not None:
+        from packager.signing import check_signature
+
+        result.signature = check_signature(path, pubkey)
+        if result.signature != "valid":
+            result.fail(f"signature: {result.signature}")
+    return result

@@ -1,0 +1,341 @@
+"""The command line: parse, call, print, exit code. A user error is one line; a bug a traceback."""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from packager import __version__
+from packager.config import Config, load_config, override
+from packager.errors import GateFailed, PackagerError
+from packager.progress import Progress
+
+
+def emit(data: Any, as_json: bool, text: str) -> None:
+    """One JSON document on stdout with --json, else the human text."""
+    click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else text)
+
+
+def json_option(fn: Callable) -> Callable:
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON document on stdout."
+    )(fn)
+
+
+def quiet_option(fn: Callable) -> Callable:
+    return click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")(fn)
+
+
+def data_options(fn: Callable) -> Callable:
+    fn = click.option(
+        "--split", default=None, help="Dataset split to validate on (default: test)."
+    )(fn)
+    return click.option(
+        "--data",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="MedMNIST .npz or image folder root/<class>/*.png.",
+    )(fn)
+
+
+def config_options(fn: Callable) -> Callable:
+    @click.option(
+        "--config",
+        "config_path",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="packager.toml (default: ./packager.toml or [tool.packager] in ./pyproject.toml).",
+    )
+    @click.option("--model", type=click.Path(path_type=Path), default=None, help="The ONNX model.")
+    @data_options
+    @functools.wraps(fn)
+    def wrapper(
+        config_path: Path | None,
+        model: Path | None,
+        data: Path | None,
+        split: str | None,
+        **kw: Any,
+    ) -> Any:
+        cfg = load_config(config_path)
+        override(cfg, "model", "path", str(model.resolve()) if model else None)
+        override(cfg, "data", "path", str(data.resolve()) if data else None)
+        override(cfg, "data", "split", split)
+        return fn(cfg=cfg, **kw)
+
+    return wrapper
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="packager")
+def cli() -> None:
+    """Package one ONNX medical-imaging classifier for many runtimes.
+
+    Every bundle is re-validated for clinical sensitivity on its own runtime and benchmarked
+    there. Exit codes: 0 ok, 1 a gate failed, 2 bad input, 3 the target cannot run here.
+    """
+
+
+@cli.command()
+@config_options
+@click.option("--target", "-t", "target_names", multiple=True, help="Target to build (repeatable).")
+@click.option("--all", "all_targets", is_flag=True, help="Every target this host can build.")
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Output directory (default: dist)."
+)
+@click.option("--int8", is_flag=True, help="INT8 for targets that support it.")
+@click.option("--force", is_flag=True, help="Replace bundles that already exist.")
+@click.option("--no-bench", is_flag=True, help="Skip benchmarks (validation still runs).")
+@json_option
+@quiet_option
+def build(
+    cfg: Config,
+    target_names: tuple[str, ...],
+    all_targets: bool,
+    out: Path | None,
+    int8: bool,
+    force: bool,
+    no_bench: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Convert, validate, benchmark and bundle the model for each target."""
+    from packager import registry
+    from packager.build import build as run_build
+    from packager.session import Session
+
+    if bool(target_names) == all_targets:
+        raise click.UsageError("name targets with --target NAME (repeatable) or pass --all")
+    override(cfg, "output", "dir", str(out.resolve()) if out else None)
+    names = registry.names() if all_targets else list(dict.fromkeys(target_names))
+    session = Session.open(cfg, Progress(False if quiet else None))
+    results = run_build(session, names, force, not no_bench, int8, explicit=not all_targets)
+    lines = [f"{r.target:16} {r.status:14} {r.bundle or r.reason}" for r in results]
+    emit({"results": [r.to_dict() for r in results]}, as_json, "\n".join(lines))
+    failed = [r.target for r in results if r.status == "failed"]
+    if failed:
+        raise GateFailed(
+            f"gate failed for {', '.join(failed)}; reports kept under "
+            f"{Path(cfg.output.dir) / '.failed'}"
+        )
+
+
+@cli.command()
+@click.argument("model", type=click.Path(path_type=Path))
+@json_option
+def inspect(model: Path, as_json: bool) -> None:
+    """Check an ONNX model and show its signature, batch mode, FLOPs and operators."""
+    from packager.model import inspect_model
+
+    info = inspect_model(model)
+    gf = info.gflops_per_sample
+    text = "\n".join(
+        [
+            f"model      {info.path} ({info.size_bytes / 2**20:.2f} MB, sha256 {info.sha256[:16]}…)",
+            f"ir / opset {info.ir_version} / {info.opset}   producer {info.producer or 'n/a'}",
+            f"input      {info.input.name} {info.input.dtype} {info.input.shape} ({info.layout or 'layout unknown'})",
+            f"output     {info.output.name} {info.output.dtype} {info.output.shape}"
+            + ("  (ends in Softmax)" if info.ends_with_softmax else ""),
+            f"batch      {info.batch}",
+            f"params     {info.params:,}",
+            f"GFLOPs     {gf:.4f} per sample"
+            if gf is not None
+            else "GFLOPs     n/a (dynamic shape)",
+            f"external   {', '.join(info.external_data) or 'none'}",
+            "ops        " + ", ".join(f"{k} {v}" for k, v in info.ops.items()),
+        ]
+    )
+    emit(info.to_dict(), as_json, text)
+
+
+@cli.command()
+@json_option
+def targets(as_json: bool) -> None:
+    """Each target: can it build / validate / benchmark on this host, and if not, why."""
+    from packager.registry import registered
+    from packager.schema import describe
+
+    rows, lines = [], []
+    for name, t in registered().items():
+        a = t.availability()
+        rows.append(
+            {"name": name, "summary": t.summary, **a.to_dict(), "options": describe(t.Options)}
+        )
+        marks = " ".join(
+            f"{k}:{'yes' if getattr(a, k).ok else 'no'}" for k in ("build", "validate", "bench")
+        )
+        lines.append(f"{name:16} {marks}  {t.summary}")
+        for k in ("build", "validate", "bench"):
+            if not getattr(a, k).ok:
+                lines.append(f"{'':16}   {k}: {getattr(a, k).reason}")
+    emit({"targets": rows}, as_json, "\n".join(lines))
+
+
+@cli.command()
+@click.argument("path", type=click.Path(path_type=Path))
+@click.option(
+    "--pubkey",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also check the Ed25519 signature.",
+)
+@json_option
+def verify(path: Path, pubkey: Path | None, as_json: bool) -> None:
+    """Recompute every file's hash in a bundle directory or tarball."""
+    from packager.bundle import verify as run_verify
+
+    result = run_verify(path, pubkey)
+    text = (
+        f"OK: {path} ({len(result.manifest.get('files', {}))} files, signature {result.signature})"
+        if result.ok
+        else "\n".join([f"FAILED: {path}", *(f"  {p}" for p in result.problems)])
+    )
+    emit(result.to_dict(), as_json, text)
+    if not result.ok:
+        raise GateFailed(f"{path} does not verify: {'; '.join(result.problems[:3])}")
+
+
+@cli.command()
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Private key path; PATH.pub is written too.",
+)
+def keygen(out: Path) -> None:
+    """Make an Ed25519 key pair for signing bundles."""
+    from packager.signing import keygen as run_keygen
+
+    key, pub = run_keygen(out)
+    click.echo(f"private key {key} (keep it secret)\npublic key  {pub} (give it to hospitals)")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--key", type=click.Path(path_type=Path), required=True, help="Ed25519 private key (PEM)."
+)
+def sign(bundle: Path, key: Path) -> None:
+    """Sign a bundle: the signature covers manifest.json, which covers every file."""
+    from packager.signing import sign as run_sign
+
+    run_sign(bundle, key)
+    click.echo(f"signed {bundle}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@data_options
+@json_option
+@quiet_option
+def validate(
+    bundle: Path, data: Path | None, split: str | None, as_json: bool, quiet: bool
+) -> None:
+    """Re-validate a bundle on this host's runtime and complete its report in place."""
+    from packager.revalidate import revalidate
+
+    report = revalidate(bundle, data, split, Progress(False if quiet else None))
+    c = report.get("clinical") or {}
+    emit(
+        report,
+        as_json,
+        f"{report['target']}: {report['status']} — {report['reason']}"
+        + (f"\nsensitivity {c['sensitivity']:.4f}" if c else ""),
+    )
+    if report["status"] == "failed":
+        raise GateFailed(report["reason"])
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option("--batch-sizes", default="1,8,16,32,64", help="Comma-separated batch sizes.")
+@click.option("--seconds", default=2.0, show_default=True, help="Seconds per batch size.")
+@json_option
+def bench(bundle: Path, batch_sizes: str, seconds: float, as_json: bool) -> None:
+    """Benchmark a bundle on this host (fresh subprocess, synthetic input)."""
+    from packager.revalidate import rebench
+
+    try:
+        sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            "use comma-separated integers, e.g. 1,8,32", param_hint="--batch-sizes"
+        ) from None
+    result = rebench(bundle, sizes, seconds)
+    lines = [f"load {result['load_time_ms']:.1f} ms, peak RSS {result['peak_rss_mb']:.1f} MB"]
+    lines += [
+        f"batch {b['batch_size']:4}  p50 {b['latency_ms']['p50']:8.3f} ms  "
+        f"{b['throughput_sps']:10.1f} samples/s"
+        for b in result["batches"]
+    ]
+    emit(result, as_json, "\n".join(lines))
+
+
+@cli.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--sla", type=click.Path(path_type=Path), default=None, help="SLA thresholds (TOML).")
+@click.option(
+    "--format", "fmt", type=click.Choice(["md", "html", "json"]), default="md", show_default=True
+)
+@click.option(
+    "--out", type=click.Path(path_type=Path), default=None, help="Write to FILE instead of stdout."
+)
+@click.option("--fail-on-sla", is_flag=True, help="Exit 1 when any SLA line is missed.")
+def compare(
+    paths: tuple[Path, ...], sla: Path | None, fmt: str, out: Path | None, fail_on_sla: bool
+) -> None:
+    """Compare bundles or reports side by side (and against an SLA)."""
+    from packager.compare import compare as run_compare
+
+    text, missed = run_compare(list(paths), sla, fmt)
+    if out:
+        out.write_text(text)
+        click.echo(f"wrote {out}", err=True)
+    else:
+        click.echo(text)
+    if fail_on_sla and missed:
+        raise GateFailed(f"SLA missed: {'; '.join(missed[:5])}")
+
+
+@cli.command()
+@click.option(
+    "--data",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="PneumoniaMNIST .npz (else ../shared/data or download).",
+)
+@click.option("--out", type=click.Path(path_type=Path), default=Path("dist"), show_default=True)
+@click.option("--epochs", default=None, type=int, help="Training epochs for the example model.")
+@quiet_option
+def demo(data: Path | None, out: Path, epochs: int | None, quiet: bool) -> None:
+    """The embedded default: train the example ResNet-18, then build every target available here."""
+    from examples.pneumonia.demo import run_demo
+
+    run_demo(data, out, epochs, Progress(False if quiet else None))
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        cli.main(args=argv, prog_name="packager", standalone_mode=False)
+    except PackagerError as exc:
+        click.echo(f"packager: error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("packager: interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(2)
+    except KeyboardInterrupt:
+        click.echo("packager: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()

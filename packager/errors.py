@@ -1,0 +1,27 @@
+"""Typed errors; the CLI maps each to one line on stderr and an exit code."""
+
+from __future__ import annotations
+
+
+class PackagerError(Exception):
+    """Base of every error the user should see as one line (never a traceback)."""
+
+    exit_code = 2
+
+
+class UserError(PackagerError):
+    """Bad input or usage: the message names the problem and the fix."""
+
+    exit_code = 2
+
+
+class GateFailed(PackagerError):
+    """A clinical or SLA gate failed: nothing is published."""
+
+    exit_code = 1
+
+
+class Unavailable(PackagerError):
+    """The target cannot run on this host (missing package, no CUDA, not macOS)."""
+
+    exit_code = 3

@@ -1,0 +1,112 @@
+"""Clinical metrics: sensitivity with a Wilson interval, specificity, AUC, flips against a reference."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def to_probabilities(scores: np.ndarray, kind: str) -> np.ndarray:
+    """(N, C) logits or probabilities -> float64 probabilities."""
+    s = np.asarray(scores, np.float64).reshape(len(scores), -1)
+    if kind == "probabilities":
+        return s
+    s = s - s.max(axis=1, keepdims=True)
+    e = np.exp(s)
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+    if n == 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def roc_auc(y: np.ndarray, score: np.ndarray) -> float | None:
+    """Mann-Whitney AUC with tie handling; None when one class is absent."""
+    y = np.asarray(y, bool)
+    n_pos, n_neg = int(y.sum()), int((~y).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    order = np.argsort(score, kind="mergesort")
+    ranks = np.empty(len(score), np.float64)
+    s = np.asarray(score)[order]
+    i = 0
+    while i < len(s):
+        j = i
+        while j + 1 < len(s) and s[j + 1] == s[i]:
+            j += 1
+        ranks[order[i : j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """False- and true-positive rates over every threshold (for plots)."""
+    y = np.asarray(y, bool)
+    order = np.argsort(-np.asarray(score), kind="mergesort")
+    tp = np.concatenate([[0], np.cumsum(y[order])])
+    fp = np.concatenate([[0], np.cumsum(~y[order])])
+    return fp / max(1, (~y).sum()), tp / max(1, y.sum())
+
+
+@dataclass
+class Clinical:
+    n: int
+    positives: int
+    threshold: float
+    sensitivity: float
+    sensitivity_ci95: tuple[float, float]
+    specificity: float | None
+    accuracy: float
+    auc: float | None
+    confusion: dict[str, int]
+    finite: bool
+    reference_sensitivity: float | None = None
+    sensitivity_drop: float | None = None
+    flipped: list[int] | None = None
+    max_abs_diff: float | None = None
+
+
+def clinical(
+    probs: np.ndarray,
+    labels: np.ndarray,
+    positive: int,
+    threshold: float,
+    reference: np.ndarray | None = None,
+) -> Clinical:
+    """Metrics of positive-class decisions (p >= threshold), one-vs-rest for multi-class."""
+    finite = bool(np.isfinite(probs).all())
+    p = np.nan_to_num(probs[:, positive], nan=0.0, posinf=1.0, neginf=0.0)
+    y = labels == positive
+    pred = p >= threshold
+    tp, fn = int((pred & y).sum()), int((~pred & y).sum())
+    tn, fp = int((~pred & ~y).sum()), int((pred & ~y).sum())
+    n_pos, n_neg = tp + fn, tn + fp
+    out = Clinical(
+        n=len(labels),
+        positives=n_pos,
+        threshold=threshold,
+        sensitivity=tp / n_pos if n_pos else 0.0,
+        sensitivity_ci95=wilson(tp, n_pos),
+        specificity=tn / n_neg if n_neg else None,
+        accuracy=(tp + tn) / len(labels),
+        auc=roc_auc(y, p),
+        confusion={"tp": tp, "fn": fn, "tn": tn, "fp": fp},
+        finite=finite,
+    )
+    if reference is not None:
+        ref = reference[:, positive]
+        ref_pred = ref >= threshold
+        ref_tp = int((ref_pred & y).sum())
+        out.reference_sensitivity = ref_tp / n_pos if n_pos else 0.0
+        out.sensitivity_drop = out.reference_sensitivity - out.sensitivity
+        out.flipped = [int(i) for i in np.flatnonzero(pred != ref_pred)]
+        out.max_abs_diff = float(np.max(np.abs(p - ref))) if len(p) else 0.0
+    return out

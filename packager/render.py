@@ -1,0 +1,83 @@
+"""Jinja2 rendering of bundle docs (README, predict.py) and reports (md, html)."""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import jinja2
+
+import templates
+
+if TYPE_CHECKING:
+    from packager.session import Session
+
+TEMPLATES = Path(templates.__file__).parent
+
+
+def md_escape(value: Any) -> str:
+    """Text safe inside a Markdown table cell or paragraph (no HTML, no breaking the row)."""
+    text = str(value).replace("\r", " ").replace("\n", " ")
+    text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return re.sub(r"([\\`*_{}\[\]()#+!|])", r"\\\1", text)
+
+
+def fmt(value: Any, digits: int = 4) -> str:
+    """A number for people; missing values say so instead of showing zero."""
+    if value is None:
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def pct(value: Any) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f}%"
+
+
+@cache
+def env(autoescape: bool) -> jinja2.Environment:
+    e = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=autoescape,
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    e.filters.update(md=md_escape, fmt=fmt, pct=pct, pyrepr=repr)
+    return e
+
+
+def render(name: str, **ctx: Any) -> str:
+    return env(name.endswith(".html.j2")).get_template(name).render(**ctx)
+
+
+def target_template(target: str, name: str) -> str | None:
+    """A target's own part of a template (templates/targets/<target>/<name>), if it has one."""
+    rel = f"targets/{target}/{name}"
+    return rel if (TEMPLATES / rel).is_file() else None
+
+
+def render_reports(bdir: Path, report: dict[str, Any]) -> None:
+    (bdir / "report.md").write_text(render("report/report.md.j2", r=report))
+    (bdir / "report.html").write_text(render("report/report.html.j2", r=report))
+
+
+def render_bundle_docs(bdir: Path, report: dict[str, Any], s: Session) -> None:
+    t = report["target"]
+    ctx = {
+        "r": report,
+        "cfg": s.cfg,
+        "pre": s.preprocess,
+        "info": s.info,
+        "target_readme": target_template(t, "README.md.j2"),
+        "loader": target_template(t, "predict_loader.py.j2"),
+    }
+    (bdir / "README.md").write_text(render("bundle/README.md.j2", **ctx))
+    if ctx["loader"]:
+        (bdir / "predict.py").write_text(render("bundle/predict.py.j2", **ctx))
+        (bdir / "predict.py").chmod(0o755)
+    render_reports(bdir, report)

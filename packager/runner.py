@@ -1,0 +1,110 @@
+"""The Runner interface (load / infer / close) and the subprocess host that runs it.
+
+Validation and benchmark both go through a runner, always in a fresh subprocess, so a runtime
+crash cannot take the build down and each target's memory and threads are its own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packager.errors import PackagerError
+
+
+class Runner(ABC):
+    """Public methods check state, then call the `_impl` hooks of the runtime."""
+
+    def __init__(self) -> None:
+        self.loaded = False
+
+    def load(self) -> None:
+        if not self.loaded:
+            self._load()
+            self.loaded = True
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        if not self.loaded:
+            raise RuntimeError(f"{type(self).__name__}.infer called before load()")
+        out = np.asarray(self._infer(x))
+        return out.reshape(x.shape[0], -1) if out.ndim != 2 else out
+
+    def close(self) -> None:
+        if self.loaded:
+            self._close()
+            self.loaded = False
+
+    def __enter__(self) -> Runner:
+        self.load()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def throughput(
+        self, x: np.ndarray, seconds: float, min_iterations: int
+    ) -> tuple[int, float] | None:
+        """(samples, elapsed seconds) with several requests in flight, for runtimes with an
+        async queue; None means throughput comes from the synchronous latency loop."""
+        return None
+
+    @abstractmethod
+    def _load(self) -> None: ...
+
+    @abstractmethod
+    def _infer(self, x: np.ndarray) -> np.ndarray: ...
+
+    def _close(self) -> None:  # noqa: B027 - optional hook
+        pass
+
+    @abstractmethod
+    def info(self) -> dict[str, Any]:
+        """runtime, version, provider/device, threads, precision."""
+
+
+class WorkerFailed(PackagerError):
+    """The runtime crashed or timed out in its subprocess; it is reported, not hidden."""
+
+    exit_code = 1
+
+
+def run_worker(job: dict[str, Any], timeout_s: float, arrays: dict[str, np.ndarray]) -> dict:
+    """Run packager.worker on `job` in a fresh interpreter; arrays travel as .npy files."""
+    with tempfile.TemporaryDirectory(prefix="packager-worker-") as tmp:
+        for key, arr in arrays.items():
+            np.save(Path(tmp) / f"{key}.npy", arr, allow_pickle=False)
+        job = {**job, "workdir": tmp}
+        spec = Path(tmp) / "job.json"
+        spec.write_text(json.dumps(job))
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        try:
+            proc = subprocess.run(
+                [sys.executable, "-m", "packager.worker", str(spec)],
+                capture_output=True,
+                text=True,
+                timeout=timeout_s,
+                env=env,
+            )
+        except subprocess.TimeoutExpired:
+            raise WorkerFailed(
+                f"{job['job']} on {job['target']} timed out after {timeout_s:.0f}s"
+            ) from None
+        result_path = Path(tmp) / "result.json"
+        if proc.returncode != 0 or not result_path.exists():
+            tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
+            raise WorkerFailed(
+                f"{job['job']} on {job['target']} failed in its subprocess "
+                f"(exit {proc.returncode}): {tail[0]}"
+            )
+        result = json.loads(result_path.read_text())
+        for key in result.pop("arrays", []):
+            result[key] = np.load(Path(tmp) / f"{key}.npy", allow_pickle=False)
+        return result

@@ -1,0 +1,145 @@
+"""What every target of one build shares: the checked model, its preprocessing, the data and
+the reference predictions (computed once, cached by the content of model and data)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+
+from packager.config import Config
+from packager.data import Dataset, load_dataset
+from packager.errors import UserError
+from packager.model import ModelInfo, inspect_model
+from packager.preprocess import Preprocess
+from packager.progress import Progress
+from packager.registry import REFERENCE
+from packager.validate import output_kind, predict
+
+
+def resolve_preprocess(cfg: Config, info: ModelInfo) -> Preprocess:
+    p = cfg.preprocess
+    layout = p.layout or info.layout
+    if layout is None:
+        raise UserError(
+            f"cannot tell the layout of input {info.input.shape}; set [preprocess] layout = "
+            '"NCHW" or "NHWC"'
+        )
+    shape = info.input.shape
+    chan = shape[1] if layout == "NCHW" else shape[3]
+    hw = shape[2:4] if layout == "NCHW" else shape[1:3]
+    if isinstance(chan, int) and p.channels is not None and chan != p.channels:
+        raise UserError(f"the model takes {chan} channels but [preprocess] channels = {p.channels}")
+    channels = p.channels or (chan if isinstance(chan, int) else None)
+    if channels not in (1, 3):
+        raise UserError(
+            f"input {shape} has no 1- or 3-channel axis for {layout}; set [preprocess] channels"
+        )
+    fixed = [d for d in hw if isinstance(d, int)]
+    if fixed and (fixed[0] != fixed[-1] or (len(fixed) == 1 and p.size is None)):
+        raise UserError(f"input {shape}: packager feeds square images; export a square input")
+    if p.size is not None and fixed and p.size != fixed[0]:
+        raise UserError(
+            f"the model expects {fixed[0]}x{fixed[0]} images but [preprocess] size = {p.size}; "
+            "make them match"
+        )
+    size = p.size or (fixed[0] if fixed else None)
+    if size is None:
+        raise UserError(f"input {shape} has a dynamic image size; set [preprocess] size")
+    for key in ("mean", "std"):
+        if len(getattr(p, key)) not in (1, channels):
+            raise UserError(
+                f"[preprocess] {key} has {len(getattr(p, key))} values for {channels} channels"
+            )
+    return Preprocess(
+        size=size,
+        channels=channels,
+        layout=layout,
+        scale=p.scale,
+        mean=tuple(p.mean),
+        std=tuple(p.std),
+        dtype=info.input.dtype,
+        resize=p.resize,
+    )
+
+
+@dataclass
+class Session:
+    cfg: Config
+    model_path: Path
+    info: ModelInfo
+    preprocess: Preprocess
+    validation: Dataset
+    progress: Progress
+    cache_dir: Path
+
+    @classmethod
+    def open(cls, cfg: Config, progress: Progress) -> Session:
+        if not cfg.model.path:
+            raise UserError(
+                "no model given; pass --model PATH or set [model] path in packager.toml"
+            )
+        model_path = Path(cfg.model.path)
+        with progress.step("intake", f"checking {model_path.name}"):
+            info = inspect_model(model_path)
+        if info.num_classes is not None and info.num_classes != len(cfg.labels.names):
+            raise UserError(
+                f"the model has {info.num_classes} outputs but [labels] names lists "
+                f"{len(cfg.labels.names)} classes; list one name per output"
+            )
+        pre = resolve_preprocess(cfg, info)
+        with progress.step("data", f"loading split '{cfg.data.split}'"):
+            val = load_dataset(cfg.data.path, cfg.data.split, cfg.labels.names)
+        return cls(cfg, model_path, info, pre, val, progress, Path(cfg.output.dir) / ".cache")
+
+    @property
+    def output_kind(self) -> str:
+        return output_kind(self.cfg, self.info.ends_with_softmax)
+
+    @cached_property
+    def x(self) -> np.ndarray:
+        return self.preprocess(self.validation.images)
+
+    def calibration(self) -> np.ndarray:
+        d = self.cfg.data
+        if d.calibration_split == d.split:
+            raise UserError(
+                f"[data] calibration_split = '{d.split}' is the validation split; calibrating on "
+                "the images you validate on hides errors — choose another split"
+            )
+        cal = load_dataset(d.path, d.calibration_split, self.cfg.labels.names)
+        return self.preprocess(cal.subset(d.calibration_size, d.seed).images)
+
+    def reference_scores(self) -> np.ndarray:
+        """Scores of the source model on ONNX Runtime CPU FP32, cached by content hash."""
+        key = hashlib.sha256(
+            json.dumps(
+                [
+                    self.info.sha256,
+                    self.validation.sha256,
+                    self.validation.split,
+                    self.preprocess.to_json(),
+                ]
+            ).encode()
+        ).hexdigest()[:24]
+        path = self.cache_dir / f"reference-{key}.npy"
+        if path.exists():
+            return np.load(path, allow_pickle=False)
+        with self.progress.step(REFERENCE, "reference predictions"):
+            scores, _ = predict(
+                REFERENCE,
+                self.model_path.parent,
+                {"model": self.model_path.name},
+                self.x,
+                self.info.fixed_batch,
+                self.cfg.bench.timeout_s,
+            )
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".part.npy")
+        np.save(tmp, scores, allow_pickle=False)
+        tmp.replace(path)
+        return scores

@@ -1,0 +1,95 @@
+"""Runner x dataset -> clinical metrics and gate checks; the same code for every target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packager.config import Config
+from packager.errors import UserError
+from packager.metrics import Clinical, clinical, to_probabilities
+from packager.runner import Runner, run_worker
+from targets.base import Check
+
+
+def predict_all(
+    runner: Runner, x: np.ndarray, batch_size: int, fixed_batch: int | None
+) -> np.ndarray:
+    """Scores for every row of `x`; a fixed-batch model gets its own batch size, padded."""
+    bs = fixed_batch or batch_size
+    out = []
+    for i in range(0, len(x), bs):
+        chunk = x[i : i + bs]
+        n = len(chunk)
+        if fixed_batch and n < fixed_batch:
+            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed_batch - n, axis=0)])
+        out.append(runner.infer(chunk)[:n])
+    return np.concatenate(out).astype(np.float32)
+
+
+def predict(
+    target: str,
+    bundle: Path,
+    options: dict[str, Any],
+    x: np.ndarray,
+    fixed_batch: int | None,
+    timeout_s: float,
+    kind: str = "main",
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Scores of `x` from the target's runner in a fresh subprocess, plus the runtime's info."""
+    job = {
+        "job": "predict",
+        "target": target,
+        "bundle": str(bundle),
+        "options": options,
+        "kind": kind,
+        "batch_size": 64,
+        "fixed_batch": fixed_batch,
+    }
+    result = run_worker(job, timeout_s, {"x": x})
+    return result["scores"], result["runtime"]
+
+
+def output_kind(cfg: Config, ends_with_softmax: bool) -> str:
+    if cfg.labels.output != "auto":
+        return cfg.labels.output
+    return "probabilities" if ends_with_softmax else "logits"
+
+
+def evaluate(
+    scores: np.ndarray, labels: np.ndarray, cfg: Config, kind: str, reference: np.ndarray | None
+) -> tuple[np.ndarray, Clinical]:
+    probs = to_probabilities(scores, kind)
+    if probs.shape[1] != len(cfg.labels.names):
+        raise UserError(
+            f"the model gives {probs.shape[1]} scores but [labels] names lists "
+            f"{len(cfg.labels.names)} classes; list one name per output"
+        )
+    return probs, clinical(
+        probs, labels, cfg.labels.positive_index, cfg.labels.threshold, reference
+    )
+
+
+def gate_checks(c: Clinical, cfg: Config, has_reference: bool) -> list[Check]:
+    g = cfg.gates
+    checks = [
+        Check("finite_outputs", c.finite, True, c.finite, "" if c.finite else "NaN or Inf scores"),
+        Check(
+            "min_sensitivity",
+            round(c.sensitivity, 6),
+            g.min_sensitivity,
+            c.sensitivity >= g.min_sensitivity,
+        ),
+    ]
+    if has_reference and c.sensitivity_drop is not None:
+        checks.append(
+            Check(
+                "max_sensitivity_drop",
+                round(c.sensitivity_drop, 6),
+                g.max_sensitivity_drop,
+                c.sensitivity_drop <= g.max_sensitivity_drop + 1e-12,
+            )
+        )
+    return checks

@@ -1,0 +1,122 @@
+"""The Target interface: a target file reads top to bottom as options, availability, conversion,
+runner. Everything else (validation, benchmark, gates, bundle) is shared code in packager/."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from packager.config import Config
+from packager.data import Dataset
+from packager.model import ModelInfo
+from packager.preprocess import Preprocess
+from packager.progress import Progress
+from packager.runner import Runner
+
+
+@dataclass
+class Status:
+    ok: bool
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"ok": self.ok, "reason": self.reason}
+
+
+@dataclass
+class Availability:
+    """What this host can do for a target; each 'no' carries the reason."""
+
+    build: Status
+    validate: Status
+    bench: Status
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k).to_dict() for k in ("build", "validate", "bench")}
+
+
+@dataclass
+class Check:
+    """One gate line: a measured value against a limit."""
+
+    name: str
+    value: Any
+    limit: Any
+    passed: bool
+    reason: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "value": self.value,
+            "limit": self.limit,
+            "passed": self.passed,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class BuildContext:
+    config: Config
+    options: Any  # the target's typed Options
+    model_path: Path
+    model: ModelInfo
+    preprocess: Preprocess
+    validation: Dataset  # raw images + labels of the validation split
+    calibration: Callable[[], np.ndarray]  # preprocessed images from a non-validation split
+    progress: Progress
+    int8: bool = False  # --int8 on the command line
+
+
+@dataclass
+class BuildOutput:
+    """What a target's conversion produced in the staging directory."""
+
+    precision: str
+    runner_options: dict[str, Any] = field(default_factory=dict)  # saved in runtime.json
+    details: dict[str, Any] = field(default_factory=dict)  # target section of report.json
+    notes: list[str] = field(default_factory=list)
+    checks: list[Check] = field(default_factory=list)  # target-specific gates
+    artifacts: list[str] = field(default_factory=list)  # the deployable model files (for size)
+
+
+@dataclass
+class Proxy:
+    """A stand-in runtime when the target's own cannot run here (clearly labelled in reports)."""
+
+    runner: str  # name passed to Target.runner(kind=...)
+    label: str
+
+
+class Target(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    Options: ClassVar[type]  # a dataclass; [targets.<name>] is validated against it
+    int8_option: ClassVar[tuple[str, Any] | None] = None  # what --int8 sets, if supported
+
+    @abstractmethod
+    def availability(self) -> Availability: ...
+
+    @abstractmethod
+    def build(self, ctx: BuildContext, stage: Path) -> BuildOutput: ...
+
+    @abstractmethod
+    def runner(self, bundle: Path, options: dict[str, Any], kind: str = "main") -> Runner:
+        """A runner for the bundle's artifacts; `kind` names a proxy runner where one exists."""
+
+    def proxy(self, options: dict[str, Any]) -> Proxy | None:
+        """The proxy used when availability().validate is not ok; None: no proxy."""
+        return None
+
+    def bench_variants(self, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """Extra benchmark configurations (label, runner option overrides)."""
+        return []
+
+    def checks(self, ctx: BuildContext, stage: Path, probs: np.ndarray) -> list[Check]:
+        """Target-specific checks after validation (e.g. agreement of a second model)."""
+        return []

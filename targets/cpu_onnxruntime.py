@@ -1,0 +1,51 @@
+"""cpu-onnxruntime: the source model on ONNX Runtime's CPU provider, FP32 — the reference
+every other target's sensitivity drop is measured against."""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from packager.ort import OrtRunner
+from packager.runner import Runner
+from targets.base import Availability, BuildContext, BuildOutput, Status, Target
+
+
+@dataclass
+class Options:
+    threads: int = 0  # 0: ONNX Runtime's default
+    optimization: Literal["none", "basic", "extended", "all"] = "all"
+
+
+class CpuOnnxRuntime(Target):
+    name = "cpu-onnxruntime"
+    summary = "Source ONNX model on ONNX Runtime CPU, FP32 (the reference)"
+    Options = Options
+
+    def availability(self) -> Availability:
+        ok = Status(True)
+        return Availability(build=ok, validate=ok, bench=ok)
+
+    def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
+        shutil.copyfile(ctx.model_path, stage / "model.onnx")
+        for rel in ctx.model.external_data:  # external weights travel with the model
+            (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(ctx.model_path.parent / rel, stage / rel)
+        opts = ctx.options
+        return BuildOutput(
+            precision="fp32",
+            runner_options={
+                "model": "model.onnx",
+                "threads": opts.threads,
+                "optimization": opts.optimization,
+            },
+        )
+
+    def runner(self, bundle: Path, options: dict[str, Any], kind: str = "main") -> Runner:
+        return OrtRunner(
+            bundle / options["model"],
+            threads=options.get("threads", 0),
+            optimization=options.get("optimization", "all"),
+        )

@@ -1,0 +1,127 @@
+"""Tiny real classifiers for tests: random conv features plus a logistic-regression head fit
+on the real PneumoniaMNIST train split, written as ONNX with onnx.helper (no torch)."""
+
+from __future__ import annotations
+
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+
+from packager.preprocess import Preprocess
+
+SIZE = 32
+PRE = Preprocess(
+    size=SIZE, channels=3, layout="NCHW", scale=1 / 255, mean=(0.5,), std=(0.5,), dtype="float32"
+)
+
+
+def _features_graph(w1: np.ndarray, w2: np.ndarray) -> list[onnx.NodeProto]:
+    return [
+        helper.make_node("Conv", ["x", "w1"], ["c1"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c1"], ["r1"]),
+        helper.make_node("Conv", ["r1", "w2"], ["c2"], strides=[2, 2], pads=[1, 1, 1, 1]),
+        helper.make_node("Relu", ["c2"], ["r2"]),
+        helper.make_node("MaxPool", ["r2"], ["p"], kernel_shape=[2, 2], strides=[2, 2]),
+        helper.make_node("Flatten", ["p"], ["f"], axis=1),
+    ]
+
+
+def _conv_weights() -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(7)
+    w1 = rng.normal(0, 0.4, (8, 3, 3, 3)).astype(np.float32)
+    w2 = rng.normal(0, 0.2, (16, 8, 3, 3)).astype(np.float32)
+    return w1, w2
+
+
+@cache
+def fitted_head(data: str) -> tuple[np.ndarray, np.ndarray]:
+    """Logistic regression on the conv features of the train split (seeded, deterministic)."""
+    w1, w2 = _conv_weights()
+    g = helper.make_graph(
+        _features_graph(w1, w2),
+        "features",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("f", TensorProto.FLOAT, ["N", 256])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    with np.load(data) as npz:
+        images, labels = npz["train_images"], npz["train_labels"].reshape(-1)
+    feats = sess.run(None, {"x": PRE(images)})[0].astype(np.float64)
+    mu, sd = feats.mean(0), feats.std(0) + 1e-6
+    z = (feats - mu) / sd
+    y = labels.astype(np.float64)
+    w, b = np.zeros(z.shape[1]), 0.0
+    for _ in range(400):  # plain gradient descent with a little L2
+        p = 1 / (1 + np.exp(-(z @ w + b)))
+        w -= 0.5 * (z.T @ (p - y) / len(y) + 1e-3 * w)
+        b -= 0.5 * float((p - y).mean())
+    # Fold standardisation into a 2-logit Gemm: logit1 - logit0 = z.w + b.
+    wf = w / sd
+    bf = b - float(mu @ wf)
+    weight = np.stack([np.zeros_like(wf), wf], axis=1).astype(np.float32)  # (256, 2)
+    bias = np.array([0.0, bf], np.float32)
+    return weight, bias
+
+
+def make_classifier(
+    path: Path,
+    data: str,
+    *,
+    layout: str = "NCHW",
+    batch: int | str = "N",
+    opset: int = 17,
+    softmax: bool = False,
+    dtype: str = "float32",
+    head_scale: float = 1.0,
+) -> Path:
+    """Write a small real pneumonia classifier; variants cover what models from elsewhere do."""
+    w1, w2 = _conv_weights()
+    weight, bias = fitted_head(data)
+    nodes = _features_graph(w1, w2)
+    inits = [
+        numpy_helper.from_array(w1, "w1"),
+        numpy_helper.from_array(w2, "w2"),
+        numpy_helper.from_array(weight * head_scale, "W"),
+        numpy_helper.from_array(bias * head_scale, "B"),
+    ]
+    in_name = "input"
+    pre: list[onnx.NodeProto] = []
+    elem = TensorProto.FLOAT16 if dtype == "float16" else TensorProto.FLOAT
+    src = in_name
+    if dtype == "float16":
+        pre.append(helper.make_node("Cast", [src], ["x32"], to=TensorProto.FLOAT))
+        src = "x32"
+    if layout == "NHWC":
+        pre.append(helper.make_node("Transpose", [src], ["xt"], perm=[0, 3, 1, 2]))
+        src = "xt"
+    pre.append(helper.make_node("Identity", [src], ["x"]))
+    last = "logits"
+    post = [helper.make_node("Gemm", ["f", "W", "B"], [last])]
+    if softmax:
+        post.append(helper.make_node("Softmax", [last], ["probs"], axis=1))
+        last = "probs"
+    if dtype == "float16":
+        post.append(helper.make_node("Cast", [last], ["out16"], to=TensorProto.FLOAT16))
+        last = "out16"
+    post.append(helper.make_node("Identity", [last], ["output"]))
+    shape = [batch, 3, SIZE, SIZE] if layout == "NCHW" else [batch, SIZE, SIZE, 3]
+    g = helper.make_graph(
+        pre + nodes + post,
+        "tiny-pneumonia",
+        [helper.make_tensor_value_info(in_name, elem, shape)],
+        [helper.make_tensor_value_info("output", elem, [batch, 2])],
+        inits,
+    )
+    m = helper.make_model(
+        g, opset_imports=[helper.make_opsetid("", opset)], producer_name="packager-tests"
+    )
+    m.ir_version = min(m.ir_version, 8)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path
