@@ -117,12 +117,10 @@ def build(
     results = run_build(session, names, force, not no_bench, int8, explicit=not all_targets)
     lines = [f"{r.target:16} {r.status:14} {r.bundle or r.reason}" for r in results]
     emit({"results": [r.to_dict() for r in results]}, as_json, "\n".join(lines))
-    failed = [r.target for r in results if r.status == "failed"]
+    failed = [r for r in results if r.status == "failed"]
     if failed:
-        raise GateFailed(
-            f"gate failed for {', '.join(failed)}; reports kept under "
-            f"{Path(cfg.output.dir) / '.failed'}"
-        )
+        why = "; ".join(f"{r.target}: {r.reason}" for r in failed)
+        raise GateFailed(f"{why} — not published; report kept in {failed[0].bundle}")
 
 
 @cli.command()
@@ -157,11 +155,12 @@ def inspect(model: Path, as_json: bool) -> None:
 @json_option
 def targets(as_json: bool) -> None:
     """Each target: can it build / validate / benchmark on this host, and if not, why."""
-    from packager.registry import registered
+    from packager.registry import loadable
     from packager.schema import describe
 
+    found, broken = loadable()
     rows, lines = [], []
-    for name, t in registered().items():
+    for name, t in found.items():
         a = t.availability()
         rows.append(
             {"name": name, "summary": t.summary, **a.to_dict(), "options": describe(t.Options)}
@@ -173,6 +172,12 @@ def targets(as_json: bool) -> None:
         for k in ("build", "validate", "bench"):
             if not getattr(a, k).ok:
                 lines.append(f"{'':16}   {k}: {getattr(a, k).reason}")
+    for name, reason in broken.items():
+        no = {"ok": False, "reason": reason}
+        rows.append(
+            {"name": name, "summary": "", "build": no, "validate": no, "bench": no, "options": []}
+        )
+        lines.append(f"{name:16} build:no validate:no bench:no  {reason}")
     emit({"targets": rows}, as_json, "\n".join(lines))
 
 
@@ -329,7 +334,9 @@ def main(argv: list[str] | None = None) -> None:
         click.echo("packager: interrupted", err=True)
         sys.exit(130)
     except click.ClickException as exc:
-        exc.show()
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see `{ctx.command_path} --help`)" if ctx else ""
+        click.echo(f"packager: error: {exc.format_message()}{where}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         click.echo("packager: interrupted", err=True)

@@ -191,7 +191,6 @@ def inspect_model(path: str | Path) -> ModelInfo:
     spatial = [d if isinstance(d, int) else None for d in hw]
     num_classes = _classes(p, out, out_shape)
     inferred = _infer(model)
-    last = next((n for n in model.graph.node if out.name in n.output), None)
     params = sum(int(np.prod(i.dims, dtype=np.int64)) for i in model.graph.initializer)
     info = ModelInfo(
         path=str(p),
@@ -209,7 +208,7 @@ def inspect_model(path: str | Path) -> ModelInfo:
         channels=channels if isinstance(channels, int) else None,
         spatial=spatial,
         num_classes=num_classes,
-        ends_with_softmax=last is not None and last.op_type in ("Softmax", "Sigmoid"),
+        ends_with_softmax=_ends_with_softmax(model, out.name),
         params=params,
         macs_per_sample=None,
         ops=dict(sorted(collections.Counter(n.op_type for n in inferred.graph.node).items())),
@@ -217,6 +216,19 @@ def inspect_model(path: str | Path) -> ModelInfo:
     if all(isinstance(d, int) for d in in_shape[1:]):
         info.macs_per_sample = count_macs(model, [1, *in_shape[1:]])  # type: ignore[list-item]
     return info
+
+
+PASS_THROUGH = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+
+
+def _ends_with_softmax(model: onnx.ModelProto, name: str) -> bool:
+    """Whether the output is a Softmax/Sigmoid, looking through shape-only ops and casts."""
+    producers = {o: n for n in model.graph.node for o in n.output}
+    node = producers.get(name)
+    while node is not None and node.op_type in PASS_THROUGH:
+        node = producers.get(node.input[0])
+    # LogSoftmax is not listed: softmax of log-probabilities gives the probabilities back.
+    return node is not None and node.op_type in ("Softmax", "Sigmoid")
 
 
 def _classes(p: Path, out: onnx.ValueInfoProto, shape: list[int | str]) -> int | None:

@@ -6,7 +6,7 @@ from functools import cache
 from importlib.metadata import EntryPoint, entry_points
 from typing import TYPE_CHECKING
 
-from packager.errors import UserError
+from packager.errors import Unavailable, UserError
 from packager.schema import hint
 
 if TYPE_CHECKING:
@@ -31,17 +31,32 @@ def names() -> list[str]:
     return list(_entry_points())
 
 
+def check_name(name: str) -> None:
+    eps = _entry_points()
+    if name not in eps:
+        raise UserError(f"unknown target '{name}'{hint(name, eps)}; see `packager targets`")
+
+
 @cache
 def get(name: str) -> Target:
     """Load one target (only its own module is imported, so one broken plugin stays local)."""
     eps = _entry_points()
-    if name not in eps:
-        raise UserError(f"unknown target '{name}'{hint(name, eps)}; see `packager targets`")
-    cls = eps[name].load()
+    check_name(name)
+    try:
+        cls = eps[name].load()
+    except ImportError as exc:  # a plugin whose runtime package is not installed
+        raise Unavailable(f"target '{name}' cannot load here: {exc}") from None
     if cls.name != name:
         raise UserError(f"entry point '{name}' loads a target named '{cls.name}'")
     return cls()
 
 
-def registered() -> dict[str, Target]:
-    return {n: get(n) for n in names()}
+def loadable() -> tuple[dict[str, Target], dict[str, str]]:
+    """Targets that load, and the reason for each that does not."""
+    ok, broken = {}, {}
+    for n in names():
+        try:
+            ok[n] = get(n)
+        except Unavailable as exc:
+            broken[n] = str(exc)
+    return ok, broken
