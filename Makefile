@@ -16,6 +16,7 @@ demo: $(STAMP)
 	$(BIN)/packager demo
 
 test: $(STAMP)
+	-sh scripts/install-browser.sh  # Debian's chromium for the HTML report test (it skips without)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -q

@@ -49,6 +49,18 @@ def latency_stats(seconds_list: list[float]) -> dict[str, float]:
     }
 
 
+SAMPLES_CAP = 1000
+
+
+def latency_samples(seconds_list: list[float], cap: int = SAMPLES_CAP) -> list[float]:
+    """The sorted per-iteration latencies in ms, evenly thinned to at most `cap` values (their
+    quantiles survive), rounded to 0.1 us: enough to plot the distribution."""
+    ms = np.sort(np.asarray(seconds_list)) * 1e3
+    if len(ms) > cap:
+        ms = ms[np.linspace(0, len(ms) - 1, cap).round().astype(int)]
+    return [round(float(v), 4) for v in ms]
+
+
 def measure(
     runner: Runner,
     sample: np.ndarray,
@@ -63,7 +75,7 @@ def measure(
     load_ms = (time.perf_counter() - start) * 1e3
     rss_loaded = current_rss_mb()
     batches = []
-    for bs in batch_sizes:
+    for bs in sorted(batch_sizes):  # ascending, so each row's peak RSS belongs to its batch size
         x = batch_of(sample, bs)
         for _ in range(warmup):
             runner.infer(x)
@@ -80,19 +92,26 @@ def measure(
             "throughput_sps": bs * len(times) / sum(times),
             "throughput_mode": "sync",
         }
+        if bs == min(batch_sizes):  # the latency distribution the reports plot
+            row["latency_samples_ms"] = latency_samples(times)
         async_result = runner.throughput(x, seconds, min_iterations)
         if async_result is not None:
             samples, elapsed = async_result
             row["throughput_sps"] = samples / elapsed
             row["throughput_mode"] = "async"
             row["sync_throughput_sps"] = bs * len(times) / sum(times)
+        row["peak_rss_mb"] = peak_rss_mb()
         batches.append(row)
     info = runner.info()
     runner.close()
     return {
         "load_time_ms": load_ms,
         "peak_rss_mb": peak_rss_mb(),
+        "baseline_rss_mb": rss_before,  # the interpreter with numpy, before the runtime loads
         "model_rss_mb": max(0.0, rss_loaded - rss_before),
+        # Serving single images: runtime + model + activations at the smallest batch, without
+        # the Python interpreter (what an SLA's memory line is about).
+        "serving_memory_mb": max(0.0, batches[0]["peak_rss_mb"] - rss_before),
         "runtime": info,
         "batches": batches,
     }

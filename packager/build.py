@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,13 +14,20 @@ import numpy as np
 
 from packager import __version__, registry
 from packager.bench import best_throughput
-from packager.bundle import locked, make_tarball, new_stage, publish, write_manifest
+from packager.bundle import (
+    ensure_writable,
+    locked,
+    make_tarball,
+    new_stage,
+    publish,
+    write_manifest,
+)
 from packager.errors import PackagerError, Unavailable, UserError
 from packager.hostinfo import host_facts
 from packager.metrics import to_probabilities
 from packager.registry import get
 from packager.render import render_bundle_docs
-from packager.runner import run_worker
+from packager.runner import WorkerFailed, run_worker
 from packager.schema import from_dict
 from packager.session import Session
 from packager.validate import evaluate, gate_checks, predict
@@ -74,31 +82,43 @@ def build(
     s: Session, names: list[str], force: bool, bench: bool, int8: bool, explicit: bool
 ) -> list[TargetResult]:
     check_targets(s.cfg.targets, names)
+    ensure_writable(Path(s.cfg.output.dir))
     root = bundle_root(s)
     if not force:
         existing = [n for n in names if (root / n).exists()]
         if existing:
             raise UserError(f"{root / existing[0]} already exists; pass --force to replace it")
-    targets = []
-    results = []
-    for n in names:
+    targets, results = [], []
+    for n in names:  # everything this host cannot do is known before any work starts
         try:
-            targets.append(get(n))
+            t = get(n)
+            avail = t.availability().build
+            if not avail.ok:
+                raise Unavailable(f"{n} cannot build on this host: {avail.reason}")
+            targets.append(t)
         except Unavailable as exc:
             if explicit:
                 raise
+            s.progress.say(f"[{n}] skipped: {exc}")
             results.append(TargetResult(n, "unavailable", str(exc)))
     options = {t.name: target_options(t, s, int8) for t in targets}  # validate all before work
-    reference = to_probabilities(s.reference_scores(), s.output_kind)
+    try:
+        reference = to_probabilities(s.reference_scores(), s.output_kind)
+    except WorkerFailed as exc:  # the source model itself is broken: bad input, not a gate
+        raise UserError(
+            f"the model does not run on the reference runtime ({exc}); fix or re-export it"
+        ) from None
     for t in targets:
-        avail = t.availability()
-        if not avail.build.ok:
+        try:
+            results.append(_build_one(s, t, options[t.name], reference, bench, int8))
+        except UserError:
+            raise
+        except Exception as exc:  # with --all, one broken target must not stop the others
             if explicit:
-                raise Unavailable(f"{t.name} cannot build on this host: {avail.build.reason}")
-            s.progress.say(f"[{t.name}] skipped: {avail.build.reason}")
-            results.append(TargetResult(t.name, "unavailable", avail.build.reason))
-            continue
-        results.append(_build_one(s, t, options[t.name], reference, bench, int8))
+                raise
+            if not isinstance(exc, PackagerError):
+                traceback.print_exc()  # a bug stays visible
+            results.append(TargetResult(t.name, "error", f"{type(exc).__name__}: {exc}"))
     return results
 
 
@@ -272,7 +292,7 @@ def _bench(
     reason = (
         "--no-bench given"
         if not bench
-        else "a clinical gate failed"
+        else "a gate failed"
         if report["gates"]["checks"] and not report["gates"]["passed"]
         else ""
         if avail.bench.ok
@@ -376,5 +396,6 @@ def _manifest_meta(
         },
         "tool": {"packager": __version__},
         "runtime": runtime,
+        "details": built.details,  # what the artifact is tied to (e.g. the GPU of an engine)
         "validated_by": {"host": host_facts(), "status": report["status"]},
     }

@@ -10,8 +10,11 @@ import io
 import json
 import os
 import shutil
+import signal
+import socket
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +41,8 @@ def bundle_files(root: Path) -> dict[str, dict[str, Any]]:
         rel = path.relative_to(root).as_posix()
         if path.is_symlink():
             raise UserError(f"{path} is a link; bundles hold plain files only")
+        if not (path.is_file() or path.is_dir()):
+            raise UserError(f"{path} is a device, pipe or socket; bundles hold plain files only")
         if path.is_file() and rel not in UNCOVERED:
             out[rel] = {"sha256": file_sha256(path), "size": path.stat().st_size}
     return out
@@ -86,11 +91,46 @@ def locked(out: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def ensure_writable(out: Path) -> None:
+    """Fail before any work when the output directory cannot take files."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as exc:
+        raise UserError(
+            f"cannot write to the output directory {out} ({exc.strerror}); choose another --out"
+        ) from None
+
+
+OWNER = ".owner"
+
+
+def _sweep_stale(base: Path) -> None:
+    """Remove stages left by builds on this host that were killed (their process is gone)."""
+    host = socket.gethostname()
+    for stage in base.iterdir():
+        try:
+            owner_host, pid = (stage / OWNER).read_text().split()
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            if owner_host == host:
+                shutil.rmtree(stage, ignore_errors=True)
+        except (OSError, ValueError):  # unreadable, half-written or another user's: keep
+            continue
+
+
 def new_stage(out: Path, target: str) -> Path:
     base = out / ".staging"
     base.mkdir(parents=True, exist_ok=True)
+    _sweep_stale(base)
     stage = Path(tempfile.mkdtemp(prefix=f"{target}-", dir=base))
-    (stage / target).mkdir()
+    try:
+        (stage / OWNER).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        (stage / target).mkdir()
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
     return stage
 
 
@@ -117,16 +157,22 @@ def publish(stage: Path, dest_dir: Path, target: str) -> Path:
     dest_dir.mkdir(parents=True, exist_ok=True)
     final, tar = dest_dir / target, dest_dir / f"{target}.tar.gz"
     new = stage / target
-    if final.exists():
-        if not _exchange(new, final):
-            old = stage / f"{target}.old"
-            os.rename(final, old)
+    # Ctrl-C or SIGTERM between the renames would leave the folder and tarball of different
+    # builds (or no folder, without renameat2): hold them until both renames are done.
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        if final.exists():
+            if not _exchange(new, final):
+                old = stage / f"{target}.old"
+                os.rename(final, old)
+                os.rename(new, final)
+        else:
             os.rename(new, final)
-    else:
-        os.rename(new, final)
-    staged_tar = stage / f"{target}.tar.gz"
-    if staged_tar.exists():
-        os.replace(staged_tar, tar)
+        staged_tar = stage / f"{target}.tar.gz"
+        if staged_tar.exists():
+            os.replace(staged_tar, tar)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     shutil.rmtree(stage, ignore_errors=True)
     return final
 
@@ -156,6 +202,12 @@ class VerifyResult:
 
 def safe_extract(tar_path: Path, into: Path) -> Path:
     """Extract a bundle tarball, refusing absolute paths, '..', links and device files."""
+    try:  # the whole stream, so a damaged byte anywhere fails its CRC before extraction
+        with gzip.open(tar_path) as gz:
+            while gz.read(1 << 20):
+                pass
+    except (OSError, EOFError, zlib.error) as exc:
+        raise UserError(f"{tar_path} is truncated or corrupt ({exc})") from None
     try:
         tar = tarfile.open(tar_path, "r:gz")
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -168,7 +220,9 @@ def safe_extract(tar_path: Path, into: Path) -> Path:
         roots = set()
         for m in members:
             parts = Path(m.name).parts
-            if m.name.startswith(("/", "\\")) or Path(m.name).is_absolute() or ".." in parts:
+            if not parts or m.name.startswith(("/", "\\")) or Path(m.name).is_absolute():
+                raise UserError(f"{tar_path}: refusing entry {m.name!r} (path escapes the bundle)")
+            if ".." in parts:
                 raise UserError(f"{tar_path}: refusing entry {m.name!r} (path escapes the bundle)")
             if not (m.isfile() or m.isdir()):
                 raise UserError(
@@ -179,7 +233,10 @@ def safe_extract(tar_path: Path, into: Path) -> Path:
             raise UserError(
                 f"{tar_path}: a bundle tarball holds one top folder, found {sorted(roots)}"
             )
-        tar.extractall(into, filter="data")
+        try:
+            tar.extractall(into, filter="data")
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            raise UserError(f"{tar_path}: cannot extract ({exc}); the tarball is damaged") from None
     return into / roots.pop()
 
 

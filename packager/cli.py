@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import sys
@@ -117,10 +118,11 @@ def build(
     results = run_build(session, names, force, not no_bench, int8, explicit=not all_targets)
     lines = [f"{r.target:16} {r.status:14} {r.bundle or r.reason}" for r in results]
     emit({"results": [r.to_dict() for r in results]}, as_json, "\n".join(lines))
-    failed = [r for r in results if r.status == "failed"]
+    failed = [r for r in results if r.status in ("failed", "error")]
     if failed:
         why = "; ".join(f"{r.target}: {r.reason}" for r in failed)
-        raise GateFailed(f"{why} — not published; report kept in {failed[0].bundle}")
+        kept = next((r.bundle for r in failed if r.bundle), None)
+        raise GateFailed(f"{why} — not published" + (f"; report kept in {kept}" if kept else ""))
 
 
 @cli.command()
@@ -324,11 +326,25 @@ def demo(data: Path | None, out: Path, epochs: int | None, quiet: bool) -> None:
     run_demo(data, out, epochs, Progress(False if quiet else None))
 
 
+# Failures of the host rather than of packager: a full disk, a read-only or forbidden path.
+HOST_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.ENAMETOOLONG,
+}
+
+
 def main(argv: list[str] | None = None) -> None:
     try:
         cli.main(args=argv, prog_name="packager", standalone_mode=False)
     except PackagerError as exc:
-        click.echo(f"packager: error: {exc}", err=True)
+        one_line = " ".join(str(exc).splitlines())  # third-party text may hold newlines
+        click.echo(f"packager: error: {one_line}", err=True)
         sys.exit(exc.exit_code)
     except click.exceptions.Abort:
         click.echo("packager: interrupted", err=True)
@@ -341,6 +357,16 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("packager: interrupted", err=True)
         sys.exit(130)
+    except OSError as exc:
+        if exc.errno not in HOST_ERRNOS:
+            raise
+        where = f": {exc.filename}" if exc.filename else ""
+        click.echo(
+            f"packager: error: {exc.strerror}{where}; free some space or fix the permissions, "
+            "or write elsewhere (--out)",
+            err=True,
+        )
+        sys.exit(2)
     sys.exit(0)
 
 

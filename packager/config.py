@@ -10,7 +10,7 @@ from typing import Any, Literal
 import tomllib
 
 from packager.errors import UserError
-from packager.schema import from_dict, hint
+from packager.schema import from_dict, hint, shown
 
 CONFIG_NAMES = ("packager.toml", "pyproject.toml")
 
@@ -27,8 +27,11 @@ class ModelConfig:
     def check(self, where: str) -> None:
         for key in ("name", "version"):
             value = getattr(self, key)
-            if not value or "/" in value or "\\" in value or value in (".", "..") or "\n" in value:
+            control = any(ord(c) < 32 or ord(c) == 127 for c in value)
+            if not value or "/" in value or "\\" in value or value in (".", "..") or control:
                 raise UserError(f"{where}.{key} = {value!r} must be a plain non-empty name")
+            if len(value.encode()) > 100:
+                raise UserError(f"{where}.{key} is longer than 100 bytes; shorten it")
 
 
 @dataclass
@@ -43,6 +46,8 @@ class DataConfig:
     def check(self, where: str) -> None:
         if self.calibration_size < 1:
             raise UserError(f"{where}.calibration_size must be at least 1")
+        if self.seed < 0:
+            raise UserError(f"{where}.seed = {self.seed} must be 0 or more")
 
 
 @dataclass
@@ -112,8 +117,10 @@ class BenchConfig:
     def check(self, where: str) -> None:
         if not self.batch_sizes or any(b < 1 or b > 4096 for b in self.batch_sizes):
             raise UserError(f"{where}.batch_sizes must be a non-empty list of sizes 1..4096")
-        if self.seconds <= 0 or self.min_iterations < 1 or self.warmup < 0:
-            raise UserError(f"{where}: seconds > 0, min_iterations >= 1, warmup >= 0")
+        if self.seconds <= 0 or self.min_iterations < 1 or self.warmup < 0 or self.timeout_s <= 0:
+            raise UserError(
+                f"{where}: seconds > 0, min_iterations >= 1, warmup >= 0, timeout_s > 0"
+            )
 
 
 @dataclass
@@ -190,7 +197,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     known = [*SECTIONS, "targets"]
     for key in data:
         if key not in known:
-            raise UserError(f"unknown section [{key}] in config{hint(key, known)}")
+            raise UserError(f"unknown section [{shown(key)}] in config{hint(key, known)}")
     sections = {name: from_dict(cls, data.get(name), name) for name, cls in SECTIONS.items()}
     targets = data.get("targets", {})
     if not isinstance(targets, dict) or not all(isinstance(v, dict) for v in targets.values()):

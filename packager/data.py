@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 
 from packager.errors import UserError
 from packager.preprocess import load_image
@@ -52,9 +53,11 @@ def load_dataset(path: str | Path | None, split: str, class_names: list[str]) ->
 
 
 def _load_npz(path: Path, split: str, n_classes: int) -> Dataset:
+    if not zipfile.is_zipfile(path):  # np.load would take a .npy or try to unpickle
+        raise UserError(f"{path} is not an .npz (zip) file; pass a MedMNIST npz or an image folder")
     try:
         npz = np.load(path, allow_pickle=False)
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+    except Exception as exc:  # zipfile, zlib and numpy raise many types for damaged data
         raise UserError(
             f"{path} is not a readable .npz file ({exc}); pass a MedMNIST npz"
         ) from None
@@ -67,20 +70,26 @@ def _load_npz(path: Path, split: str, n_classes: int) -> Dataset:
                 f"{path} has no '{img_key}'/'{lbl_key}' arrays; "
                 f"choose --split from {splits or 'none (not a MedMNIST npz)'}"
             )
+        _check_memory(npz, (img_key, lbl_key), path)
         try:
             images, labels = npz[img_key], npz[lbl_key]
-        except (ValueError, OSError, zipfile.BadZipFile, EOFError) as exc:
+        except Exception as exc:  # zipfile, zlib and numpy raise many types for damaged data
             raise UserError(f"{path}: cannot read split '{split}' ({exc})") from None
-    if len(images) == 0:
-        raise UserError(f"{path}: split '{split}' is empty; choose another --split")
     if images.dtype != np.uint8 or images.ndim not in (3, 4):
         raise UserError(
             f"{path}: {img_key} must be uint8 (N, H, W[, C]), got {images.dtype} {images.shape}"
         )
+    if len(images) == 0:
+        raise UserError(f"{path}: split '{split}' is empty; choose another --split")
     if images.ndim == 4 and images.shape[-1] not in (1, 3):
         raise UserError(f"{path}: {img_key} has {images.shape[-1]} channels; expected 1 or 3")
+    if min(images.shape[1:3]) < 1:
+        h, w = images.shape[1:3]
+        raise UserError(f"{path}: {img_key} holds {h}x{w} images; expected a real image size")
     if not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"{path}: {lbl_key} must hold integer class indices, got {labels.dtype}")
+    if labels.ndim not in (1, 2):
+        raise UserError(f"{path}: {lbl_key} has shape {labels.shape}; expected (N,) or (N, 1)")
     if labels.ndim == 2 and labels.shape[1] != 1:
         raise UserError(
             f"{path}: {lbl_key} has shape {labels.shape}; multi-label data is not supported"
@@ -90,6 +99,19 @@ def _load_npz(path: Path, split: str, n_classes: int) -> Dataset:
         raise UserError(f"{path}: {len(images)} images but {len(labels)} labels in split '{split}'")
     _check_labels(labels, n_classes, str(path))
     return Dataset(images, labels, split, file_sha256(path))
+
+
+def _check_memory(npz: np.lib.npyio.NpzFile, keys: tuple[str, ...], path: Path) -> None:
+    """Refuse a split larger than half the free memory before reading it (a zip bomb is small
+    on disk; the sizes its directory declares bound what reading it can take)."""
+    sizes = {i.filename: i.file_size for i in npz.zip.infolist()}
+    need = sum(sizes.get(f"{k}.npy", sizes.get(k, 0)) for k in keys)
+    free = psutil.virtual_memory().available
+    if need > free // 2:
+        raise UserError(
+            f"{path}: the split needs {need / 2**30:.1f} GiB in memory and only "
+            f"{free / 2**30:.1f} GiB are free; use a smaller split or a bigger machine"
+        )
 
 
 def _check_labels(labels: np.ndarray, n_classes: int, where: str) -> None:

@@ -74,12 +74,19 @@ def _dims(vi: onnx.ValueInfoProto) -> list[int | str]:
 
 def _dtype(vi: onnx.ValueInfoProto) -> str:
     elem = vi.type.tensor_type.elem_type
-    return FLOAT_TYPES.get(elem) or onnx.helper.tensor_dtype_to_np_dtype(elem).name
+    if elem in FLOAT_TYPES:
+        return FLOAT_TYPES[elem]
+    try:
+        return onnx.helper.tensor_dtype_to_np_dtype(elem).name
+    except (KeyError, ValueError, TypeError):  # UNDEFINED, or not a tensor at all
+        return f"elem_type {elem}"
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
     """Load a model with its external data, refusing files that escape the model's folder."""
     p = Path(path)
+    if p.is_dir():
+        raise UserError(f"model {p} is a directory; pass the .onnx file itself")
     if not p.is_file():
         raise UserError(f"model {p} does not exist; check --model / [model] path")
     if p.stat().st_size == 0:
@@ -113,7 +120,13 @@ def external_files(model: onnx.ModelProto) -> list[str]:
 def _check_external_data(model: onnx.ModelProto, path: Path) -> None:
     base = path.parent.resolve()
     for loc in external_files(model):
-        target = (base / loc).resolve()
+        try:
+            target = (base / loc).resolve()
+        except (OSError, ValueError, RuntimeError) as exc:  # NUL byte, symlink loop
+            raise UserError(
+                f"{path}: external data location {loc!r} is not a usable path ({exc}); "
+                "re-export the model"
+            ) from None
         if not loc or Path(loc).is_absolute() or not target.is_relative_to(base):
             raise UserError(
                 f"{path}: external data location {loc!r} points outside the model's folder; "

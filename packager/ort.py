@@ -17,12 +17,16 @@ class OrtRunner(Runner):
         providers: list[str] | None = None,
         threads: int = 0,
         optimization: str = "all",
+        session_config: dict[str, str] | None = None,
+        custom_ops_libraries: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.path = path
         self.providers = providers or ["CPUExecutionProvider"]
         self.threads = threads  # 0: ONNX Runtime's default (one per physical core)
         self.optimization = optimization
+        self.session_config = session_config or {}  # SessionOptions config entries
+        self.custom_ops_libraries = custom_ops_libraries or []  # e.g. onnxruntime-extensions
 
     def _load(self) -> None:
         import onnxruntime as ort
@@ -35,6 +39,10 @@ class OrtRunner(Runner):
             "extended": ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
             "all": ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
         }[self.optimization]
+        for key, value in self.session_config.items():
+            opts.add_session_config_entry(key, value)
+        for lib in self.custom_ops_libraries:
+            opts.register_custom_ops_library(lib)
         self.session = ort.InferenceSession(str(self.path), opts, providers=self.providers)
         inp = self.session.get_inputs()[0]
         self.input_name = inp.name

@@ -12,6 +12,8 @@ import jinja2
 import templates
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from packager.session import Session
 
 TEMPLATES = Path(templates.__file__).parent
@@ -22,6 +24,24 @@ def md_escape(value: Any) -> str:
     text = str(value).replace("\r", " ").replace("\n", " ")
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     return re.sub(r"([\\`*_{}\[\]()#+!|])", r"\\\1", text)
+
+
+_SIMPLE_ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def code_str(value: Any, lang: str = "swift") -> str:
+    """A double-quoted string literal for Swift or Kotlin that holds any user text exactly."""
+    out = []
+    for ch in str(value):
+        if ch in _SIMPLE_ESCAPES:
+            out.append(_SIMPLE_ESCAPES[ch])
+        elif lang == "kotlin" and ch == "$":  # starts a string template in Kotlin
+            out.append("\\$")
+        elif ord(ch) < 32:
+            out.append(f"\\u{{{ord(ch):x}}}" if lang == "swift" else f"\\u{ord(ch):04x}")
+        else:
+            out.append(ch)
+    return '"' + "".join(out) + '"'
 
 
 def fmt(value: Any, digits: int = 4) -> str:
@@ -47,7 +67,7 @@ def env(autoescape: bool) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    e.filters.update(md=md_escape, fmt=fmt, pct=pct, pyrepr=repr)
+    e.filters.update(md=md_escape, fmt=fmt, pct=pct, pyrepr=repr, code_str=code_str)
     return e
 
 
@@ -61,9 +81,14 @@ def target_template(target: str, name: str) -> str | None:
     return rel if (TEMPLATES / rel).is_file() else None
 
 
-def render_reports(bdir: Path, report: dict[str, Any]) -> None:
-    (bdir / "report.md").write_text(render("report/report.md.j2", r=report))
-    (bdir / "report.html").write_text(render("report/report.html.j2", r=report))
+def render_reports(bdir: Path, report: dict[str, Any], images: np.ndarray | None = None) -> None:
+    """report.md and report.html; `images` (the raw validation images) give flipped-case
+    thumbnails, and without them the flipped cases are listed without pictures."""
+    from packager.report import bundle_context
+
+    ctx = bundle_context(bdir, report, images)
+    (bdir / "report.md").write_text(render("report/report.md.j2", r=report, **ctx))
+    (bdir / "report.html").write_text(render("report/report.html.j2", r=report, **ctx))
 
 
 def render_bundle_docs(bdir: Path, report: dict[str, Any], s: Session) -> None:
@@ -80,4 +105,4 @@ def render_bundle_docs(bdir: Path, report: dict[str, Any], s: Session) -> None:
     if ctx["loader"]:
         (bdir / "predict.py").write_text(render("bundle/predict.py.j2", **ctx))
         (bdir / "predict.py").chmod(0o755)
-    render_reports(bdir, report)
+    render_reports(bdir, report, s.validation.images)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -76,6 +77,14 @@ class WorkerFailed(PackagerError):
     exit_code = 1
 
 
+def _die_with_parent() -> None:
+    """Linux: the worker is killed when the build dies, even by SIGKILL (no orphaned runtime)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
+
+
 def run_worker(job: dict[str, Any], timeout_s: float, arrays: dict[str, np.ndarray]) -> dict:
     """Run packager.worker on `job` in a fresh interpreter; arrays travel as .npy files."""
     with tempfile.TemporaryDirectory(prefix="packager-worker-") as tmp:
@@ -92,6 +101,7 @@ def run_worker(job: dict[str, Any], timeout_s: float, arrays: dict[str, np.ndarr
                 text=True,
                 timeout=timeout_s,
                 env=env,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )
         except subprocess.TimeoutExpired:
             raise WorkerFailed(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from typing import Any, Literal, TypeVar, get_args, get_origin
@@ -11,6 +12,11 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 from packager.errors import UserError
 
 T = TypeVar("T")
+
+
+def shown(key: str) -> str:
+    """A user's key as it can appear in a one-line message (escaped if it has a newline...)."""
+    return key if key.isprintable() else repr(key)[1:-1]
 
 
 def hint(key: str, choices: typing.Iterable[str]) -> str:
@@ -22,8 +28,8 @@ def _type_name(tp: Any) -> str:
     origin = get_origin(tp)
     if origin is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in get_args(tp))
+    if origin in (typing.Union, types.UnionType):  # TOML has no null: None is "leave it out"
+        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
     if origin is list:
         return f"list of {_type_name(get_args(tp)[0])}"
     return getattr(tp, "__name__", str(tp))
@@ -52,6 +58,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             return [coerce(v, get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                raise UserError(f"{where} = {value!r} must be a finite number")
             return float(value)
     elif tp is int:
         if isinstance(value, int) and not isinstance(value, bool):
@@ -77,7 +85,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key not in fields:
-            raise UserError(f"unknown key '{key}' in [{where}]{hint(key, fields)}")
+            raise UserError(f"unknown key '{shown(key)}' in [{where}]{hint(key, fields)}")
         kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
     try:
         obj = cls(**kwargs)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -139,7 +140,10 @@ class Session:
                 self.cfg.bench.timeout_s,
             )
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".part.npy")
-        np.save(tmp, scores, allow_pickle=False)
-        tmp.replace(path)
+        tmp = path.with_name(f"{path.stem}.{os.getpid()}.part.npy")  # one per concurrent build
+        try:
+            np.save(tmp, scores, allow_pickle=False)
+            tmp.replace(path)
+        finally:
+            tmp.unlink(missing_ok=True)
         return scores

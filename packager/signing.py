@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import os
 import tempfile
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
+from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -19,14 +20,16 @@ def keygen(out: Path) -> tuple[Path, Path]:
         raise UserError(f"{out} or {pub} already exists; choose another --out")
     key = Ed25519PrivateKey.generate()
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
+    # Created owner-only and exclusive: never readable by others, even for a moment.
+    fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
         )
-    )
-    out.chmod(0o600)
     pub.write_bytes(
         key.public_key().public_bytes(
             serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
@@ -45,7 +48,9 @@ def _load(path: Path, private: bool) -> Ed25519PrivateKey | Ed25519PublicKey:
         )
     except FileNotFoundError:
         raise UserError(f"key file {path} does not exist") from None
-    except (ValueError, TypeError) as exc:
+    except OSError as exc:
+        raise UserError(f"cannot read key file {path} ({exc.strerror})") from None
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise UserError(
             f"{path} is not a PEM Ed25519 key ({exc}); make one with `packager keygen`"
         ) from None
@@ -86,5 +91,8 @@ def check_signature(root: Path, pubkey: Path) -> str:
     try:
         key.verify(sig.read_bytes(), (root / MANIFEST).read_bytes())  # type: ignore[union-attr]
     except InvalidSignature:
-        return f"invalid ({MANIFEST} was changed or signed with another key)"
+        return (
+            f"invalid ({SIGNATURE} does not match {MANIFEST}: one of them was changed, "
+            "or the bundle was signed with another key)"
+        )
     return "valid"

@@ -14,8 +14,18 @@ from tests.conftest import assert_user_error
 
 BUNDLE = Path("dist/tiny-1.0.0/cpu-onnxruntime")
 CONTRACT_CLINICAL = {
-    "n", "positives", "threshold", "sensitivity", "sensitivity_ci95", "specificity", "accuracy",
-    "auc", "reference_sensitivity", "sensitivity_drop", "flipped", "max_abs_diff",
+    "n",
+    "positives",
+    "threshold",
+    "sensitivity",
+    "sensitivity_ci95",
+    "specificity",
+    "accuracy",
+    "auc",
+    "reference_sensitivity",
+    "sensitivity_drop",
+    "flipped",
+    "max_abs_diff",
 }
 
 
@@ -26,13 +36,23 @@ def test_build_publishes_a_complete_bundle(project, cli, tiny_model, data_path) 
     [result] = r.json["results"]
     assert result["status"] == "passed"
     bundle = root / BUNDLE
-    for name in ("manifest.json", "report.json", "report.md", "report.html", "README.md",
-                 "predict.py", "preprocess.py", "preprocess.json", "runtime.json", "model.onnx"):
+    for name in (
+        "manifest.json",
+        "report.json",
+        "report.md",
+        "report.html",
+        "README.md",
+        "predict.py",
+        "preprocess.py",
+        "preprocess.json",
+        "runtime.json",
+        "model.onnx",
+    ):
         assert (bundle / name).is_file(), name
     assert (root / "dist/tiny-1.0.0/cpu-onnxruntime.tar.gz").is_file()
     report = json.loads((bundle / "report.json").read_text())
     assert report["schema_version"] == 1 and report["status"] == "passed"
-    assert CONTRACT_CLINICAL <= set(report["clinical"])
+    assert set(report["clinical"]) >= CONTRACT_CLINICAL
     bench = report["benchmark"]
     assert {"host", "load_time_ms", "peak_rss_mb", "model_size_mb", "batches"} <= set(bench)
     assert [b["batch_size"] for b in bench["batches"]] == [1, 8]
@@ -50,11 +70,17 @@ def test_build_publishes_a_complete_bundle(project, cli, tiny_model, data_path) 
 
     # The bundle's predict.py runs on an image file and agrees with the validated decision.
     Image.fromarray(images[0]).save(root / "x.png")
-    out = subprocess.run([sys.executable, str(bundle / "predict.py"), str(root / "x.png")],
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        [sys.executable, str(bundle / "predict.py"), str(root / "x.png")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     line = json.loads(out.stdout)
-    assert line["probabilities"]["pneumonia"] == np.float32(p[0]) or abs(
-        line["probabilities"]["pneumonia"] - p[0]) < 1e-5
+    assert (
+        line["probabilities"]["pneumonia"] == np.float32(p[0])
+        or abs(line["probabilities"]["pneumonia"] - p[0]) < 1e-5
+    )
     assert (line["decision"] == "pneumonia") == (p[0] >= 0.2)
 
     # An existing bundle is never replaced silently.
@@ -101,5 +127,7 @@ def test_usage_errors_are_one_line(project, cli, tmp_path) -> None:
     root = project()
     assert_user_error(cli("build", cwd=root), "--target")
     assert_user_error(cli("build", "-t", "cpu-onnxruntim", cwd=root), "cpu-onnxruntime")
-    assert_user_error(cli("build", "-t", "cpu-onnxruntime", "--model", tmp_path / "no.onnx",
-                          cwd=root), "does not exist")
+    assert_user_error(
+        cli("build", "-t", "cpu-onnxruntime", "--model", tmp_path / "no.onnx", cwd=root),
+        "does not exist",
+    )

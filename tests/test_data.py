@@ -45,7 +45,9 @@ def test_preprocess_layouts_and_dtypes() -> None:
     assert nchw.shape == (1, 3, 4, 4) and nhwc.shape == (1, 4, 4, 3) and nhwc.dtype == np.float16
     assert np.allclose(nchw[0, 0], (img[0] / 255 - 0.5) / 0.5)
     assert np.allclose(nchw.transpose(0, 2, 3, 1), nhwc, atol=1e-3)
-    gray = Preprocess(8, 1, "NCHW", 1.0, (0.0,), (1.0,), "float32")(np.zeros((2, 4, 4, 3), np.uint8))
+    gray = Preprocess(8, 1, "NCHW", 1.0, (0.0,), (1.0,), "float32")(
+        np.zeros((2, 4, 4, 3), np.uint8)
+    )
     assert gray.shape == (2, 1, 8, 8)
 
 

@@ -1,0 +1,233 @@
+#!/usr/bin/env python3
+"""cpu-openvino (fp32 and INT8) against the cpu-onnxruntime reference, in one run.
+
+    python benchmarks/openvino_vs_reference.py [--model model.onnx] [--data pneumoniamnist.npz]
+
+Every bundle is built, validated and benchmarked by `packager build` itself (the CLI a release
+pipeline runs), from the packager.toml beside the model (else examples/pneumonia/packager.toml). The script then prints the ratios the
+issue asks for and runs OpenVINO's own benchmark_app on the INT8 IR with the same performance
+hint and precision, to show the packager's harness does not lose what the runtime gives.
+Numbers come from this machine and are printed, never asserted: on a shared CPU they are noisy.
+
+Model: --model, else the trained demo model in the packager cache (`packager demo` makes it),
+else a freshly initialised ResNet-18 from examples/pneumonia/model.py (speed only: its
+sensitivity is meaningless, so the clinical gates are relaxed and the run says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from examples.pneumonia.data import cache_dir, default_candidates  # noqa: E402
+
+EXAMPLE_TOML = REPO / "examples" / "pneumonia" / "packager.toml"
+WITHIN = 0.10  # the harness must be within 10% of benchmark_app
+
+
+def demo_model() -> Path | None:
+    """The newest trained example model in the packager cache, if `packager demo` ran."""
+    found = sorted((cache_dir() / "example").glob("*/model.onnx"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def untrained_model(dest: Path) -> Path:
+    from examples.pneumonia.export import export_fp32
+    from examples.pneumonia.model import make_model
+
+    return export_fp32(make_model(), dest / "model.onnx", size=64, channels=3)
+
+
+def toml_text(cfg: dict[str, Any]) -> str:
+    """TOML for a two-level table of scalars and lists (JSON literals are valid TOML there)."""
+    lines = []
+    for section, table in cfg.items():
+        if isinstance(table, dict) and all(isinstance(v, dict) for v in table.values()):
+            for sub, values in table.items():
+                lines.append(f"[{section}.{sub}]")
+                lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
+        else:
+            lines.append(f"[{section}]")
+            lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
+    return "\n".join(lines) + "\n"
+
+
+def packager_build(config: Path, out: Path, targets: list[str], int8: bool) -> dict[str, dict]:
+    """`packager build` in a subprocess; the report of each target, published or failed."""
+    cmd = [sys.executable, "-m", "packager.cli", "build", "--config", str(config), "--out"]
+    cmd += [str(out), "--force", "--json", *(a for t in targets for a in ("-t", t))]
+    if int8:
+        cmd.append("--int8")
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO)
+    if proc.returncode not in (0, 1) or not proc.stdout.strip():
+        sys.exit(f"packager build failed (exit {proc.returncode}): {proc.stderr.strip()}")
+    reports = {}
+    for r in json.loads(proc.stdout)["results"]:
+        if not r["bundle"]:
+            sys.exit(f"{r['target']}: {r['status']} — {r['reason']}")
+        reports[r["target"]] = json.loads((Path(r["bundle"]) / "report.json").read_text())
+        reports[r["target"]]["bundle_dir"] = r["bundle"]
+    return reports
+
+
+def best(report: dict) -> tuple[float, int, str]:
+    """Best throughput over the main run and every benchmark variant: (samples/s, batch, label)."""
+    b = report["benchmark"]
+    if b["status"] != "ok":
+        sys.exit(f"{report['target']} was not benchmarked: {b['reason']}")
+    runs = [("main", b["batches"])] + [(v["label"], v["batches"]) for v in b["variants"]]
+    return max(
+        (row["throughput_sps"], row["batch_size"], label) for label, rows in runs for row in rows
+    )
+
+
+def p50_batch1(report: dict) -> float:
+    row = next(r for r in report["benchmark"]["batches"] if r["batch_size"] == 1)
+    return row["latency_ms"]["p50"]
+
+
+def packager_bench(bundle: Path, sizes: list[int], seconds: float) -> dict[int, dict]:
+    """`packager bench BUNDLE`: the bundle's own runner, as the build measured it."""
+    cmd = [sys.executable, "-m", "packager.cli", "bench", str(bundle), "--json"]
+    cmd += ["--batch-sizes", ",".join(map(str, sizes)), "--seconds", str(seconds)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, check=True)
+    return {row["batch_size"]: row for row in json.loads(proc.stdout)["batches"]}
+
+
+def fmt(values: list[float], digits: int = 0) -> str:
+    return "/".join(f"{v:.{digits}f}" for v in values)
+
+
+def benchmark_app(
+    xml: Path, shape: list[int], hint: str, api: str, seconds: int
+) -> tuple[float, float]:
+    """(throughput samples/s, median latency ms) from OpenVINO's benchmark_app."""
+    exe = shutil.which("benchmark_app") or str(Path(sys.executable).with_name("benchmark_app"))
+    cmd = [exe, "-m", str(xml), "-d", "CPU", "-hint", hint, "-api", api]
+    cmd += ["-infer_precision", "f32", "-data_shape", json.dumps(shape).replace(" ", "")]
+    cmd += ["-inference_only", "true", "-t", str(seconds)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    fps = re.search(r"Throughput:\s+([\d.]+) FPS", out)
+    median = re.search(r"Median:\s+([\d.]+) (us|ms|s)\b", out)  # the unit follows the size
+    if not (fps and median):
+        sys.exit(f"cannot read benchmark_app's output:\n{out[-2000:]}")
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}[median.group(2)]
+    return float(fps.group(1)), float(median.group(1)) * scale
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", type=Path, help="ONNX model (default: the demo ResNet-18)")
+    ap.add_argument("--data", type=Path, help="PneumoniaMNIST npz (default: ../shared/data)")
+    ap.add_argument("--out", type=Path, help="where the bundles go (default: a temporary dir)")
+    ap.add_argument("--batch-sizes", default="1,8,16,32,64")
+    ap.add_argument("--seconds", type=float, default=2.0, help="per batch size and mode")
+    ap.add_argument("--app-seconds", type=int, default=5, help="each benchmark_app run")
+    ap.add_argument("--reps", type=int, default=3, help="interleaved rounds against benchmark_app")
+    ap.add_argument(
+        "--speed-only", action="store_true", help="relax the clinical gates (untrained models)"
+    )
+    args = ap.parse_args()
+
+    data = args.data or next((p for p in default_candidates() if p.is_file()), None)
+    if data is None or not data.is_file():
+        sys.exit("PneumoniaMNIST not found; pass --data PATH")
+    work = args.out or Path(tempfile.mkdtemp(prefix="ov-vs-ref-"))
+    work.mkdir(parents=True, exist_ok=True)
+    model, speed_only = args.model or demo_model(), args.speed_only
+    if model is None:
+        model, speed_only = untrained_model(work), True
+        print("No trained demo model (run `packager demo`): using an untrained ResNet-18;")
+        print("its clinical numbers mean nothing, so the gates are relaxed. Speed only.\n")
+
+    # The demo model's own config carries the threshold its training chose on the val split.
+    beside = model.parent / "packager.toml"
+    cfg = tomllib.loads((beside if beside.is_file() else EXAMPLE_TOML).read_text())
+    cfg["model"]["path"] = str(model.resolve())
+    cfg["data"]["path"] = str(data.resolve())
+    cfg["bench"] = {"batch_sizes": [int(b) for b in args.batch_sizes.split(",")]}
+    cfg["bench"]["seconds"] = args.seconds
+    if speed_only:
+        cfg["gates"] = {"min_sensitivity": 0.0, "max_sensitivity_drop": 1.0}
+    config = work / "packager.toml"
+    config.write_text(toml_text(cfg))
+
+    print(f"model {model}\nbuilding into {work} (seconds per batch size: {args.seconds})")
+    fp32 = packager_build(config, work / "fp32", ["cpu-onnxruntime", "cpu-openvino"], False)
+    int8 = packager_build(config, work / "int8", ["cpu-openvino"], True)["cpu-openvino"]
+    ref, ov32 = fp32["cpu-onnxruntime"], fp32["cpu-openvino"]
+
+    host = ref["benchmark"]["host"]
+    print(f"\nhost: {host['cpu']}, {host['cores']} cores, {' '.join(host['flags'])}")
+    print(f"{'bundle':22} {'status':8} {'sens':>7} {'drop':>7} {'b1 p50 ms':>10} best samples/s")
+    for name, r in (
+        ("cpu-onnxruntime", ref),
+        ("cpu-openvino fp32", ov32),
+        ("cpu-openvino int8", int8),
+    ):
+        tput, bs, label = best(r)
+        c = r["clinical"]
+        print(
+            f"{name:22} {r['status']:8} {c['sensitivity']:7.4f} {c['sensitivity_drop'] or 0:7.4f} "
+            f"{p50_batch1(r):10.3f} {tput:9.1f} (batch {bs}, {label})"
+        )
+
+    ref_tput, int8_tput = best(ref)[0], best(int8)
+    tput_ratio = int8_tput[0] / ref_tput
+    lat_ratio = p50_batch1(int8) / p50_batch1(ref)
+    print(f"\nINT8 best throughput / reference best throughput: {tput_ratio:.2f}x  (goal >= 4x)")
+    print(f"INT8 batch-1 p50 / reference batch-1 p50:        {lat_ratio:.2f}   (goal <= 0.5)")
+    if int8.get("details", {}).get("int8"):
+        print("INT8:", next(n for n in int8["notes"] if n.startswith("INT8")))
+
+    # benchmark_app on the same INT8 IR, interleaved with `packager bench` on the bundle so
+    # both see the same load: throughput at the best batch with the THROUGHPUT hint (what
+    # packager's async queue runs), batch-1 latency with the LATENCY hint, synchronous.
+    bundle = Path(int8["bundle_dir"])
+    pre = json.loads((bundle / "preprocess.json").read_text())
+    dims = [pre["channels"], pre["size"], pre["size"]]
+    if pre["layout"] == "NHWC":
+        dims = [pre["size"], pre["size"], pre["channels"]]
+    bs = int8_tput[1]
+    ours_t, ours_l, app_t, app_l = [], [], [], []
+    for _ in range(args.reps):
+        rows = packager_bench(bundle, sorted({1, bs}), args.seconds)
+        ours_t.append(rows[bs]["throughput_sps"])
+        ours_l.append(rows[1]["latency_ms"]["p50"])
+        xml = bundle / "model.xml"
+        app_t.append(benchmark_app(xml, [bs, *dims], "throughput", "async", args.app_seconds)[0])
+        app_l.append(benchmark_app(xml, [1, *dims], "latency", "sync", args.app_seconds)[1])
+    t_ratio = statistics.median(ours_t) / statistics.median(app_t)
+    l_ratio = statistics.median(ours_l) / statistics.median(app_l)
+    print(f"\nINT8 IR, packager bench vs benchmark_app, f32 pinned, median of {args.reps} rounds:")
+    print(
+        f"  throughput batch {bs} (THROUGHPUT hint, async): packager "
+        f"{statistics.median(ours_t):.1f}, benchmark_app {statistics.median(app_t):.1f} "
+        f"samples/s -> {t_ratio:.2f}  (rounds: {fmt(ours_t)} vs {fmt(app_t)})"
+    )
+    print(
+        f"  batch-1 latency (LATENCY hint, sync): packager p50 {statistics.median(ours_l):.3f}, "
+        f"benchmark_app median {statistics.median(app_l):.3f} ms -> {l_ratio:.2f}  "
+        f"(rounds: {fmt(ours_l, 3)} vs {fmt(app_l, 3)})"
+    )
+    ok = t_ratio >= 1 - WITHIN and l_ratio <= 1 + WITHIN
+    print(f"  packager within {WITHIN:.0%} of benchmark_app (or better): {'yes' if ok else 'no'}")
+    print("\nShared CPU: rerun for stable numbers; nothing here is asserted.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,372 @@
+"""What the reports show, derived from report.json (plus validation.npz and runtime.json when a
+bundle directory is at hand): one summary row per report, shared by report.md / report.html and
+`packager compare`. A missing piece carries its reason in place of a number, never a zero."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from packager.metrics import roc_curve
+
+# Word starts in a runtime's self-description that mean it ran on an accelerator, not the CPU
+# ("CUDAExecutionProvider", "GPU.0", "TensorRT", "CoreML").
+ACCELERATOR_WORDS = ("cuda", "tensorrt", "trt", "gpu", "coreml", "rocm", "migraphx", "dml", "npu")
+FLIPS_SHOWN = 48  # thumbnails in report.html; the rest are counted
+
+
+def _gap_bench(b: dict[str, Any]) -> str | None:
+    status = b.get("status")
+    if status == "ok" and b.get("batches"):
+        return None
+    if status == "failed":
+        return f"benchmark failed: {b.get('reason') or 'no reason given'}"
+    return f"not benchmarked: {b.get('reason') or 'no benchmark in this report'}"
+
+
+def _gap_clinical(report: dict[str, Any]) -> str | None:
+    if report.get("clinical"):
+        return None
+    why = (report.get("validation") or {}).get("not_validated") or "no validation in this report"
+    return f"not validated: {why}"
+
+
+def runs_on_accelerator(report: dict[str, Any]) -> bool:
+    """Whether the benchmark (or validation) runtime describes an accelerator. Only values are
+    read, word by word, so neither a key like `gpu_available: false` nor "input" counts."""
+
+    def words(x: Any) -> list[str]:
+        if isinstance(x, dict):
+            return [w for v in x.values() for w in words(v)]
+        if isinstance(x, list):
+            return [w for v in x for w in words(v)]
+        return re.findall(r"[a-z0-9]+", x.lower()) if isinstance(x, str) else []
+
+    b, v = report.get("benchmark") or {}, report.get("validation") or {}
+    runtime = b.get("runtime") or v.get("runtime") or {}
+    return any(w.startswith(ACCELERATOR_WORDS) for w in words(runtime))
+
+
+def summarize(report: dict[str, Any]) -> dict[str, Any]:
+    """The numbers people compare, each None with a reason (a `*_gap`) when it was not measured."""
+    c = report.get("clinical") or {}
+    v = report.get("validation") or {}
+    b = report.get("benchmark") or {}
+    m = report.get("model") or {}
+    bench_gap = _gap_bench(b)
+    rows = sorted(b.get("batches") or [], key=lambda r: r["batch_size"]) if not bench_gap else []
+    first = rows[0] if rows else None
+    latency_gap = bench_gap
+    if first is not None and first["batch_size"] != 1:
+        latency_gap = f"no batch-1 run (the model takes a fixed batch of {first['batch_size']})"
+    b1 = first if first is not None and first["batch_size"] == 1 else None
+    best = max(rows, key=lambda r: r["throughput_sps"]) if rows else None
+    flipped = c.get("flipped")
+    host = b.get("host") or {}
+    return {
+        "target": report.get("target", "?"),
+        "name": m.get("name"),
+        "version": m.get("version"),
+        "precision": report.get("precision"),
+        "status": report.get("status", "unknown"),
+        "reason": report.get("reason", ""),
+        "validated_on": None if not c else (f"proxy: {v['proxy']}" if v.get("proxy") else "own"),
+        "clinical_gap": _gap_clinical(report),
+        "gate_min_sensitivity": next(
+            (
+                ch["limit"]
+                for ch in (report.get("gates") or {}).get("checks", [])
+                if ch["name"] == "min_sensitivity"
+            ),
+            None,
+        ),
+        "failed_gates": [
+            ch["name"] for ch in (report.get("gates") or {}).get("checks", []) if not ch["passed"]
+        ],
+        "sensitivity": c.get("sensitivity"),
+        "sensitivity_ci95": c.get("sensitivity_ci95"),
+        "specificity": c.get("specificity"),
+        "auc": c.get("auc"),
+        "flips": len(flipped) if flipped is not None else None,
+        "n": c.get("n"),
+        "positives": c.get("positives"),
+        "threshold": c.get("threshold"),
+        "reference_sensitivity": c.get("reference_sensitivity"),
+        "sensitivity_drop": c.get("sensitivity_drop"),
+        "bench_gap": bench_gap,
+        "latency_gap": latency_gap if b1 is None else None,
+        "latency_p50_ms": b1["latency_ms"]["p50"] if b1 else None,
+        "latency_p95_ms": b1["latency_ms"]["p95"] if b1 else None,
+        "throughput_sps": best["throughput_sps"] if best else None,
+        "throughput_batch": best["batch_size"] if best else None,
+        "peak_memory_mb": b.get("peak_rss_mb") if not bench_gap else None,
+        "serving_memory_mb": b.get("serving_memory_mb") if not bench_gap else None,
+        "load_time_ms": b.get("load_time_ms") if not bench_gap else None,
+        "size_mb": b.get("model_size_mb"),
+        "gflops": m.get("gflops_per_sample"),
+        "batches": rows,
+        "variants": b.get("variants") or [],
+        "host": {k: host.get(k) for k in ("cpu", "cores", "flags")} if not bench_gap else None,
+        "accelerator": runs_on_accelerator(report),
+    }
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the summary tables; `gap` names the row field whose reason replaces it."""
+
+    key: str
+    header: str
+    gap: str
+    show: Callable[[dict[str, Any]], str]
+    better: str = ""  # "lower" | "higher" | "": for release diffs
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.2f}%"
+
+
+def _sens(r: dict[str, Any]) -> str:
+    ci = r["sensitivity_ci95"]
+    text = _pct(r["sensitivity"])
+    return f"{text} ({_pct(ci[0])}–{_pct(ci[1])})" if ci else text
+
+
+def _opt(key: str, show: Callable[[Any], str], none: str) -> Callable[[dict[str, Any]], str]:
+    return lambda r: none if r[key] is None else show(r[key])
+
+
+COLUMNS = (
+    Column("sensitivity", "sensitivity (95% CI)", "clinical_gap", _sens, "higher"),
+    Column(
+        "specificity",
+        "specificity",
+        "clinical_gap",
+        _opt("specificity", _pct, "n/a: no negatives"),
+        "higher",
+    ),
+    Column("auc", "AUC", "clinical_gap", _opt("auc", "{:.4f}".format, "n/a: one class"), "higher"),
+    Column(
+        "flips",
+        "flips vs reference",
+        "clinical_gap",
+        _opt("flips", str, "n/a: no reference"),
+        "lower",
+    ),
+    Column(
+        "latency_p50_ms",
+        "batch-1 p50 ms",
+        "latency_gap",
+        lambda r: f"{r['latency_p50_ms']:.3f}",
+        "lower",
+    ),
+    Column(
+        "latency_p95_ms",
+        "batch-1 p95 ms",
+        "latency_gap",
+        lambda r: f"{r['latency_p95_ms']:.3f}",
+        "lower",
+    ),
+    Column(
+        "throughput_sps",
+        "best samples/s (batch)",
+        "bench_gap",
+        lambda r: f"{r['throughput_sps']:,.0f} (batch {r['throughput_batch']})",
+        "higher",
+    ),
+    Column(
+        "peak_memory_mb",
+        "peak memory MB",
+        "bench_gap",
+        lambda r: f"{r['peak_memory_mb']:.1f}",
+        "lower",
+    ),
+    Column(
+        "serving_memory_mb",
+        "serving memory MB",
+        "bench_gap",
+        _opt("serving_memory_mb", "{:.1f}".format, "n/a"),
+        "lower",
+    ),
+    Column("size_mb", "model size MB", "", _opt("size_mb", "{:.2f}".format, "n/a"), "lower"),
+    Column("load_time_ms", "load ms", "bench_gap", lambda r: f"{r['load_time_ms']:.1f}", "lower"),
+    Column("gflops", "GFLOPs / sample", "", _opt("gflops", "{:.4g}".format, "n/a: dynamic shape")),
+)
+
+
+def cell(row: dict[str, Any], col: Column) -> tuple[str, str | None]:
+    """(text, reason it is missing or None). A missing value reads as the short reason."""
+    gap = row.get(col.gap) if col.gap else None
+    if gap:
+        return gap.split(":")[0], gap
+    return col.show(row), None
+
+
+def _runtime_json(bdir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((bdir / "runtime.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def class_names(bdir: Path | None) -> tuple[str, str, list[str] | None, int | None]:
+    """(positive name, name of the rest, all names, positive index) from the bundle's runtime.json."""
+    rt = _runtime_json(bdir) if bdir else {}
+    names, pos = rt.get("labels"), rt.get("positive")
+    if not names or pos not in names:
+        return "positive", "negative", None, None
+    rest = [n for n in names if n != pos]
+    return pos, rest[0] if len(rest) == 1 else f"not {pos}", names, names.index(pos)
+
+
+EFFECTS = ("new miss", "new false alarm", "miss fixed", "false alarm fixed")
+
+
+def _effect(truth_pos: bool, target_pos: bool) -> str:
+    if truth_pos:
+        return "new miss" if not target_pos else "miss fixed"
+    return "new false alarm" if target_pos else "false alarm fixed"
+
+
+def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None) -> dict[str, Any]:
+    """Everything report.md / report.html need beyond report.json: the summary row, figures
+    (inline SVG), flipped cases with both probabilities and thumbnails, and the reason for any
+    figure that cannot be drawn."""
+    from packager import plots  # matplotlib is imported only when a report is drawn
+
+    row = summarize(report)
+    positive, negative, names, pos_idx = class_names(bdir)
+    # Every key present (None when absent) so templates can test them under StrictUndefined.
+    figures: dict[str, Any] = dict.fromkeys(("confusion", "roc", "latency", "sweep"))
+    gaps: dict[str, str | None] = dict.fromkeys(
+        ("clinical", "roc", "flips", "thumbnails", "bench", "latency")
+    )
+    flips: list[dict[str, Any]] = []
+    c = report.get("clinical")
+    if row["clinical_gap"]:
+        gaps["clinical"] = row["clinical_gap"]
+    else:
+        figures["confusion"] = plots.confusion_matrix(c["confusion"], positive, negative)
+        arrays = _validation_arrays(bdir, c, pos_idx)
+        if isinstance(arrays, str):
+            gaps["roc"] = arrays
+        else:
+            labels, p, ref = arrays
+            y = labels == pos_idx
+            fpr, tpr = roc_curve(y, p)
+            ref_curve = roc_curve(y, ref) if ref is not None else None
+            spec = c["specificity"] if c["specificity"] is not None else 1.0
+            point = (1 - spec, c["sensitivity"])
+            figures["roc"] = plots.roc(fpr, tpr, ref_curve, point, c["threshold"], c["auc"])
+            if ref is not None:
+                flips = _flipped(c, labels, y, p, ref, names, images)
+    if c and c.get("flipped") and not flips and gaps["roc"]:
+        gaps["flips"] = gaps["roc"]
+    if images is None and flips:
+        gaps["thumbnails"] = "the validation images were not at hand when this report was drawn"
+    samples_row = next((r for r in row["batches"] if "latency_samples_ms" in r), None)
+    if row["bench_gap"]:
+        gaps["bench"] = row["bench_gap"]
+    else:
+        if samples_row is not None:
+            figures["latency"] = plots.latency_distribution(
+                samples_row["latency_samples_ms"],
+                samples_row["latency_ms"],
+                samples_row["batch_size"],
+                samples_row.get("iterations", len(samples_row["latency_samples_ms"])),
+            )
+        else:
+            gaps["latency"] = "no per-call latency samples in this report (older packager)"
+        series = [("as shipped", row["batches"])] + [
+            (v["label"], v["batches"]) for v in row["variants"] if v.get("batches")
+        ]
+        figures["sweep"] = plots.batch_sweep(series)
+    return {
+        "row": row,
+        "cells": [(col.header, *cell(row, col)) for col in COLUMNS],
+        "figures": figures,
+        "gaps": gaps,
+        "flips": flips,
+        "flips_more": max(0, (row["flips"] or 0) - len(flips)),
+        "positive": positive,
+        "negative": negative,
+        "latency_samples": _sample_stats(samples_row),
+    }
+
+
+def _validation_arrays(
+    bdir: Path, c: dict[str, Any], pos_idx: int | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | str:
+    """(labels, p(positive), reference p(positive)) from validation.npz, or why not.
+    The arrays must reproduce report.json's confusion counts: a bundle re-validated elsewhere
+    keeps the build's arrays, and a plot of those would contradict the tables."""
+    path = bdir / "validation.npz"
+    if pos_idx is None:
+        return "runtime.json does not name the positive class"
+    if not path.is_file():
+        return "validation.npz is missing from the bundle"
+    with np.load(path, allow_pickle=False) as z:
+        labels, probs = z["labels"], z["probs"]
+        reference = z["reference"] if "reference" in z.files else None
+    y = labels == pos_idx
+    p = probs[:, pos_idx].astype(np.float64)
+    pred = p >= c["threshold"]
+    counts = {
+        "tp": int((pred & y).sum()),
+        "fn": int((~pred & y).sum()),
+        "tn": int((~pred & ~y).sum()),
+        "fp": int((pred & ~y).sum()),
+    }
+    if counts != c["confusion"]:
+        return "validation.npz does not match this report (re-validated since the build)"
+    ref = reference[:, pos_idx].astype(np.float64) if reference is not None else None
+    return labels, p, ref
+
+
+def _flipped(
+    c: dict[str, Any],
+    labels: np.ndarray,
+    y: np.ndarray,
+    p: np.ndarray,
+    ref: np.ndarray,
+    names: list[str] | None,
+    images: np.ndarray | None,
+) -> list[dict[str, Any]]:
+    """Flipped cases, new misses first, then new false alarms, then fixes: the order a safety
+    officer reads them in."""
+    from packager.plots import thumbnail
+
+    t = c["threshold"]
+    idx = [int(i) for i in c.get("flipped") or []]
+    idx.sort(key=lambda i: (EFFECTS.index(_effect(bool(y[i]), bool(p[i] >= t))), i))
+    out = []
+    for i in idx[:FLIPS_SHOWN]:
+        out.append(
+            {
+                "index": i,
+                "truth": names[labels[i]] if names else str(labels[i]),
+                "p": float(p[i]),
+                "p_ref": float(ref[i]),
+                "effect": _effect(bool(y[i]), bool(p[i] >= t)),
+                "thumb": thumbnail(images[i]) if images is not None and i < len(images) else None,
+            }
+        )
+    return out
+
+
+def _sample_stats(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    if row is None:
+        return None
+    s = row["latency_samples_ms"]
+    return {
+        "batch": row["batch_size"],
+        "n": row.get("iterations", len(s)),
+        "min": s[0],
+        "max": s[-1],
+    }

@@ -1,0 +1,588 @@
+"""cpu-openvino: OpenVINO IR on the CPU plugin, with the inference precision pinned to the one the
+bundle was validated at, and optional INT8 through NNCF (post-training, or accuracy-controlled on
+sensitivity so the quantizer keeps in float whatever layers it must)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import cache
+from importlib.util import find_spec
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from packager.data import load_dataset
+from packager.errors import Unavailable, UserError
+from packager.metrics import clinical, to_probabilities
+from packager.runner import Runner
+from packager.triton import Tensor, TritonModel, serve_commands, write_repository
+from packager.validate import output_kind
+from targets.base import Availability, BuildContext, BuildOutput, Check, Status, Target
+
+# What each bundle precision computes in on the CPU. fp16 and int8 IRs keep f32 activations for
+# everything that is not quantized; only bf16 lowers the arithmetic itself.
+INFERENCE_PRECISION = {"fp32": "f32", "fp16": "f32", "int8": "f32", "bf16": "bf16"}
+WEIGHTED_OPS = {
+    "Convolution",
+    "GroupConvolution",
+    "ConvolutionBackpropData",
+    "GroupConvolutionBackpropData",
+    "MatMul",
+}
+INT_WEIGHTS = {"i8", "u8", "i4", "u4"}
+# Ops NNCF may put between a weight constant and the layer that reads it.
+WEIGHT_PATH_OPS = {
+    "Convert",
+    "Multiply",
+    "Subtract",
+    "Reshape",
+    "Transpose",
+    "Unsqueeze",
+    "Squeeze",
+}
+OVMS_IMAGE = "openvino/model_server:latest"
+
+
+@dataclass
+class Options:
+    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    int8_mode: Literal["ptq", "accuracy-control"] = "ptq"
+    # accuracy-control measures sensitivity on this split; never the validation split.
+    control_split: str = "val"
+    control_size: int = 1000  # images drawn from control_split (all of them when fewer)
+    preset: Literal["performance", "mixed"] = "performance"
+    threads: int = 0  # 0: OpenVINO's default (every core)
+
+    def check(self, where: str) -> None:
+        if self.control_size < 1:
+            raise UserError(f"{where}.control_size must be at least 1")
+        if self.threads < 0:
+            raise UserError(f"{where}.threads must be 0 (OpenVINO's default) or more")
+
+
+# ---------------------------------------------------------------------------------- availability
+
+
+@cache
+def _cpu_status() -> Status:
+    if find_spec("openvino") is None:
+        return Status(False, "openvino is not installed; pip install 'packager[openvino]'")
+    import openvino as ov
+
+    if "CPU" not in ov.Core().available_devices:
+        return Status(False, "OpenVINO finds no CPU device here (it needs x86-64 or ARM64)")
+    return Status(True)
+
+
+@cache
+def cpu_facts() -> dict[str, Any]:
+    """What OpenVINO's CPU plugin offers on this host, and the precision it picks by default."""
+    import openvino as ov
+
+    core = ov.Core()
+    return {
+        "device": core.get_property("CPU", "FULL_DEVICE_NAME"),
+        "capabilities": list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")),
+        "default_inference_precision": core.get_property(
+            "CPU", "INFERENCE_PRECISION_HINT"
+        ).get_type_name(),
+    }
+
+
+# ------------------------------------------------------------------------------------ conversion
+
+
+@contextmanager
+def _nncf_output(verbose: bool) -> Iterator[None]:
+    """NNCF logs and draws progress bars on stdout, which `--json` owns: send them to stderr
+    when progress is shown, else nowhere."""
+    import nncf
+
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    nncf.set_log_level(logging.INFO if verbose else logging.ERROR)
+    sys.stdout.flush()
+    saved = os.dup(1)
+    sink = os.dup(2) if verbose else os.open(os.devnull, os.O_WRONLY)
+    os.dup2(sink, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(sink)
+        nncf.set_log_level(level)
+
+
+def _chunks(a: np.ndarray, size: int, fill: Any = None) -> list[np.ndarray]:
+    """`a` cut into items of the model's batch size; the last is padded (with `fill`, or by
+    repeating its last row)."""
+    out = []
+    for i in range(0, len(a), size):
+        c = a[i : i + size]
+        if len(c) < size:
+            n = size - len(c)
+            pad = (
+                np.repeat(c[-1:], n, axis=0)
+                if fill is None
+                else np.full((n, *c.shape[1:]), fill, c.dtype)
+            )
+            c = np.concatenate([c, pad])
+        out.append(np.ascontiguousarray(c))
+    return out
+
+
+class SensitivityMetric:
+    """NNCF validation function: sensitivity at the configured threshold (higher is better).
+
+    Per-item outputs are returned too, so NNCF ranks layers by how much each one changes the
+    scores (its NMSE mode): a per-image sensitivity is 0 or 1 and ranks nothing."""
+
+    def __init__(self, positive: int, threshold: float, kind: str) -> None:
+        self.positive, self.threshold, self.kind = positive, threshold, kind
+
+    def __call__(
+        self, compiled: Any, items: Iterable[tuple[np.ndarray, np.ndarray]]
+    ) -> tuple[float, list[list[np.ndarray]]]:
+        outs, labels = [], []
+        for x, y in items:
+            outs.append(np.array(compiled(x)[0], np.float32))
+            labels.append(y)
+        return self.sensitivity(np.concatenate(outs), np.concatenate(labels)), [[o] for o in outs]
+
+    def sensitivity(self, scores: np.ndarray, labels: np.ndarray) -> float:
+        probs = to_probabilities(scores, self.kind)
+        return clinical(probs, labels, self.positive, self.threshold).sensitivity
+
+
+def _weight_kind(op: Any) -> str | None:
+    """'int8' when a weighted layer reads quantized weights, 'float' when it reads float
+    constants, None when its second input is not a weight."""
+    node = op.input_value(1).get_node()
+    while True:
+        kind = node.get_type_name()
+        if kind == "FakeQuantize":
+            return "int8"
+        if kind == "Constant":
+            return "int8" if node.get_element_type().get_type_name() in INT_WEIGHTS else "float"
+        if kind not in WEIGHT_PATH_OPS:
+            return None
+        node = node.input_value(0).get_node()
+
+
+def layer_precisions(model: Any) -> dict[str, list[str]]:
+    """Weighted layers (convolutions, matmuls) of an IR split by the precision of their weights."""
+    out: dict[str, list[str]] = {"int8": [], "float": []}
+    for op in model.get_ordered_ops():
+        if op.get_type_name() in WEIGHTED_OPS:
+            kind = _weight_kind(op)
+            if kind:
+                out[kind].append(op.get_friendly_name())
+    return out
+
+
+def _compile_f32(model: Any) -> Any:
+    import openvino as ov
+
+    return ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+
+
+def quantize(ctx: BuildContext, model: Any) -> tuple[Any, dict[str, Any], list[Check]]:
+    """INT8 with NNCF: calibration from a non-validation split; with accuracy control, the
+    allowed sensitivity drop on the control split is [gates] max_sensitivity_drop."""
+    import nncf
+    import openvino as ov
+    from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
+
+    cfg, opts = ctx.config, ctx.options
+    batch = ctx.model.fixed_batch or 1
+    cal_images = ctx.calibration()
+    calibration = _chunks(cal_images, batch)
+    common: dict[str, Any] = {
+        "subset_size": len(calibration),
+        "preset": nncf.QuantizationPreset(opts.preset),
+        "target_device": nncf.TargetDevice.CPU,
+    }
+    details: dict[str, Any] = {
+        "mode": opts.int8_mode,
+        "preset": opts.preset,
+        "calibration": {"split": cfg.data.calibration_split, "images": len(cal_images)},
+    }
+    verbose = ctx.progress.enabled
+    if opts.int8_mode == "ptq":
+        with _nncf_output(verbose):
+            q = nncf.quantize(model, nncf.Dataset(calibration), **common)
+        details["layers"] = layer_precisions(q)
+        return q, details, []
+
+    control = load_dataset(cfg.data.path, opts.control_split, cfg.labels.names).subset(
+        opts.control_size, cfg.data.seed
+    )
+    xs = _chunks(ctx.preprocess(control.images), batch)
+    ys = _chunks(control.labels, batch, fill=-1)  # padding rows are never positives
+    items = list(zip(xs, ys, strict=True))
+    metric = SensitivityMetric(
+        cfg.labels.positive_index,
+        cfg.labels.threshold,
+        output_kind(cfg, ctx.model.ends_with_softmax),
+    )
+    max_drop = cfg.gates.max_sensitivity_drop
+    fp32_sens = metric(_compile_f32(model), items)[0]
+    with tempfile.TemporaryDirectory(prefix="packager-nncf-") as tmp, _nncf_output(verbose):
+        q = nncf.quantize_with_accuracy_control(
+            model,
+            nncf.Dataset(calibration),
+            nncf.Dataset(items, lambda item: item[0]),
+            metric,
+            max_drop=max_drop,
+            drop_type=nncf.DropType.ABSOLUTE,
+            advanced_accuracy_restorer_parameters=AdvancedAccuracyRestorerParameters(
+                intermediate_model_dir=tmp
+            ),
+            **common,
+        )
+        # NNCF only logs which layers it reverted; the fully quantized model it started from
+        # tells us exactly.
+        initial = layer_precisions(ov.Core().read_model(Path(tmp) / "intermediate_model.xml"))
+    layers = layer_precisions(q)
+    int8_sens = metric(_compile_f32(q), items)[0]
+    drop = fp32_sens - int8_sens
+    details["layers"] = layers
+    details["reverted_to_float"] = [n for n in layers["float"] if n not in initial["float"]]
+    details["control"] = {
+        "split": opts.control_split,
+        "images": len(control),
+        "positives": int((control.labels == cfg.labels.positive_index).sum()),
+        "sensitivity_fp32": fp32_sens,
+        "sensitivity_int8": int8_sens,
+        "drop": drop,
+        "max_drop": max_drop,
+    }
+    check = Check(
+        "int8_control_sensitivity_drop",
+        round(drop, 6),
+        max_drop,
+        drop <= max_drop + 1e-12,
+        f"accuracy control on split '{opts.control_split}' ({len(control)} images)",
+    )
+    return q, details, [check]
+
+
+def _int8_note(details: dict[str, Any]) -> str:
+    layers = details["layers"]
+    total = len(layers["int8"]) + len(layers["float"])
+    text = (
+        f"INT8 ({details['mode']}, calibrated on {details['calibration']['images']} "
+        f"'{details['calibration']['split']}' images): {len(layers['int8'])} of {total} "
+        "weighted layers run in INT8"
+    )
+    if layers["float"]:
+        text += "; kept in float: " + ", ".join(layers["float"])
+    if "control" in details:
+        c = details["control"]
+        text += (
+            f". Sensitivity on '{c['split']}' ({c['images']} images): fp32 "
+            f"{c['sensitivity_fp32']:.4f}, int8 {c['sensitivity_int8']:.4f} "
+            f"(drop {c['drop']:.4f}, allowed {c['max_drop']})"
+        )
+    if not layers["int8"]:
+        text += ". No layer runs in INT8: this bundle computes like the fp32 one, without speed-up"
+    return text
+
+
+# --------------------------------------------------------------------------------------- serving
+
+
+def _write_serving(ctx: BuildContext, stage: Path, runner_options: dict[str, Any]) -> dict:
+    """A Triton model repository for the OpenVINO backend (OVMS reads the same <name>/1/ layout)
+    and an OVMS config that pins the precision."""
+    info, name = ctx.model, ctx.config.model.name
+    precision = runner_options["inference_precision"]
+    params = {"PERFORMANCE_HINT": "LATENCY"}
+    if precision == "bf16":
+        params["HINT_BF16"] = "YES"
+    if runner_options["threads"]:
+        params["INFERENCE_NUM_THREADS"] = str(runner_options["threads"])
+    fixed = info.fixed_batch is not None
+    model = TritonModel(
+        name=name,
+        backend="openvino",
+        # The OpenVINO backend pads every batched request up to max_batch_size; with 0 the
+        # client's own batch axis goes through unchanged (the IR takes any batch).
+        max_batch_size=0,
+        inputs=[Tensor.from_shape(info.input.name, info.input.dtype, info.input.shape, False)],
+        outputs=[Tensor.from_shape(info.output.name, info.output.dtype, info.output.shape, False)],
+        instance_kind="KIND_CPU",
+        warmup_batch_sizes=[1] if fixed else [],
+        parameters=params,
+    )
+    write_repository(
+        stage / "triton",
+        model,
+        {"model.xml": stage / "model.xml", "model.bin": stage / "model.bin"},
+    )
+    plugin = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
+    if runner_options["threads"]:
+        plugin["INFERENCE_NUM_THREADS"] = str(runner_options["threads"])
+    ovms = {
+        "model_config_list": [
+            {"config": {"name": name, "base_path": f"/models/{name}", "plugin_config": plugin}}
+        ]
+    }
+    (stage / "ovms_config.json").write_text(json.dumps(ovms, indent=2, sort_keys=True) + "\n")
+    cmds = serve_commands(model)
+    cmds["ovms"] = (
+        f'docker run --rm -p 9000:9000 -p 8000:8000 -v "$PWD/triton:/models:ro" '
+        f'-v "$PWD/ovms_config.json:/config.json:ro" {OVMS_IMAGE} '
+        "--config_path /config.json --port 9000 --rest_port 8000"
+    )
+    return {
+        "triton_parameters": params,
+        "triton_pins_precision": precision == "bf16",
+        "ovms_plugin_config": plugin,
+        "commands": cmds,
+    }
+
+
+# ------------------------------------------------------------------------------------------ target
+
+
+class CpuOpenVino(Target):
+    name = "cpu-openvino"
+    summary = "OpenVINO IR on the CPU plugin, inference precision pinned (fp32, fp16, bf16 or INT8)"
+    Options = Options
+    int8_option = ("precision", "int8")
+
+    def availability(self) -> Availability:
+        status = _cpu_status()
+        return Availability(build=status, validate=status, bench=status)
+
+    def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
+        import openvino as ov
+
+        opts = ctx.options
+        facts = cpu_facts()
+        hint = INFERENCE_PRECISION[opts.precision]
+        if hint == "bf16" and "BF16" not in facts["capabilities"]:
+            raise Unavailable(
+                f"precision 'bf16' needs a CPU with native bfloat16 (AVX512-BF16 or AMX); "
+                f"OpenVINO sees {', '.join(facts['capabilities'])} on {facts['device']} — "
+                "choose fp32, fp16 or int8"
+            )
+        if opts.precision == "int8" and find_spec("nncf") is None:
+            raise Unavailable("INT8 needs NNCF; pip install 'packager[openvino]'")
+        accuracy_control = opts.precision == "int8" and opts.int8_mode == "accuracy-control"
+        if accuracy_control and opts.control_split == ctx.config.data.split:
+            raise UserError(
+                f"[targets.cpu-openvino] control_split = '{opts.control_split}' is the validation "
+                "split; tuning INT8 on the images it is validated on hides errors — use 'val' or "
+                "another split"
+            )
+        model = ov.convert_model(str(ctx.model_path))
+        details: dict[str, Any] = {}
+        checks: list[Check] = []
+        notes = []
+        if opts.precision == "int8":
+            model, details["int8"], checks = quantize(ctx, model)
+            notes.append(_int8_note(details["int8"]))
+        # save_model compresses weights to fp16 unless told not to: only the fp16 bundle wants it.
+        ov.save_model(model, stage / "model.xml", compress_to_fp16=opts.precision == "fp16")
+        runner_options = {
+            "model": "model.xml",
+            "inference_precision": hint,
+            "hint": "both",
+            "threads": opts.threads,
+        }
+        default = facts["default_inference_precision"]
+        details["inference_precision"] = {
+            "pinned": hint,
+            "openvino_default_on_build_host": default,
+            "cpu": facts["device"],
+            "cpu_capabilities": facts["capabilities"],
+        }
+        notes.append(
+            f"Inference precision pinned to {hint} (INFERENCE_PRECISION_HINT) in the runner, "
+            f"predict.py and the OVMS config; OpenVINO's default on the build host "
+            f"({facts['device']}) is {default}"
+            + (
+                ", so without the pin it would not run what was validated"
+                if default != hint
+                else ""
+            )
+            + "."
+        )
+        details["serving"] = _write_serving(ctx, stage, runner_options)
+        if not details["serving"]["triton_pins_precision"]:
+            notes.append(
+                "Triton's OpenVINO backend has no parameter that pins f32: on CPUs with native "
+                "bfloat16 (AMX, AVX512-BF16) it computes in bf16, which this bundle was not "
+                "validated at; serve with OpenVINO Model Server (ovms_config.json pins f32) there."
+            )
+        return BuildOutput(
+            precision=opts.precision,
+            runner_options=runner_options,
+            details=details,
+            notes=notes,
+            checks=checks,
+            artifacts=["model.xml", "model.bin"],
+        )
+
+    def runner(self, bundle: Path, options: dict[str, Any], kind: str = "main") -> Runner:
+        return OpenVinoRunner(
+            bundle / options["model"],
+            precision=options["inference_precision"],
+            hint=options.get("hint", "both"),
+            threads=options.get("threads", 0),
+        )
+
+    def bench_variants(self, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        if options.get("hint", "both") != "both":
+            return []
+        return [
+            (
+                "LATENCY hint only (sync and async on one latency-compiled model)",
+                {"hint": "latency"},
+            ),
+            (
+                "THROUGHPUT hint only (sync and async on one throughput-compiled model)",
+                {"hint": "throughput"},
+            ),
+        ]
+
+
+# ------------------------------------------------------------------------------------------ runner
+
+
+class OpenVinoRunner(Runner):
+    """OpenVINO CPU runner. Synchronous calls (latency mode) run one request on a model compiled
+    with the LATENCY hint; `throughput()` keeps OpenVINO's optimal number of requests in flight
+    on a THROUGHPUT-compiled model (hint "both"), or on the one model for "latency"/"throughput".
+    The precision is always set, then read back: a bundle never runs at a precision it was not
+    validated at."""
+
+    def __init__(self, path: Path, precision: str, hint: str = "both", threads: int = 0) -> None:
+        super().__init__()
+        if hint not in ("both", "latency", "throughput"):
+            raise ValueError(f"hint must be both, latency or throughput, not {hint!r}")
+        self.path, self.precision, self.hint, self.threads = path, precision, hint, threads
+        self.async_model: Any = None
+
+    def _compile(self, mode: str) -> Any:
+        config: dict[str, Any] = {
+            "INFERENCE_PRECISION_HINT": self.precision,
+            "PERFORMANCE_HINT": mode.upper(),
+        }
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        compiled = self.core.compile_model(self.model, "CPU", config)
+        applied = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+        if applied != self.precision:
+            raise RuntimeError(
+                f"OpenVINO compiled {self.path.name} for {applied}, not the pinned "
+                f"{self.precision}; this CPU cannot run the precision the bundle was validated at"
+            )
+        return compiled
+
+    def _load(self) -> None:
+        import openvino as ov
+
+        self.core = ov.Core()
+        self.model = self.core.read_model(self.path)
+        self.compiled = self._compile("throughput" if self.hint == "throughput" else "latency")
+        self.request = self.compiled.create_infer_request()
+        self.dtype = self.compiled.input(0).get_element_type().to_dtype()
+        self.input: np.ndarray | None = None
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        import openvino as ov
+
+        # The request keeps one input tensor per shape, as benchmark_app does: handing OpenVINO
+        # a new tensor on every call costs a few percent of a millisecond-scale inference.
+        if self.input is None or self.input.shape != x.shape:
+            self.input = np.empty(x.shape, self.dtype)
+            self.request.set_input_tensor(ov.Tensor(self.input, shared_memory=True))
+        np.copyto(self.input, x)
+        self.request.infer()
+        return np.array(self.request.get_output_tensor(0).data, np.float32)
+
+    def _queue_model(self) -> Any:
+        if self.hint != "both":
+            return self.compiled
+        if self.async_model is None:
+            self.async_model = self._compile("throughput")
+        return self.async_model
+
+    def throughput(
+        self, x: np.ndarray, seconds: float, min_iterations: int
+    ) -> tuple[int, float] | None:
+        import openvino as ov
+
+        compiled = self._queue_model()
+        queue = ov.AsyncInferQueue(
+            compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
+        )
+        data = np.ascontiguousarray(x, self.dtype)
+        for request in queue:  # inputs set once, as benchmark_app does
+            request.set_input_tensor(ov.Tensor(data))
+        for _ in range(len(queue)):  # warm every request
+            queue.start_async()
+        queue.wait_all()
+        started, start = 0, time.perf_counter()
+        while started < min_iterations or time.perf_counter() - start < seconds:
+            queue.start_async()  # blocks until a request is idle
+            started += 1
+        queue.wait_all()
+        return started * len(x), time.perf_counter() - start
+
+    def _close(self) -> None:
+        self.request = self.compiled = self.async_model = self.model = self.core = None
+        self.input = None
+
+    def info(self) -> dict[str, Any]:
+        import openvino as ov
+
+        out: dict[str, Any] = {
+            "runtime": "openvino",
+            "version": ov.get_version(),
+            "device": "CPU",
+            "pinned_precision": self.precision,
+            "hint": self.hint,
+            "threads": self.threads or "default",
+        }
+        if self.loaded:
+            out["latency_mode"] = _compiled_facts(self.compiled)
+            if self.async_model is not None:
+                out["throughput_mode"] = _compiled_facts(self.async_model)
+        return out
+
+
+def _compiled_facts(compiled: Any) -> dict[str, Any]:
+    """What OpenVINO actually compiled: precision, hint, streams, requests, and the precision
+    each compute layer runs at (from the runtime graph)."""
+    hint = compiled.get_property("PERFORMANCE_HINT")
+    runtime: dict[str, int] = {}
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        rt = op.get_rt_info()
+        layer = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
+        if layer in ("Convolution", "FullyConnected", "MatMul", "Deconvolution"):
+            prec = rt["runtimePrecision"].astype(str) if "runtimePrecision" in rt else "?"
+            key = f"{layer}:{prec}"
+            runtime[key] = runtime.get(key, 0) + 1
+    return {
+        "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
+        "performance_hint": getattr(hint, "name", str(hint)),
+        "streams": int(compiled.get_property("NUM_STREAMS")),
+        "optimal_requests": int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")),
+        "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
+        "layer_precisions": dict(sorted(runtime.items())),
+    }

@@ -1,0 +1,544 @@
+"""gpu-tensorrt: a Triton model repository for NVIDIA GPUs.
+
+With CUDA and TensorRT on the build host, a serialized TensorRT engine (`tensorrt_plan`) is built
+through the TensorRT Python API and validated on it, ONNX Runtime's CUDA provider cross-checking.
+An engine is tied to one GPU architecture and one TensorRT version, so without CUDA the portable
+form ships instead: the ONNX model (FP16 / INT8 Q/DQ where asked) on Triton's ONNX Runtime backend
+with the TensorRT execution accelerator configured, and Triton builds the engine on the server.
+Then the exact shipped graph is checked on ONNX Runtime CPU, labelled as a proxy, and the report
+says `not-validated` with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import math
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import onnx
+
+from packager.errors import Unavailable, UserError
+from packager.metrics import to_probabilities
+from packager.model import graph_inputs, load_model
+from packager.ort import OrtRunner
+from packager.ort_quant import CalibrationReader, _prepared
+from packager.runner import Runner
+from packager.triton import Accelerator, Tensor, TritonModel, serve_commands, write_repository
+from packager.validate import output_kind, predict
+from targets.base import (
+    Availability,
+    BuildContext,
+    BuildOutput,
+    Check,
+    Proxy,
+    Status,
+    Target,
+)
+
+DEFAULT_PREFERRED = (8, 16, 32)
+GPU_EXTRA = "pip install 'packager[gpu]' on a host with an NVIDIA GPU and driver"
+
+
+@dataclass
+class Options:
+    precision: Literal["fp16", "fp32", "int8"] = "fp16"
+    max_batch_size: int = 64  # Triton's max_batch_size and the engine profile's max
+    engine: Literal["auto", "require", "skip"] = "auto"  # auto: an engine where CUDA exists
+    preferred_batch_sizes: list[int] = field(default_factory=list)  # []: 8, 16, 32 up to max
+    max_queue_delay_us: int = 100  # how long Triton waits to fill a preferred batch
+    instances: int = 1  # model instances per GPU
+    workspace_mb: int = 1024  # TensorRT builder workspace
+
+    def check(self, where: str) -> None:
+        if not 1 <= self.max_batch_size <= 4096:
+            raise UserError(f"{where}.max_batch_size = {self.max_batch_size}; use 1..4096")
+        bad = [b for b in self.preferred_batch_sizes if not 1 <= b <= self.max_batch_size]
+        if bad:
+            raise UserError(
+                f"{where}.preferred_batch_sizes {bad} must lie in 1..max_batch_size "
+                f"({self.max_batch_size})"
+            )
+        if self.max_queue_delay_us < 0 or self.instances < 1 or self.workspace_mb < 16:
+            raise UserError(
+                f"[{where}] needs max_queue_delay_us >= 0, instances >= 1 and workspace_mb >= 16"
+            )
+
+    @property
+    def preferred(self) -> list[int]:
+        sizes = self.preferred_batch_sizes or [
+            b for b in DEFAULT_PREFERRED if b <= self.max_batch_size
+        ]
+        return sorted(set(sizes)) or [self.max_batch_size]
+
+
+# --- the host: an NVIDIA GPU through CUDA, and TensorRT -------------------------------------
+
+
+@dataclass(frozen=True)
+class Gpu:
+    name: str
+    compute_capability: str  # "8.9"
+    memory_mb: int
+
+
+def _cudart() -> Any:
+    try:
+        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
+    except ImportError:
+        from cuda import cudart  # older cuda-python
+    return cudart
+
+
+def _cuda(result: tuple) -> Any:
+    """cuda-python returns (error, *values); raise on an error, unwrap one value."""
+    err, *values = result
+    if int(err) != 0:
+        raise RuntimeError(f"CUDA call failed: {err}")
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def current_gpu() -> Gpu:
+    cudart = _cudart()
+    device = _cuda(cudart.cudaGetDevice())
+    prop = _cuda(cudart.cudaGetDeviceProperties(device))
+    name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
+    return Gpu(name.rstrip("\0"), f"{prop.major}.{prop.minor}", prop.totalGlobalMem // 2**20)
+
+
+@cache
+def cuda_host() -> tuple[Gpu | None, str]:
+    """The GPU TensorRT would use here, or None and why not."""
+    missing = [m for m in ("tensorrt", "cuda") if importlib.util.find_spec(m) is None]
+    if missing:
+        gpu = "an NVIDIA GPU is visible" if Path("/dev/nvidia0").exists() else "no NVIDIA GPU"
+        names = " and ".join({"cuda": "cuda-python"}.get(m, m) for m in missing)
+        return None, f"no CUDA/TensorRT here ({gpu}; {names} not installed: {GPU_EXTRA})"
+    try:
+        count = _cuda(_cudart().cudaGetDeviceCount())
+        if count < 1:
+            return None, "no CUDA device found (cudaGetDeviceCount = 0)"
+        return current_gpu(), ""
+    except RuntimeError as exc:  # no driver, or a driver too old for this CUDA runtime
+        return None, f"CUDA is installed but not usable: {exc}"
+
+
+# --- conversion ------------------------------------------------------------------------------
+
+
+def _elem_dtype(vi: onnx.ValueInfoProto) -> str:
+    return onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
+
+
+def shipped_onnx(ctx: BuildContext, precision: str, dest: Path, cache_file: Path) -> None:
+    """The ONNX graph this bundle ships (and the proxy runs): the source in FP32, converted to
+    FP16 with the source's input/output types kept, or INT8 with explicit Q/DQ scales."""
+    model = load_model(ctx.model_path)
+    if precision == "fp16":
+        from onnxruntime.transformers.float16 import convert_float_to_float16
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
+        # Same IO types as the source: clients and preprocess.json stay unchanged.
+        converted = OnnxModel(convert_float_to_float16(model, keep_io_types=True))
+        converted.topological_sort()  # the converter appends its IO casts at the end
+        onnx.save(converted.model, str(dest))
+    elif precision == "int8":
+        quantize_qdq(model, dest, ctx.calibration(), cache_file)
+    else:
+        onnx.save(model, str(dest))
+
+
+def quantize_qdq(model: onnx.ModelProto, dest: Path, x: np.ndarray, cache_file: Path) -> None:
+    """INT8 the way TensorRT 10 wants it: explicit Q/DQ nodes (its implicit calibrators are
+    deprecated) with symmetric scales calibrated on `x`, a non-validation split. The ranges are
+    kept in `cache_file`. The classifier head stays in floating point: the logits are the
+    clinical decision and the head is a negligible share of the compute."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    with tempfile.TemporaryDirectory(prefix="packager-trt-") as tmp:
+        pre = _prepared(model, Path(tmp))
+        prepared = onnx.load(str(pre))
+        for i, node in enumerate(prepared.graph.node):
+            node.name = node.name or f"{node.op_type}_{i}"  # exclusion goes by name
+        head = [n.name for n in prepared.graph.node if n.op_type in ("Gemm", "MatMul")][-1:]
+        onnx.save(prepared, str(pre))
+        reader = CalibrationReader(x, graph_inputs(prepared)[0].name, batch=16)
+        with contextlib.redirect_stdout(sys.stderr):  # ORT prints progress; stdout is for --json
+            quantize_static(
+                pre,
+                dest,
+                reader,
+                quant_format=QuantFormat.QDQ,
+                per_channel=True,
+                activation_type=QuantType.QInt8,  # symmetric INT8 is what TensorRT executes
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=head,
+                calibrate_method=CalibrationMethod.Entropy,
+                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
+                calibration_cache_path=cache_file,
+            )
+
+
+@dataclass
+class Io:
+    """Input/output of the shipped graph as Triton and the engine profile see them."""
+
+    input: onnx.ValueInfoProto
+    output: onnx.ValueInfoProto
+    dims: list[int]  # one sample's input, concrete (the size packager validated with)
+    fixed: int | None  # the model's own fixed batch
+    batched: bool  # Triton may batch: a free batch axis on input and output
+    preferred: list[int]
+    profile: dict[str, list[int]]  # engine optimization profile: min, opt, max input shapes
+    classes: int
+
+    @classmethod
+    def of(cls, ctx: BuildContext, opts: Options, onnx_path: Path) -> Io:
+        shipped = onnx.load(str(onnx_path), load_external_data=False)
+        p, info = ctx.preprocess, ctx.model
+        dims = [p.channels, p.size, p.size] if p.layout == "NCHW" else [p.size, p.size, p.channels]
+        batched = info.fixed_batch is None and len(info.output.shape) == 2
+        preferred = opts.preferred if batched else []
+        if batched:  # min 1, opt the largest preferred size, max max_batch_size
+            sizes = {"min": 1, "opt": max(preferred), "max": opts.max_batch_size}
+        else:
+            sizes = dict.fromkeys(("min", "opt", "max"), info.fixed_batch or 1)
+        return cls(
+            input=graph_inputs(shipped)[0],
+            output=shipped.graph.output[0],
+            dims=dims,
+            fixed=info.fixed_batch,
+            batched=batched,
+            preferred=preferred,
+            profile={k: [b, *dims] for k, b in sizes.items()},
+            classes=info.num_classes or -1,
+        )
+
+    def triton_model(
+        self, name: str, opts: Options, platform: str, accelerators: list[Accelerator]
+    ) -> TritonModel:
+        in_type, out_type = _elem_dtype(self.input), _elem_dtype(self.output)
+        if self.batched:
+            inputs = [Tensor(self.input.name, in_type, self.dims)]
+            outputs = [Tensor(self.output.name, out_type, [self.classes])]
+        else:
+            batch = self.profile["max"][0]
+            rank = len(self.output.type.tensor_type.shape.dim)
+            inputs = [Tensor(self.input.name, in_type, self.profile["max"])]
+            outputs = [Tensor(self.output.name, out_type, [batch, self.classes][-rank:])]
+        return TritonModel(
+            name=name,
+            inputs=inputs,
+            outputs=outputs,
+            platform=platform,
+            max_batch_size=opts.max_batch_size if self.batched else 0,
+            preferred_batch_sizes=self.preferred,
+            max_queue_delay_us=opts.max_queue_delay_us,
+            instance_kind="KIND_GPU",
+            instance_count=opts.instances,
+            warmup_batch_sizes=sorted({1, *self.preferred[-1:]}),
+            gpu_accelerators=accelerators,
+        )
+
+
+def trt_accelerator(opts: Options, io: Io) -> Accelerator:
+    """TensorRT inside Triton's ONNX Runtime backend: the server builds and caches the engine."""
+    params = {
+        "precision_mode": opts.precision.upper(),
+        "max_workspace_size_bytes": str(opts.workspace_mb << 20),
+        "trt_engine_cache_enable": "1",
+    }
+    if io.batched:  # one engine for every batch size instead of a rebuild per new shape
+        for key, shape in io.profile.items():
+            params[f"trt_profile_{key}_shapes"] = f"{io.input.name}:" + "x".join(map(str, shape))
+    return Accelerator("tensorrt", params)
+
+
+def build_engine(onnx_path: Path, plan: Path, io: Io, opts: Options) -> str:
+    """Serialize a TensorRT engine for the GPU of this host; returns the TensorRT version."""
+    import tensorrt as trt
+
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise UserError(f"TensorRT cannot parse the model: {errors or 'unknown error'}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
+    if opts.precision in ("fp16", "int8"):
+        config.set_flag(trt.BuilderFlag.FP16)  # INT8: layers without Q/DQ run in FP16
+    if opts.precision == "int8":
+        config.set_flag(trt.BuilderFlag.INT8)  # scales come from the model's Q/DQ nodes
+    if any(d < 0 for d in network.get_input(0).shape):  # static inputs take no profile
+        shapes = builder.create_optimization_profile()
+        shapes.set_shape(io.input.name, *(tuple(io.profile[k]) for k in ("min", "opt", "max")))
+        config.add_optimization_profile(shapes)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise UserError(
+            "TensorRT could not build an engine for this model (see its log above); "
+            'ship the portable form with engine = "skip"'
+        )
+    plan.write_bytes(memoryview(serialized))
+    return trt.__version__
+
+
+# --- runners ---------------------------------------------------------------------------------
+
+
+class TensorRTRunner(Runner):
+    """A serialized engine on this host's GPU; refuses an engine built for another GPU
+    architecture or TensorRT version instead of failing obscurely."""
+
+    def __init__(self, plan: Path, built_for: dict[str, Any]) -> None:
+        super().__init__()
+        self.plan = plan
+        self.built_for = built_for
+
+    def _check_host(self) -> Gpu:
+        import tensorrt as trt
+
+        gpu = current_gpu()
+        want = self.built_for
+        if gpu.compute_capability != want["compute_capability"]:
+            raise Unavailable(
+                f"this engine was built for {want['gpu']} (compute capability "
+                f"{want['compute_capability']}) but this GPU is {gpu.name} (compute capability "
+                f"{gpu.compute_capability}); rebuild the bundle on a matching GPU or ship the "
+                'portable form (engine = "skip")'
+            )
+        if trt.__version__ != want["tensorrt"]:
+            raise Unavailable(
+                f"this engine was built with TensorRT {want['tensorrt']} but TensorRT "
+                f"{trt.__version__} is installed; install that version or rebuild the bundle"
+            )
+        return gpu
+
+    def _load(self) -> None:
+        import tensorrt as trt
+
+        cudart = _cudart()
+        self.gpu = self._check_host()
+        free_before, _ = _cuda(cudart.cudaMemGetInfo())
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        self.engine = self.runtime.deserialize_cuda_engine(self.plan.read_bytes())
+        if self.engine is None:
+            raise RuntimeError(f"TensorRT could not deserialize {self.plan}")
+        self.context = self.engine.create_execution_context()
+        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
+        mode = self.engine.get_tensor_mode
+        self.inp = next(n for n in names if mode(n) == trt.TensorIOMode.INPUT)
+        self.out = next(n for n in names if mode(n) == trt.TensorIOMode.OUTPUT)
+        self.in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.inp)))
+        self.out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.out)))
+        max_shape = tuple(self.engine.get_tensor_shape(self.inp))
+        if min(max_shape) < 0:  # dynamic batch: the profile's max
+            max_shape = tuple(self.engine.get_tensor_profile_shape(self.inp, 0)[2])
+        self.max_batch = max_shape[0]
+        self.context.set_input_shape(self.inp, max_shape)
+        out_shape = tuple(self.context.get_tensor_shape(self.out))
+        self.d_in = _cuda(cudart.cudaMalloc(math.prod(max_shape) * self.in_dtype.itemsize))
+        self.d_out = _cuda(cudart.cudaMalloc(math.prod(out_shape) * self.out_dtype.itemsize))
+        self.context.set_tensor_address(self.inp, int(self.d_in))
+        self.context.set_tensor_address(self.out, int(self.d_out))
+        self.stream = _cuda(cudart.cudaStreamCreate())
+        free_after, _ = _cuda(cudart.cudaMemGetInfo())
+        self.gpu_memory_mb = max(0, free_before - free_after) / 2**20
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        cudart = _cudart()
+        kind = cudart.cudaMemcpyKind
+        x = np.ascontiguousarray(x, dtype=self.in_dtype)
+        self.context.set_input_shape(self.inp, x.shape)
+        out = np.empty(tuple(self.context.get_tensor_shape(self.out)), self.out_dtype)
+        _cuda(
+            cudart.cudaMemcpyAsync(self.d_in, x, x.nbytes, kind.cudaMemcpyHostToDevice, self.stream)
+        )
+        if not self.context.execute_async_v3(self.stream):
+            raise RuntimeError("TensorRT execute_async_v3 failed")
+        _cuda(
+            cudart.cudaMemcpyAsync(
+                out, self.d_out, out.nbytes, kind.cudaMemcpyDeviceToHost, self.stream
+            )
+        )
+        _cuda(cudart.cudaStreamSynchronize(self.stream))
+        return out
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        chunks = [self._run(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
+        return np.concatenate(chunks).astype(np.float32, copy=False)
+
+    def _close(self) -> None:
+        cudart = _cudart()
+        del self.context, self.engine, self.runtime  # before the memory they point at
+        _cuda(cudart.cudaFree(self.d_in))
+        _cuda(cudart.cudaFree(self.d_out))
+        _cuda(cudart.cudaStreamDestroy(self.stream))
+
+    def info(self) -> dict[str, Any]:
+        import tensorrt as trt
+
+        facts: dict[str, Any] = {"runtime": "tensorrt", "version": trt.__version__}
+        if self.loaded:
+            facts |= {
+                "gpu": self.gpu.name,
+                "compute_capability": self.gpu.compute_capability,
+                "gpu_memory_mb": round(self.gpu_memory_mb, 1),
+            }
+        return facts
+
+
+class OrtGpuRunner(OrtRunner):
+    """ONNX Runtime on a GPU provider; refuses to fall back to the CPU silently."""
+
+    def _load(self) -> None:
+        super()._load()
+        wanted = self.providers[0][0] if isinstance(self.providers[0], tuple) else self.providers[0]
+        if wanted not in self.session.get_providers():
+            raise Unavailable(
+                f"ONNX Runtime has no {wanted} here (providers: "
+                f"{self.session.get_providers()}); install onnxruntime-gpu ({GPU_EXTRA})"
+            )
+
+
+# --- the target ------------------------------------------------------------------------------
+
+
+class GpuTensorRT(Target):
+    name = "gpu-tensorrt"
+    summary = "TensorRT on NVIDIA GPUs, served by Triton (engine, or ONNX + TensorRT accelerator)"
+    Options = Options
+    int8_option = ("precision", "int8")
+
+    def availability(self) -> Availability:
+        gpu, reason = cuda_host()
+        runs = Status(True) if gpu else Status(False, reason)
+        # The portable repository needs no GPU to build: Triton makes the engine on the server.
+        return Availability(build=Status(True), validate=runs, bench=runs)
+
+    def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
+        opts: Options = ctx.options
+        gpu, reason = cuda_host()
+        if opts.engine == "require" and gpu is None:
+            raise Unavailable(
+                f'gpu-tensorrt: engine = "require" but {reason}; use engine = "auto" to ship '
+                "the portable form"
+            )
+        name = ctx.config.model.name
+        vdir = stage / "triton" / name / "1"
+        vdir.mkdir(parents=True)
+        # With an engine, the ONNX it came from stays beside the repository (to rebuild it for
+        # another GPU); the portable form serves the ONNX itself.
+        onnx_path = stage / "model.onnx" if gpu and opts.engine != "skip" else vdir / "model.onnx"
+        cache_file = stage / "calibration.json"
+        with ctx.progress.step(self.name, f"writing the {opts.precision.upper()} ONNX model"):
+            shipped_onnx(ctx, opts.precision, onnx_path, cache_file)
+        io = Io.of(ctx, opts, onnx_path)
+        out = BuildOutput(
+            precision=opts.precision,
+            runner_options={
+                "model": onnx_path.relative_to(stage).as_posix(),
+                "precision": opts.precision,
+            },
+            details={"precision": opts.precision, "profile": io.profile},
+        )
+        if io.fixed:
+            out.notes.append(
+                f"the model has a fixed batch of {io.fixed}: Triton gets max_batch_size 0 and no "
+                "dynamic batching (export with a dynamic batch axis to batch requests)"
+            )
+        if gpu and opts.engine != "skip":
+            plan = vdir / "model.plan"
+            with ctx.progress.step(self.name, f"building a TensorRT engine on {gpu.name}"):
+                version = build_engine(onnx_path, plan, io, opts)
+            built_for = {
+                "gpu": gpu.name,
+                "compute_capability": gpu.compute_capability,
+                "memory_mb": gpu.memory_mb,
+                "tensorrt": version,
+            }
+            out.runner_options |= {
+                "plan": plan.relative_to(stage).as_posix(),
+                "built_for": built_for,
+            }
+            out.details |= {"form": "engine", "engine": built_for}
+            out.notes.append(
+                f"the engine runs only on GPUs of compute capability {gpu.compute_capability} "
+                f"with TensorRT {version}; model.onnx is kept to rebuild it elsewhere"
+            )
+            triton = io.triton_model(name, opts, "tensorrt_plan", [])
+            files = {"model.plan": plan}
+        else:
+            why = 'engine = "skip"' if opts.engine == "skip" else reason
+            out.details |= {"form": "portable", "engine": None, "engine_reason": why}
+            accelerator = trt_accelerator(opts, io)
+            triton = io.triton_model(name, opts, "onnxruntime_onnx", [accelerator])
+            files = {"model.onnx": onnx_path}
+        write_repository(stage / "triton", triton, files)
+        out.details["triton"] = {
+            "repository": "triton",
+            "platform": triton.platform,
+            "max_batch_size": triton.max_batch_size,
+            "preferred_batch_sizes": triton.preferred_batch_sizes,
+            "max_queue_delay_us": triton.max_queue_delay_us,
+            "commands": serve_commands(triton),
+        }
+        if cache_file.exists():
+            split = ctx.config.data.calibration_split
+            out.details["calibration"] = {"split": split, "cache": cache_file.name}
+        out.artifacts = [p.relative_to(stage).as_posix() for p in sorted(vdir.iterdir())]
+        return out
+
+    def runner(self, bundle: Path, options: dict[str, Any], kind: str = "main") -> Runner:
+        model = bundle / options["model"]
+        if kind == "proxy":
+            return OrtRunner(model)
+        if kind == "ort-cuda":
+            return OrtGpuRunner(model, providers=["CUDAExecutionProvider"])
+        if options.get("plan"):
+            return TensorRTRunner(bundle / options["plan"], options["built_for"])
+        # The portable form on a GPU host: what Triton's ONNX Runtime backend will do.
+        trt_opts = {
+            "trt_fp16_enable": options["precision"] != "fp32",
+            "trt_int8_enable": options["precision"] == "int8",
+        }
+        return OrtGpuRunner(
+            model, providers=[("TensorrtExecutionProvider", trt_opts), "CUDAExecutionProvider"]
+        )
+
+    def proxy(self, options: dict[str, Any]) -> Proxy | None:
+        return Proxy(
+            "proxy",
+            f"ONNX Runtime CPU running the shipped {options['precision'].upper()} ONNX graph "
+            "(not TensorRT, not a GPU)",
+        )
+
+    def checks(self, ctx: BuildContext, stage: Path, probs: np.ndarray) -> list[Check]:
+        """With CUDA: ONNX Runtime's CUDA provider on the same ONNX must agree with TensorRT."""
+        if cuda_host()[0] is None:
+            return []
+        import onnxruntime as ort
+
+        name = "decisions differing from ONNX Runtime CUDA"
+        limit = math.ceil(0.01 * len(probs))
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            return [Check(name, None, limit, True, "not run: onnxruntime-gpu is not installed")]
+        opts = json.loads((stage / "runtime.json").read_text())["runner_options"]
+        x = ctx.preprocess(ctx.validation.images)
+        scores, _ = predict(
+            self.name, stage, opts, x, ctx.model.fixed_batch, ctx.config.bench.timeout_s, "ort-cuda"
+        )
+        other = to_probabilities(scores, output_kind(ctx.config, ctx.model.ends_with_softmax))
+        pos, thr = ctx.config.labels.positive_index, ctx.config.labels.threshold
+        flips = int(np.sum((probs[:, pos] >= thr) != (other[:, pos] >= thr)))
+        return [Check(name, flips, limit, flips <= limit)]

@@ -1,0 +1,41 @@
+"""The reference target on models from other sources: fixed batch, NHWC, Softmax, FP16, old opset."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+BUNDLE = Path("dist/tiny-1.0.0/cpu-onnxruntime")
+
+
+@pytest.mark.parametrize(
+    ("name", "variant"),
+    [
+        ("fixed4", {"batch": 4}),
+        ("nhwc_softmax_opset11", {"layout": "NHWC", "softmax": True, "opset": 11}),
+        ("fp16", {"dtype": "float16"}),
+    ],
+)
+def test_reference_handles_model_variants(project, cli, make_model, name, variant) -> None:
+    root = project(model=make_model(name, **variant))
+    r = cli("build", "-t", "cpu-onnxruntime", cwd=root)
+    assert r.code == 0, r.stderr
+    report = json.loads((root / BUNDLE / "report.json").read_text())
+    assert report["status"] == "passed" and report["clinical"]["sensitivity"] >= 0.98
+    sizes = [b["batch_size"] for b in report["benchmark"]["batches"]]
+    assert sizes == ([4] if variant.get("batch") == 4 else [1, 8])
+    expected = "probabilities" if variant.get("softmax") else "logits"
+    assert report["clinical"]["output"] == expected
+
+
+def test_validate_and_bench_an_existing_bundle(project, cli, data_path) -> None:
+    root = project()
+    assert cli("build", "-t", "cpu-onnxruntime", "--no-bench", cwd=root).code == 0
+    bundle = root / BUNDLE
+    r = cli("validate", bundle, "--data", data_path, "--json", cwd=root)
+    assert r.code == 0, r.stderr
+    assert r.json["status"] == "passed" and r.json["clinical"]["flipped"] == []
+    assert cli("verify", bundle, cwd=root).code == 0  # manifest rewritten with the new report
+    r = cli("bench", bundle, "--batch-sizes", "1,2", "--seconds", "0.05", "--json", cwd=root)
+    assert r.code == 0, r.stderr
+    assert [b["batch_size"] for b in r.json["batches"]] == [1, 2]

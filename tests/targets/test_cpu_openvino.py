@@ -1,0 +1,267 @@
+"""cpu-openvino on real OpenVINO and NNCF with tiny real models: conversion, pinned precision,
+INT8 (post-training and accuracy-controlled on sensitivity), gates, serving repository."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error
+
+ov = pytest.importorskip("openvino", reason="needs openvino (pip install 'packager[openvino]')")
+pytest.importorskip("nncf", reason="needs nncf (pip install 'packager[openvino]')")
+
+from targets.cpu_openvino import OpenVinoRunner, cpu_facts  # noqa: E402
+
+TARGET = "cpu-openvino"
+BUNDLE = Path("dist/tiny-1.0.0/cpu-openvino")
+# The tiny model's INT8 raises p(pneumonia), so it loses sensitivity for the class "normal":
+# a real case of a quantized model failing the gate the float one passes.
+NORMAL_IS_POSITIVE = """
+[labels]
+names = ["normal", "pneumonia"]
+positive = "normal"
+threshold = 0.5
+[gates]
+min_sensitivity = 0.5
+"""
+
+
+def _toml(model: Path, data: Path, extra: str) -> str:
+    text = DEFAULT_TOML.format(model=model, data=data)
+    if "[labels]" in extra:  # the extra table replaces the default one
+        text = re.sub(r"\[labels\]\nthreshold = 0\.2\n", "", text)
+    return text + extra
+
+
+@pytest.fixture(scope="module")
+def build(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path
+) -> Callable[..., tuple[Path, Result]]:
+    """build(extra_toml, *flags) -> (project folder, CLI result); each config is built once."""
+    done: dict[tuple[str, ...], tuple[Path, Result]] = {}
+
+    def run(extra: str = "", *flags: str, model: Path | None = None) -> tuple[Path, Result]:
+        key = (extra, str(model), *flags)
+        if key not in done:
+            root = tmp_path_factory.mktemp("ov")
+            (root / "packager.toml").write_text(_toml(model or tiny_model, data_path, extra))
+            done[key] = (root, _run(["build", "-t", TARGET, *flags], root))
+        return done[key]
+
+    return run
+
+
+def report_of(root: Path, failed: bool = False) -> dict:
+    base = root / "dist/.failed/tiny-1.0.0/cpu-openvino" if failed else root / BUNDLE
+    return json.loads((base / "report.json").read_text())
+
+
+def test_registered_and_available_here(cli, tmp_path) -> None:
+    r = cli("targets", "--json", cwd=tmp_path)
+    assert r.code == 0, r.stderr
+    entry = next(t for t in r.json["targets"] if t["name"] == TARGET)
+    assert entry["build"]["ok"] and entry["validate"]["ok"] and entry["bench"]["ok"], entry
+    assert {o["key"] for o in entry["options"]} >= {"precision", "int8_mode", "control_split"}
+
+
+def test_fp32_reproduces_the_reference_and_pins_f32(build) -> None:
+    root, r = build()
+    assert r.code == 0, r.stderr
+    report = report_of(root)
+    assert report["status"] == "passed" and report["precision"] == "fp32"
+    clin = report["clinical"]
+    assert clin["flipped"] == [] and clin["max_abs_diff"] < 1e-4
+    # Pinned in runtime.json, and read back from the compiled model during validation.
+    runtime = json.loads((root / BUNDLE / "runtime.json").read_text())
+    assert runtime["runner_options"]["inference_precision"] == "f32"
+    compiled = report["validation"]["runtime"]["latency_mode"]
+    assert compiled["inference_precision"] == "f32"
+    assert compiled["layer_precisions"] and all(
+        k.endswith(":f32") for k in compiled["layer_precisions"]
+    )
+    # The report names what OpenVINO would have picked here without the pin.
+    default = ov.Core().get_property("CPU", "INFERENCE_PRECISION_HINT").get_type_name()
+    assert report["details"]["inference_precision"]["openvino_default_on_build_host"] == default
+    assert any("default on the build host" in n and default in n for n in report["notes"])
+
+
+def test_pin_is_applied_by_runner_and_predict_py(build, data_path, tiny_model) -> None:
+    root, r = build()
+    assert r.code == 0, r.stderr
+    bundle = root / BUNDLE
+    with np.load(data_path) as d:
+        images = d["test_images"][:16]
+    from packager.preprocess import Preprocess
+
+    x = Preprocess.from_json(bundle / "preprocess.json")(images)
+    with OpenVinoRunner(bundle / "model.xml", precision="f32") as runner:
+        pinned = runner.infer(x)
+    ref = ov.Core().compile_model(str(tiny_model), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    assert np.allclose(pinned, ref(x)[0], atol=1e-5)
+    if cpu_facts()["default_inference_precision"] != "f32":
+        # Unpinned, OpenVINO computes differently on this host: the pin is what makes it f32.
+        unpinned = ov.Core().compile_model(str(bundle / "model.xml"), "CPU")(x)[0]
+        assert not np.allclose(unpinned, pinned, atol=1e-6)
+    # predict.py applies the same pin and reproduces the validated probability.
+    Image.fromarray(images[3]).save(root / "x.png")
+    out = subprocess.run(
+        [sys.executable, str(bundle / "predict.py"), str(root / "x.png")],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    probs = np.load(bundle / "validation.npz")["probs"]
+    got = json.loads(out.stdout)["probabilities"]["pneumonia"]
+    assert abs(got - probs[3, 1]) < 1e-6
+
+
+def test_bench_reports_latency_and_throughput_modes(build) -> None:
+    root, r = build()
+    assert r.code == 0, r.stderr
+    bench = report_of(root)["benchmark"]
+    assert bench["status"] == "ok"
+    assert all(b["throughput_mode"] == "async" for b in bench["batches"])
+    assert bench["runtime"]["latency_mode"]["performance_hint"] == "LATENCY"
+    tput = bench["runtime"]["throughput_mode"]
+    assert tput["performance_hint"] == "THROUGHPUT" and tput["optimal_requests"] >= 1
+    assert [v["label"].split()[0] for v in bench["variants"]] == ["LATENCY", "THROUGHPUT"]
+    for v in bench["variants"]:
+        assert [b["batch_size"] for b in v["batches"]] == [1, 8]
+
+
+def test_triton_repository_and_ovms_config(build) -> None:
+    from packager.triton import check_repository, parse_config
+
+    root, r = build()
+    assert r.code == 0, r.stderr
+    bundle = root / BUNDLE
+    assert check_repository(bundle / "triton") == []
+    cfg = parse_config(bundle / "triton/tiny/config.pbtxt")
+    assert cfg.backend == "openvino" and cfg.max_batch_size == 0
+    assert [(i.name, list(i.dims)) for i in cfg.input] == [("input", [-1, 3, 32, 32])]
+    assert [(o.name, list(o.dims)) for o in cfg.output] == [("output", [-1, 2])]
+    assert cfg.parameters["PERFORMANCE_HINT"].string_value == "LATENCY"
+    for f in ("model.xml", "model.bin"):
+        assert (bundle / "triton/tiny/1" / f).read_bytes() == (bundle / f).read_bytes()
+    ovms = json.loads((bundle / "ovms_config.json").read_text())
+    [entry] = ovms["model_config_list"]
+    assert entry["config"]["base_path"] == "/models/tiny"
+    assert entry["config"]["plugin_config"]["INFERENCE_PRECISION_HINT"] == "f32"
+    readme = (bundle / "README.md").read_text()
+    assert "tritonserver --model-repository" in readme and "openvino/model_server" in readme
+
+
+def test_fp16_compresses_weights_and_computes_in_f32(build) -> None:
+    root32, r32 = build()
+    root16, r16 = build('[targets.cpu-openvino]\nprecision = "fp16"\n', "--no-bench")
+    assert r16.code == 0, r16.stderr
+    report = report_of(root16)
+    assert report["status"] == "passed" and report["precision"] == "fp16"
+    assert report["validation"]["runtime"]["latency_mode"]["inference_precision"] == "f32"
+    assert 'element_type="f16"' in (root16 / BUNDLE / "model.xml").read_text()
+    size16 = (root16 / BUNDLE / "model.bin").stat().st_size
+    assert size16 < 0.6 * (root32 / BUNDLE / "model.bin").stat().st_size
+
+
+def test_bf16_runs_where_the_cpu_has_it_else_says_why(build) -> None:
+    root, r = build('[targets.cpu-openvino]\nprecision = "bf16"\n', "--no-bench")
+    if "BF16" in cpu_facts()["capabilities"]:
+        assert r.code == 0, r.stderr
+        compiled = report_of(root)["validation"]["runtime"]["latency_mode"]
+        assert compiled["inference_precision"] == "bf16"
+        assert any(k.endswith(":bf16") for k in compiled["layer_precisions"])
+        cfg = (root / BUNDLE / "triton/tiny/config.pbtxt").read_text()
+        assert 'key: "HINT_BF16"' in cfg
+    else:
+        assert r.code == 3 and "bfloat16" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_int8_ptq_calibrates_on_train_and_passes(build) -> None:
+    root, r = build("", "--int8", "--no-bench")
+    assert r.code == 0, r.stderr
+    report = report_of(root)
+    assert report["status"] == "passed" and report["precision"] == "int8"
+    q = report["details"]["int8"]
+    assert q["mode"] == "ptq" and q["calibration"] == {"split": "train", "images": 300}
+    assert q["layers"]["int8"] and not q["layers"]["float"]
+    compiled = report["validation"]["runtime"]["latency_mode"]
+    assert compiled["inference_precision"] == "f32"
+    assert all(k.split(":")[1] in ("u8", "i8") for k in compiled["layer_precisions"])
+
+
+def test_int8_that_loses_sensitivity_is_not_published(build) -> None:
+    root, r = build(NORMAL_IS_POSITIVE, "--int8", "--no-bench")
+    assert r.code == 1, r.stderr
+    assert "gate failed" in r.stderr and "max_sensitivity_drop" in r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (root / BUNDLE).exists()
+    report = report_of(root, failed=True)
+    assert report["status"] == "failed"
+    assert report["reason"].startswith("gate failed") and "max_sensitivity_drop" in report["reason"]
+    assert report["clinical"]["sensitivity_drop"] > 0.005
+
+
+def test_accuracy_control_keeps_layers_in_float_to_hold_sensitivity(build) -> None:
+    extra = NORMAL_IS_POSITIVE + (
+        '[targets.cpu-openvino]\nint8_mode = "accuracy-control"\ncontrol_size = 200\n'
+    )
+    root, r = build(extra, "--int8", "--no-bench")
+    assert r.code == 0, r.stderr
+    report = report_of(root)
+    assert report["status"] == "passed"
+    q = report["details"]["int8"]
+    assert q["control"]["split"] == "val" and q["control"]["images"] == 200
+    assert q["control"]["drop"] <= q["control"]["max_drop"] == 0.005
+    # Plain PTQ loses ~0.5 sensitivity here (test above): layers had to go back to float.
+    assert q["reverted_to_float"] and set(q["reverted_to_float"]) <= set(q["layers"]["float"])
+    check = next(
+        c for c in report["gates"]["checks"] if c["name"] == "int8_control_sensitivity_drop"
+    )
+    assert check["passed"]
+    assert any("kept in float" in n for n in report["notes"])
+
+
+def test_accuracy_control_refuses_the_validation_split(build) -> None:
+    extra = '[targets.cpu-openvino]\nint8_mode = "accuracy-control"\ncontrol_split = "test"\n'
+    _, r = build(extra, "--int8", "--no-bench")
+    assert_user_error(r, "control_split", "validation split")
+
+
+def test_unknown_precision_is_a_user_error(build) -> None:
+    _, r = build('[targets.cpu-openvino]\nprecision = "int4"\n', "--no-bench")
+    assert_user_error(r, "precision", "int8")
+
+
+@pytest.mark.parametrize(
+    ("name", "variant"),
+    [
+        ("ov_nhwc_softmax", {"layout": "NHWC", "softmax": True}),
+        ("ov_fixed4", {"batch": 4}),
+        ("ov_fp16_io", {"dtype": "float16"}),
+    ],
+)
+def test_model_variants_build(build, make_model, name, variant) -> None:
+    # INT8 where calibration batching or layout matters; the fp16-input model in fp32.
+    int8 = variant.get("dtype") != "float16"
+    flags = ("--int8", "--no-bench") if int8 else ("--no-bench",)
+    root, r = build("", *flags, model=make_model(name, **variant))
+    assert r.code == 0, r.stderr
+    report = report_of(root)
+    assert report["status"] == "passed"
+    if int8:
+        assert report["details"]["int8"]["layers"]["int8"]
+    else:
+        assert report["clinical"]["flipped"] == []
+    expected = "probabilities" if variant.get("softmax") else "logits"
+    assert report["clinical"]["output"] == expected
+    cfg = (root / BUNDLE / "triton/tiny/config.pbtxt").read_text()
+    assert "dims: [ 4, 3, 32, 32 ]" in cfg if variant.get("batch") else "dims: [ -1," in cfg

@@ -1,0 +1,301 @@
+"""`packager compare`: real bundles of tiny models side by side, the SLA scorecard, the
+recommendations, release-to-release diffs, and the errors for bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from packager.compare import SCENARIOS, load_sla, recommend, write_comparison
+from packager.report import summarize
+from tests.conftest import Result, assert_user_error
+from tests.test_report import TARGET, build_bundle, load, make_flipped
+
+
+@dataclass
+class Releases:
+    old: Path  # dist dir of release 1.0.0: passed, benchmarked
+    new: Path  # dist dir of 2.0.0: passes its gates, 2 fewer pneumonia cases caught
+    failed: Path  # dist dir of 3.0.0: fails the sensitivity gate (kept under .failed/)
+    nobench: Path  # dist dir of 1.0.0 built with --no-bench
+    root: Path
+
+
+@pytest.fixture(scope="module")
+def rel(
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model: Path,
+    make_model: Callable[..., Path],
+    data_path: Path,
+) -> Releases:
+    root = tmp_path_factory.mktemp("compare")
+    # A larger head scale moves every logit away from the threshold's: at 2.0 two caught
+    # pneumonia cases drop under it (sensitivity 98.97% -> 98.46%), at 3.0 the gate fails.
+    build_bundle(root / "old", tiny_model, data_path)
+    build_bundle(root / "new", make_model("tiny-x2", head_scale=2.0), data_path, version="2.0.0")
+    build_bundle(root / "bad", make_model("tiny-x3", head_scale=3.0), data_path, version="3.0.0")
+    build_bundle(root / "nb", tiny_model, data_path, "--no-bench")
+    return Releases(
+        root / "old" / "dist",
+        root / "new" / "dist",
+        root / "bad" / "dist",
+        root / "nb" / "dist",
+        root,
+    )
+
+
+def bundle(dist: Path, version: str = "1.0.0") -> Path:
+    return dist / f"tiny-{version}" / TARGET
+
+
+def sla_file(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sla.toml"
+    path.write_text(text)
+    return path
+
+
+def test_side_by_side_in_every_format(rel: Releases, cli: Callable[..., Result]) -> None:
+    report = load(bundle(rel.old))
+    c, b = report["clinical"], report["benchmark"]
+    md = cli("compare", rel.old, cwd=rel.root)
+    assert md.code == 0, md.stderr
+    row = next(line for line in md.stdout.splitlines() if line.startswith(f"| {TARGET} |"))
+    assert f"{100 * c['sensitivity']:.2f}%" in row
+    assert f"| {b['batches'][0]['latency_ms']['p50']:.3f} |" in row
+    assert f"{b['best']['throughput_sps']:,.0f} \\(batch {b['best']['batch_size']}\\)" in row
+    assert f"**Ship to a CPU workstation: {TARGET}**" in md.stdout
+    js = cli("compare", rel.old, "--format", "json", cwd=rel.root)
+    data = json.loads(js.stdout)
+    (r,) = data["rows"]
+    assert r["sensitivity"] == c["sensitivity"] and r["flips"] == 0
+    assert r["latency_p50_ms"] == b["batches"][0]["latency_ms"]["p50"]
+    assert r["peak_memory_mb"] == b["peak_rss_mb"]
+    assert data["recommendations"][0]["target"] == TARGET and data["missed"] == []
+    html = cli("compare", rel.old, "--format", "html", "--out", rel.root / "c.html", cwd=rel.root)
+    assert html.code == 0 and html.stdout == ""
+    text = (rel.root / "c.html").read_text()
+    assert f"Ship to a CPU workstation: {TARGET}</h2>" in text
+    for plot in ("sensitivity", "latency-bars", "throughput"):
+        assert f'data-plot="{plot}"' in text
+
+
+def test_every_kind_of_path_gives_the_same_row(rel: Releases, cli: Callable[..., Result]) -> None:
+    b = bundle(rel.old)
+    rows = []
+    for path in (rel.old, b, b / "report.json", b.with_name(f"{TARGET}.tar.gz")):
+        r = cli("compare", path, "--format", "json", cwd=rel.root)
+        assert r.code == 0, (path, r.stderr)
+        (row,) = r.json["rows"]
+        assert Path(row.pop("bundle")) in (b, b.with_name(f"{TARGET}.tar.gz"))
+        rows.append(row)
+    assert all(r == rows[0] for r in rows)
+
+
+def _not_validated_copy(src: Path, dest: Path, proxy: str | None) -> Path:
+    report = copy.deepcopy(load(src))
+    report["target"] = "gpu-tensorrt" if proxy is None else "apple-coreml"
+    report["status"] = "not-validated"
+    report["reason"] = "not validated: no NVIDIA GPU here"
+    report["validation"] = {"runtime": None, "proxy": proxy, "not_validated": "no NVIDIA GPU here"}
+    report["benchmark"] = {"status": "skipped", "reason": "no NVIDIA GPU here", "host": {}}
+    if proxy is None:
+        report["clinical"] = None
+        report["gates"] = {"passed": False, "checks": []}
+    dest.write_text(json.dumps(report))
+    return dest
+
+
+def test_missing_pieces_say_so(rel: Releases, cli: Callable[..., Result], tmp_path: Path) -> None:
+    gpu = _not_validated_copy(bundle(rel.old), tmp_path / "gpu.json", proxy=None)
+    proxied = _not_validated_copy(bundle(rel.old), tmp_path / "coreml.json", proxy="ORT CPU")
+    r = cli("compare", rel.nobench, gpu, proxied, cwd=rel.root)
+    assert r.code == 0, r.stderr
+    lines = {ln.split(" | ")[0][2:]: ln for ln in r.stdout.splitlines() if ln.startswith("| ")}
+    assert lines[TARGET].count("_not benchmarked_") == 6
+    assert lines["gpu-tensorrt"].count("_not validated_") == 4
+    assert "\\(proxy: ORT CPU\\)" in lines["apple-coreml"]
+    for line in (lines[TARGET], lines["gpu-tensorrt"]):
+        assert "| 0.000 |" not in line and "| 0.0 |" not in line
+    assert "- gpu-tensorrt: not validated: no NVIDIA GPU here" in r.stdout
+    assert "- apple-coreml: clinical numbers measured on a proxy: ORT CPU" in r.stdout
+    # Nothing measured and validated on its own runtime: nothing is recommended.
+    assert "**No target can be recommended for a CPU workstation**" in r.stdout
+    js = cli("compare", rel.nobench, gpu, "--format", "json", cwd=rel.root).json
+    by = {x["target"]: x for x in js["rows"]}
+    assert by[TARGET]["latency_p50_ms"] is None and by[TARGET]["bench_gap"].startswith(
+        "not benchmarked: --no-bench"
+    )
+    assert by["gpu-tensorrt"]["sensitivity"] is None
+
+
+def test_sla_scorecard_and_fail_on_sla(
+    rel: Releases, cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    tput = load(bundle(rel.old))["benchmark"]["best"]["throughput_sps"]
+    base = (
+        "[sla]\nlatency_ms = 1000\nmemory_mb = 100000\nsensitivity = 0.98\ngflops = 0.4\n"
+        f"throughput_sps = {tput * 100:.0f}\n"
+    )
+    sla = sla_file(tmp_path, base)
+    r = cli("compare", rel.old, "--sla", sla, cwd=rel.root)
+    assert r.code == 0, r.stderr  # without --fail-on-sla a miss is reported, not fatal
+    row = next(ln for ln in r.stdout.splitlines() if ln.startswith(f"| {TARGET} | met"))
+    assert "**missed**: " in row.split("|")[3]  # throughput_sps, the 2nd metric
+    assert row.count("met: ") == 4 and row.endswith("| **missed** |")
+    failed = cli("compare", rel.old, "--sla", sla, "--fail-on-sla", cwd=rel.root)
+    assert failed.code == 1
+    assert "throughput_sps" in failed.stderr and "Traceback" not in failed.stderr
+    # A per-target override lowers the bar for this target only.
+    sla.write_text(base + f"[sla.{TARGET}]\nthroughput_sps = {tput / 100:.0f}\n")
+    ok = cli("compare", rel.old, "--sla", sla, "--fail-on-sla", "--format", "json", cwd=rel.root)
+    assert ok.code == 0, ok.stderr
+    assert ok.json["sla"]["rows"][0]["met"] is True and ok.json["missed"] == []
+
+
+def test_sla_line_not_measured_is_missed(
+    rel: Releases, cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    sla = sla_file(tmp_path, "[sla]\nlatency_ms = 1000\nsensitivity = 0.5\n")
+    r = cli("compare", rel.nobench, "--sla", sla, "--fail-on-sla", "--format", "json", cwd=rel.root)
+    assert r.code == 1
+    lines = r.json["sla"]["rows"][0]["lines"]
+    assert lines["latency_ms"]["met"] is False and lines["latency_ms"]["value"] is None
+    assert lines["latency_ms"]["why"].startswith("not benchmarked")
+    assert lines["sensitivity"]["met"] is True
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("[sla]\nlatency = 3\n", ["unknown SLA metric 'latency'", "latency_ms"]),
+        ("[sla]\nsensitivity = 98\n", ["0.98, not 98"]),
+        ("[sla.cpu-onnxrt]\nlatency_ms = 3\n", ["no known target", "cpu-onnxruntime"]),
+        ("[sla]\nlatency_ms = -1\n", ["non-negative number"]),
+        ("[sla]\nlatency_ms = \n", ["not valid TOML"]),
+        ("[slas]\nlatency_ms = 3\n", ["unknown table [slas]"]),
+        ("[regression]\nlatency = 0.2\n", ["unknown key 'latency'", "latency_increase"]),
+        ("", ["sets no threshold"]),
+    ],
+)
+def test_bad_sla_file_is_one_line(
+    rel: Releases, cli: Callable[..., Result], tmp_path: Path, text: str, words: list[str]
+) -> None:
+    sla = sla_file(tmp_path, text)
+    assert_user_error(cli("compare", rel.old, "--sla", sla, cwd=rel.root), *words)
+
+
+def test_bad_paths_are_one_line(rel: Releases, cli: Callable[..., Result], tmp_path: Path) -> None:
+    assert_user_error(cli("compare", tmp_path / "nope", cwd=rel.root), "does not exist")
+    assert_user_error(cli("compare", tmp_path, cwd=rel.root), "no report.json under")
+    (tmp_path / "x.json").write_text('{"a": 1}')
+    assert_user_error(cli("compare", tmp_path / "x.json", cwd=rel.root), "not a packager report")
+    (tmp_path / "y.json").write_text("{")
+    assert_user_error(cli("compare", tmp_path / "y.json", cwd=rel.root), "not valid JSON")
+    missing = cli("compare", rel.old, "--sla", tmp_path / "none.toml", cwd=rel.root)
+    assert_user_error(missing, "does not exist")
+
+
+def test_release_diff_flags_a_sensitivity_regression(
+    rel: Releases, cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    old, new = load(bundle(rel.old)), load(bundle(rel.new, "2.0.0"))
+    drop = old["clinical"]["sensitivity"] - new["clinical"]["sensitivity"]
+    assert 0.005 < drop < 0.01  # what the fixture's models are for
+    r = cli("compare", rel.old, rel.new, cwd=rel.root)
+    assert r.code == 0, r.stderr
+    assert r.stdout.startswith("# Release comparison: tiny 1.0.0 → tiny 2.0.0")
+    assert "sensitivity regression: 98.97% → 98.46% \\(tolerance 0.50 pts\\)" in r.stdout
+    assert "| sensitivity \\(95% CI\\) | 98.97% \\(" in r.stdout and "| -0.51 pts |" in r.stdout
+    assert cli("compare", rel.old, rel.new, "--fail-on-sla", cwd=rel.root).code == 1
+    # The same two releases as single reports, and a looser tolerance from the SLA file.
+    sla = sla_file(tmp_path, "[regression]\nsensitivity_drop = 0.01\nlatency_increase = 100\n")
+    js = cli(
+        "compare",
+        bundle(rel.old) / "report.json",
+        bundle(rel.new, "2.0.0"),
+        "--sla",
+        sla,
+        "--fail-on-sla",
+        "--format",
+        "json",
+        cwd=rel.root,
+    )
+    assert js.code == 0, js.stderr
+    assert js.json["mode"] == "release-diff" and js.json["diff"]["flags"] == []
+    html = cli("compare", rel.old, rel.new, "--format", "html", cwd=rel.root).stdout
+    assert "regression flagged" in html or "regressions flagged" in html  # latency may add one
+    assert "<li>cpu-onnxruntime: sensitivity regression: 98.97% → 98.46%" in html
+    assert '<span class="badge failed">regression</span>' in html
+
+
+def test_release_diff_with_a_failed_new_release(rel: Releases, cli: Callable[..., Result]) -> None:
+    assert (rel.failed / ".failed" / "tiny-3.0.0" / TARGET / "report.json").is_file()
+    r = cli("compare", rel.old, rel.failed, "--format", "json", cwd=rel.root)
+    flags = r.json["diff"]["flags"]
+    assert any("status passed → failed" in f for f in flags)
+    assert any("sensitivity regression" in f for f in flags)
+    assert any("latency cannot be checked: not benchmarked: a gate failed" in f for f in flags)
+    assert r.json["recommendations"][0]["target"] is None
+
+
+def test_write_comparison_for_a_dist_dir(rel: Releases, tmp_path: Path) -> None:
+    sla = sla_file(tmp_path, "[sla]\nsensitivity = 0.98\n")
+    paths = write_comparison(rel.old, sla)
+    assert [p.name for p in paths] == ["comparison.md", "comparison.html"]
+    assert "## SLA scorecard" in paths[0].read_text()
+    assert f"Ship to a CPU workstation: {TARGET}</h2>" in paths[1].read_text()
+
+
+def _row(report: dict, target: str, **bench: float) -> dict:
+    r = copy.deepcopy(report)
+    r["target"] = target
+    b1, best = r["benchmark"]["batches"][0], r["benchmark"]["batches"][-1]
+    b1["latency_ms"]["p50"] = bench.get("p50", b1["latency_ms"]["p50"])
+    best["throughput_sps"] = bench.get("tput", best["throughput_sps"])
+    r["benchmark"]["serving_memory_mb"] = bench.get("mem", r["benchmark"]["serving_memory_mb"])
+    row = summarize(r)
+    row["label"] = target
+    return row
+
+
+def test_recommendations_rank_within_the_sla_and_keep_accelerators_off_the_cpu(
+    rel: Releases, tmp_path: Path
+) -> None:
+    report = load(bundle(rel.old))
+    fast_fat = _row(report, "cpu-openvino", p50=0.001, tput=1e9, mem=500)
+    lean = _row(report, "edge-ort", p50=0.5, tput=10, mem=50)
+    gpu = _row(report, "gpu-tensorrt", p50=0.0001, tput=1e10, mem=40)
+    gpu["accelerator"] = True
+    picks = {r["scenario"]: r for r in recommend([fast_fat, lean, gpu], None)}
+    assert [s.key for s in SCENARIOS] == ["real-time", "bulk", "edge"]
+    assert picks["real-time"]["target"] == "cpu-openvino"  # the GPU is not a CPU workstation
+    assert "gpu-tensorrt: runs on an accelerator" in picks["real-time"]["excluded"][0]
+    assert picks["bulk"]["target"] == "gpu-tensorrt"
+    assert picks["edge"]["target"] == "gpu-tensorrt"
+    sla = load_sla(
+        sla_file(tmp_path, "[sla]\nmemory_mb = 100\n[sla.gpu-tensorrt]\nmemory_mb = 1\n")
+    )
+    picks = {r["scenario"]: r for r in recommend([fast_fat, lean, gpu], sla)}
+    assert picks["real-time"]["target"] == "edge-ort"
+    assert any("cpu-openvino ranks higher" in w for w in picks["real-time"]["why"])
+    assert picks["bulk"]["target"] == "edge-ort"
+    failed = _row(report, "cpu-openvino")
+    failed["status"] = "failed"
+    assert recommend([failed], None)[0]["target"] is None
+
+
+def test_flipped_bundle_counts_its_flips(
+    rel: Releases, cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    flipped, _ = make_flipped(bundle(rel.old), tmp_path / "b" / TARGET)
+    shutil.copy(bundle(rel.old).with_name(f"{TARGET}.tar.gz"), tmp_path / "b")
+    r = cli("compare", bundle(rel.old), flipped, cwd=rel.root)
+    assert r.code == 0, r.stderr
+    assert "| flips vs reference | 0 | 3 | \\+3 |" in r.stdout
+    assert "sensitivity regression" in r.stdout

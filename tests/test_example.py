@@ -1,0 +1,240 @@
+"""The reference example: the seed's ResNet-18 (shape, FLOPs, export), threshold selection on
+val, finding / downloading the data, a short real training run and the demo end to end.
+Training runs use a narrow model on a small train subset so the suite stays fast."""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import http.server
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+from examples.pneumonia.data import find_data
+from examples.pneumonia.demo import run_demo
+from examples.pneumonia.export import export_fp32, to_fp16
+from examples.pneumonia.model import make_model
+from examples.pneumonia.train import (
+    Settings,
+    choose_threshold,
+    example_config,
+    preprocess_of,
+    set_value,
+    train,
+)
+from packager.config import load_config
+from packager.errors import UserError
+from packager.metrics import wilson
+from packager.model import inspect_model
+from packager.ort import OrtRunner
+from packager.progress import Progress
+from packager.session import resolve_preprocess
+from tests.conftest import REPO, assert_user_error
+
+SMOKE = Settings(epochs=1, width=8, limit=256, batch_size=64)
+
+
+@pytest.fixture(scope="module")
+def trained(data_path: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
+    out = tmp_path_factory.mktemp("example")
+    return out, train(data_path, out, SMOKE, Progress(False))
+
+
+def test_model_is_resnet18_without_the_224_upsampling(tmp_path: Path) -> None:
+    model = make_model().eval()
+    # torchvision's resnet18(num_classes=2) has exactly this many parameters.
+    assert sum(p.numel() for p in model.parameters()) == 11_177_538
+    with torch.no_grad():
+        assert model(torch.zeros(3, 3, 64, 64)).shape == (3, 2)
+    info = inspect_model(export_fp32(model, tmp_path / "m.onnx", 64, 3))
+    assert (info.input.name, info.output.name, info.opset) == ("input", "output", 17)
+    assert info.batch == "dynamic" and info.input.shape[1:] == [3, 64, 64]
+    # At 224x224 ResNet-18 is ~3.6 GFLOPs; at 64x64 it is ~0.30, inside the seed's 0.4 budget.
+    assert 0.25 < info.gflops_per_sample < 0.4
+    assert not any(op in info.ops for op in ("Resize", "Upsample", "BatchNormalization"))
+
+
+def test_fp16_export_keeps_the_fp32_outputs(tmp_path: Path) -> None:
+    model = make_model(width=8).eval()
+    fp32 = export_fp32(model, tmp_path / "m.onnx", 64, 3)
+    fp16 = to_fp16(fp32, tmp_path / "m16.onnx")
+    info = inspect_model(fp16)
+    assert info.input.dtype == info.output.dtype == "float16" and info.batch == "dynamic"
+    x = np.random.default_rng(0).normal(size=(5, 3, 64, 64)).astype(np.float32)
+    with OrtRunner(fp32) as a, OrtRunner(fp16) as b:
+        ya, yb = a.infer(x), b.infer(x.astype(np.float16))
+    assert yb.shape == (5, 2)
+    np.testing.assert_allclose(yb, ya, atol=2e-2 * max(1.0, float(np.abs(ya).max())))
+
+
+def test_threshold_keeps_the_wilson_lower_bound_above_the_gate() -> None:
+    rng = np.random.default_rng(0)
+    y = np.r_[np.ones(389, int), np.zeros(135, int)]
+    p = np.r_[rng.uniform(0.2, 1.0, 389), rng.uniform(0.0, 0.6, 135)]
+    th = choose_threshold(p, y, 0.98)
+    tp = int((p[y == 1] >= th.value).sum())
+    assert tp == 389 - th.allowed_misses and th.margin_met
+    assert wilson(tp, 389)[0] >= 0.98 > wilson(tp - 1, 389)[0]  # the highest such threshold
+    # Midway to the next lower score: no val score sits on the threshold.
+    assert np.min(np.abs(p - th.value)) > 0
+
+
+def test_threshold_on_too_few_positives_catches_them_all_and_says_so() -> None:
+    p = np.array([0.9, 0.8, 0.7, 0.1, 0.2])
+    th = choose_threshold(p, np.array([1, 1, 1, 0, 0]), 0.98)
+    assert (th.allowed_misses, th.margin_met) == (0, False)
+    assert 0.2 < th.value < 0.7
+
+
+def test_set_value_replaces_one_key_in_its_section_and_keeps_the_comment() -> None:
+    text = '[labels]\nnames = ["a", "b"]\nthreshold = 0.5  # note\n[gates]\nthreshold = 1\n'
+    assert set_value(text, "labels", "threshold", "0.25") == text.replace(
+        "threshold = 0.5  # note", "threshold = 0.25  # note"
+    )
+    with pytest.raises(ValueError):
+        set_value(text, "model", "path", '"x"')
+
+
+# ---- data ------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
+    """A local HTTP server over a folder (the download code path, without the internet)."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+def test_find_data_prefers_the_flag_then_the_candidates_in_order(tmp_path: Path) -> None:
+    a, b = tmp_path / "a.npz", tmp_path / "b.npz"
+    b.write_bytes(b"x")
+    assert find_data(None, [a, b], url="http://127.0.0.1:9/") == b.resolve()
+    a.write_bytes(b"y")
+    assert find_data(None, [a, b], url="http://127.0.0.1:9/") == a.resolve()
+    assert find_data(b, [a]) == b.resolve()
+    with pytest.raises(UserError, match="does not exist"):
+        find_data(tmp_path / "missing.npz", [a])
+
+
+def test_download_checks_the_md5(
+    http_dir: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    root, url = http_dir
+    payload = b"not really an npz"
+    (root / "p.npz").write_bytes(payload)
+    monkeypatch.setenv("PACKAGER_CACHE", str(tmp_path / "cache"))
+    with pytest.raises(UserError, match="md5"):
+        find_data(None, [], url=f"{url}/p.npz", md5="0" * 32)
+    assert not list((tmp_path / "cache").iterdir())  # no partial file left behind
+    got = find_data(None, [], url=f"{url}/p.npz", md5=hashlib.md5(payload).hexdigest())
+    assert got == tmp_path / "cache" / "pneumoniamnist.npz" and got.read_bytes() == payload
+
+
+def test_offline_without_data_is_one_line_saying_how_to_get_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PACKAGER_CACHE", str(tmp_path))
+    with pytest.raises(UserError) as exc:
+        find_data(None, [tmp_path / "none.npz"], url="http://127.0.0.1:9/pneumoniamnist.npz")
+    msg = str(exc.value)
+    assert "\n" not in msg and "zenodo.org" in msg and "--data" in msg
+
+
+# ---- training --------------------------------------------------------------------------
+
+
+def test_training_writes_models_metrics_and_a_config_packager_reads(
+    trained: tuple[Path, dict[str, Any]],
+) -> None:
+    out, summary = trained
+    for name in ("model.onnx", "model_fp16.onnx", "training.json", "packager.toml"):
+        assert (out / name).is_file(), name
+    assert json.loads((out / "training.json").read_text()) == json.loads(json.dumps(summary))
+    cfg = load_config(out / "packager.toml")
+    assert cfg.model.path == str(out / "model.onnx")
+    assert cfg.labels.threshold == summary["threshold"]["value"]
+    # The threshold was chosen on val: val sensitivity holds the gate there.
+    val = summary["metrics"]["fp32"]["val"]
+    assert val["sensitivity"] >= cfg.gates.min_sensitivity
+    assert {"val", "test"} == set(summary["metrics"]["fp16"])
+    assert summary["metrics"]["fp32"]["test"]["n"] == 624
+    assert summary["data"]["train_n"] == SMOKE.limit
+
+
+def test_training_preprocessing_is_the_one_packager_validates_with(
+    trained: tuple[Path, dict[str, Any]],
+) -> None:
+    out, _ = trained
+    cfg = load_config(out / "packager.toml")
+    assert resolve_preprocess(cfg, inspect_model(out / "model.onnx")) == preprocess_of(
+        example_config()
+    )
+
+
+def test_train_cli_bad_data_is_a_one_line_error(tmp_path: Path) -> None:
+    r = subprocess.run(
+        [sys.executable, "-m", "examples.pneumonia.train", "--data", str(tmp_path / "no.npz")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "no.npz" in r.stderr
+
+
+def test_packager_demo_bad_input_is_a_user_error(cli: Callable[..., Any], tmp_path: Path) -> None:
+    assert_user_error(cli("demo", "--data", tmp_path / "no.npz", cwd=tmp_path), "no.npz")
+    assert_user_error(cli("demo", "--epochs", "0", cwd=tmp_path), "--epochs")
+
+
+# ---- the demo --------------------------------------------------------------------------
+
+
+def test_demo_builds_compares_and_reuses_the_trained_model(
+    data_path: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setenv("PACKAGER_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "dist"
+    kw: dict[str, Any] = {
+        "width": 8,
+        "limit": 256,
+        "targets": ["cpu-onnxruntime"],
+        "bench_seconds": 0.05,
+    }
+    run_demo(data_path, out, 1, Progress(True), **kw)
+    first = capsys.readouterr()
+    bundle = out / "pneumonia-resnet18-1.0.0" / "cpu-onnxruntime"
+    report = json.loads((bundle / "report.json").read_text())
+    assert report["status"] == "passed", report["reason"]
+    assert (
+        report["clinical"]["threshold"]
+        == json.loads((out / "example" / "training.json").read_text())["threshold"]["value"]
+    )
+    for name in ("comparison.md", "comparison.html", "sla.toml"):
+        assert (out / name).is_file(), name
+        assert str(out / name) in first.out
+    assert str(bundle) in first.out and "reusing" not in first.err
+
+    run_demo(data_path, out, 1, Progress(True), **kw)
+    second = capsys.readouterr()
+    assert "reusing the trained model" in second.err and "[train] epoch" not in second.err

@@ -1,0 +1,120 @@
+"""The HTML reports in a real headless Chromium (Debian's package, driven by Playwright): they
+render, log no console error, fetch nothing, and every plot and thumbnail is visible.
+Screenshots are kept under test-artifacts/ (gitignored)."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from packager.compare import write_comparison
+from packager.render import render_reports
+from tests.test_report import TARGET, build_bundle, make_flipped, validation_images
+
+REPO = Path(__file__).resolve().parents[1]
+ARTIFACTS = REPO / "test-artifacts"
+CHROMIUM = os.environ.get("PACKAGER_CHROMIUM") or shutil.which("chromium") or "/usr/bin/chromium"
+
+
+@pytest.fixture(scope="session")
+def browser() -> Any:
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(
+            f"no Chromium at {CHROMIUM}: run scripts/install-browser.sh (Debian's chromium "
+            "package) or set PACKAGER_CHROMIUM"
+        )
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    with sync_api.sync_playwright() as p:
+        # --no-sandbox: CI runs the tests as root, where Chromium's sandbox refuses to start.
+        b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        yield b
+        b.close()
+
+
+def check_page(browser: Any, html: Path, shot: str) -> Any:
+    """Open `html`; assert no console error, no page error, no request beyond the file itself
+    and data: URIs; keep a full-page screenshot. Returns the open page."""
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    problems: list[str] = []
+    page.on(
+        "console",
+        lambda m: (
+            problems.append(f"console {m.type}: {m.text}")
+            if m.type in ("error", "warning")
+            else None
+        ),
+    )
+    page.on("pageerror", lambda e: problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: problems.append(f"request failed: {r.url}"))
+    page.on(
+        "request",
+        lambda r: (
+            None if r.url.startswith(("file:", "data:")) else problems.append(f"fetched {r.url}")
+        ),
+    )
+    page.goto(html.as_uri(), wait_until="load")
+    assert problems == []
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / shot), full_page=True)
+    assert (ARTIFACTS / shot).stat().st_size > 10_000
+    return page
+
+
+def visible_plots(page: Any) -> dict[str, tuple[float, float]]:
+    """data-plot name -> rendered (width, height) of every plot that is visible on the page."""
+    out = {}
+    for svg in page.locator("svg.plot").all():
+        box = svg.bounding_box()
+        assert svg.is_visible() and box is not None
+        out[svg.get_attribute("data-plot")] = (box["width"], box["height"])
+        # Painted, not an empty frame: the pixels on screen hold axes, marks and labels.
+        pixels = np.asarray(Image.open(io.BytesIO(svg.screenshot())).convert("RGB"))
+        colours = np.unique(pixels.reshape(-1, 3), axis=0)
+        assert len(colours) > 20, svg.get_attribute("data-plot")
+    return out
+
+
+@pytest.fixture(scope="module")
+def dist(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path) -> Path:
+    return build_bundle(tmp_path_factory.mktemp("browser"), tiny_model, data_path).parents[1]
+
+
+def test_bundle_report_renders_with_visible_plots(browser: Any, dist: Path) -> None:
+    page = check_page(browser, dist / f"tiny-1.0.0/{TARGET}/report.html", f"report-{TARGET}.png")
+    plots = visible_plots(page)
+    assert sorted(plots) == ["confusion", "latency", "roc", "sweep"]
+    assert all(w > 200 and h > 150 for w, h in plots.values()), plots
+    assert page.locator("h1").inner_text().startswith(f"tiny 1.0.0 · {TARGET}")
+    page.close()
+
+
+def test_flipped_thumbnails_load(browser: Any, dist: Path, data_path: Path, tmp_path: Path) -> None:
+    bundle, report = make_flipped(dist / f"tiny-1.0.0/{TARGET}", tmp_path / TARGET, n_flips=5)
+    render_reports(bundle, report, validation_images(data_path))
+    page = check_page(browser, bundle / "report.html", "report-flipped.png")
+    imgs = page.locator(".flip img").all()
+    assert len(imgs) == 5
+    for img in imgs:
+        assert img.is_visible()
+        assert img.evaluate("i => i.complete && i.naturalWidth") >= 28
+    page.close()
+
+
+def test_comparison_renders_with_verdict_and_plots(
+    browser: Any, dist: Path, tmp_path: Path
+) -> None:
+    sla = tmp_path / "sla.toml"
+    sla.write_text("[sla]\nlatency_ms = 3\nmemory_mb = 10000\nsensitivity = 0.98\ngflops = 0.4\n")
+    _, html = write_comparison(dist, sla)
+    page = check_page(browser, html, "comparison.png")
+    assert page.locator("#verdict h2").inner_text() == f"Ship to a CPU workstation: {TARGET}"
+    assert sorted(visible_plots(page)) == ["latency-bars", "sensitivity", "throughput"]
+    assert page.locator("#sla .badge.missed").count() == 0
+    page.close()
