@@ -30,7 +30,7 @@ from packager.render import render_bundle_docs
 from packager.runner import WorkerFailed, run_worker
 from packager.schema import from_dict
 from packager.session import Session
-from packager.validate import evaluate, gate_checks, predict
+from packager.validate import evaluate, gate_checks, predict, save_validation
 from targets.base import BuildContext, BuildOutput, Check, Target
 
 PREPROCESS_SRC = Path(__file__).with_name("preprocess.py")
@@ -130,17 +130,7 @@ def _build_one(
     bdir = stage / t.name
     steps: list[Step] = []
     try:
-        ctx = BuildContext(
-            s.cfg,
-            opts,
-            s.model_path,
-            s.info,
-            s.preprocess,
-            s.validation,
-            s.calibration,
-            s.progress,
-            int8,
-        )
+        ctx = s.context(opts, int8)
         with s.progress.step(t.name, "converting"):
             built = t.build(ctx, bdir)
         steps.append(Step("convert", "ok", f"precision {built.precision}"))
@@ -230,12 +220,7 @@ def _validate(
             or (f"proxy: {proxy_label}" if proxy_label else ""),
         )
     )
-    np.savez(
-        bdir / "validation.npz",
-        labels=s.validation.labels,
-        probs=probs.astype(np.float32),
-        reference=reference.astype(np.float32),
-    )
+    save_validation(bdir, s.validation.labels, probs, reference)
     clinical = asdict(clin)
     clinical["split"] = s.validation.split
     clinical["output"] = s.output_kind

@@ -4,7 +4,7 @@ Linux and validated later on a Mac): the report, manifest and tarball are comple
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ from packager.progress import Progress
 from packager.registry import get
 from packager.render import render_reports
 from packager.runner import run_worker
-from packager.validate import evaluate, gate_checks, predict
+from packager.validate import CLINICAL_GATES, evaluate, gate_checks, predict, save_validation
 
 
 def _read(bundle: Path, name: str) -> dict[str, Any]:
@@ -74,8 +74,7 @@ def revalidate(
     checks = [c.to_dict() for c in gate_checks(clin, cfg, has_reference=reference is not None)]
     # The build's own checks (e.g. a converted model read back) still hold; the clinical gates
     # are this host's now (every name gate_checks can give counts as clinical).
-    clinical_names = {c.name for c in gate_checks(replace(clin, sensitivity_drop=0.0), cfg, True)}
-    checks += [c for c in report["gates"]["checks"] if c["name"] not in clinical_names]
+    checks += [c for c in report["gates"]["checks"] if c["name"] not in CLINICAL_GATES]
     clinical = asdict(clin) | {"split": split, "output": runtime["output"]}
     report["clinical"] = clinical
     report["gates"] = {"passed": all(c["passed"] for c in checks), "checks": checks}
@@ -87,7 +86,8 @@ def revalidate(
     )
     finish_report(report, report.pop("steps"))
     (bundle / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    render_reports(bundle, report)
+    save_validation(bundle, ds.labels, probs, reference)
+    render_reports(bundle, report, ds.images)
     (bundle / SIGNATURE).unlink(missing_ok=True)  # the old signature no longer matches
     meta = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
     meta["status"] = report["status"]

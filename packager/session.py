@@ -9,6 +9,7 @@ import os
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -20,6 +21,7 @@ from packager.preprocess import Preprocess
 from packager.progress import Progress
 from packager.registry import REFERENCE
 from packager.validate import output_kind, predict
+from targets.base import BuildContext
 
 
 def resolve_preprocess(cfg: Config, info: ModelInfo) -> Preprocess:
@@ -104,6 +106,20 @@ class Session:
     @cached_property
     def x(self) -> np.ndarray:
         return self.preprocess(self.validation.images)
+
+    def context(self, options: Any, int8: bool = False) -> BuildContext:
+        """What a target's conversion gets to see."""
+        return BuildContext(
+            self.cfg,
+            options,
+            self.model_path,
+            self.info,
+            self.preprocess,
+            self.validation,
+            self.calibration,
+            self.progress,
+            int8,
+        )
 
     def calibration(self) -> np.ndarray:
         d = self.cfg.data

@@ -52,6 +52,16 @@ def predict(
     return result["scores"], result["runtime"]
 
 
+def save_validation(
+    bdir: Path, labels: np.ndarray, probs: np.ndarray, reference: np.ndarray | None
+) -> None:
+    """validation.npz: per-image probabilities behind the report (plots, later re-validation)."""
+    arrays = {"labels": labels, "probs": probs.astype(np.float32)}
+    if reference is not None:
+        arrays["reference"] = reference.astype(np.float32)
+    np.savez(bdir / "validation.npz", **arrays)
+
+
 def output_kind(cfg: Config, ends_with_softmax: bool) -> str:
     if cfg.labels.output != "auto":
         return cfg.labels.output
@@ -72,7 +82,11 @@ def evaluate(
     )
 
 
+CLINICAL_GATES = ("finite_outputs", "min_sensitivity", "max_sensitivity_drop")
+
+
 def gate_checks(c: Clinical, cfg: Config, has_reference: bool) -> list[Check]:
+    """The clinical gates (CLINICAL_GATES), the same for every target."""
     g = cfg.gates
     checks = [
         Check("finite_outputs", c.finite, True, c.finite, "" if c.finite else "NaN or Inf scores"),

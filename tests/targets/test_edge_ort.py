@@ -18,7 +18,6 @@ from packager.config import load_config
 from packager.progress import Progress
 from packager.registry import get
 from packager.session import Session
-from targets.base import BuildContext
 from targets.edge_ort import IMAGE_MODEL, MODEL, Options
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error
 
@@ -153,16 +152,7 @@ def test_image_model_takes_png_and_rgb_jpeg_and_refuses_grayscale_jpeg(
 def test_a_disagreement_lists_the_images_and_fails_the_gate(embedded: Path) -> None:
     cfg = load_config(None, embedded)
     s = Session.open(cfg, Progress(False))
-    ctx = BuildContext(
-        cfg,
-        Options(embed_preprocessing=True),
-        s.model_path,
-        s.info,
-        s.preprocess,
-        s.validation,
-        s.calibration,
-        s.progress,
-    )
+    ctx = s.context(Options(embed_preprocessing=True))
     with np.load(embedded / BUNDLE / "validation.npz") as v:
         probs = v["probs"].astype(np.float64)
     probs[[3, 10]] = 1 - probs[[3, 10]]  # a tensor model that decides otherwise on two images
