@@ -15,21 +15,31 @@ import numpy as np
 from packager.runner import Runner
 
 
-def _rss_mb() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
+def _status_mb(key: str) -> float | None:
+    """A field of /proc/self/status in MB (Linux); None where there is no /proc."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return None
 
 
 def peak_rss_mb() -> float:
+    # VmHWM belongs to this process image; ru_maxrss would also count the parent's memory at
+    # fork time, since Linux keeps it across fork and exec.
+    hwm = _status_mb("VmHWM")
+    if hwm is not None:
+        return hwm
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 1024  # bytes on macOS, KiB else
 
 
 def current_rss_mb() -> float:
-    try:
-        return _rss_mb()
-    except OSError:  # no /proc (macOS)
-        return peak_rss_mb()
+    rss = _status_mb("VmRSS")
+    return peak_rss_mb() if rss is None else rss
 
 
 def batch_of(sample: np.ndarray, batch: int) -> np.ndarray:

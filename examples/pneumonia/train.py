@@ -55,6 +55,9 @@ class Settings:
     label_smoothing: float = 0.05  # bounded logits keep FP16/INT8 decisions stable
     limit: int | None = None  # train on a seeded random N-image subset (smoke tests)
     bf16: bool | None = None  # None: autocast to bf16 where the CPU has native bf16
+    # Pinned: how torch splits its reductions depends on the thread count, so the same seed
+    # gives the same weights only with the same number of threads.
+    threads: int = 2
 
     def resolved_bf16(self) -> bool:
         return (has_flag("avx512_bf16") or has_flag("amx_bf16")) if self.bf16 is None else self.bf16
@@ -123,6 +126,7 @@ def fit(
 ) -> tuple[torch.nn.Module, list[dict[str, float]]]:
     """Seeded AdamW + one-cycle schedule; the last epoch's weights are kept (no selection on
     val, which stays for the threshold alone)."""
+    torch.set_num_threads(s.threads)
     torch.manual_seed(s.seed)
     gen = torch.Generator().manual_seed(s.seed)
     model = make_model(width=s.width, seed=s.seed)
