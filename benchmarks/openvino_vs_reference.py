@@ -160,6 +160,9 @@ def main() -> int:
     cfg["data"]["path"] = str(data.resolve())
     cfg["bench"] = {"batch_sizes": [int(b) for b in args.batch_sizes.split(",")]}
     cfg["bench"]["seconds"] = args.seconds
+    # fp32 here means fp32 whatever the model's own config ships; --int8 then switches it.
+    targets = cfg.setdefault("targets", {})
+    targets["cpu-openvino"] = {**targets.get("cpu-openvino", {}), "precision": "fp32"}
     if speed_only:
         cfg["gates"] = {"min_sensitivity": 0.0, "max_sensitivity_drop": 1.0}
     config = work / "packager.toml"
