@@ -39,7 +39,7 @@ class CalibrationReader:
         self.pos = 0
 
 
-def _prepared(model: onnx.ModelProto, work: Path) -> Path:
+def prepare_for_quantization(model: onnx.ModelProto, work: Path) -> Path:
     """The model at a QDQ-capable opset, optimized and shape-inferred as the quantizer advises."""
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -60,7 +60,9 @@ def quantize_dynamic_int8(model: onnx.ModelProto, dst: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     with tempfile.TemporaryDirectory(prefix="packager-quant-") as tmp:
-        quantize_dynamic(str(_prepared(model, Path(tmp))), str(dst), weight_type=QuantType.QUInt8)
+        quantize_dynamic(
+            str(prepare_for_quantization(model, Path(tmp))), str(dst), weight_type=QuantType.QUInt8
+        )
 
 
 def quantize_static_qdq(
@@ -71,7 +73,7 @@ def quantize_static_qdq(
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory(prefix="packager-quant-") as tmp:
-        prepared = _prepared(model, Path(tmp))
+        prepared = prepare_for_quantization(model, Path(tmp))
         name = graph_inputs(model)[0].name
         quantize_static(
             str(prepared),

@@ -29,7 +29,7 @@ from packager.errors import Unavailable, UserError
 from packager.metrics import to_probabilities
 from packager.model import graph_inputs, load_model
 from packager.ort import OrtRunner
-from packager.ort_quant import CalibrationReader, _prepared
+from packager.ort_quant import CalibrationReader, prepare_for_quantization
 from packager.runner import Runner
 from packager.triton import Accelerator, Tensor, TritonModel, serve_commands, write_repository
 from packager.validate import output_kind, predict
@@ -163,7 +163,7 @@ def quantize_qdq(model: onnx.ModelProto, dest: Path, x: np.ndarray, cache_file: 
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory(prefix="packager-trt-") as tmp:
-        pre = _prepared(model, Path(tmp))
+        pre = prepare_for_quantization(model, Path(tmp))
         prepared = onnx.load(str(pre))
         for i, node in enumerate(prepared.graph.node):
             node.name = node.name or f"{node.op_type}_{i}"  # exclusion goes by name
