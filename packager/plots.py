@@ -35,6 +35,20 @@ RC = {
 }
 
 
+def _limit_line(ax: Any, x: float, label: str, style: str) -> None:
+    """A labelled vertical line for a gate or an SLA limit."""
+    ax.axvline(x, color=ALT_C, linestyle=style, linewidth=1)
+    ax.annotate(
+        label,
+        (x, 1.0),
+        xycoords=("data", "axes fraction"),
+        fontsize=7,
+        color=ALT_C,
+        ha="right",
+        va="bottom",
+    )
+
+
 def plain(text: Any) -> str:
     """User text drawn by matplotlib, with `$` escaped so it is never parsed as mathtext."""
     return str(text).replace("$", r"\$")
@@ -217,17 +231,7 @@ def sensitivity_intervals(
             err = [[v - ci[0]], [ci[1] - v]] if ci else None
             ax.errorbar([v], [yi], xerr=err, fmt="o", color=color, capsize=4)
         for i, (label, x) in enumerate(lines):
-            ax.axvline(x, color=ALT_C, linestyle=("--", ":")[i % 2], linewidth=1)
-            ax.annotate(
-                plain(label),
-                (x, 1.0),
-                xycoords=("data", "axes fraction"),
-                fontsize=7,
-                color=ALT_C,
-                ha="right",
-                va="bottom",
-                rotation=0,
-            )
+            _limit_line(ax, x, plain(label), ("--", ":")[i % 2])
         ax.set_yticks(y, [plain(n) for n in names])
         ax.set_ylim(-0.7, len(names) - 0.3)
         ax.xaxis.set_major_formatter(matplotlib.ticker.PercentFormatter(1.0))
@@ -267,16 +271,7 @@ def latency_bars(
         right = max(slowest * 1.35, 1e-6)
         if limit is not None and limit <= 4 * slowest:
             right = max(right, limit * 1.1)
-            ax.axvline(limit, color=ALT_C, linestyle="--", linewidth=1)
-            ax.annotate(
-                f"SLA {limit:g} ms",
-                (limit, 1.0),
-                xycoords=("data", "axes fraction"),
-                fontsize=7,
-                color=ALT_C,
-                ha="right",
-                va="bottom",
-            )
+            _limit_line(ax, limit, f"SLA {limit:g} ms", "--")
         elif limit is not None:  # drawn to scale the bars would vanish next to the line
             ax.annotate(
                 f"SLA {limit:g} ms: far right of this scale",
