@@ -4,7 +4,6 @@ back, the translation gate, the proxy on Linux, and Core ML itself where this is
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -15,7 +14,7 @@ import pytest
 from packager.bundle import verify
 from packager.preprocess import Preprocess
 from targets.apple_coreml import NOT_MAC, AppleCoreML, as_scores, image_scale_bias, read_spec
-from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error
+from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, run_predict
 
 pytest.importorskip("coremltools", reason="pip install 'packager[coreml]'")
 pytest.importorskip("torch", reason="pip install 'packager[coreml]'")
@@ -260,17 +259,8 @@ def test_core_ml_predictions_on_macos(
     manifest = json.loads((bundle / "manifest.json").read_text())
     assert manifest["validated_by"]["runtime"]["runtime"] == "coreml"
     assert manifest["validated_by"]["host"]["os"].startswith("Darwin")
-    from PIL import Image
-
     with np.load(data_path) as npz:
-        Image.fromarray(npz["test_images"][0]).save(tmp_path / "xray.png")
-    out = subprocess.run(
-        [sys.executable, str(bundle / "predict.py"), str(tmp_path / "xray.png")],
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 0, out.stderr
-    line = json.loads(out.stdout)
+        line = run_predict(bundle, npz["test_images"][0], tmp_path)
     assert set(line["probabilities"]) == {"normal", "pneumonia"} and line["threshold"] == 0.2
 
 

@@ -5,16 +5,13 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
-from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error
+from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, run_predict
 
 ov = pytest.importorskip("openvino", reason="needs openvino (pip install 'packager[openvino]')")
 pytest.importorskip("nncf", reason="needs nncf (pip install 'packager[openvino]')")
@@ -112,15 +109,8 @@ def test_pin_is_applied_by_runner_and_predict_py(build, data_path, tiny_model) -
         unpinned = ov.Core().compile_model(str(bundle / "model.xml"), "CPU")(x)[0]
         assert not np.allclose(unpinned, pinned, atol=1e-6)
     # predict.py applies the same pin and reproduces the validated probability.
-    Image.fromarray(images[3]).save(root / "x.png")
-    out = subprocess.run(
-        [sys.executable, str(bundle / "predict.py"), str(root / "x.png")],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
     probs = np.load(bundle / "validation.npz")["probs"]
-    got = json.loads(out.stdout)["probabilities"]["pneumonia"]
+    got = run_predict(bundle, images[3], root)["probabilities"]["pneumonia"]
     assert abs(got - probs[3, 1]) < 1e-6
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import ast
 import json
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +14,6 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from PIL import Image
 
 from packager.config import load_config
 from packager.errors import Unavailable
@@ -24,7 +21,7 @@ from packager.preprocess import Preprocess
 from packager.render import render
 from packager.triton import check_repository, parse_config
 from targets.gpu_tensorrt import GpuTensorRT, TensorRTRunner, cuda_host
-from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error
+from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, run_predict
 
 pb = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc]")
 
@@ -159,14 +156,7 @@ def test_bundle_readme_verify_and_predict_script(
     assert "tritonserver --model-repository=/models" in readme
     assert _run(["verify", str(b.dir)], tmp_path).code == 0
     with np.load(data_path) as npz:
-        Image.fromarray(npz["test_images"][3]).save(tmp_path / "x.png")
-    out = subprocess.run(
-        [sys.executable, str(b.dir / "predict.py"), str(tmp_path / "x.png")],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    p = json.loads(out.stdout)["probabilities"]["pneumonia"]
+        p = run_predict(b.dir, npz["test_images"][3], tmp_path)["probabilities"]["pneumonia"]
     with np.load(b.dir / "validation.npz") as v:
         assert p == pytest.approx(float(v["probs"][3, 1]), abs=1e-4)
 
