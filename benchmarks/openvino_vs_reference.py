@@ -4,9 +4,11 @@
     python benchmarks/openvino_vs_reference.py [--model model.onnx] [--data pneumoniamnist.npz]
 
 Every bundle is built, validated and benchmarked by `packager build` itself (the CLI a release
-pipeline runs), from the packager.toml beside the model (else examples/pneumonia/packager.toml). The script then prints the ratios the
-issue asks for and runs OpenVINO's own benchmark_app on the INT8 IR with the same performance
-hint and precision, to show the packager's harness does not lose what the runtime gives.
+pipeline runs), from the packager.toml beside the model (else examples/pneumonia/packager.toml).
+The goals are then judged over interleaved rounds: each round re-benchmarks the reference and the
+INT8 bundle with `packager bench` and runs OpenVINO's own benchmark_app on the INT8 IR with the
+same performance hint and precision (the harness must not lose what the runtime gives), so every
+ratio compares numbers taken under the same load; the median round is the result.
 Numbers come from this machine and are printed, never asserted: on a shared CPU they are noisy.
 
 Model: --model, else the trained demo model in the packager cache (`packager demo` makes it),
@@ -24,6 +26,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +86,18 @@ def packager_build(config: Path, out: Path, targets: list[str], int8: bool) -> d
     return reports
 
 
+def built_reports(out: Path, targets: list[str]) -> dict[str, dict]:
+    """The reports of bundles an earlier run of this script built into `out` (--reuse)."""
+    reports = {}
+    for target in targets:
+        found = sorted(out.glob(f"*/{target}/report.json"))
+        if not found:
+            sys.exit(f"--reuse: no {target} bundle under {out}; run once without --reuse")
+        reports[target] = json.loads(found[0].read_text())
+        reports[target]["bundle_dir"] = str(found[0].parent)
+    return reports
+
+
 def best(report: dict) -> tuple[float, int, str]:
     """Best throughput over the main run and every benchmark variant: (samples/s, batch, label)."""
     b = report["benchmark"]
@@ -133,10 +148,13 @@ def main() -> int:
     ap.add_argument("--model", type=Path, help="ONNX model (default: the demo ResNet-18)")
     ap.add_argument("--data", type=Path, help="PneumoniaMNIST npz (default: ../shared/data)")
     ap.add_argument("--out", type=Path, help="where the bundles go (default: a temporary dir)")
+    ap.add_argument(
+        "--reuse", action="store_true", help="re-measure the bundles already built in --out"
+    )
     ap.add_argument("--batch-sizes", default="1,8,16,32,64")
     ap.add_argument("--seconds", type=float, default=2.0, help="per batch size and mode")
     ap.add_argument("--app-seconds", type=int, default=5, help="each benchmark_app run")
-    ap.add_argument("--reps", type=int, default=3, help="interleaved rounds against benchmark_app")
+    ap.add_argument("--reps", type=int, default=8, help="interleaved measurement rounds")
     ap.add_argument(
         "--speed-only", action="store_true", help="relax the clinical gates (untrained models)"
     )
@@ -168,9 +186,15 @@ def main() -> int:
     config = work / "packager.toml"
     config.write_text(toml_text(cfg))
 
-    print(f"model {model}\nbuilding into {work} (seconds per batch size: {args.seconds})")
-    fp32 = packager_build(config, work / "fp32", ["cpu-onnxruntime", "cpu-openvino"], False)
-    int8 = packager_build(config, work / "int8", ["cpu-openvino"], True)["cpu-openvino"]
+    fp32_targets = ["cpu-onnxruntime", "cpu-openvino"]
+    if args.reuse and args.out:
+        print(f"re-measuring the bundles in {work}")
+        fp32 = built_reports(work / "fp32", fp32_targets)
+        int8 = built_reports(work / "int8", ["cpu-openvino"])["cpu-openvino"]
+    else:
+        print(f"model {model}\nbuilding into {work} (seconds per batch size: {args.seconds})")
+        fp32 = packager_build(config, work / "fp32", fp32_targets, False)
+        int8 = packager_build(config, work / "int8", ["cpu-openvino"], True)["cpu-openvino"]
     ref, ov32 = fp32["cpu-onnxruntime"], fp32["cpu-openvino"]
 
     host = ref["benchmark"]["host"]
@@ -188,46 +212,87 @@ def main() -> int:
             f"{p50_batch1(r):10.3f} {tput:9.1f} (batch {bs}, {label})"
         )
 
-    ref_tput, int8_tput = best(ref)[0], best(int8)
-    tput_ratio = int8_tput[0] / ref_tput
-    lat_ratio = p50_batch1(int8) / p50_batch1(ref)
-    print(f"\nINT8 best throughput / reference best throughput: {tput_ratio:.2f}x  (goal >= 4x)")
-    print(f"INT8 batch-1 p50 / reference batch-1 p50:        {lat_ratio:.2f}   (goal <= 0.5)")
+    ref_best, int8_best = best(ref), best(int8)
+    print(
+        f"\nFrom the build reports (one measurement each): INT8 best throughput / reference "
+        f"{int8_best[0] / ref_best[0]:.2f}x, batch-1 p50 {p50_batch1(int8) / p50_batch1(ref):.2f}"
+    )
     if int8.get("details", {}).get("int8"):
         print("INT8:", next(n for n in int8["notes"] if n.startswith("INT8")))
 
-    # benchmark_app on the same INT8 IR, interleaved with `packager bench` on the bundle so
-    # both see the same load: throughput at the best batch with the THROUGHPUT hint (what
-    # packager's async queue runs), batch-1 latency with the LATENCY hint, synchronous.
-    bundle = Path(int8["bundle_dir"])
+    # The goals are ratios of noisy numbers on a shared CPU, so they are judged on rounds that
+    # interleave every measurement (reference, INT8 bundle, benchmark_app on the same IR): each
+    # round's ratios come from numbers taken under the same load, and the median round counts.
+    # Throughput at each bundle's best batch size from its build; benchmark_app with the
+    # THROUGHPUT hint (what packager's async queue runs) and, for batch 1, the LATENCY hint, sync.
+    ref_bundle, bundle = Path(ref["bundle_dir"]), Path(int8["bundle_dir"])
     pre = json.loads((bundle / "preprocess.json").read_text())
     dims = [pre["channels"], pre["size"], pre["size"]]
     if pre["layout"] == "NHWC":
         dims = [pre["size"], pre["size"], pre["channels"]]
-    bs = int8_tput[1]
-    ours_t, ours_l, app_t, app_l = [], [], [], []
-    for _ in range(args.reps):
-        rows = packager_bench(bundle, sorted({1, bs}), args.seconds)
-        ours_t.append(rows[bs]["throughput_sps"])
-        ours_l.append(rows[1]["latency_ms"]["p50"])
-        xml = bundle / "model.xml"
-        app_t.append(benchmark_app(xml, [bs, *dims], "throughput", "async", args.app_seconds)[0])
-        app_l.append(benchmark_app(xml, [1, *dims], "latency", "sync", args.app_seconds)[1])
-    t_ratio = statistics.median(ours_t) / statistics.median(app_t)
-    l_ratio = statistics.median(ours_l) / statistics.median(app_l)
-    print(f"\nINT8 IR, packager bench vs benchmark_app, f32 pinned, median of {args.reps} rounds:")
-    print(
-        f"  throughput batch {bs} (THROUGHPUT hint, async): packager "
-        f"{statistics.median(ours_t):.1f}, benchmark_app {statistics.median(app_t):.1f} "
-        f"samples/s -> {t_ratio:.2f}  (rounds: {fmt(ours_t)} vs {fmt(app_t)})"
+    ref_bs, bs = ref_best[1], int8_best[1]
+    xml = bundle / "model.xml"
+    keys = ("speedup", "latency", "app_t", "app_l", "app_clock", "overhead")
+    rounds: dict[str, list[float]] = {k: [] for k in keys}
+    print(f"\n{args.reps} interleaved rounds (reference batch {ref_bs}, INT8 batch {bs}):")
+    app_s = args.app_seconds
+    for i in range(args.reps):
+        steps: dict[str, Callable[[], Any]] = {
+            "ref": lambda: packager_bench(ref_bundle, sorted({1, ref_bs}), args.seconds),
+            "int8": lambda: packager_bench(bundle, sorted({1, bs}), args.seconds),
+            "app_t": lambda: benchmark_app(xml, [bs, *dims], "throughput", "async", app_s)[0],
+            "app_l": lambda: benchmark_app(xml, [1, *dims], "latency", "sync", app_s)[1],
+        }
+        # Odd rounds run the steps in reverse, so a drifting machine favours no one.
+        names = list(steps) if i % 2 == 0 else list(steps)[::-1]
+        got = {name: steps[name]() for name in names}
+        r_ref, r_int8, app_t, app_l = got["ref"], got["int8"], got["app_t"], got["app_l"]
+        t_int8, l_int8 = r_int8[bs]["throughput_sps"], r_int8[1]["latency_ms"]["p50"]
+        clock = r_int8[1]["runtime_latency_ms"]["p50"]  # OpenVINO's timer, as benchmark_app's
+        rounds["speedup"].append(t_int8 / r_ref[ref_bs]["throughput_sps"])
+        rounds["latency"].append(l_int8 / r_ref[1]["latency_ms"]["p50"])
+        rounds["app_t"].append(t_int8 / app_t)
+        rounds["app_l"].append(l_int8 / app_l)
+        rounds["app_clock"].append(clock / app_l)
+        rounds["overhead"].append(l_int8 / clock)
+        print(
+            f"  {i + 1}: reference {r_ref[ref_bs]['throughput_sps']:.0f}/s "
+            f"{r_ref[1]['latency_ms']['p50']:.3f} ms | INT8 {t_int8:.0f}/s {l_int8:.3f} ms "
+            f"(OpenVINO clock {clock:.3f}) | "
+            f"benchmark_app {app_t:.0f}/s {app_l:.3f} ms"
+        )
+
+    def line(key: str, text: str, goal: str, ok: bool) -> bool:
+        values = rounds[key]
+        print(
+            f"  {text:58} {statistics.median(values):5.2f}  (rounds {fmt(values, 2)}"
+            + (f"; goal {goal}: {'met' if ok else 'NOT met'})" if goal else ")")
+        )
+        return ok
+
+    med = {k: statistics.median(v) for k, v in rounds.items()}
+    print("\nMedian round:")
+    ok = line("speedup", "INT8 best throughput / reference best", ">= 4x", med["speedup"] >= 4)
+    ok &= line(
+        "latency", "INT8 batch-1 p50 / reference batch-1 p50", "<= 0.5", med["latency"] <= 0.5
     )
-    print(
-        f"  batch-1 latency (LATENCY hint, sync): packager p50 {statistics.median(ours_l):.3f}, "
-        f"benchmark_app median {statistics.median(app_l):.3f} ms -> {l_ratio:.2f}  "
-        f"(rounds: {fmt(ours_l, 3)} vs {fmt(app_l, 3)})"
+    ok &= line(
+        "app_t",
+        "packager / benchmark_app throughput (INT8)",
+        f">= {1 - WITHIN:.2f}",
+        med["app_t"] >= 1 - WITHIN,
     )
-    ok = t_ratio >= 1 - WITHIN and l_ratio <= 1 + WITHIN
-    print(f"  packager within {WITHIN:.0%} of benchmark_app (or better): {'yes' if ok else 'no'}")
+    ok &= line(
+        "app_l",
+        "packager / benchmark_app batch-1 latency",
+        f"<= {1 + WITHIN:.2f}",
+        med["app_l"] <= 1 + WITHIN,
+    )
+    # benchmark_app reports OpenVINO's own timer (InferRequest.latency); packager times the
+    # whole Python call. Both readings of the same packager calls split the gap in two.
+    line("app_clock", "  same clock as benchmark_app (OpenVINO's request timer)", "", True)
+    line("overhead", "  harness overhead (wall / OpenVINO timer, same calls)", "", True)
+    print(f"\nEvery goal met in the median round: {'yes' if ok else 'no'}")
     print("\nShared CPU: rerun for stable numbers; nothing here is asserted.")
     return 0
 

@@ -200,14 +200,31 @@ class VerifyResult:
         }
 
 
-def safe_extract(tar_path: Path, into: Path) -> Path:
-    """Extract a bundle tarball, refusing absolute paths, '..', links and device files."""
+MAX_EXTRACT_GB = 16.0  # a bundle expanding past this is refused unless the caller allows more
+
+
+def safe_extract(tar_path: Path, into: Path, max_gb: float = MAX_EXTRACT_GB) -> Path:
+    """Extract a bundle tarball, refusing absolute paths, '..', links and device files, and
+    anything that expands past `max_gb` or past the free space under `into`."""
+    limit, expanded = int(max_gb * 2**30), 0
+    too_big = (
+        f"{tar_path} expands to more than {max_gb:g} GB; if the bundle really is that "
+        "large, raise the limit with --max-size-gb"
+    )
     try:  # the whole stream, so a damaged byte anywhere fails its CRC before extraction
         with gzip.open(tar_path) as gz:
-            while gz.read(1 << 20):
-                pass
+            while chunk := gz.read(1 << 20):
+                expanded += len(chunk)
+                if expanded > limit:  # a gzip bomb stops here, before anything is written
+                    raise UserError(too_big)
     except (OSError, EOFError, zlib.error) as exc:
         raise UserError(f"{tar_path} is truncated or corrupt ({exc})") from None
+    free = shutil.disk_usage(into).free
+    if expanded > free:
+        raise UserError(
+            f"{tar_path} expands to {expanded / 2**30:.2f} GB but {into} has "
+            f"{free / 2**30:.2f} GB free; set TMPDIR to a larger disk"
+        )
     try:
         tar = tarfile.open(tar_path, "r:gz")
     except (tarfile.TarError, OSError, EOFError) as exc:
@@ -240,10 +257,10 @@ def safe_extract(tar_path: Path, into: Path) -> Path:
     return into / roots.pop()
 
 
-def verify(path: Path, pubkey: Path | None = None) -> VerifyResult:
+def verify(path: Path, pubkey: Path | None = None, max_gb: float | None = None) -> VerifyResult:
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         with tempfile.TemporaryDirectory(prefix="packager-verify-") as tmp:
-            result = verify(safe_extract(path, Path(tmp)), pubkey)
+            result = verify(safe_extract(path, Path(tmp), max_gb or MAX_EXTRACT_GB), pubkey)
             result.path = str(path)
             return result
     if not path.is_dir():

@@ -191,12 +191,18 @@ def targets(as_json: bool) -> None:
     default=None,
     help="Also check the Ed25519 signature.",
 )
+@click.option(
+    "--max-size-gb",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Refuse a tarball that expands past this many GB (default 16; stops gzip bombs).",
+)
 @json_option
-def verify(path: Path, pubkey: Path | None, as_json: bool) -> None:
+def verify(path: Path, pubkey: Path | None, max_size_gb: float | None, as_json: bool) -> None:
     """Recompute every file's hash in a bundle directory or tarball."""
     from packager.bundle import verify as run_verify
 
-    result = run_verify(path, pubkey)
+    result = run_verify(path, pubkey, max_size_gb)
     text = (
         f"OK: {path} ({len(result.manifest.get('files', {}))} files, signature {result.signature})"
         if result.ok

@@ -57,6 +57,12 @@ class Runner(ABC):
         async queue; None means throughput comes from the synchronous latency loop."""
         return None
 
+    def runtime_latency_s(self) -> float | None:
+        """The last call's latency as the runtime itself timed it (what benchmark tools such as
+        OpenVINO's benchmark_app report), so the harness can show its own per-call overhead;
+        None where the runtime does not time its calls."""
+        return None
+
     @abstractmethod
     def _load(self) -> None: ...
 

@@ -515,6 +515,9 @@ class OpenVinoRunner(Runner):
         self.request.infer()
         return np.array(self.request.get_output_tensor(0).data, np.float32)
 
+    def runtime_latency_s(self) -> float | None:
+        return self.request.latency / 1e3  # ms, timed inside OpenVINO around the C++ call
+
     def _queue_model(self) -> Any:
         if self.hint != "both":
             return self.compiled

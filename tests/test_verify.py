@@ -213,6 +213,21 @@ def test_hostile_tarball_is_refused(case: str, built: Path, tmp_path: Path) -> N
     assert sorted(tmp_path.rglob("*")) == before
 
 
+def test_gzip_bomb_is_refused_before_anything_is_written(built: Path, tmp_path: Path) -> None:
+    # 64 MiB of zeros packs into ~64 KB; the limit is counted while the stream is read, before
+    # extraction, so a real bomb (terabytes) never reaches the disk either.
+    bomb = entry(f"{TARGET}/zeros.bin", data=bytes(64 * 2**20))
+    tar = tar_with(built, tmp_path / "bomb.tar.gz", bomb)
+    assert tar.stat().st_size < 2**20
+    r, left = verify_cli(tar, "--max-size-gb", "0.03", cwd=tmp_path)
+    assert_user_error(r, "expands to more than 0.03 GB")
+    assert "--max-size-gb" in r.stderr and left == []
+    # The same tarball is only a tampered bundle under the default limit: it extracts, and the
+    # added file fails the manifest.
+    r, left = verify_cli(tar, cwd=tmp_path)
+    assert r.code == 1 and "added: zeros.bin" in r.stdout and left == []
+
+
 def damaged(built: Path, dest: Path, how: str) -> Path:
     raw = (built / f"{TARGET}.tar.gz").read_bytes()
     if how == "truncated":
