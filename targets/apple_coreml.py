@@ -41,6 +41,7 @@ from targets.base import Availability, BuildContext, BuildOutput, Check, Proxy, 
 
 MODEL = "model.mlpackage"
 INTERMEDIATE = "intermediate/model.pt2"
+CONVERSION_DATE = "com.github.apple.coremltools.conversion_date"  # differs every day
 IMAGE_INPUT, TENSOR_INPUT = "image", "input"
 LABEL_OUTPUT, PROBS_OUTPUT, SCORES_OUTPUT = "classLabel", "classLabel_probs", "scores"
 NOT_MAC = "Core ML predictions need macOS; coremltools cannot run them on {system}"
@@ -275,6 +276,33 @@ def describe(ml: Any, ctx: BuildContext, p: Plan, meta: dict[str, Any]) -> None:
 
 
 # --- reading the .mlpackage back (works on every host) -----------------------------------------
+
+
+def make_reproducible(package: Path) -> None:
+    """coremltools writes random item identifiers into Manifest.json, the conversion date into
+    the metadata, and protobuf maps in hash order. Rewrite the three so the same inputs give the
+    same bytes (and the same signed tarball): identifiers from each item's path, no date, and
+    deterministic serialization. The spec itself is unchanged."""
+    import uuid
+
+    from coremltools.proto import Model_pb2
+
+    manifest_path = package / "Manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    items = manifest["itemInfoEntries"]
+    ids = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, item["path"])) for old, item in items.items()}
+    root = items[manifest["rootModelIdentifier"]]
+    manifest["itemInfoEntries"] = {ids[old]: item for old, item in items.items()}
+    manifest["rootModelIdentifier"] = ids[manifest["rootModelIdentifier"]]
+    manifest_path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
+
+    spec_path = package / "Data" / root["path"]
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    user = spec.description.metadata.userDefined
+    if CONVERSION_DATE in user:
+        del user[CONVERSION_DATE]
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 def read_spec(path: Path) -> dict[str, Any]:
@@ -612,6 +640,7 @@ class AppleCoreML(Target):
         meta = metadata(ctx, p)
         describe(ml, ctx, p, meta)
         ml.save(str(stage / MODEL))
+        make_reproducible(stage / MODEL)
         options = {
             "model": MODEL,
             "intermediate": INTERMEDIATE,
