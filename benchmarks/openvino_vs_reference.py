@@ -153,8 +153,8 @@ def main() -> int:
     )
     ap.add_argument("--batch-sizes", default="1,8,16,32,64")
     ap.add_argument("--seconds", type=float, default=2.0, help="per batch size and mode")
-    ap.add_argument("--app-seconds", type=int, default=5, help="each benchmark_app run")
-    ap.add_argument("--reps", type=int, default=8, help="interleaved measurement rounds")
+    ap.add_argument("--app-seconds", type=int, default=3, help="each benchmark_app run")
+    ap.add_argument("--reps", type=int, default=12, help="interleaved measurement rounds")
     ap.add_argument(
         "--speed-only", action="store_true", help="relax the clinical gates (untrained models)"
     )
