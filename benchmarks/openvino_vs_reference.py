@@ -236,13 +236,13 @@ def main() -> int:
     rounds: dict[str, list[float]] = {k: [] for k in keys}
     print(f"\n{args.reps} interleaved rounds (reference batch {ref_bs}, INT8 batch {bs}):")
     app_s = args.app_seconds
+    steps: dict[str, Callable[[], Any]] = {
+        "ref": lambda: packager_bench(ref_bundle, sorted({1, ref_bs}), args.seconds),
+        "int8": lambda: packager_bench(bundle, sorted({1, bs}), args.seconds),
+        "app_t": lambda: benchmark_app(xml, [bs, *dims], "throughput", "async", app_s)[0],
+        "app_l": lambda: benchmark_app(xml, [1, *dims], "latency", "sync", app_s)[1],
+    }
     for i in range(args.reps):
-        steps: dict[str, Callable[[], Any]] = {
-            "ref": lambda: packager_bench(ref_bundle, sorted({1, ref_bs}), args.seconds),
-            "int8": lambda: packager_bench(bundle, sorted({1, bs}), args.seconds),
-            "app_t": lambda: benchmark_app(xml, [bs, *dims], "throughput", "async", app_s)[0],
-            "app_l": lambda: benchmark_app(xml, [1, *dims], "latency", "sync", app_s)[1],
-        }
         # Odd rounds run the steps in reverse, so a drifting machine favours no one.
         names = list(steps) if i % 2 == 0 else list(steps)[::-1]
         got = {name: steps[name]() for name in names}
