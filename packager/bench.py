@@ -104,8 +104,9 @@ def measure(
             "throughput_sps": bs * len(times) / sum(times),
             "throughput_mode": "sync",
         }
-        if None not in inner:  # the same calls on the runtime's own clock: harness overhead
-            row["runtime_latency_ms"] = latency_stats(inner)  # type: ignore[arg-type]
+        timed = [t for t in inner if t is not None]
+        if len(timed) == len(times):  # the same calls on the runtime's own clock
+            row["runtime_latency_ms"] = latency_stats(timed)
         if bs == min(batch_sizes):  # the latency distribution the reports plot
             row["latency_samples_ms"] = latency_samples(times)
         async_result = runner.throughput(x, seconds, min_iterations)

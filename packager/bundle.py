@@ -203,14 +203,17 @@ class VerifyResult:
 MAX_EXTRACT_GB = 16.0  # a bundle expanding past this is refused unless the caller allows more
 
 
-def safe_extract(tar_path: Path, into: Path, max_gb: float = MAX_EXTRACT_GB) -> Path:
+def safe_extract(tar_path: Path, into: Path, max_gb: float | None = None) -> Path:
     """Extract a bundle tarball, refusing absolute paths, '..', links and device files, and
-    anything that expands past `max_gb` or past the free space under `into`."""
+    anything that expands past `max_gb` (default MAX_EXTRACT_GB) or the free space under `into`."""
+    max_gb = MAX_EXTRACT_GB if max_gb is None else max_gb
     limit, expanded = int(max_gb * 2**30), 0
     too_big = (
         f"{tar_path} expands to more than {max_gb:g} GB; if the bundle really is that "
         "large, raise the limit with --max-size-gb"
     )
+    if max_gb <= 0:
+        raise ValueError(f"max_gb must be positive, not {max_gb}")
     try:  # the whole stream, so a damaged byte anywhere fails its CRC before extraction
         with gzip.open(tar_path) as gz:
             while chunk := gz.read(1 << 20):
@@ -260,7 +263,7 @@ def safe_extract(tar_path: Path, into: Path, max_gb: float = MAX_EXTRACT_GB) -> 
 def verify(path: Path, pubkey: Path | None = None, max_gb: float | None = None) -> VerifyResult:
     if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
         with tempfile.TemporaryDirectory(prefix="packager-verify-") as tmp:
-            result = verify(safe_extract(path, Path(tmp), max_gb or MAX_EXTRACT_GB), pubkey)
+            result = verify(safe_extract(path, Path(tmp), max_gb), pubkey)
             result.path = str(path)
             return result
     if not path.is_dir():

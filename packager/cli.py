@@ -23,6 +23,15 @@ def emit(data: Any, as_json: bool, text: str) -> None:
     click.echo(json.dumps(data, indent=2, sort_keys=True, default=str) if as_json else text)
 
 
+def max_size_option(fn: Callable) -> Callable:
+    return click.option(
+        "--max-size-gb",
+        type=click.FloatRange(min=0, min_open=True),
+        default=None,
+        help="Refuse a tarball that expands past this many GB (default 16; stops gzip bombs).",
+    )(fn)
+
+
 def json_option(fn: Callable) -> Callable:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print one JSON document on stdout."
@@ -191,12 +200,7 @@ def targets(as_json: bool) -> None:
     default=None,
     help="Also check the Ed25519 signature.",
 )
-@click.option(
-    "--max-size-gb",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Refuse a tarball that expands past this many GB (default 16; stops gzip bombs).",
-)
+@max_size_option
 @json_option
 def verify(path: Path, pubkey: Path | None, max_size_gb: float | None, as_json: bool) -> None:
     """Recompute every file's hash in a bundle directory or tarball."""
@@ -233,11 +237,12 @@ def keygen(out: Path) -> None:
 @click.option(
     "--key", type=click.Path(path_type=Path), required=True, help="Ed25519 private key (PEM)."
 )
-def sign(bundle: Path, key: Path) -> None:
+@max_size_option
+def sign(bundle: Path, key: Path, max_size_gb: float | None) -> None:
     """Sign a bundle: the signature covers manifest.json, which covers every file."""
     from packager.signing import sign as run_sign
 
-    run_sign(bundle, key)
+    run_sign(bundle, key, max_size_gb)
     click.echo(f"signed {bundle}")
 
 

@@ -53,6 +53,21 @@ def runs_on_accelerator(report: dict[str, Any]) -> bool:
     return any(w.startswith(ACCELERATOR_WORDS) for w in words(runtime))
 
 
+def _harness_overhead(row: dict[str, Any] | None) -> dict[str, Any] | None:
+    """What the harness adds to the runtime's own timing of the same calls (None where the
+    runtime does not time its calls)."""
+    runtime = (row or {}).get("runtime_latency_ms")
+    if row is None or not runtime or runtime["p50"] <= 0:
+        return None
+    wall, inner = row["latency_ms"]["p50"], runtime["p50"]
+    return {
+        "batch_size": row["batch_size"],
+        "runtime_p50_ms": inner,
+        "added_us": 1e3 * (wall - inner),
+        "percent": 100 * (wall / inner - 1),
+    }
+
+
 def summarize(report: dict[str, Any]) -> dict[str, Any]:
     """The numbers people compare, each None with a reason (a `*_gap`) when it was not measured."""
     c = report.get("clinical") or {}
@@ -103,6 +118,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "latency_gap": latency_gap if b1 is None else None,
         "latency_p50_ms": b1["latency_ms"]["p50"] if b1 else None,
         "latency_p95_ms": b1["latency_ms"]["p95"] if b1 else None,
+        "harness_overhead": _harness_overhead(first),
         "throughput_sps": best["throughput_sps"] if best else None,
         "throughput_batch": best["batch_size"] if best else None,
         "peak_memory_mb": b.get("peak_rss_mb") if not bench_gap else None,

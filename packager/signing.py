@@ -60,12 +60,12 @@ def _load(path: Path, private: bool) -> Ed25519PrivateKey | Ed25519PublicKey:
     return key
 
 
-def sign(bundle: Path, key_path: Path) -> Path:
+def sign(bundle: Path, key_path: Path, max_gb: float | None = None) -> Path:
     """Sign a bundle directory (its tarball beside it is re-made) or a tarball in place."""
     key = _load(key_path, private=True)
     if bundle.is_file():
         with tempfile.TemporaryDirectory(prefix="packager-sign-") as tmp:
-            root = safe_extract(bundle, Path(tmp))
+            root = safe_extract(bundle, Path(tmp), max_gb)
             _sign_dir(root, key)  # type: ignore[arg-type]
             make_tarball(root, bundle)
         return bundle

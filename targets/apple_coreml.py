@@ -21,6 +21,7 @@ import json
 import platform
 import re
 import sys
+import uuid
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -283,8 +284,6 @@ def make_reproducible(package: Path) -> None:
     the metadata, and protobuf maps in hash order. Rewrite the three so the same inputs give the
     same bytes (and the same signed tarball): identifiers from each item's path, no date, and
     deterministic serialization. The spec itself is unchanged."""
-    import uuid
-
     from coremltools.proto import Model_pb2
 
     manifest_path = package / "Manifest.json"

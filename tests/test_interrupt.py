@@ -41,6 +41,9 @@ def start(root: Path, *extra: str) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         text=True,
         env={**os.environ, "TMPDIR": str(tmp)},
+        # A shell's background job (`make test &`, nohup) ignores SIGINT, and Python keeps an
+        # inherited SIG_IGN: give the build the default Ctrl-C, as a terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 

@@ -221,3 +221,17 @@ def test_user_text_is_escaped(project: Callable[..., Path], cli: Callable[..., R
     for line in md.splitlines():
         if line.startswith("| truly"):
             assert len(re.split(r"(?<!\\)\|", line)) == 5
+
+
+def test_harness_overhead_is_stated_only_where_the_runtime_timed_its_calls() -> None:
+    from packager.report import summarize
+
+    row = {"batch_size": 1, "latency_ms": {"p50": 0.44, "p95": 0.5}, "throughput_sps": 2000.0}
+    bench = {"status": "ok", "batches": [row]}
+    assert summarize({"benchmark": bench})["harness_overhead"] is None
+    row["runtime_latency_ms"] = {"p50": 0.40}
+    got = summarize({"benchmark": bench})["harness_overhead"]
+    assert got["batch_size"] == 1 and got["runtime_p50_ms"] == 0.40
+    assert got["added_us"] == pytest.approx(40.0) and got["percent"] == pytest.approx(10.0)
+    row["runtime_latency_ms"] = {"p50": 0.0}  # a runtime reporting nothing: no division by zero
+    assert summarize({"benchmark": bench})["harness_overhead"] is None

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+import packager.bundle as bundle_mod
+from packager.errors import UserError
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error
 
 TARGET = "cpu-onnxruntime"
@@ -222,10 +224,27 @@ def test_gzip_bomb_is_refused_before_anything_is_written(built: Path, tmp_path: 
     r, left = verify_cli(tar, "--max-size-gb", "0.03", cwd=tmp_path)
     assert_user_error(r, "expands to more than 0.03 GB")
     assert "--max-size-gb" in r.stderr and left == []
+    # In process: the refusal comes before the tar reader is ever opened.
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bundle_mod.tarfile, "open", lambda *a, **k: pytest.fail("tar opened"))
+        with pytest.raises(UserError, match="expands to more than"):
+            bundle_mod.safe_extract(tar, tmp_path, max_gb=0.03)
     # The same tarball is only a tampered bundle under the default limit: it extracts, and the
     # added file fails the manifest.
     r, left = verify_cli(tar, cwd=tmp_path)
     assert r.code == 1 and "added: zeros.bin" in r.stdout and left == []
+
+
+def test_tarball_larger_than_the_free_disk_is_refused(
+    built: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    full = shutil.disk_usage(tmp_path)._replace(free=1024)
+    monkeypatch.setattr(bundle_mod.shutil, "disk_usage", lambda _: full)
+    into = tmp_path / "into"
+    into.mkdir()
+    with pytest.raises(UserError, match="free; set TMPDIR to a larger disk"):
+        bundle_mod.safe_extract(built / f"{TARGET}.tar.gz", into)
+    assert list(into.iterdir()) == []
 
 
 def damaged(built: Path, dest: Path, how: str) -> Path:
