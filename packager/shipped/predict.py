@@ -99,10 +99,10 @@ def infer_all(runtime: Any, x: np.ndarray, batch_size: int, fixed_batch: int | N
     return np.concatenate(out).astype(np.float32)
 
 
-def classify(paths: list[str]) -> int:
+def classify(paths: list[str], kind: str = "main") -> int:
     from preprocess import Preprocess, load_image
 
-    runtime, config = open_runtime(HERE)
+    runtime, config = open_runtime(HERE, kind)
     pre = Preprocess.from_json(HERE / "preprocess.json")
     labels, positive = config["labels"], config["positive"]
     pos = labels.index(positive)
@@ -150,7 +150,7 @@ def main(argv: list[str]) -> int:
         if not args.images:
             parser.print_usage(sys.stderr)
             return EXIT_USAGE
-        return classify(args.images)
+        return classify(args.images, args.kind)
     except Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code
