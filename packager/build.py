@@ -27,6 +27,7 @@ from packager.bundle import (
 )
 from packager.errors import PackagerError, Unavailable, UserError
 from packager.hostinfo import host_facts
+from packager.quiet import stdout_to_stderr
 from packager.registry import get
 from packager.render import render_bundle_docs
 from packager.runner import WorkerFailed, run_worker
@@ -136,7 +137,7 @@ def _build_one(
     steps: list[Step] = []
     try:
         ctx = s.context(opts, int8)
-        with s.progress.step(t.name, "converting"):
+        with s.progress.step(t.name, "converting"), stdout_to_stderr(s.progress.enabled):
             built = t.build(ctx, bdir)
         steps.append(Step("convert", "ok", f"precision {built.precision}"))
         if int8 and not t.int8_option:

@@ -15,7 +15,6 @@ on macOS, so verification is split by what each host can do:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import platform
@@ -32,6 +31,7 @@ import numpy as np
 
 from packager import __version__
 from packager.errors import UserError
+from packager.installed import missing
 from packager.metrics import to_probabilities
 from packager.model import load_model
 from packager.preprocess import Preprocess
@@ -477,21 +477,15 @@ def _macos_major() -> int:
     return int(major) if major.isdigit() else 0
 
 
-def _missing() -> list[str]:
-    return [m for m in ("coremltools", "torch") if importlib.util.find_spec(m) is None]
-
-
 class AppleCoreML(Target):
     name = "apple-coreml"
     summary = "Core ML ML Program (.mlpackage) for iPhone, iPad and Mac"
     Options = Options
 
     def availability(self) -> Availability:
-        missing = _missing()
-        if missing:
-            no = Status(
-                False, f"{' and '.join(missing)} not installed; pip install 'packager[coreml]'"
-            )
+        why = missing({"coremltools": "coremltools", "torch": "torch"}, "coreml")
+        if why:
+            no = Status(False, why)
             return Availability(build=no, validate=no, bench=no)
         if sys.platform != "darwin":
             runs = Status(False, NOT_MAC.format(system=platform.system() or sys.platform))

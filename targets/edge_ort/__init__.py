@@ -4,7 +4,6 @@ second model that takes encoded PNG/JPEG bytes (pre-processing inside the graph)
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
@@ -258,15 +257,13 @@ def convert_to_ort(
         model_dir, out = Path(tmp) / "in", Path(tmp) / "out"
         model_dir.mkdir()
         shutil.copyfile(src, model_dir / "model.onnx")
-        # The tool prints progress on stdout, which belongs to --json.
-        with contextlib.redirect_stdout(io.StringIO()):
-            convert_onnx_models_to_ort(
-                model_dir,
-                output_dir=out,
-                optimization_styles=[OptimizationStyle[opts.optimization_style.capitalize()]],
-                target_platform=opts.target_platform,
-                custom_op_library_path=library,
-            )
+        convert_onnx_models_to_ort(
+            model_dir,
+            output_dir=out,
+            optimization_styles=[OptimizationStyle[opts.optimization_style.capitalize()]],
+            target_platform=opts.target_platform,
+            custom_op_library_path=library,
+        )
         ort_file = next(out.glob("*.ort"))
         config_file = next(out.glob("*.config"))
         shutil.copyfile(ort_file, dst)
