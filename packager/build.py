@@ -30,12 +30,12 @@ from packager.hostinfo import host_facts
 from packager.quiet import stdout_to_stderr
 from packager.registry import get
 from packager.render import render_bundle_docs
-from packager.runner import WorkerFailed, run_worker
+from packager.runner import WorkerFailed, predict, run_worker
 from packager.schema import from_dict
 from packager.session import Session
 from packager.shipped import SHIPPED
 from packager.shipped.selftest import file_sha256
-from packager.validate import evaluate, gate_checks, predict, save_validation
+from packager.validate import evaluate, gate_checks, save_validation
 from targets.base import BuildContext, BuildOutput, Check, Target
 
 PREPROCESS_SRC = Path(__file__).with_name("preprocess.py")

@@ -20,8 +20,8 @@ from packager.preprocess import Preprocess
 from packager.progress import Progress
 from packager.registry import get
 from packager.render import render_reports
-from packager.runner import run_worker
-from packager.validate import CLINICAL_GATES, evaluate, gate_checks, predict, save_validation
+from packager.runner import predict, run_worker
+from packager.validate import CLINICAL_GATES, evaluate, gate_checks, save_validation
 
 
 def _read(bundle: Path, name: str) -> dict[str, Any]:

@@ -35,7 +35,7 @@ from packager.installed import missing
 from packager.metrics import to_probabilities
 from packager.model import load_model
 from packager.preprocess import Preprocess
-from packager.validate import output_kind, predict_all
+from packager.shipped.predict import infer_all
 from targets.apple_coreml.runtime import NOT_MAC, PROBS_OUTPUT, SCORES_OUTPUT, TorchProxy
 from targets.base import Availability, BuildContext, BuildOutput, Check, Proxy, Status, Target
 
@@ -110,7 +110,7 @@ def plan(ctx: BuildContext) -> Plan:
         )
         image = False
     batch = fixed or (1 if image or classifier else None)
-    kind = output_kind(ctx.config, ctx.model.ends_with_softmax)
+    kind = ctx.output_kind
     return Plan(image, classifier, batch, classifier and kind == "logits", notes)
 
 
@@ -128,7 +128,7 @@ def metadata(ctx: BuildContext, p: Plan) -> dict[str, Any]:
         f"Decide '{labels.positive}' when its probability is >= {labels.threshold} "
         "(the validated threshold; the top label alone is not the clinical decision)."
     )
-    kind = "probabilities" if p.classifier else output_kind(cfg, ctx.model.ends_with_softmax)
+    kind = "probabilities" if p.classifier else ctx.output_kind
     summary = cfg.model.description or (
         f"{cfg.model.name} {cfg.model.version}: {' / '.join(labels.names)} classifier"
     )
@@ -449,7 +449,7 @@ def translation_check(
     proxy = TorchProxy(stage, options)
     proxy.load()
     try:
-        ours = to_probabilities(predict_all(proxy, x, 64, ctx.model.fixed_batch), kind)
+        ours = to_probabilities(infer_all(proxy, x, 64, ctx.model.fixed_batch), kind)
     finally:
         proxy.close()
     pos, thr = cfg.labels.positive_index, cfg.labels.threshold
@@ -531,7 +531,7 @@ class AppleCoreML(Target):
             "intermediate_batch": fixed,
             "max_batch": opts.max_batch,
             "softmax": p.softmax,
-            "scores": output_kind(ctx.config, ctx.model.ends_with_softmax),
+            "scores": ctx.output_kind,
         }
         spec = read_spec(stage / MODEL)
         checks = spec_checks(spec, ctx, p, meta)

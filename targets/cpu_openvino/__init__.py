@@ -21,7 +21,6 @@ from packager.errors import Unavailable, UserError
 from packager.installed import missing
 from packager.metrics import clinical, to_probabilities
 from packager.triton import Tensor, TritonModel, serve_commands, write_repository
-from packager.validate import output_kind
 from targets.base import Availability, BuildContext, BuildOutput, Check, Status, Target
 
 # What each bundle precision computes in on the CPU. fp16 and int8 IRs keep f32 activations for
@@ -221,7 +220,7 @@ def quantize(ctx: BuildContext, model: Any) -> tuple[Any, dict[str, Any], list[C
     metric = SensitivityMetric(
         cfg.labels.positive_index,
         cfg.labels.threshold,
-        output_kind(cfg, ctx.model.ends_with_softmax),
+        ctx.output_kind,
     )
     max_drop = cfg.gates.max_sensitivity_drop
     fp32_sens = metric(_compile_f32(model), items)[0]

@@ -23,7 +23,7 @@ from packager.errors import Unavailable, UserError
 from packager.model import load_model, opset_of, upgrade_opset
 from packager.ort_quant import quantize_dynamic_int8, quantize_static_qdq
 from packager.preprocess import Preprocess
-from packager.validate import output_kind, predict
+from packager.runner import predict
 from targets.base import Availability, BuildContext, BuildOutput, Check, Status, Target
 
 MODEL = "model.ort"
@@ -96,7 +96,7 @@ class EdgeOrt(Target):
                 )
             shipped = [MODEL]  # model_size_mb is model.ort's; each file is size-gated
             if opts.embed_preprocessing:
-                kind = output_kind(ctx.config, ctx.model.ends_with_softmax)
+                kind = ctx.output_kind
                 image = image_model(model, ctx.preprocess, ctx.model.fixed_batch or 1, kind)
                 onnx.save(image, str(work / "model_image.onnx"))
                 convert_to_ort(

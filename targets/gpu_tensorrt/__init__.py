@@ -26,8 +26,8 @@ from packager.installed import missing
 from packager.metrics import to_probabilities
 from packager.model import graph_inputs, load_model
 from packager.ort_quant import quantize_static_qdq
+from packager.runner import predict
 from packager.triton import Accelerator, Tensor, TritonModel, serve_commands, write_repository
-from packager.validate import output_kind, predict
 from targets.base import (
     Availability,
     BuildContext,
@@ -348,7 +348,7 @@ class GpuTensorRT(Target):
         scores, _ = predict(
             self.name, stage, opts, x, ctx.model.fixed_batch, ctx.config.bench.timeout_s, "ort-cuda"
         )
-        other = to_probabilities(scores, output_kind(ctx.config, ctx.model.ends_with_softmax))
+        other = to_probabilities(scores, ctx.output_kind)
         pos, thr = ctx.config.labels.positive_index, ctx.config.labels.threshold
         flips = int(np.sum((probs[:, pos] >= thr) != (other[:, pos] >= thr)))
         return [Check(name, flips, limit, flips <= limit)]
