@@ -30,6 +30,7 @@ from packager.render import render_bundle_docs
 from packager.runner import WorkerFailed, run_worker
 from packager.schema import from_dict
 from packager.session import Session
+from packager.supply_chain import write_sbom_and_provenance
 from packager.validate import evaluate, gate_checks, predict, save_validation
 from targets.base import BuildContext, BuildOutput, Check, Target
 
@@ -146,6 +147,7 @@ def _build_one(
         finish_report(report, [asdict(st) for st in steps])
         (bdir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         render_bundle_docs(bdir, report, s)
+        write_sbom_and_provenance(bdir, report, _manifest_meta(s, t, built, report))
         write_manifest(bdir, _manifest_meta(s, t, built, report))
         make_tarball(bdir, stage / f"{t.name}.tar.gz")
         root = bundle_root(s)
