@@ -166,7 +166,9 @@ def sbom_json(
                 name=str(p["dist"] or p["name"]),
                 version=p["version"],
                 bom_ref=BomRef(f"pkg:{p['name']}"),
-                purl=PackageURL("pypi", str(p["dist"]), p["version"]) if p["dist"] else None,
+                purl=PackageURL(type="pypi", name=str(p["dist"]), version=p["version"])
+                if p["dist"]
+                else None,
                 properties=[Property(name="packager:role", value=str(p["role"]))],
             )
         )
