@@ -193,3 +193,25 @@ def test_times_come_only_from_source_date_epoch(bundle: Path, tmp_path: Path) ->
     assert load(copy, "sbom.cdx.json")["metadata"]["timestamp"].startswith("2026-01-01T00:00:00")
     run = load(copy, "provenance.intoto.json")["predicate"]["runDetails"]["metadata"]
     assert run == {"startedOn": "2026-01-01T00:00:00Z", "finishedOn": "2026-01-01T00:00:00Z"}
+
+
+# ---------------------------------------------------------------------------------------------
+# Release workflow
+
+
+def test_release_workflow_signs_with_a_key_from_a_secret() -> None:
+    from tests.test_workflow import WORKFLOW, _workflow, packager_calls
+
+    text = WORKFLOW.read_text()
+    assert "PRIVATE KEY" not in text and "BEGIN" not in text  # no key material in the file
+    steps = _workflow()["jobs"]["release"]["steps"]
+    sign = next(s for s in steps if "packager sign" in s.get("run", ""))
+    assert sign["env"]["PACKAGER_SIGNING_KEY"] == "${{ secrets.PACKAGER_SIGNING_KEY }}"
+    assert 'rm -f "$key"' in sign["run"] and "umask 077" in sign["run"]
+    calls = [c for s in steps if "run" in s for c in packager_calls(s["run"])]
+    assert ["sign", "$t", "--key", "$key"] in calls
+    assert ["verify", "$t", "--pubkey", "release.key.pub"] in calls
+    collect = next(s["run"] for s in steps if "model_signing verify key" in s.get("run", ""))
+    assert "sbom.cdx.json provenance.intoto.json model.sig" in collect
+    publish = next(s["run"] for s in steps if "gh release create" in s.get("run", ""))
+    assert "assets/*" in publish and "dist/*/*.tar.gz" in publish
