@@ -5,6 +5,8 @@ every file too, so `packager verify` names each changed file with or without a k
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import re
 import tempfile
@@ -144,9 +146,12 @@ def check_signature(root: Path, pubkey: Path) -> str:
     import model_signing
 
     try:
-        model_signing.verifying.Config().use_elliptic_key_verifier(
-            public_key=pubkey
-        ).set_hashing_config(_hashing()).verify(root, sig)
+        # The library print()s warnings (e.g. about old signature formats): keep them off
+        # stdout, which may be `verify --json`'s one JSON document.
+        with contextlib.redirect_stdout(io.StringIO()):
+            model_signing.verifying.Config().use_elliptic_key_verifier(
+                public_key=pubkey
+            ).set_hashing_config(_hashing()).verify(root, sig)
     except InvalidSignature:
         return f"invalid ({SIGNATURE} was made with another key, or was changed)"
     except ValueError as exc:

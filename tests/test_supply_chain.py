@@ -195,6 +195,29 @@ def test_times_come_only_from_source_date_epoch(bundle: Path, tmp_path: Path) ->
     assert run == {"startedOn": "2026-01-01T00:00:00Z", "finishedOn": "2026-01-01T00:00:00Z"}
 
 
+def test_validate_in_place_rewrites_sbom_and_provenance(
+    bundle: Path, data_path: Path, tmp_path: Path
+) -> None:
+    """`packager validate` rewrites report.json: the SBOM and the provenance follow it, so the
+    bundle's own statements never go stale (and the manifest covers the new ones)."""
+    import shutil
+
+    copy = Path(shutil.copytree(bundle, tmp_path / TARGET))
+    r = _run(["validate", copy, "--data", data_path, "--split", "val", "--json"], tmp_path)
+    assert r.code in (0, 1), r.stderr
+    assert load(copy, "report.json")["clinical"]["split"] == "val"
+    sbom = load(copy, "sbom.cdx.json")
+    listed = {
+        c["name"]: c["hashes"][0]["content"] for c in sbom["components"] if c["type"] == "file"
+    }
+    current = files_of(copy)
+    assert listed["report.json"] == current["report.json"] != files_of(bundle)["report.json"]
+    stmt = load(copy, "provenance.intoto.json")
+    subjects = {s["name"]: s["digest"]["sha256"] for s in stmt["subject"]}
+    assert subjects == {k: v for k, v in current.items() if k not in OUT_OF_SUBJECTS}
+    assert _run(["verify", copy], tmp_path).code == 0
+
+
 # ---------------------------------------------------------------------------------------------
 # Release workflow
 
