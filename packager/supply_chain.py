@@ -6,6 +6,7 @@ fixed per machine."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import json
@@ -66,16 +67,16 @@ def _dist_version(name: str) -> str | None:
         return None
 
 
-def _runtime_dist(runtime: dict[str, Any]) -> str | None:
-    """The installed distribution that provides the runtime's module (e.g. a module name that is
-    also a distribution name), so the SBOM gets a real package URL; None when unknown."""
-    name = str(runtime.get("runtime") or "")
+@functools.cache
+def _runtime_dist(name: str) -> str | None:
+    """The installed distribution that provides the runtime `name` (itself, or the distribution
+    of the module of that name), so the SBOM gets a real package URL; None when unknown."""
     if not name:
         return None
-    dists = metadata.packages_distributions().get(name)
-    if dists:
-        return dists[0]
-    return name if _dist_version(name) is not None else None
+    if _dist_version(name) is not None:
+        return name
+    dists = metadata.packages_distributions().get(name)  # slow (every installed file): last
+    return dists[0] if dists else None
 
 
 def runtime_packages(meta: dict[str, Any]) -> list[dict[str, str | None]]:
@@ -88,7 +89,7 @@ def runtime_packages(meta: dict[str, Any]) -> list[dict[str, str | None]]:
             {
                 "name": str(runtime["runtime"]),
                 "version": str(runtime.get("version") or "") or None,
-                "dist": _runtime_dist(runtime),
+                "dist": _runtime_dist(str(runtime["runtime"])),
                 "role": "runtime",
             }
         )

@@ -125,6 +125,35 @@ def test_sbom_model_card(bundle: Path, tiny_model: Path, data_path: Path) -> Non
         assert value.startswith("passed" if check["passed"] else "FAILED"), value
 
 
+def test_sbom_of_a_not_validated_bundle_is_valid_too(bundle: Path) -> None:
+    """A target this host could not validate (no runtime, no clinical numbers): the SBOM says so
+    and still passes the schema."""
+    from cyclonedx.schema import SchemaVersion
+    from cyclonedx.validation.json import JsonStrictValidator
+
+    from packager.bundle import bundle_files
+    from packager.supply_chain import sbom_json
+
+    meta = load(bundle, "manifest.json") | {"runtime": {}, "status": "not-validated"}
+    report = load(bundle, "report.json") | {
+        "clinical": None,
+        "gates": {"passed": False, "checks": []},
+        "validation": {"runtime": None, "proxy": None, "not_validated": "no Mac"},
+        "status": "not-validated",
+        "reason": "not validated: no Mac",
+    }
+    text = sbom_json(bundle_files(bundle), report, meta)
+    assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
+    doc = json.loads(text)
+    card = next(c for c in doc["components"] if c["bom-ref"] == "model")["modelCard"]
+    assert card["quantitativeAnalysis"]["performanceMetrics"] == []
+    assert "not validated: no Mac" in card["considerations"]["technicalLimitations"]
+    assert {"packager:validated-on": "not validated"}.items() <= {
+        p["name"]: p["value"] for p in card["properties"]
+    }.items()
+    assert {c["name"] for c in doc["components"] if c["type"] == "library"} == {"numpy", "pillow"}
+
+
 # ---------------------------------------------------------------------------------------------
 # Provenance
 
