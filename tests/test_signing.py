@@ -295,3 +295,26 @@ def test_old_ed25519_signature_is_refused_with_the_fix(copy: Path, keys: tuple[P
     assert _run(["sign", copy, "--key", keys[0]], copy.parent).code == 0
     assert not (copy / "manifest.sig").exists()
     assert _run(["verify", copy, "--pubkey", keys[1]], copy.parent).code == 0
+
+
+def test_sign_and_verify_need_no_network(copy: Path, tmp_path: Path) -> None:
+    """Key mode is offline: keygen, sign and verify run in a network namespace with no
+    interface up (no transparency log, no TUF update)."""
+    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True)
+    if not shutil.which("unshare") or probe.returncode != 0:
+        pytest.skip(f"not validated: cannot make a network namespace here ({probe.stderr!r})")
+    offline = ["unshare", "-rn", sys.executable, "-m", "packager.cli"]
+    env_check = subprocess.run(
+        [*offline[:-2], "-c", "import socket; socket.create_connection(('1.1.1.1', 443), 2)"],
+        capture_output=True,
+        text=True,
+    )
+    assert env_check.returncode != 0 and "unreachable" in env_check.stderr  # really offline
+    for args in (
+        ["keygen", "--out", str(tmp_path / "off.key")],
+        ["sign", str(copy), "--key", str(tmp_path / "off.key")],
+        ["verify", str(copy), "--pubkey", str(tmp_path / "off.key.pub")],
+    ):
+        r = subprocess.run([*offline, *args], capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 0, (args, r.stderr)
+    assert "signature valid" in r.stdout
