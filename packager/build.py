@@ -36,6 +36,7 @@ from packager.session import Session
 from packager.shipped import SHIPPED
 from packager.shipped.selftest import file_sha256
 from packager.validate import evaluate, gate_checks, save_validation
+from packager.supply_chain import write_sbom_and_provenance
 from targets.base import BuildContext, BuildOutput, Check, Target
 
 PREPROCESS_SRC = Path(__file__).with_name("preprocess.py")
@@ -154,6 +155,7 @@ def _build_one(
         finish_report(report, [asdict(st) for st in steps])
         (bdir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         render_bundle_docs(bdir, report, s)
+        write_sbom_and_provenance(bdir, report, _manifest_meta(s, t, built, report))
         write_manifest(bdir, _manifest_meta(s, t, built, report))
         make_tarball(bdir, stage / f"{t.name}.tar.gz")
         root = bundle_root(s)
