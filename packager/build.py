@@ -35,8 +35,8 @@ from packager.schema import from_dict
 from packager.session import Session
 from packager.shipped import SHIPPED
 from packager.shipped.selftest import file_sha256
-from packager.validate import evaluate, gate_checks, save_validation
 from packager.supply_chain import write_sbom_and_provenance
+from packager.validate import evaluate, gate_checks, save_validation
 from targets.base import BuildContext, BuildOutput, Check, Target
 
 PREPROCESS_SRC = Path(__file__).with_name("preprocess.py")
