@@ -49,9 +49,9 @@ def start(root: Path, *extra: str) -> subprocess.Popen:
 
 def published_run(out: Path) -> str:
     """The run that made the published bundle; the folder and the tarball must agree and both
-    verify, and nothing else may sit beside them."""
+    verify, and nothing else may sit beside them (.generations is where they live)."""
     root = out / "tiny-1.0.0"
-    assert sorted(p.name for p in root.iterdir()) == [TARGET, f"{TARGET}.tar.gz"]
+    assert sorted(p.name for p in root.iterdir()) == [".generations", TARGET, f"{TARGET}.tar.gz"]
     folder, tar = verify(root / TARGET), verify(root / f"{TARGET}.tar.gz")
     assert folder.ok and tar.ok, (folder.problems, tar.problems)
     runs = {r.manifest["config"]["model"]["description"] for r in (folder, tar)}

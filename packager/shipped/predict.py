@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Classify images with this bundle, or prove on arrival that this host reproduces the outputs
+"""Classify chest images with this bundle, or prove on arrival that this host reproduces the outputs
 the bundle was validated with.
 
     python predict.py IMAGE [IMAGE ...]             # one JSON line per image
@@ -148,7 +148,7 @@ def main(argv: list[str]) -> int:
 
             return self_test(HERE, args.record, args.kind)
         if not args.images:
-            parser.print_usage(sys.stderr)
+            print(__doc__, file=sys.stderr)
             return EXIT_USAGE
         return classify(args.images, args.kind)
     except Refused as exc:

@@ -174,6 +174,7 @@ class EdgeOrt(Target):
                     None,
                     timeout,
                     "image-bytes",
+                    code=stage,  # the bundle's runtime.py on the in-graph preprocessing alone
                 )
         pos, thr = ctx.config.labels.positive_index, ctx.config.labels.threshold
         differ = [
