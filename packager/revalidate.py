@@ -21,7 +21,7 @@ from packager.progress import Progress
 from packager.registry import get
 from packager.render import render_reports
 from packager.runner import run_worker
-from packager.validate import CLINICAL_GATES, evaluate, gate_checks, predict, save_validation
+from packager.validate import evaluate, gate_checks, is_clinical_gate, predict, save_validation
 
 
 def _read(bundle: Path, name: str) -> dict[str, Any]:
@@ -74,8 +74,13 @@ def revalidate(
     checks = [c.to_dict() for c in gate_checks(clin, cfg, has_reference=reference is not None)]
     # The build's own checks (e.g. a converted model read back) still hold; the clinical gates
     # are this host's now (every name gate_checks can give counts as clinical).
-    checks += [c for c in report["gates"]["checks"] if c["name"] not in CLINICAL_GATES]
+    checks += [c for c in report["gates"]["checks"] if not is_clinical_gate(c["name"])]
     clinical = asdict(clin) | {"split": split, "output": runtime["output"]}
+    if (report.get("clinical") or {}).get("evidence"):
+        report["notes"].append(
+            "re-validated by packager validate: the clinical evidence (paired test, subgroups "
+            "and their gates, calibration, fragility) is not recomputed on this host"
+        )
     report["clinical"] = clinical
     report["gates"] = {"passed": all(c["passed"] for c in checks), "checks": checks}
     report["validation"] = {"runtime": info, "proxy": None, "not_validated": ""}
