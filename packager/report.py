@@ -444,7 +444,8 @@ def signoff(report: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
             missing.append("paired comparison: no reference predictions for this data")
         else:
             missing += [
-                f"{cl['gate']}: {cl['text']}"
+                f"{cl['gate']}: this set is too small to support the gate's claim (see the "
+                "paired comparison); the gate decided on the point estimate"
                 for cl in ev["paired"]["claims"]
                 if not cl["supported"]
             ]
