@@ -180,7 +180,7 @@ def _claims(
 
 
 def _label_text(v: Any) -> str:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
+    if v is None or (isinstance(v, (float, np.floating)) and math.isnan(v)):
         return MISSING
     text = shown(str(v).strip())
     return (text[:40] + "…" if len(text) > 40 else text) or MISSING

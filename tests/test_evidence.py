@@ -223,6 +223,16 @@ def test_planted_subgroup_failure_fails_the_build_naming_the_subgroup(
     assert rows["C"]["verdict"] == "too small to judge" and rows["C"]["positives"] == 5
     md = (bundle / "report.md").read_text()
     assert "subgroup site=C: 5 positives, fewer than 20: too small to judge" in md
+    # `compare` shows the calibration change against the reference (Brier recomputed here).
+    cmp = cli("compare", bundle, "--format", "json", cwd=cwd)
+    assert cmp.code == 0, cmp.stderr
+    row = cmp.json["rows"][0]
+    y2 = labels == 1
+    change = np.mean((p2 - y2) ** 2) - np.mean((ref - y2) ** 2)
+    assert row["brier_change"] == pytest.approx(change, abs=1e-6)
+    text = cli("compare", bundle, cwd=cwd).stdout
+    shown = f"{change:+.4f}".replace("+", "\\+")  # Markdown-escaped
+    assert "Brier \\(change vs reference\\)" in text and f"{shown} vs reference" in text
     print(
         f"\nplanted: threshold {t}, site=B sensitivity {100 * sens_b:.2f}% vs reference "
         f"{100 * ref_b:.2f}% ({100 * (ref_b - sens_b):.2f} pts); whole set drop "
