@@ -353,6 +353,13 @@ def tolerance_reach(margins: list[dict[str, Any]], tolerance: Any) -> dict[str, 
 # ---- the whole evidence --------------------------------------------------------------------
 
 
+def _column(probs: np.ndarray, positive: int) -> np.ndarray:
+    """p(positive) as metrics.clinical reads it: NaN counts as 0 (a NaN model fails the
+    finite_outputs gate; its evidence must still be computable)."""
+    p = np.asarray(probs, np.float64)[:, positive]
+    return np.nan_to_num(p, nan=0.0, posinf=1.0, neginf=0.0)
+
+
 def evidence(
     labels: np.ndarray,
     probs: np.ndarray,
@@ -366,8 +373,8 @@ def evidence(
     """Everything above for one target; `groups` maps a group name (site, sex…) to one label
     per image."""
     y = np.asarray(labels) == positive
-    p = np.nan_to_num(np.asarray(probs, np.float64)[:, positive], nan=0.0, posinf=1.0, neginf=0.0)
-    ref = None if reference is None else np.asarray(reference, np.float64)[:, positive]
+    p = _column(probs, positive)
+    ref = None if reference is None else _column(reference, positive)
     rows = subgroups(groups or {}, y, p, ref, threshold, gates)
     return {
         "paired": paired(y, p, ref, threshold, gates) if ref is not None else None,

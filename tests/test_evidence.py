@@ -87,6 +87,14 @@ def test_detectable_drop_has_the_stated_power() -> None:
     assert detectable_drop(5) is None  # too few positives for any significant result
 
 
+def test_non_finite_probabilities_still_give_evidence() -> None:
+    y, ref, tgt = _arrays(seed=5)
+    tgt[:3], ref[3:5] = np.nan, np.inf  # a broken model (target or reference)
+    ev = evidence(y, tgt, ref, 0.5, 1, None, GatesConfig())
+    assert np.isfinite(ev["calibration"]["target"]["brier"])
+    assert np.isfinite(ev["calibration"]["reference"]["ece"])
+
+
 def test_calibration_equals_sklearn_brier_and_a_plain_ece() -> None:
     y, ref, tgt = _arrays(seed=2)
     ev = evidence(y, tgt, ref, 0.5, 1, None, GatesConfig())["calibration"]
