@@ -16,13 +16,14 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import brier_score_loss
 from statsmodels.stats.contingency_tables import mcnemar
 
-from packager.config import GatesConfig
+from packager.config import Config, GatesConfig
 from packager.errors import UserError
 from packager.metrics import wilson
 from packager.schema import shown
 from targets.base import Check
 
 if TYPE_CHECKING:
+    from packager.data import Dataset
     from packager.session import Session
 
 Z95 = 1.959963984540054
@@ -473,21 +474,32 @@ def load_groups(
     return out
 
 
+def for_data(
+    cfg: Config,
+    ds: Dataset,
+    probs: np.ndarray,
+    reference: np.ndarray | None,
+    groups: dict[str, np.ndarray] | None = None,
+) -> tuple[dict[str, Any], list[Check]]:
+    """The evidence of one target on `ds` and its subgroup gate lines; the groups of the
+    config unless given."""
+    d = cfg.data
+    if groups is None:
+        groups = load_groups(d.groups, d.group_by, getattr(ds, "metadata", None), ds.split, len(ds))
+    ev = evidence(
+        ds.labels,
+        probs,
+        reference,
+        cfg.labels.threshold,
+        cfg.labels.positive_index,
+        groups,
+        cfg.gates,
+    )
+    return ev, evidence_checks(ev)
+
+
 def for_build(
     s: Session, probs: np.ndarray, reference: np.ndarray | None
 ) -> tuple[dict[str, Any], list[Check]]:
     """What build._validate calls: the evidence of one target and its subgroup gate lines."""
-    d, g = s.cfg.data, s.cfg.gates
-    groups = load_groups(
-        d.groups, d.group_by, getattr(s.validation, "metadata", None), d.split, len(s.validation)
-    )
-    ev = evidence(
-        s.validation.labels,
-        probs,
-        reference,
-        s.cfg.labels.threshold,
-        s.cfg.labels.positive_index,
-        groups,
-        g,
-    )
-    return ev, evidence_checks(ev)
+    return for_data(s.cfg, s.validation, probs, reference)

@@ -450,7 +450,9 @@ def signoff(report: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
                 if not cl["supported"]
             ]
         rows = ev["subgroups"]
-        if not rows:
+        if ev.get("subgroups_not_run"):
+            missing.append(f"subgroups and their gates: {ev['subgroups_not_run']}")
+        elif not rows:
             missing.append(
                 "subgroups: the validation data carries no group labels; set [data.groups] "
                 "or [data] group_by"

@@ -265,3 +265,27 @@ def test_identifier_like_group_is_refused(
     np.save(cwd / "ids.npy", np.arange(624))
     r = cli("build", "--target", "cpu-onnxruntime", "--no-bench", cwd=cwd)
     assert_user_error(r, "624 distinct values", "not identifiers")
+
+
+def test_validate_recomputes_the_evidence_and_says_when_subgroups_cannot_be_rerun(
+    project: Callable[..., Path], cli: Callable[..., Result], data_path: Path
+) -> None:
+    cwd = project('[data.groups]\nsite = "site.txt"\n[gates]\nmin_subgroup_sensitivity = 0.9\n')
+    (cwd / "site.txt").write_text("\n".join("AB"[i % 2] for i in range(624)) + "\n")
+    assert cli("build", "-t", "cpu-onnxruntime", "--no-bench", cwd=cwd).code == 0
+    bundle = cwd / "dist/tiny-1.0.0/cpu-onnxruntime"
+    r = cli("validate", bundle, "--data", data_path, "--json", cwd=cwd)
+    assert r.code == 0, r.stderr
+    names = [c["name"] for c in r.json["gates"]["checks"]]
+    assert names.count("min_subgroup_sensitivity[site=A]") == 1  # re-run here, not kept twice
+    # The group file is not at hand on the re-validating host: its gates are not re-run, and
+    # the sign-off says so instead of keeping the build host's verdicts.
+    (cwd / "site.txt").unlink()
+    r = cli("validate", bundle, "--data", data_path, "--json", cwd=cwd)
+    assert r.code == 0, r.stderr
+    assert not any("subgroup" in c["name"] for c in r.json["gates"]["checks"])
+    ev = r.json["clinical"]["evidence"]
+    assert ev["subgroups"] == [] and "site.txt" in ev["subgroups_not_run"]
+    assert ev["paired"]["positives"]["reference_right_target_wrong"] == 0
+    md = (bundle / "report.md").read_text()
+    assert "subgroups and their gates: not re-run by packager validate" in md
