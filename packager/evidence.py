@@ -121,7 +121,7 @@ def paired(
         "detectable_drop": smallest,
         "power": POWER,
         "alpha": ALPHA,
-        "claims": _claims(pos["drop_ci95"], smallest, sens, sens_lo, n_pos, gates),
+        "claims": _claims(drop, pos["drop_ci95"], smallest, sens, sens_lo, n_pos, gates),
     }
 
 
@@ -130,6 +130,7 @@ def _pts(x: float) -> str:
 
 
 def _claims(
+    drop: float,
     drop_ci: list[float],
     smallest: float | None,
     sens: float | None,
@@ -142,7 +143,9 @@ def _claims(
     out = []
     limit = gates.max_sensitivity_drop
     one = f"one positive is {_pts(1 / n_pos)}" if n_pos else "no positives"
-    if drop_ci[1] <= limit + 1e-12:
+    if drop > limit + 1e-12:
+        text = f"the gate failed on the point estimate ({_pts(drop)} > {_pts(limit)})"
+    elif drop_ci[1] <= limit + 1e-12:
         text = (
             f"supported: the 95% interval of the paired drop ends at {_pts(drop_ci[1])}, "
             f"within the gate's {_pts(limit)}"
@@ -165,6 +168,8 @@ def _claims(
     g = gates.min_sensitivity
     if sens is None:
         ok, text = False, "too small to support it: the set has no positives"
+    elif sens < g:
+        ok, text = False, f"the gate failed on the point estimate ({sens:.2%} < {g:.2%})"
     elif sens_lo >= g:
         ok, text = True, f"supported: the sensitivity's 95% interval starts at {sens_lo:.2%}"
     else:

@@ -95,6 +95,34 @@ def test_non_finite_probabilities_still_give_evidence() -> None:
     assert np.isfinite(ev["calibration"]["reference"]["ece"])
 
 
+def _identical(n_pos: int, missed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and probabilities of a target identical to the reference, missing `missed`."""
+    y = np.r_[np.ones(n_pos, int), np.zeros(200, int)]
+    p = np.r_[np.full(n_pos - missed, 0.9), np.full(missed, 0.1), np.full(200, 0.1)]
+    return y, np.stack([1 - p, p], axis=1)
+
+
+@pytest.mark.parametrize(
+    ("n_pos", "missed", "drop_claim", "sens_claim"),
+    [
+        (390, 2, "too small to support it", "supported"),  # PneumoniaMNIST's test positives
+        (390, 6, "too small to support it", "too small to support it"),  # 98.46% ≥ 98%
+        (390, 9, "too small to support it", "the gate failed"),  # 97.69% < 98%
+        (20000, 10, "supported", "supported"),
+    ],
+)
+def test_claims_say_when_the_set_cannot_back_the_gate(
+    n_pos: int, missed: int, drop_claim: str, sens_claim: str
+) -> None:
+    y, probs = _identical(n_pos, missed)
+    claims = evidence(y, probs, probs, 0.5, 1, None, GatesConfig())["paired"]["claims"]
+    got = {c["gate"]: c["text"] for c in claims}
+    assert got["max_sensitivity_drop"].startswith(drop_claim), got
+    assert got["min_sensitivity"].startswith(sens_claim), got
+    lo = proportion_confint(n_pos - missed, n_pos, alpha=0.05, method="wilson")[0]
+    assert (lo >= 0.98) == sens_claim.startswith("supported")
+
+
 def test_calibration_equals_sklearn_brier_and_a_plain_ece() -> None:
     y, ref, tgt = _arrays(seed=2)
     ev = evidence(y, tgt, ref, 0.5, 1, None, GatesConfig())["calibration"]
