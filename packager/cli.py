@@ -198,7 +198,7 @@ def targets(as_json: bool) -> None:
     "--pubkey",
     type=click.Path(path_type=Path),
     default=None,
-    help="Also check the Ed25519 signature.",
+    help="Also check the OpenSSF model signature (model.sig) with this EC public key.",
 )
 @max_size_option
 @json_option
@@ -225,7 +225,7 @@ def verify(path: Path, pubkey: Path | None, max_size_gb: float | None, as_json: 
     help="Private key path; PATH.pub is written too.",
 )
 def keygen(out: Path) -> None:
-    """Make an Ed25519 key pair for signing bundles."""
+    """Make an EC P-256 key pair (PEM) for signing bundles with model-signing."""
     from packager.signing import keygen as run_keygen
 
     key, pub = run_keygen(out)
@@ -235,11 +235,14 @@ def keygen(out: Path) -> None:
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option(
-    "--key", type=click.Path(path_type=Path), required=True, help="Ed25519 private key (PEM)."
+    "--key",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="EC P-256 private key (PEM, from `packager keygen`).",
 )
 @max_size_option
 def sign(bundle: Path, key: Path, max_size_gb: float | None) -> None:
-    """Sign a bundle: the signature covers manifest.json, which covers every file."""
+    """Sign a bundle (OpenSSF model signing, offline): model.sig covers every other file."""
     from packager.signing import sign as run_sign
 
     run_sign(bundle, key, max_size_gb)
@@ -267,6 +270,34 @@ def validate(
     )
     if report["status"] == "failed":
         raise GateFailed(report["reason"])
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--record",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Acceptance record path (default: BUNDLE.acceptance.json next to the bundle).",
+)
+@max_size_option
+@json_option
+def selftest(bundle: Path, record: Path | None, max_size_gb: float | None, as_json: bool) -> None:
+    """At the hospital: check every file, replay the golden set on this host's runtime and write
+    an acceptance record (the same as `python predict.py --self-test` in the bundle).
+    Exit 0 accepted, 1 outputs differ, 2 bad usage, 3 the runtime cannot run here."""
+    from packager.errors import Unavailable
+    from packager.selftest import arrival
+
+    code, line, rec = arrival(bundle, record, max_size_gb)
+    if as_json or code == 0:
+        emit(rec, as_json, line)
+    if code == 1:
+        raise GateFailed(line)
+    if code == 3:
+        raise Unavailable(line)
+    if code != 0:
+        raise PackagerError(f"the self-test ended with exit code {code}: {line}")
 
 
 @cli.command()

@@ -47,6 +47,8 @@ class DataConfig:
     groups: dict[str, str] = field(default_factory=dict)
     # Subgroups from the dataset's own per-image metadata columns.
     group_by: list[str] = field(default_factory=list)
+    # May images of this dataset leave the building (e.g. into a bundle's self-test)?
+    shareable: bool = False
 
     def check(self, where: str) -> None:
         if self.calibration_size < 1:
@@ -146,6 +148,17 @@ class OutputConfig:
     dir: str = "dist"
 
 
+@dataclass
+class SelftestConfig:
+    synthetic: int = 16  # seeded synthetic inputs in the golden set
+    near_threshold: int = 4  # synthetic blends placed just either side of the threshold
+    samples: int = 0  # validation images nearest the threshold; needs [data] shareable = true
+
+    def check(self, where: str) -> None:
+        if self.synthetic < 1 or self.near_threshold < 0 or self.samples < 0:
+            raise UserError(f"{where} needs synthetic >= 1, near_threshold >= 0 and samples >= 0")
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -154,6 +167,7 @@ SECTIONS: dict[str, type] = {
     "gates": GatesConfig,
     "bench": BenchConfig,
     "output": OutputConfig,
+    "selftest": SelftestConfig,
 }
 
 
@@ -166,6 +180,7 @@ class Config:
     gates: GatesConfig = field(default_factory=GatesConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    selftest: SelftestConfig = field(default_factory=SelftestConfig)
     # Raw per-target tables; each target validates its own with its Options schema.
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: Path | None = None

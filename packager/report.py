@@ -5,7 +5,6 @@ bundle directory is at hand): one summary row per report, shared by report.md / 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,6 @@ import numpy as np
 
 from packager.metrics import roc_curve
 
-# Word starts in a runtime's self-description that mean it ran on an accelerator, not the CPU
-# ("CUDAExecutionProvider", "GPU.0", "TensorRT", "CoreML").
-ACCELERATOR_WORDS = ("cuda", "tensorrt", "trt", "gpu", "coreml", "rocm", "migraphx", "dml", "npu")
 FLIPS_SHOWN = 48  # thumbnails in report.html; the rest are counted
 
 
@@ -38,19 +34,11 @@ def _gap_clinical(report: dict[str, Any]) -> str | None:
 
 
 def runs_on_accelerator(report: dict[str, Any]) -> bool:
-    """Whether the benchmark (or validation) runtime describes an accelerator. Only values are
-    read, word by word, so neither a key like `gpu_available: false` nor "input" counts."""
-
-    def words(x: Any) -> list[str]:
-        if isinstance(x, dict):
-            return [w for v in x.values() for w in words(v)]
-        if isinstance(x, list):
-            return [w for v in x for w in words(v)]
-        return re.findall(r"[a-z0-9]+", x.lower()) if isinstance(x, str) else []
-
+    """Whether the benchmark (or validation) ran on something other than the CPU, as the
+    runtime itself reported its device (runtime.py's info()["device"])."""
     b, v = report.get("benchmark") or {}, report.get("validation") or {}
     runtime = b.get("runtime") or v.get("runtime") or {}
-    return any(w.startswith(ACCELERATOR_WORDS) for w in words(runtime))
+    return str(runtime.get("device", "CPU")).upper() != "CPU"
 
 
 def _harness_overhead(row: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from packager.build import finish_report
-from packager.bundle import MANIFEST, SIGNATURE, make_tarball, write_manifest
+from packager.bundle import LEGACY_SIGNATURE, MANIFEST, SIGNATURE, make_tarball, write_manifest
 from packager.config import Config, parse_config
 from packager.data import Dataset, load_dataset
 from packager.errors import Unavailable, UserError
@@ -21,8 +21,9 @@ from packager.preprocess import Preprocess
 from packager.progress import Progress
 from packager.registry import get
 from packager.render import render_reports
-from packager.runner import run_worker
-from packager.validate import evaluate, gate_checks, is_clinical_gate, predict, save_validation
+from packager.runner import predict, run_worker
+from packager.supply_chain import write_sbom_and_provenance
+from packager.validate import evaluate, gate_checks, is_clinical_gate, save_validation
 from targets.base import Check
 
 
@@ -94,10 +95,12 @@ def revalidate(
     (bundle / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     save_validation(bundle, ds.labels, probs, reference)
     render_reports(bundle, report, ds.images)
-    (bundle / SIGNATURE).unlink(missing_ok=True)  # the old signature no longer matches
+    for sig in (SIGNATURE, LEGACY_SIGNATURE):  # the old signature no longer matches
+        (bundle / sig).unlink(missing_ok=True)
     meta = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
     meta["status"] = report["status"]
     meta["validated_by"] = {"host": host_facts(), "status": report["status"], "runtime": info}
+    write_sbom_and_provenance(bundle, report, meta)  # the SBOM's metrics are this host's now
     write_manifest(bundle, meta)
     tar = bundle.with_name(bundle.name + ".tar.gz")
     if tar.exists():

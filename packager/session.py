@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,11 +17,13 @@ import numpy as np
 from packager.config import Config
 from packager.data import Dataset, load_dataset
 from packager.errors import UserError
+from packager.metrics import to_probabilities
 from packager.model import ModelInfo, inspect_model
 from packager.preprocess import Preprocess
 from packager.progress import Progress
-from packager.registry import REFERENCE
-from packager.validate import output_kind, predict
+from packager.registry import reference
+from packager.runner import predict
+from packager.validate import output_kind
 from targets.base import BuildContext
 
 
@@ -107,6 +110,11 @@ class Session:
     def x(self) -> np.ndarray:
         return self.preprocess(self.validation.images)
 
+    @cached_property
+    def reference(self) -> np.ndarray:
+        """The reference target's probabilities on the validation split."""
+        return to_probabilities(self.reference_scores(), self.output_kind)
+
     def context(self, options: Any, int8: bool = False) -> BuildContext:
         """What a target's conversion gets to see."""
         return BuildContext(
@@ -116,6 +124,9 @@ class Session:
             self.info,
             self.preprocess,
             self.validation,
+            self.x,
+            self.output_kind,
+            self.reference,
             self.calibration,
             self.progress,
             int8,
@@ -146,14 +157,22 @@ class Session:
         path = self.cache_dir / f"reference-{key}.npy"
         if path.exists():
             return np.load(path, allow_pickle=False)
-        with self.progress.step(REFERENCE, "reference predictions"):
+        from packager.build import install_code
+
+        ref = reference()
+        with (
+            self.progress.step(ref.name, "reference predictions"),
+            tempfile.TemporaryDirectory(prefix="packager-reference-") as code,
+        ):
+            install_code(ref, Path(code))  # the reference bundle's own runtime.py
             scores, _ = predict(
-                REFERENCE,
+                ref.name,
                 self.model_path.parent,
-                {"model": self.model_path.name},
+                ref.source_options(self.model_path),
                 self.x,
                 self.info.fixed_batch,
                 self.cfg.bench.timeout_s,
+                code=Path(code),
             )
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.part.npy")  # one per concurrent build

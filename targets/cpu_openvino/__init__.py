@@ -6,15 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
 
@@ -22,10 +18,9 @@ import numpy as np
 
 from packager.data import load_dataset
 from packager.errors import Unavailable, UserError
+from packager.installed import missing
 from packager.metrics import clinical, to_probabilities
-from packager.runner import Runner
 from packager.triton import Tensor, TritonModel, serve_commands, write_repository
-from packager.validate import output_kind
 from targets.base import Availability, BuildContext, BuildOutput, Check, Status, Target
 
 # What each bundle precision computes in on the CPU. fp16 and int8 IRs keep f32 activations for
@@ -74,8 +69,9 @@ class Options:
 
 @cache
 def _cpu_status() -> Status:
-    if find_spec("openvino") is None:
-        return Status(False, "openvino is not installed; pip install 'packager[openvino]'")
+    why = missing({"openvino": "openvino"}, "openvino")
+    if why:
+        return Status(False, why)
     import openvino as ov
 
     if "CPU" not in ov.Core().available_devices:
@@ -103,24 +99,14 @@ def cpu_facts() -> dict[str, Any]:
 
 @contextmanager
 def _nncf_output(verbose: bool) -> Iterator[None]:
-    """NNCF logs and draws progress bars on stdout, which `--json` owns: send them to stderr
-    when progress is shown, else nowhere."""
+    """NNCF logs at INFO only when progress is shown (the build keeps its stdout off --json)."""
     import nncf
 
-    logger = logging.getLogger("nncf")
-    level = logger.level
+    level = logging.getLogger("nncf").level
     nncf.set_log_level(logging.INFO if verbose else logging.ERROR)
-    sys.stdout.flush()
-    saved = os.dup(1)
-    sink = os.dup(2) if verbose else os.open(os.devnull, os.O_WRONLY)
-    os.dup2(sink, 1)
     try:
         yield
     finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(sink)
         nncf.set_log_level(level)
 
 
@@ -234,7 +220,7 @@ def quantize(ctx: BuildContext, model: Any) -> tuple[Any, dict[str, Any], list[C
     metric = SensitivityMetric(
         cfg.labels.positive_index,
         cfg.labels.threshold,
-        output_kind(cfg, ctx.model.ends_with_softmax),
+        ctx.output_kind,
     )
     max_drop = cfg.gates.max_sensitivity_drop
     fp32_sens = metric(_compile_f32(model), items)[0]
@@ -379,8 +365,9 @@ class CpuOpenVino(Target):
                 f"OpenVINO sees {', '.join(facts['capabilities'])} on {facts['device']} — "
                 "choose fp32, fp16 or int8"
             )
-        if opts.precision == "int8" and find_spec("nncf") is None:
-            raise Unavailable("INT8 needs NNCF; pip install 'packager[openvino]'")
+        why = missing({"nncf": "nncf"}, "openvino")
+        if opts.precision == "int8" and why:
+            raise Unavailable(f"INT8 needs NNCF: {why}")
         accuracy_control = opts.precision == "int8" and opts.int8_mode == "accuracy-control"
         if accuracy_control and opts.control_split == ctx.config.data.split:
             raise UserError(
@@ -437,13 +424,8 @@ class CpuOpenVino(Target):
             artifacts=["model.xml", "model.bin"],
         )
 
-    def runner(self, bundle: Path, options: dict[str, Any], kind: str = "main") -> Runner:
-        return OpenVinoRunner(
-            bundle / options["model"],
-            precision=options["inference_precision"],
-            hint=options.get("hint", "both"),
-            threads=options.get("threads", 0),
-        )
+    def requirements(self, options: dict[str, Any]) -> list[str]:
+        return ["openvino"]
 
     def bench_variants(self, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         if options.get("hint", "both") != "both":
@@ -458,134 +440,3 @@ class CpuOpenVino(Target):
                 {"hint": "throughput"},
             ),
         ]
-
-
-# ------------------------------------------------------------------------------------------ runner
-
-
-class OpenVinoRunner(Runner):
-    """OpenVINO CPU runner. Synchronous calls (latency mode) run one request on a model compiled
-    with the LATENCY hint; `throughput()` keeps OpenVINO's optimal number of requests in flight
-    on a THROUGHPUT-compiled model (hint "both"), or on the one model for "latency"/"throughput".
-    The precision is always set, then read back: a bundle never runs at a precision it was not
-    validated at."""
-
-    def __init__(self, path: Path, precision: str, hint: str = "both", threads: int = 0) -> None:
-        super().__init__()
-        if hint not in ("both", "latency", "throughput"):
-            raise ValueError(f"hint must be both, latency or throughput, not {hint!r}")
-        self.path, self.precision, self.hint, self.threads = path, precision, hint, threads
-        self.async_model: Any = None
-
-    def _compile(self, mode: str) -> Any:
-        config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": self.precision,
-            "PERFORMANCE_HINT": mode.upper(),
-        }
-        if self.threads:
-            config["INFERENCE_NUM_THREADS"] = self.threads
-        compiled = self.core.compile_model(self.model, "CPU", config)
-        applied = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        if applied != self.precision:
-            raise RuntimeError(
-                f"OpenVINO compiled {self.path.name} for {applied}, not the pinned "
-                f"{self.precision}; this CPU cannot run the precision the bundle was validated at"
-            )
-        return compiled
-
-    def _load(self) -> None:
-        import openvino as ov
-
-        self.core = ov.Core()
-        self.model = self.core.read_model(self.path)
-        self.compiled = self._compile("throughput" if self.hint == "throughput" else "latency")
-        self.request = self.compiled.create_infer_request()
-        self.dtype = self.compiled.input(0).get_element_type().to_dtype()
-        self.input: np.ndarray | None = None
-
-    def _infer(self, x: np.ndarray) -> np.ndarray:
-        import openvino as ov
-
-        # The request keeps one input tensor per shape, as benchmark_app does: handing OpenVINO
-        # a new tensor on every call costs a few percent of a millisecond-scale inference.
-        if self.input is None or self.input.shape != x.shape:
-            self.input = np.empty(x.shape, self.dtype)
-            self.request.set_input_tensor(ov.Tensor(self.input, shared_memory=True))
-        np.copyto(self.input, x)
-        self.request.infer()
-        return np.array(self.request.get_output_tensor(0).data, np.float32)
-
-    def runtime_latency_s(self) -> float | None:
-        return self.request.latency / 1e3  # ms, timed inside OpenVINO around the C++ call
-
-    def _queue_model(self) -> Any:
-        if self.hint != "both":
-            return self.compiled
-        if self.async_model is None:
-            self.async_model = self._compile("throughput")
-        return self.async_model
-
-    def throughput(
-        self, x: np.ndarray, seconds: float, min_iterations: int
-    ) -> tuple[int, float] | None:
-        import openvino as ov
-
-        compiled = self._queue_model()
-        queue = ov.AsyncInferQueue(
-            compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-        )
-        data = np.ascontiguousarray(x, self.dtype)
-        for request in queue:  # inputs set once, as benchmark_app does
-            request.set_input_tensor(ov.Tensor(data))
-        for _ in range(len(queue)):  # warm every request
-            queue.start_async()
-        queue.wait_all()
-        started, start = 0, time.perf_counter()
-        while started < min_iterations or time.perf_counter() - start < seconds:
-            queue.start_async()  # blocks until a request is idle
-            started += 1
-        queue.wait_all()
-        return started * len(x), time.perf_counter() - start
-
-    def _close(self) -> None:
-        self.request = self.compiled = self.async_model = self.model = self.core = None
-        self.input = None
-
-    def info(self) -> dict[str, Any]:
-        import openvino as ov
-
-        out: dict[str, Any] = {
-            "runtime": "openvino",
-            "version": ov.get_version(),
-            "device": "CPU",
-            "pinned_precision": self.precision,
-            "hint": self.hint,
-            "threads": self.threads or "default",
-        }
-        if self.loaded:
-            out["latency_mode"] = _compiled_facts(self.compiled)
-            if self.async_model is not None:
-                out["throughput_mode"] = _compiled_facts(self.async_model)
-        return out
-
-
-def _compiled_facts(compiled: Any) -> dict[str, Any]:
-    """What OpenVINO actually compiled: precision, hint, streams, requests, and the precision
-    each compute layer runs at (from the runtime graph)."""
-    hint = compiled.get_property("PERFORMANCE_HINT")
-    runtime: dict[str, int] = {}
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        rt = op.get_rt_info()
-        layer = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
-        if layer in ("Convolution", "FullyConnected", "MatMul", "Deconvolution"):
-            prec = rt["runtimePrecision"].astype(str) if "runtimePrecision" in rt else "?"
-            key = f"{layer}:{prec}"
-            runtime[key] = runtime.get(key, 0) + 1
-    return {
-        "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
-        "performance_hint": getattr(hint, "name", str(hint)),
-        "streams": int(compiled.get_property("NUM_STREAMS")),
-        "optimal_requests": int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")),
-        "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
-        "layer_precisions": dict(sorted(runtime.items())),
-    }
