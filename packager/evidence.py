@@ -305,9 +305,7 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> d
     }
 
 
-def fragility(
-    y: np.ndarray, p: np.ndarray, threshold: float, tolerance: float | None = None
-) -> dict[str, Any]:
+def fragility(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, Any]:
     """Cases within each margin of the threshold, and sensitivity / specificity were the
     threshold that much lower or higher: how far a numerics change must move p to flip them."""
     rows = []
@@ -323,35 +321,47 @@ def fragility(
             row[f"sensitivity_{side}"] = float((p[y] >= t).sum() / n_pos) if n_pos else None
             row[f"specificity_{side}"] = float((p[~y] < t).sum() / n_neg) if n_neg else None
         rows.append(row)
-    return {"threshold": threshold, "margins": rows, "tolerance": tolerance_reach(rows, tolerance)}
+    return {"threshold": threshold, "margins": rows}
 
 
-def tolerance_reach(margins: list[dict[str, Any]], tolerance: Any) -> dict[str, Any] | None:
+def tolerance_reach(
+    margins: list[dict[str, Any]], tolerance: Any, within: tuple[int, int] | None = None
+) -> dict[str, Any] | None:
     """The hook for the self-test's measured numerics tolerance (report.json selftest.tolerance):
-    which margins it reaches, and how many cases sit inside the widest of them."""
+    which margins it reaches and how many cases sit inside the widest of them; `within` is the
+    exact count (positives, negatives) within the tolerance itself, where the arrays are at hand."""
     if isinstance(tolerance, bool) or not isinstance(tolerance, (int, float)):
         return None
     reached = [r for r in margins if tolerance >= r["margin"]]
+    exact = (
+        f"; {within[0]} positives and {within[1]} negatives lie within ±{tolerance:.2g} of the "
+        "threshold"
+        if within is not None
+        else ""
+    )
+    out: dict[str, Any] = {
+        "value": float(tolerance),
+        "within_tolerance": None
+        if within is None
+        else {"positives": within[0], "negatives": within[1]},
+    }
     if not reached:
-        return {
-            "value": float(tolerance),
+        return out | {
             "reaches": None,
             "cases": 0,
             "text": (
                 f"the measured numerics tolerance ({tolerance:.2g}) is below the narrowest margin "
-                f"(±{margins[0]['margin']:g})"
+                f"(±{margins[0]['margin']:g}){exact}"
             ),
         }
     widest = reached[-1]
-    cases = widest["positives_within"] + widest["negatives_within"]
-    return {
-        "value": float(tolerance),
+    return out | {
         "reaches": widest["margin"],
-        "cases": cases,
+        "cases": widest["positives_within"] + widest["negatives_within"],
         "text": (
             f"the measured numerics tolerance ({tolerance:.2g}) reaches cases within "
             f"±{widest['margin']:g} of the threshold: {widest['positives_within']} positives "
-            f"and {widest['negatives_within']} negatives could flip on another host"
+            f"and {widest['negatives_within']} negatives could flip on another host{exact}"
         ),
     }
 
@@ -374,7 +384,6 @@ def evidence(
     positive: int,
     groups: dict[str, np.ndarray] | None,
     gates: GatesConfig,
-    tolerance: float | None = None,
 ) -> dict[str, Any]:
     """Everything above for one target; `groups` maps a group name (site, sex…) to one label
     per image."""
@@ -395,7 +404,7 @@ def evidence(
             "target": calibration(y, p),
             "reference": calibration(y, ref) if ref is not None else None,
         },
-        "fragility": fragility(y, p, threshold, tolerance),
+        "fragility": fragility(y, p, threshold),
     }
 
 

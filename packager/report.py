@@ -275,6 +275,7 @@ def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None
         ("clinical", "roc", "flips", "thumbnails", "bench", "latency", "calibration")
     )
     flips: list[dict[str, Any]] = []
+    near = None  # (labels == positive, p(positive)) for the self-test tolerance count
     c = report.get("clinical")
     if row["clinical_gap"]:
         gaps["clinical"] = row["clinical_gap"]
@@ -291,6 +292,7 @@ def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None
         else:
             labels, p, ref = arrays
             y = labels == pos_idx
+            near = (y, p)
             fpr, tpr = roc_curve(y, p)
             ref_curve = roc_curve(y, ref) if ref is not None else None
             spec = c["specificity"] if c["specificity"] is not None else 1.0
@@ -321,7 +323,7 @@ def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None
         figures["sweep"] = plots.batch_sweep(series)
     return {
         "row": row,
-        "signoff": signoff(report, row),
+        "signoff": signoff(report, row, near),
         "cells": [(col.header, *cell(row, col)) for col in COLUMNS],
         "figures": figures,
         "gaps": gaps,
@@ -405,7 +407,11 @@ def _sample_stats(row: dict[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def signoff(report: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+def signoff(
+    report: dict[str, Any],
+    row: dict[str, Any],
+    near: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
     """The sign-off page: the evidence of report.json plus, in plain words, everything that was
     not validated and why (a check that did not run is listed here, never counted as passed)."""
     from packager.evidence import tolerance_reach
@@ -459,14 +465,22 @@ def signoff(report: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
                 )
             elif r["verdict"].startswith("not judged"):
                 missing.append(f"subgroup {r['group']}={r['value']}: {r['verdict']}")
-        tolerance = (report.get("selftest") or {}).get("tolerance")
-        reach = ev["fragility"].get("tolerance") or tolerance_reach(
-            ev["fragility"]["margins"], tolerance
-        )
+        st = report.get("selftest") or {}
+        tolerance, within = st.get("tolerance"), None
+        if near is not None and isinstance(tolerance, (int, float)):
+            y, p = near
+            close = np.abs(p - ev["fragility"]["threshold"]) <= tolerance
+            within = (int((close & y).sum()), int((close & ~y).sum()))
+        reach = tolerance_reach(ev["fragility"]["margins"], tolerance, within)
         if reach is None:
+            why = (
+                f"the self-test did not run ({st.get('reason') or 'no reason given'})"
+                if st.get("status") == "not-run"
+                else "no self-test result in this report"
+            )
             missing.append(
-                "numerics tolerance across hosts: no self-test result in this report, so it is "
-                "not known whether another host's numerics can reach the cases near the threshold"
+                f"numerics tolerance across hosts: {why}, so it is not known whether another "
+                "host's numerics can reach the cases near the threshold"
             )
     if row["bench_gap"]:
         missing.append(row["bench_gap"])

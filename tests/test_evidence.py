@@ -189,6 +189,20 @@ def test_selftest_tolerance_reaching_a_margin_is_stated() -> None:
     assert reach["cases"] == within["positives_within"] + within["negatives_within"] > 0
     report["selftest"] = {"tolerance": 0.001}
     assert signoff(report, summarize(report))["reach"]["reaches"] is None
+    # With the arrays at hand, the cases within the tolerance itself are counted.
+    report["selftest"] = {"tolerance": 0.015}
+    p = tgt[:, 1]
+    reach = signoff(report, summarize(report), (y == 1, p))["reach"]
+    close = np.abs(p - 0.5) <= 0.015
+    assert reach["within_tolerance"] == {
+        "positives": int((close & (y == 1)).sum()),
+        "negatives": int((close & (y == 0)).sum()),
+    }
+    assert reach["reaches"] == 0.01
+    # A self-test that did not run is named as such on the sign-off.
+    report["selftest"] = {"status": "not-run", "reason": "no runtime here"}
+    missing = signoff(report, summarize(report))["not_validated"]
+    assert any("the self-test did not run (no runtime here)" in x for x in missing)
 
 
 # ---- a planted subgroup failure on a real INT8 build ---------------------------------------
