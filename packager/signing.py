@@ -105,6 +105,7 @@ def _hashing() -> hashing.Config:
 def _sign_dir(root: Path, key_path: Path) -> None:
     import model_signing
 
+    root = root.resolve()  # a published bundle is a link into its generation
     result = verify(root)
     if not result.ok:
         raise UserError(f"{root} does not verify ({'; '.join(result.problems)}); refusing to sign")
@@ -134,6 +135,7 @@ def _mismatch(message: str) -> str:
 def check_signature(root: Path, pubkey: Path) -> str:
     """'valid', or why not (the words name model.sig and the files that differ)."""
     _check_key(pubkey, private=False)
+    root = root.resolve()  # a published bundle is a link into its generation
     sig = root / SIGNATURE
     if not sig.exists():
         if (root / LEGACY_SIGNATURE).exists():

@@ -75,7 +75,10 @@ MODEL_SIGNING = Path(sys.executable).with_name("model_signing")
 
 
 def model_signing_verify(folder: Path, pub: Path) -> subprocess.CompletedProcess[str]:
-    """The hospital-side command of docs/signing.md: model-signing's own CLI, not packager."""
+    """The hospital-side command of docs/signing.md: model-signing's own CLI, not packager.
+    dist/<name>-<version>/<target> is a link into its generation, which the tool refuses to
+    follow; a hospital runs it on the extracted tarball, a plain folder."""
+    folder = folder.resolve()
     cmd = [str(MODEL_SIGNING), "verify", "key", str(folder), "--signature"]
     cmd += [str(folder / "model.sig"), "--public_key", str(pub), "--no-ignore-git-paths"]
     return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
@@ -96,7 +99,8 @@ def test_signature_checks_out_with_model_signing(
         tar.extractall(tmp_path / "x", filter="data")
     assert model_signing_verify(tmp_path / "x" / TARGET, keys[1]).returncode == 0
     api = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=keys[1])
-    api.verify(signed / TARGET, signed / TARGET / "model.sig")  # raises on any mismatch
+    real = (signed / TARGET).resolve()  # the generation folder behind the published link
+    api.verify(real, real / "model.sig")  # raises on any mismatch
     for rel in signed_files(signed):
         if rel == "model.sig":
             continue  # its own damage is test_flipped_byte_via_cli_names_the_file[model.sig]

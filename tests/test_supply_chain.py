@@ -216,7 +216,7 @@ def test_times_come_only_from_source_date_epoch(bundle: Path, tmp_path: Path) ->
         "w(b, json.loads((b / 'report.json').read_text()), m)"
     )
     copy = tmp_path / TARGET
-    subprocess.run(["cp", "-r", str(bundle), str(copy)], check=True)
+    subprocess.run(["cp", "-rL", str(bundle), str(copy)], check=True)
     env = {**os.environ, "SOURCE_DATE_EPOCH": "1767225600"}  # 2026-01-01T00:00:00Z
     subprocess.run([sys.executable, "-c", code, str(copy)], check=True, env=env)
     assert load(copy, "sbom.cdx.json")["metadata"]["timestamp"].startswith("2026-01-01T00:00:00")

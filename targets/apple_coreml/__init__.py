@@ -1,7 +1,7 @@
 """apple-coreml: a Core ML ML Program (.mlpackage) for iPhone, iPad and Mac.
 
 coremltools dropped its ONNX converter (6.0), so the path is ONNX -> PyTorch (our own translation,
-packager/onnx_to_torch.py) -> torch.export -> coremltools.convert. Core ML predictions only run
+onnx_to_torch.py beside this file) -> torch.export -> coremltools.convert. Core ML predictions only run
 on macOS, so verification is split by what each host can do:
 
 - every host: the intermediate PyTorch module is compared with ONNX Runtime on the validation
@@ -500,7 +500,7 @@ class AppleCoreML(Target):
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
         import torch
 
-        from packager.onnx_to_torch import to_torch
+        from targets.apple_coreml.onnx_to_torch import to_torch
 
         opts: Options = ctx.options
         p = plan(ctx)
