@@ -26,6 +26,7 @@ from packager.bundle import (
     write_manifest,
 )
 from packager.errors import PackagerError, Unavailable, UserError
+from packager.evidence import for_build as clinical_evidence
 from packager.hostinfo import host_facts
 from packager.quiet import stdout_to_stderr
 from packager.registry import get
@@ -245,8 +246,12 @@ def _validate(
             t.name, bdir, built.runner_options, s.x, s.info.fixed_batch, s.cfg.bench.timeout_s, kind
         )
     probs, clin = evaluate(scores, s.validation.labels, s.cfg, s.output_kind, reference)
+    evidence, evidence_checks = clinical_evidence(s, probs, reference)
     checks = (
-        gate_checks(clin, s.cfg, has_reference=True) + built.checks + t.checks(ctx, bdir, probs)
+        gate_checks(clin, s.cfg, has_reference=True)
+        + evidence_checks
+        + built.checks
+        + t.checks(ctx, bdir, probs)
     )
     failed = [c for c in checks if not c.passed]
     steps.append(
@@ -261,6 +266,7 @@ def _validate(
     clinical = asdict(clin)
     clinical["split"] = s.validation.split
     clinical["output"] = s.output_kind
+    clinical["evidence"] = evidence
     report = _report_head(
         s, t, built, clinical, checks, avail.validate.reason if proxy_label else "", runtime
     )

@@ -51,7 +51,18 @@ def evaluate(
     )
 
 
-CLINICAL_GATES = ("finite_outputs", "min_sensitivity", "max_sensitivity_drop")
+# A subgroup gate's name carries its subgroup: min_subgroup_sensitivity[site=B].
+CLINICAL_GATES = (
+    "finite_outputs",
+    "min_sensitivity",
+    "max_sensitivity_drop",
+    "min_subgroup_sensitivity",
+    "max_subgroup_sensitivity_drop",
+)
+
+
+def is_clinical_gate(name: str) -> bool:
+    return name.split("[", 1)[0] in CLINICAL_GATES
 
 
 def gate_checks(c: Clinical, cfg: Config, has_reference: bool) -> list[Check]:
