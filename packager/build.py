@@ -347,7 +347,7 @@ def _run_selftest(bdir: Path, kind: str, meta: dict[str, Any]) -> tuple[Check, d
     check = Check(
         "selftest",
         label,
-        "identical decisions, |dp| within tolerance",
+        "identical decisions, probabilities within tolerance",
         proc.returncode == 0,
         reason,
         ran=proc.returncode != 3,
