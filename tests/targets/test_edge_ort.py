@@ -33,7 +33,8 @@ def _report(root: Path) -> dict:
 
 def _published_or_failed(root: Path) -> tuple[dict, Path]:
     """The report and bundle, published or kept under dist/.failed/ when a gate failed."""
-    [path] = (root / "dist").rglob("edge-ort/report.json")
+    where = [root / "dist" / d / "tiny-1.0.0/edge-ort/report.json" for d in ("", ".failed")]
+    [path] = [p for p in where if p.exists()]  # the published names (links to generations)
     return json.loads(path.read_text()), path.parent
 
 
