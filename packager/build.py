@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import traceback
 from collections.abc import Iterator
@@ -46,6 +47,7 @@ BUNDLE_CODE = ("predict.py", "selftest.py")  # every bundle; runtime.py and its 
 REFUSED = ("unsupported-model", "conversion-failed")
 CONVERSION_LOG = "conversion.log"
 OUR_CODE = tuple(Path(m.__file__).resolve().parent for m in (registry, targets))
+LIBRARIES = tuple({Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")})
 
 
 @dataclass
@@ -121,7 +123,7 @@ def build(
             targets.remove(t)
             results.append(_refused(s, t.name, "unsupported-model", verdict.reason, verdict.log))
     if not targets:
-        return results
+        return _in_order(results, names)
     try:
         reference = s.reference
     except WorkerFailed as exc:  # the source model itself is broken: bad input, not a gate
@@ -144,7 +146,11 @@ def build(
             if not isinstance(exc, PackagerError):
                 traceback.print_exc()  # a bug stays visible
             results.append(TargetResult(t.name, "error", f"{type(exc).__name__}: {exc}"))
-    return results
+    return _in_order(results, names)
+
+
+def _in_order(results: list[TargetResult], names: list[str]) -> list[TargetResult]:
+    return sorted(results, key=lambda r: names.index(r.target))
 
 
 def _build_one(
@@ -201,7 +207,8 @@ def _converter_errors() -> Iterator[None]:
     except Exception as exc:
         frames = traceback.extract_tb(exc.__traceback__)
         where = Path(frames[-1].filename).resolve() if frames else None
-        if where is None or any(where.is_relative_to(d) for d in OUR_CODE):
+        ours = where is None or any(where.is_relative_to(d) for d in OUR_CODE)
+        if ours or not any(where.is_relative_to(d) for d in LIBRARIES):
             raise
         text = " ".join(str(exc).split()) or type(exc).__name__
         raise ConversionFailed(

@@ -86,7 +86,7 @@ class EdgeOrt(Target):
                 f"{options.quantize!r} (--int8) would quantize it a second time: build without "
                 '--int8 and with [targets.edge-ort] quantize = "none"',
             )
-        return ort_accepts(model, "ONNX Runtime's CPU provider (what .ort runs on)")
+        return ort_accepts(model, "ONNX Runtime's CPU provider, which runs .ort files,")
 
     # ---- conversion --------------------------------------------------------------------------
 
