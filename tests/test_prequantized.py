@@ -206,3 +206,29 @@ def test_an_error_raised_inside_a_converter_library_is_a_conversion_failure(
     # Raised in our own code, not in a library: a bug, which keeps its traceback.
     with pytest.raises(KeyError), _converter_errors():
         {}["bug"]
+
+
+def test_symmetric_qdq_ships_as_it_is_for_tensorrt_int8(
+    models_dir: Path,
+    tiny_model: Path,
+    data_path: Path,
+    project: Callable[..., Path],
+    cli: Callable[..., Result],
+) -> None:
+    model = make_quantized(
+        tiny_model, models_dir / "qdq-sym.onnx", str(data_path), "QDQ", symmetric=True
+    )
+    root = project(model=model)
+    r = cli("build", "-t", "gpu-tensorrt", "--no-bench", "--json", cwd=root)
+    assert r.code in (0, 1), r.stderr  # the gate decides; the model is taken either way
+    x = results(r)["gpu-tensorrt"]
+    assert x["status"] not in ("unsupported-model", "conversion-failed"), x
+    bundle = Path(x["bundle"])
+    report = json.loads((bundle / "report.json").read_text())
+    assert report["precision"] == "int8 (pre-quantized)"
+    shipped = next(bundle.rglob("model.onnx"))
+    # The model's own Q/DQ graph, not re-converted: same nodes and the same zero points.
+    src, out = onnx.load(str(model)), onnx.load(str(shipped))
+    assert [n.op_type for n in out.graph.node] == [n.op_type for n in src.graph.node]
+    pbtxt = next(bundle.rglob("config.pbtxt")).read_text()
+    assert '"INT8"' in pbtxt
