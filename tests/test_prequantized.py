@@ -232,3 +232,51 @@ def test_symmetric_qdq_ships_as_it_is_for_tensorrt_int8(
     assert [n.op_type for n in out.graph.node] == [n.op_type for n in src.graph.node]
     pbtxt = next(bundle.rglob("config.pbtxt")).read_text()
     assert '"INT8"' in pbtxt
+
+
+def test_a_failed_gate_outranks_a_refusal_and_the_json_is_printed(
+    qoperator: Path, project: Callable[..., Path], cli: Callable[..., Result]
+) -> None:
+    toml = project(model=qoperator) / "packager.toml"
+    toml.write_text(toml.read_text().replace("threshold = 0.2", "threshold = 0.95"))
+    r = cli(
+        "build",
+        "-t",
+        "cpu-onnxruntime",
+        "-t",
+        "cpu-openvino",
+        "--no-bench",
+        "--json",
+        cwd=toml.parent,
+    )
+    assert r.code == 1, r.stderr
+    assert_one_line_no_traceback(r)
+    res = results(r)
+    assert res["cpu-onnxruntime"]["status"] == "failed"
+    assert res["cpu-openvino"]["status"] == "unsupported-model"
+
+
+def test_exit_code_precedence_is_the_documented_one() -> None:
+    from packager.build import TargetResult
+    from packager.cli import build_exit
+    from packager.errors import GateFailed, ModelRefused, Unavailable
+
+    ok = TargetResult("a", "passed")
+    refused = TargetResult("b", "unsupported-model", "no kernel for X")
+    missing = TargetResult("c", "unavailable", "no CUDA here")
+    failed = TargetResult("d", "failed", "gate failed")
+    cases = [
+        ([ok], None, True),
+        ([ok, missing], Unavailable, True),
+        ([ok, missing], None, False),  # --all skips what this host cannot build
+        ([ok, missing, refused], ModelRefused, True),
+        ([missing, refused, failed], GateFailed, True),
+    ]
+    for results_, expected, explicit in cases:
+        if expected is None:
+            build_exit(results_, explicit)
+            continue
+        with pytest.raises(expected) as caught:
+            build_exit(results_, explicit)
+        assert type(caught.value) is expected
+    assert (GateFailed.exit_code, ModelRefused.exit_code, Unavailable.exit_code) == (1, 4, 3)
