@@ -18,7 +18,6 @@ from typing import Any
 
 import numpy as np
 
-import targets
 from packager import __version__, registry, selftest
 from packager.bench import best_throughput
 from packager.bundle import (
@@ -46,7 +45,12 @@ BUNDLE_CODE = ("predict.py", "selftest.py")  # every bundle; runtime.py and its 
 # A target that cannot take this model: refused by its support check or its converter.
 REFUSED = ("unsupported-model", "conversion-failed")
 CONVERSION_LOG = "conversion.log"
-OUR_CODE = tuple(Path(m.__file__).resolve().parent for m in (registry, targets))
+# packager/ and targets/: an exception raised in their code is a bug, never a converter's refusal;
+# one raised in an installed library (LIBRARIES) during a conversion is that converter's failure.
+OUR_CODE = (
+    Path(__file__).resolve().parent,
+    Path(sys.modules[Target.__module__].__file__).resolve().parent,
+)
 LIBRARIES = tuple({Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")})
 
 
