@@ -10,6 +10,9 @@ import onnx
 from packager.model import DEFAULT_DOMAINS, ModelInfo, split_op
 from targets.base import Status
 
+# Default-domain operators ONNX Runtime resolves when it loads the graph, without a kernel.
+FOLDED = {"Constant"}
+
 
 @cache
 def cpu_kernels() -> frozenset[tuple[str, str]] | None:
@@ -42,7 +45,9 @@ def unsupported_ops(model: ModelInfo) -> list[str]:
     for name in model.operators:
         domain, op_type = split_op(name)
         domain = "" if domain in DEFAULT_DOMAINS else domain
-        if (domain, op_type) in kernels or (not domain and _is_function(op_type, opset)):
+        if (domain, op_type) in kernels or (not domain and op_type in FOLDED):
+            continue
+        if not domain and _is_function(op_type, opset):
             continue
         out.append(name)
     return out

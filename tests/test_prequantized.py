@@ -280,3 +280,35 @@ def test_exit_code_precedence_is_the_documented_one() -> None:
             build_exit(results_, explicit)
         assert type(caught.value) is expected
     assert (GateFailed.exit_code, ModelRefused.exit_code, Unavailable.exit_code) == (1, 4, 3)
+
+
+def with_constant_node(tiny: Path, dest: Path) -> Path:
+    """The tiny classifier with its Gemm bias given by a Constant node (as torch exports do)."""
+    m = onnx.load(str(tiny))
+    bias = next(i for i in m.graph.initializer if i.name == "B")
+    m.graph.initializer.remove(bias)
+    m.graph.node.insert(0, onnx.helper.make_node("Constant", [], ["B"], value=bias))
+    onnx.checker.check_model(m)
+    onnx.save(m, str(dest))
+    return dest
+
+
+def test_the_cheap_check_agrees_with_onnx_runtime_itself(
+    tiny_model: Path, qoperator: Path, qdq: Path, custom_op: Path, tmp_path: Path
+) -> None:
+    """ONNX Runtime's kernel registry says yes exactly where an InferenceSession loads."""
+    import onnxruntime as ort
+
+    from packager.model import inspect_model
+    from packager.registry import get
+
+    constant = with_constant_node(tiny_model, tmp_path / "constant.onnx")
+    for model in (tiny_model, constant, qoperator, qdq, custom_op):
+        try:
+            ort.InferenceSession(str(model), providers=["CPUExecutionProvider"])
+            loads = True
+        except Exception:  # ORT's own refusal (NOT_IMPLEMENTED / INVALID_GRAPH)
+            loads = False
+        info = inspect_model(model)
+        for target in ("cpu-onnxruntime", "edge-ort"):
+            assert get(target).accepts(info, get(target).Options()).ok is loads, (model, target)
