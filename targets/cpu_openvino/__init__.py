@@ -492,6 +492,12 @@ class CpuOpenVino(Target):
         precision = opts.precision
         if ctx.model.quantization:  # its own Q/DQ scales; only the float layers follow the option
             precision = PRE_QUANTIZED + ("" if precision == "fp32" else f", {precision} float")
+            fq = sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
+            notes.append(
+                f"The model came quantized ({ctx.model.quantization.format}): OpenVINO read its "
+                f"Q/DQ pairs as {fq} FakeQuantize operations and runs those layers in INT8 with "
+                "the model's own scales; nothing was re-quantized."
+            )
         return BuildOutput(
             precision=precision,
             runner_options=runner_options,

@@ -388,6 +388,11 @@ class GpuTensorRT(Target):
             },
             details={"precision": opts.precision, "profile": io.profile},
         )
+        if prequantized:
+            out.notes.append(
+                "the model came quantized (QDQ): it ships as it is and TensorRT builds INT8 "
+                "layers from its own Q/DQ scales (no calibration here)"
+            )
         if io.fixed:
             out.notes.append(
                 f"the model has a fixed batch of {io.fixed}: Triton gets max_batch_size 0 and no "
