@@ -7,8 +7,11 @@ import json
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +28,7 @@ from packager.bundle import (
     publish,
     write_manifest,
 )
-from packager.errors import PackagerError, Unavailable, UserError
+from packager.errors import ConversionFailed, ModelRefused, PackagerError, Unavailable, UserError
 from packager.evidence import for_build as clinical_evidence
 from packager.hostinfo import host_facts
 from packager.quiet import stdout_to_stderr
@@ -42,6 +45,16 @@ from targets.base import BuildContext, BuildOutput, Check, Target
 
 PREPROCESS_SRC = Path(__file__).with_name("preprocess.py")
 BUNDLE_CODE = ("predict.py", "selftest.py")  # every bundle; runtime.py and its siblings besides
+# A target that cannot take this model: refused by its support check or its converter.
+REFUSED = ("unsupported-model", "conversion-failed")
+CONVERSION_LOG = "conversion.log"
+# packager/ and targets/: an exception raised in their code is a bug, never a converter's refusal;
+# one raised in an installed library (LIBRARIES) during a conversion is that converter's failure.
+OUR_CODE = (
+    Path(__file__).resolve().parent,
+    Path(sys.modules[Target.__module__].__file__).resolve().parent,
+)
+LIBRARIES = tuple({Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib", "platlib")})
 
 
 @dataclass
@@ -54,10 +67,12 @@ class Step:
 @dataclass
 class TargetResult:
     target: str
-    status: str  # passed | failed | not-validated | unavailable | error
+    # passed | failed | not-validated | unavailable | error | unsupported-model | conversion-failed
+    status: str
     reason: str = ""
     bundle: str | None = None
     report: dict[str, Any] | None = field(default=None, repr=False)
+    log: str | None = None  # a refused target's full converter / checker log
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -65,6 +80,7 @@ class TargetResult:
             "status": self.status,
             "reason": self.reason,
             "bundle": self.bundle,
+            "log": self.log,
         }
 
 
@@ -104,12 +120,17 @@ def build(
             if not avail.ok:
                 raise Unavailable(f"{n} cannot build on this host: {avail.reason}")
             targets.append(t)
-        except Unavailable as exc:
-            if explicit:
-                raise
+        except Unavailable as exc:  # named with -t: the CLI exits 3 once the others are built
             s.progress.say(f"[{n}] skipped: {exc}")
             results.append(TargetResult(n, "unavailable", str(exc)))
     options = {t.name: target_options(t, s, int8) for t in targets}  # validate all before work
+    for t in list(targets):  # the cheap support check: a refused target is never converted
+        verdict = t.accepts(s.info, options[t.name])
+        if not verdict.ok:
+            targets.remove(t)
+            results.append(_refused(s, t.name, "unsupported-model", verdict.reason, verdict.log))
+    if not targets:
+        return _in_order(results, names)
     try:
         reference = s.reference
     except WorkerFailed as exc:  # the source model itself is broken: bad input, not a gate
@@ -121,13 +142,22 @@ def build(
             results.append(_build_one(s, t, options[t.name], reference, bench, int8))
         except UserError:
             raise
+        except ModelRefused as exc:  # the converter's refusal: this target's result, not a crash
+            results.append(_refused(s, t.name, exc.status, str(exc), exc.log))
+        except Unavailable as exc:
+            s.progress.say(f"[{t.name}] skipped: {exc}")
+            results.append(TargetResult(t.name, "unavailable", str(exc)))
         except Exception as exc:  # with --all, one broken target must not stop the others
             if explicit:
                 raise
             if not isinstance(exc, PackagerError):
                 traceback.print_exc()  # a bug stays visible
             results.append(TargetResult(t.name, "error", f"{type(exc).__name__}: {exc}"))
-    return results
+    return _in_order(results, names)
+
+
+def _in_order(results: list[TargetResult], names: list[str]) -> list[TargetResult]:
+    return sorted(results, key=lambda r: names.index(r.target))
 
 
 def _build_one(
@@ -139,7 +169,11 @@ def _build_one(
     steps: list[Step] = []
     try:
         ctx = s.context(opts, int8)
-        with s.progress.step(t.name, "converting"), stdout_to_stderr(s.progress.enabled):
+        with (
+            s.progress.step(t.name, "converting"),
+            stdout_to_stderr(s.progress.enabled),
+            _converter_errors(),
+        ):
             built = t.build(ctx, bdir)
         steps.append(Step("convert", "ok", f"precision {built.precision}"))
         if int8 and not t.int8_option:
@@ -170,6 +204,62 @@ def _build_one(
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
+
+
+@contextmanager
+def _converter_errors() -> Iterator[None]:
+    """An exception raised inside a converter library (OpenVINO, ONNX Runtime, coremltools,
+    torch.export, TensorRT...) during a target's conversion is that target's conversion failure,
+    with the traceback as its log; one raised in packager's or a target's own code is a bug and
+    keeps its traceback."""
+    try:
+        yield
+    except (PackagerError, WorkerFailed):
+        raise
+    except Exception as exc:
+        frames = traceback.extract_tb(exc.__traceback__)
+        where = Path(frames[-1].filename).resolve() if frames else None
+        ours = where is None or any(where.is_relative_to(d) for d in OUR_CODE)
+        if ours or not any(where.is_relative_to(d) for d in LIBRARIES):
+            raise
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        raise ConversionFailed(
+            f"the converter failed ({type(exc).__name__} in {where.parent.name}/{where.name}): "
+            f"{text[:300]}",
+            log="".join(traceback.format_exception(exc)),
+        ) from exc
+
+
+def _refused(s: Session, target: str, status: str, reason: str, log: str) -> TargetResult:
+    """A target that cannot take the model: its one-line reason, and the full log kept under
+    DIR/.failed/<name>-<version>/<target>/ (published like a failed bundle; nothing else)."""
+    reason = " ".join(reason.split())
+    s.progress.say(f"[{target}] {status}: {reason}")
+    out = Path(s.cfg.output.dir)
+    stage = new_stage(out, target)
+    bdir = stage / target
+    try:
+        (bdir / CONVERSION_LOG).write_text(f"{target}: {status}\n{reason}\n\n{log}".rstrip() + "\n")
+        record = {
+            "schema_version": 1,
+            "target": target,
+            "status": status,
+            "reason": reason,
+            "model": {
+                "name": s.cfg.model.name,
+                "version": s.cfg.model.version,
+                "source_sha256": s.info.sha256,
+                "quantization": asdict(s.info.quantization) if s.info.quantization else None,
+            },
+        }
+        (bdir / "refusal.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        make_tarball(bdir, stage / f"{target}.tar.gz")
+        with locked(out):
+            final = publish(stage, out / ".failed" / bundle_root(s).name, target)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return TargetResult(target, status, reason, None, log=str(final / CONVERSION_LOG))
 
 
 def _artifact_mb(bdir: Path, built: BuildOutput) -> float:

@@ -14,7 +14,7 @@ import click
 
 from packager import __version__
 from packager.config import Config, load_config, override
-from packager.errors import GateFailed, PackagerError
+from packager.errors import GateFailed, ModelRefused, PackagerError, Unavailable
 from packager.progress import Progress
 
 
@@ -87,7 +87,8 @@ def cli() -> None:
     """Package one ONNX medical-imaging classifier for many runtimes.
 
     Every bundle is re-validated for clinical sensitivity on its own runtime and benchmarked
-    there. Exit codes: 0 ok, 1 a gate failed, 2 bad input, 3 the target cannot run here.
+    there. Exit codes: 0 ok, 1 a gate failed, 2 bad input, 3 the target cannot run here,
+    4 a target cannot take this model (build: the others are still built; 1 > 4 > 3).
     """
 
 
@@ -125,13 +126,32 @@ def build(
     names = registry.names() if all_targets else list(dict.fromkeys(target_names))
     session = Session.open(cfg, Progress(False if quiet else None))
     results = run_build(session, names, force, not no_bench, int8, explicit=not all_targets)
-    lines = [f"{r.target:16} {r.status:14} {r.bundle or r.reason}" for r in results]
+    lines = [f"{r.target:16} {r.status:17} {r.bundle or r.reason}" for r in results]
     emit({"results": [r.to_dict() for r in results]}, as_json, "\n".join(lines))
+    build_exit(results, explicit=not all_targets)
+
+
+def build_exit(results: list[Any], explicit: bool) -> None:
+    """The build's exit code once its results are printed; when several apply, the most severe:
+    1 (a gate failed, or a target's error) > 4 (a target cannot take this model) > 3 (a target
+    named with --target cannot run on this host; --all skips those) > 0."""
+    from packager.build import REFUSED
+
     failed = [r for r in results if r.status in ("failed", "error")]
     if failed:
         why = "; ".join(f"{r.target}: {r.reason}" for r in failed)
         kept = next((r.bundle for r in failed if r.bundle), None)
         raise GateFailed(f"{why} — not published" + (f"; report kept in {kept}" if kept else ""))
+    refused = [r for r in results if r.status in REFUSED]
+    if refused:
+        raise ModelRefused(
+            f"{len(refused)} of {len(results)} targets cannot take this model: "
+            + "; ".join(f"{r.target} {r.status}" for r in refused)
+            + " (reasons in the results; full logs under DIR/.failed/)"
+        )
+    missing = [r for r in results if r.status == "unavailable"]
+    if explicit and missing:
+        raise Unavailable("; ".join(r.reason for r in missing))
 
 
 @cli.command()
@@ -157,18 +177,50 @@ def inspect(model: Path, as_json: bool) -> None:
             else "GFLOPs     n/a (dynamic shape)",
             f"external   {', '.join(info.external_data) or 'none'}",
             "ops        " + ", ".join(f"{k} {v}" for k, v in info.ops.items()),
+            "quantized  " + quantization_line(info),
         ]
     )
-    emit(info.to_dict(), as_json, text)
+    rows, lines = model_support(info)
+    emit(info.to_dict() | {"targets": rows}, as_json, "\n".join([text, *lines]))
+
+
+def quantization_line(info: Any) -> str:
+    q = info.quantization
+    if q is None:
+        return "no (a float model)"
+    return f"yes, {q.format} format ({', '.join(q.operators)}); operator domains: " + ", ".join(
+        q.domains
+    )
+
+
+def model_support(info: Any) -> tuple[list[dict[str, Any]], list[str]]:
+    """Each loadable target's verdict on the model, with its default options (cheap checks)."""
+    from packager.registry import loadable
+
+    found, _ = loadable()
+    rows, lines = [], ["takes it?"]
+    for name, t in found.items():
+        verdict = t.accepts(info, t.Options())
+        rows.append({"name": name, "accepts": verdict.to_dict()})
+        lines.append(f"  {name:16} {'yes' if verdict.ok else 'no: ' + verdict.reason}")
+    return rows, lines
 
 
 @cli.command()
+@click.option(
+    "--model",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Also say whether each target can take this ONNX model, and if not, why.",
+)
 @json_option
-def targets(as_json: bool) -> None:
+def targets(model: Path | None, as_json: bool) -> None:
     """Each target: can it build / validate / benchmark on this host, and if not, why."""
+    from packager.model import inspect_model
     from packager.registry import loadable
     from packager.schema import describe
 
+    info = inspect_model(model) if model else None
     found, broken = loadable()
     rows, lines = [], []
     for name, t in found.items():
@@ -179,10 +231,16 @@ def targets(as_json: bool) -> None:
         marks = " ".join(
             f"{k}:{'yes' if getattr(a, k).ok else 'no'}" for k in ("build", "validate", "bench")
         )
+        if info is not None:
+            verdict = t.accepts(info, t.Options())
+            rows[-1]["model"] = verdict.to_dict()
+            marks += f" model:{'yes' if verdict.ok else 'no'}"
         lines.append(f"{name:16} {marks}  {t.summary}")
         for k in ("build", "validate", "bench"):
             if not getattr(a, k).ok:
                 lines.append(f"{'':16}   {k}: {getattr(a, k).reason}")
+        if info is not None and not rows[-1]["model"]["ok"]:
+            lines.append(f"{'':16}   model: {rows[-1]['model']['reason']}")
     for name, reason in broken.items():
         no = {"ok": False, "reason": reason}
         rows.append(

@@ -25,3 +25,22 @@ class Unavailable(PackagerError):
     """The target cannot run on this host (missing package, no CUDA, not macOS)."""
 
     exit_code = 3
+
+
+class ModelRefused(PackagerError):
+    """A target's runtime or converter cannot take this model (its operators, opset or data
+    types): that target's status, with a one-line reason; the other targets go on. `log` is the
+    converter's own full report, kept under DIR/.failed/."""
+
+    exit_code = 4
+    status = "unsupported-model"
+
+    def __init__(self, reason: str, log: str = "") -> None:
+        super().__init__(reason)
+        self.log = log
+
+
+class ConversionFailed(ModelRefused):
+    """A target's converter failed on this model for another reason than a refused operator."""
+
+    status = "conversion-failed"

@@ -28,6 +28,58 @@ class TensorSpec:
 
 
 @dataclass
+class Quantization:
+    """How a pre-quantized model is quantized: "QOperator" (quantized operators such as
+    QLinearConv, com.microsoft.QGemm, ConvInteger) or "QDQ" (float operators between
+    QuantizeLinear / DequantizeLinear pairs, which runtimes fuse into INT8 kernels)."""
+
+    format: str
+    operators: list[str]  # the quantization operators found, qualified by domain
+    domains: list[str]  # every operator domain the model uses ("ai.onnx" for the default)
+
+
+DEFAULT_DOMAINS = ("", "ai.onnx")
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear"}
+# Quantized operators of the QOperator format besides the QLinear* family (ONNX Runtime's
+# quantizer writes these; the com.microsoft ones are ONNX Runtime contrib operators).
+QOPERATOR_OPS = {
+    "ConvInteger",
+    "MatMulInteger",
+    "QGemm",
+    "QAttention",
+    "DynamicQuantizeMatMul",
+    "DynamicQuantizeLSTM",
+    "MatMulIntegerToFloat",
+    "QEmbedLayerNormalization",
+}
+
+
+def qualified(domain: str, op_type: str) -> str:
+    """An operator's name as runtimes report it: bare in the default domain, else domain.op."""
+    return op_type if domain in DEFAULT_DOMAINS else f"{domain}.{op_type}"
+
+
+def split_op(name: str) -> tuple[str, str]:
+    """("com.microsoft", "QGemm") from "com.microsoft.QGemm"; ("", "Conv") from "Conv"."""
+    domain, _, op_type = name.rpartition(".")
+    return domain, op_type
+
+
+def is_qoperator(op_type: str) -> bool:
+    return op_type.startswith("QLinear") or op_type in QOPERATOR_OPS
+
+
+def quantization_of(model: onnx.ModelProto) -> Quantization | None:
+    nodes = [(n.domain, n.op_type) for n in model.graph.node]
+    domains = sorted({d or "ai.onnx" for d, _ in nodes})
+    qop = sorted({qualified(d, o) for d, o in nodes if is_qoperator(o)})
+    if qop:
+        return Quantization("QOperator", qop, domains)
+    qdq = sorted({qualified(d, o) for d, o in nodes if o in QDQ_OPS})
+    return Quantization("QDQ", qdq, domains) if qdq else None
+
+
+@dataclass
 class ModelInfo:
     path: str
     sha256: str
@@ -47,6 +99,11 @@ class ModelInfo:
     params: int
     macs_per_sample: int | None
     ops: dict[str, int] = field(default_factory=dict)
+    # Operators qualified by domain ("com.microsoft.QGemm"; default-domain ones bare), and the
+    # opset of each domain ("ai.onnx" for the default): what a target's support check reads.
+    operators: dict[str, int] = field(default_factory=dict)
+    opsets: dict[str, int] = field(default_factory=dict)
+    quantization: Quantization | None = None  # None: a float model
 
     @property
     def gflops_per_sample(self) -> float | None:
@@ -225,6 +282,15 @@ def inspect_model(path: str | Path) -> ModelInfo:
         params=params,
         macs_per_sample=None,
         ops=dict(sorted(collections.Counter(n.op_type for n in inferred.graph.node).items())),
+        operators=dict(
+            sorted(
+                collections.Counter(
+                    qualified(n.domain, n.op_type) for n in model.graph.node
+                ).items()
+            )
+        ),
+        opsets={o.domain or "ai.onnx": o.version for o in model.opset_import},
+        quantization=quantization_of(model),
     )
     if all(isinstance(d, int) for d in in_shape[1:]):
         info.macs_per_sample = count_macs(model, [1, *in_shape[1:]])  # type: ignore[list-item]

@@ -20,11 +20,20 @@ from packager.model import ModelInfo
 from packager.preprocess import Preprocess
 from packager.progress import Progress
 
+# The precision of a bundle whose source model was quantized before it reached packager.
+PRE_QUANTIZED = "int8 (pre-quantized)"
+# What a QOperator-format model needs for targets that only read float or QDQ graphs.
+REEXPORT_QDQ = (
+    "re-export it in QDQ format (onnxruntime.quantization.quantize_static(..., "
+    "quant_format=QuantFormat.QDQ) from the float model)"
+)
+
 
 @dataclass
 class Status:
     ok: bool
     reason: str = ""
+    log: str = field(default="", repr=False)  # the checker's full report, kept on a refusal
 
     def to_dict(self) -> dict[str, Any]:
         return {"ok": self.ok, "reason": self.reason}
@@ -131,6 +140,22 @@ class Target(ABC):
 
     @abstractmethod
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput: ...
+
+    def accepts(self, model: ModelInfo, options: Any = None) -> Status:
+        """Whether this target can take `model` (with these Options, or its defaults), checked
+        cheaply before any conversion: operator support lists, opset, data types. A 'no' names
+        what is refused, in one line. Here: INT8 quantization of a model already quantized."""
+        q = model.quantization
+        if q and self.int8_option and options is not None:
+            key, value = self.int8_option
+            if getattr(options, key, None) == value:
+                return Status(
+                    False,
+                    f"the model is already quantized ({q.format} format); {key} = {value!r} "
+                    f"(--int8) would quantize it a second time: build without --int8 and leave "
+                    f"[targets.{self.name}] {key} at its default",
+                )
+        return Status(True)
 
     def requirements(self, options: dict[str, Any]) -> list[str]:
         """pip distributions runtime.py needs for these runner options (numpy and Pillow, which

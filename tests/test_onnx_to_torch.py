@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from packager.errors import UserError
+from packager.errors import ModelRefused
 
 torch = pytest.importorskip(
     "torch", reason="the Core ML path needs torch (pip install packager[coreml])"
@@ -275,6 +275,6 @@ def test_unsupported_operator_is_named_in_one_user_error() -> None:
         [numpy_helper.from_array(np.array([2], np.int64), "k")],
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(UserError, match="TopK"):
+    with pytest.raises(ModelRefused, match="TopK"):
         to_torch(m)
     assert "Conv" in supported_ops() and "TopK" not in supported_ops()

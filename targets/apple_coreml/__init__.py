@@ -33,7 +33,7 @@ from packager import __version__
 from packager.errors import UserError
 from packager.installed import missing
 from packager.metrics import to_probabilities
-from packager.model import load_model
+from packager.model import ModelInfo, load_model
 from packager.preprocess import Preprocess
 from packager.shipped.predict import infer_all
 from targets.apple_coreml.runtime import NOT_MAC, PROBS_OUTPUT, SCORES_OUTPUT, TorchProxy
@@ -496,6 +496,29 @@ class AppleCoreML(Target):
         else:
             runs = Status(True)
         return Availability(build=Status(True), validate=runs, bench=runs)
+
+    def accepts(self, model: ModelInfo, options: Any = None) -> Status:
+        """The translation's own operator table (onnx_to_torch.py) against the model."""
+        status = super().accepts(model, options)
+        if not status.ok or missing({"torch": "torch"}, "coreml"):
+            return status
+        from targets.apple_coreml.onnx_to_torch import uncovered_ops
+
+        unknown = uncovered_ops(model.operators)
+        if not unknown:
+            return Status(True)
+        reason = (
+            "the ONNX->PyTorch translation Core ML is converted through does not cover "
+            + ", ".join(unknown)
+        )
+        if model.quantization:
+            reason += (
+                f" ({model.quantization.format}-format quantization): Core ML takes the float "
+                "model (quantize for Core ML with coremltools.optimize after conversion)"
+            )
+        else:
+            reason += ": re-export without them or choose another target"
+        return Status(False, reason)
 
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
         import torch

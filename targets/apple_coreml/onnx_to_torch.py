@@ -14,7 +14,7 @@ the Core ML conversion decides the deployed precision, and PyTorch's CPU kernels
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from packager.errors import UserError
-from packager.model import opset_of
+from packager.errors import ModelRefused
+from packager.model import DEFAULT_DOMAINS, opset_of, qualified, split_op
 
 # A value flowing through the graph: a runtime tensor, a compile-time constant (numpy), or Dims.
 Value = Any
@@ -71,6 +71,16 @@ def op(*names: str) -> Callable[[Op], Op]:
 
 def supported_ops() -> list[str]:
     return sorted(OPS)
+
+
+def uncovered_ops(operators: Iterable[str]) -> list[str]:
+    """The operators (qualified by domain, as packager.model names them) this translation does
+    not cover: anything outside the default ONNX domain, and default ops missing from OPS."""
+    return sorted(
+        name
+        for name in set(operators)
+        if split_op(name)[0] not in DEFAULT_DOMAINS or split_op(name)[1] not in OPS
+    )
 
 
 # --- value helpers --------------------------------------------------------------------------
@@ -165,7 +175,7 @@ def _constant(node: Node, i: list[Value]) -> list[Value]:
             return [np.asarray(list(node.attrs[key]))]
     if "value" in node.attrs:
         return [node.attrs["value"]]
-    raise UserError(f"Constant node '{node.name}' has no supported value attribute")
+    raise ModelRefused(f"Constant node '{node.name}' has no supported value attribute")
 
 
 @op("Cast")
@@ -230,11 +240,13 @@ def _pool(node: Node, x: torch.Tensor, kind: str) -> torch.Tensor:
         fn = {1: F.max_pool1d, 2: F.max_pool2d, 3: F.max_pool3d}[rank]
         return fn(x, kernel, strides, padding, dil, ceil_mode=ceil)
     if dil != [1] * rank:
-        raise UserError(f"AveragePool node '{node.name}' uses dilations, which are not supported")
+        raise ModelRefused(
+            f"AveragePool node '{node.name}' uses dilations, which are not supported"
+        )
     include = bool(node.attr("count_include_pad", 0))
     if begins != ends or any(2 * p > k for p, k in zip(begins, kernel, strict=True)):
         if not include:
-            raise UserError(
+            raise ModelRefused(
                 f"AveragePool node '{node.name}' has asymmetric padding that excludes the pad "
                 "from the average; export with symmetric pads"
             )
@@ -247,7 +259,7 @@ def _pool(node: Node, x: torch.Tensor, kind: str) -> torch.Tensor:
 @op("MaxPool")
 def _max_pool(node: Node, i: list[Value]) -> list[Value]:
     if len(node.outputs) > 1 and node.outputs[1]:
-        raise UserError(f"MaxPool node '{node.name}' returns indices, which are not supported")
+        raise ModelRefused(f"MaxPool node '{node.name}' returns indices, which are not supported")
     return [_pool(node, tensor(i[0]), "max")]
 
 
@@ -472,7 +484,9 @@ def _gather(node: Node, i: list[Value]) -> list[Value]:
     data, idx = i[0], i[1]
     axis = node.attr("axis", 0)
     if isinstance(idx, torch.Tensor):
-        raise UserError(f"Gather node '{node.name}' has computed indices, which are not supported")
+        raise ModelRefused(
+            f"Gather node '{node.name}' has computed indices, which are not supported"
+        )
     index = np.asarray(idx)
     if is_shape(data):
         picked = [data[int(k)] for k in index.reshape(-1)]
@@ -553,7 +567,9 @@ def _pad(node: Node, i: list[Value]) -> list[Value]:
     if maybe(i, 2) is not None:
         value = float(np.asarray(i[2]))
     if maybe(i, 3) is not None:
-        raise UserError(f"Pad node '{node.name}' pads selected axes only, which is not supported")
+        raise ModelRefused(
+            f"Pad node '{node.name}' pads selected axes only, which is not supported"
+        )
     begins, ends = pads_pairs(pads, x.dim())
     mode = node.attr("mode", "constant")
     if isinstance(mode, bytes):
@@ -561,10 +577,10 @@ def _pad(node: Node, i: list[Value]) -> list[Value]:
     if mode == "constant":
         return [F.pad(x, torch_pad(begins, ends), value=value)]
     if begins[:2] != [0, 0] or ends[:2] != [0, 0]:
-        raise UserError(f"Pad node '{node.name}' pads batch or channels in {mode} mode")
+        raise ModelRefused(f"Pad node '{node.name}' pads batch or channels in {mode} mode")
     torch_mode = {"reflect": "reflect", "edge": "replicate"}.get(mode)
     if torch_mode is None:
-        raise UserError(f"Pad node '{node.name}' uses mode '{mode}', which is not supported")
+        raise ModelRefused(f"Pad node '{node.name}' uses mode '{mode}', which is not supported")
     return [F.pad(x, torch_pad(begins[2:], ends[2:]), mode=torch_mode)]
 
 
@@ -586,7 +602,7 @@ def _slice(node: Node, i: list[Value]) -> list[Value]:
     big = 2**62
     for a, s, e, st in zip(axes, starts, ends, steps, strict=True):
         if st != 1:
-            raise UserError(f"Slice node '{node.name}' uses step {st}, which is not supported")
+            raise ModelRefused(f"Slice node '{node.name}' uses step {st}, which is not supported")
         dim = x.shape[a]
         s = max(s + dim, 0) if s < 0 else min(s, dim) if s < big else dim
         e = max(e + dim, 0) if e < 0 else min(e, dim) if e < big else dim
@@ -614,13 +630,13 @@ def _resize(node: Node, i: list[Value]) -> list[Value]:
     else:
         sc = [float(s) for s in np.asarray(scales).reshape(-1)]
         if sc[:2] != [1.0, 1.0]:
-            raise UserError(f"Resize node '{node.name}' scales batch or channels")
+            raise ModelRefused(f"Resize node '{node.name}' scales batch or channels")
         kwargs["scale_factor"] = sc[2:]
     if mode == "nearest":
         nearest = node.attr("nearest_mode", "round_prefer_floor")
         nearest = nearest.decode() if isinstance(nearest, bytes) else nearest
         if ctm != "asymmetric" or (node.op == "Resize" and nearest != "floor"):
-            raise UserError(
+            raise ModelRefused(
                 f"Resize node '{node.name}': nearest mode needs coordinate_transformation_mode "
                 "'asymmetric' with nearest_mode 'floor' (PyTorch's nearest)"
             )
@@ -628,13 +644,13 @@ def _resize(node: Node, i: list[Value]) -> list[Value]:
     if mode == "linear":
         align = {"align_corners": True, "half_pixel": False, "pytorch_half_pixel": False}.get(ctm)
         if align is None:
-            raise UserError(
+            raise ModelRefused(
                 f"Resize node '{node.name}' uses coordinate_transformation_mode '{ctm}' "
                 "with linear mode, which is not supported"
             )
         interp = {1: "linear", 2: "bilinear", 3: "trilinear"}[spatial]
         return [F.interpolate(x, mode=interp, align_corners=align, **kwargs)]
-    raise UserError(f"Resize node '{node.name}' uses mode '{mode}', which is not supported")
+    raise ModelRefused(f"Resize node '{node.name}' uses mode '{mode}', which is not supported")
 
 
 # --- the module -----------------------------------------------------------------------------
@@ -669,10 +685,9 @@ class OnnxModule(nn.Module):
         super().__init__()
         graph = model.graph
         opset = opset_of(model)
-        foreign = sorted({n.op_type for n in graph.node if n.domain not in ("", "ai.onnx")})
-        unknown = sorted({n.op_type for n in graph.node if n.op_type not in OPS} | set(foreign))
+        unknown = uncovered_ops(qualified(n.domain, n.op_type) for n in graph.node)
         if unknown:
-            raise UserError(
+            raise ModelRefused(
                 f"the model uses {', '.join(unknown)}, which the ONNX->PyTorch translation for "
                 "Core ML does not cover (it covers the usual CNN classifier operators); "
                 "re-export without them or choose another target"
@@ -680,7 +695,7 @@ class OnnxModule(nn.Module):
         init_names = {i.name for i in graph.initializer}
         inputs = [i for i in graph.input if i.name not in init_names]
         if len(inputs) != 1 or len(graph.output) != 1:
-            raise UserError("the Core ML translation takes models with one input and one output")
+            raise ModelRefused("the Core ML translation takes models with one input and one output")
         self.input_name, self.output_name = inputs[0].name, graph.output[0].name
         self.fp16_output = graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT16
         # Float initializers become buffers (weights in the state dict); the rest, and floats

@@ -8,7 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from targets.base import Availability, BuildContext, BuildOutput, Status, Target
+from packager.model import ModelInfo
+from packager.ort_support import ort_accepts
+from targets.base import PRE_QUANTIZED, Availability, BuildContext, BuildOutput, Status, Target
 
 
 @dataclass
@@ -31,6 +33,11 @@ class CpuOnnxRuntime(Target):
         ok = Status(True)
         return Availability(build=ok, validate=ok, bench=ok)
 
+    def accepts(self, model: ModelInfo, options: Any = None) -> Status:
+        # QOperator and QDQ models both run: the CPU provider has the QLinear* and contrib kernels.
+        status = super().accepts(model, options)
+        return ort_accepts(model, "ONNX Runtime's CPU provider") if status.ok else status
+
     def requirements(self, options: dict[str, Any]) -> list[str]:
         return ["onnxruntime"]
 
@@ -41,7 +48,7 @@ class CpuOnnxRuntime(Target):
             shutil.copyfile(ctx.model_path.parent / rel, stage / rel)
         opts = ctx.options
         return BuildOutput(
-            precision="fp32",
+            precision=PRE_QUANTIZED if ctx.model.quantization else "fp32",
             runner_options={
                 "model": "model.onnx",
                 "threads": opts.threads,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -17,11 +18,21 @@ from typing import Any, Literal
 import numpy as np
 
 from packager.data import load_dataset
-from packager.errors import Unavailable, UserError
+from packager.errors import ConversionFailed, ModelRefused, Unavailable, UserError
 from packager.installed import missing
 from packager.metrics import clinical, to_probabilities
+from packager.model import ModelInfo
 from packager.triton import Tensor, TritonModel, serve_commands, write_repository
-from targets.base import Availability, BuildContext, BuildOutput, Check, Status, Target
+from targets.base import (
+    PRE_QUANTIZED,
+    REEXPORT_QDQ,
+    Availability,
+    BuildContext,
+    BuildOutput,
+    Check,
+    Status,
+    Target,
+)
 
 # What each bundle precision computes in on the CPU. fp16 and int8 IRs keep f32 activations for
 # everything that is not quantized; only bf16 lowers the arithmetic itself.
@@ -95,6 +106,50 @@ def cpu_facts() -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------ conversion
+
+
+@contextmanager
+def refusals(model: ModelInfo) -> Iterator[None]:
+    """OpenVINO's conversion errors as the target's refusal: one line from the frontend's own
+    report of unconverted operators ("No conversion rule found for operations: ...", "Conversion
+    is failed for: ..."), the whole report kept as the log."""
+    import openvino as ov
+    from openvino.frontend import (
+        GeneralFailure,
+        InitializationFailure,
+        NotImplementedFailure,
+        OpConversionFailure,
+    )
+
+    try:
+        yield
+    except (OpConversionFailure, GeneralFailure, NotImplementedFailure, InitializationFailure) as e:
+        text = str(e)
+        no_rule = re.search(r"No conversion rule found for operations: (.+)", text)
+        failed = re.search(r"Conversion is failed for: (.+)", text)
+        parts = [f"no conversion rule for {no_rule.group(1).strip()}"] if no_rule else []
+        parts += [f"conversion failed for {failed.group(1).strip()}"] if failed else []
+        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), type(e).__name__)
+        reason = f"OpenVINO {ov.get_version().split('-')[0]} cannot convert the model: " + (
+            "; ".join(parts) or first
+        )
+        q = model.quantization
+        if q and q.format == "QOperator":
+            reason += f" (a QOperator-format model; OpenVINO reads QDQ natively: {REEXPORT_QDQ})"
+        raise (ModelRefused if parts else ConversionFailed)(reason, log=text) from None
+
+
+def frontend_check(model: ModelInfo) -> Status:
+    """The ONNX frontend's own conversion (no compilation, nothing written): the cheap check."""
+    from openvino.frontend import FrontEndManager
+
+    try:
+        with refusals(model):
+            fe = FrontEndManager().load_by_framework("onnx")
+            fe.convert(fe.load(model.path))
+    except ModelRefused as exc:
+        return Status(False, str(exc), log=exc.log)
+    return Status(True)
 
 
 @contextmanager
@@ -353,6 +408,13 @@ class CpuOpenVino(Target):
         status = _cpu_status()
         return Availability(build=status, validate=status, bench=status)
 
+    def accepts(self, model: ModelInfo, options: Any = None) -> Status:
+        # QDQ models convert natively (Q/DQ pairs become FakeQuantize, executed in INT8).
+        status = super().accepts(model, options)
+        if not status.ok or not _cpu_status().ok:
+            return status
+        return frontend_check(model)
+
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
         import openvino as ov
 
@@ -375,7 +437,8 @@ class CpuOpenVino(Target):
                 "split; tuning INT8 on the images it is validated on hides errors — use 'val' or "
                 "another split"
             )
-        model = ov.convert_model(str(ctx.model_path))
+        with refusals(ctx.model):
+            model = ov.convert_model(str(ctx.model_path))
         details: dict[str, Any] = {}
         checks: list[Check] = []
         notes = []
@@ -415,8 +478,17 @@ class CpuOpenVino(Target):
                 "bfloat16 (AMX, AVX512-BF16) it computes in bf16, which this bundle was not "
                 "validated at; serve with OpenVINO Model Server (ovms_config.json pins f32) there."
             )
+        precision = opts.precision
+        if ctx.model.quantization:  # its own Q/DQ scales; only the float layers follow the option
+            precision = PRE_QUANTIZED + ("" if precision == "fp32" else f", {precision} float")
+            fq = sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops())
+            notes.append(
+                f"The model came quantized ({ctx.model.quantization.format}): OpenVINO read its "
+                f"Q/DQ pairs as {fq} FakeQuantize operations and runs those layers in INT8 with "
+                "the model's own scales; nothing was re-quantized."
+            )
         return BuildOutput(
-            precision=opts.precision,
+            precision=precision,
             runner_options=runner_options,
             details=details,
             notes=notes,

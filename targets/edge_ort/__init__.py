@@ -20,11 +20,20 @@ import onnx
 from onnx import TensorProto, helper
 
 from packager.errors import Unavailable, UserError
-from packager.model import load_model, opset_of, upgrade_opset
+from packager.model import ModelInfo, load_model, opset_of, upgrade_opset
 from packager.ort_quant import quantize_dynamic_int8, quantize_static_qdq
+from packager.ort_support import ort_accepts
 from packager.preprocess import Preprocess
 from packager.runner import predict
-from targets.base import Availability, BuildContext, BuildOutput, Check, Status, Target
+from targets.base import (
+    PRE_QUANTIZED,
+    Availability,
+    BuildContext,
+    BuildOutput,
+    Check,
+    Status,
+    Target,
+)
 
 MODEL = "model.ort"
 IMAGE_MODEL = "model_image.ort"
@@ -64,6 +73,19 @@ class EdgeOrt(Target):
     def availability(self) -> Availability:
         ok = Status(True)
         return Availability(build=ok, validate=ok, bench=ok)
+
+    def accepts(self, model: ModelInfo, options: Any = None) -> Status:
+        """QOperator and QDQ models convert to .ort as they are (the mobile runtime has the
+        quantized kernels); quantizing one again is refused, whichever quantize mode asks."""
+        q = model.quantization
+        if q and options is not None and options.quantize != "none":
+            return Status(
+                False,
+                f"the model is already quantized ({q.format} format); quantize = "
+                f"{options.quantize!r} (--int8) would quantize it a second time: build without "
+                '--int8 and with [targets.edge-ort] quantize = "none"',
+            )
+        return ort_accepts(model, "ONNX Runtime's CPU provider, which runs .ort files,")
 
     # ---- conversion --------------------------------------------------------------------------
 
@@ -130,7 +152,11 @@ class EdgeOrt(Target):
                 )
         float_precision = {"float32": "fp32", "float16": "fp16"}[ctx.model.input.dtype]
         return BuildOutput(
-            precision="int8" if opts.quantize != "none" else float_precision,
+            precision="int8"
+            if opts.quantize != "none"
+            else PRE_QUANTIZED
+            if ctx.model.quantization
+            else float_precision,
             runner_options={
                 "model": MODEL,
                 "image_model": IMAGE_MODEL if opts.embed_preprocessing else None,

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -21,14 +21,23 @@ from typing import Any, Literal
 import numpy as np
 import onnx
 
-from packager.errors import Unavailable, UserError
+from packager.errors import ConversionFailed, Unavailable, UserError
 from packager.installed import missing
 from packager.metrics import to_probabilities
-from packager.model import graph_inputs, load_model
+from packager.model import (
+    DEFAULT_DOMAINS,
+    ModelInfo,
+    graph_inputs,
+    is_qoperator,
+    load_model,
+    split_op,
+)
 from packager.ort_quant import quantize_static_qdq
 from packager.runner import predict
 from packager.triton import Accelerator, Tensor, TritonModel, serve_commands, write_repository
 from targets.base import (
+    PRE_QUANTIZED,
+    REEXPORT_QDQ,
     Availability,
     BuildContext,
     BuildOutput,
@@ -101,8 +110,9 @@ def _elem_dtype(vi: onnx.ValueInfoProto) -> str:
 
 
 def shipped_onnx(ctx: BuildContext, precision: str, dest: Path, cache_file: Path) -> None:
-    """The ONNX graph this bundle ships (and the proxy runs): the source in FP32, converted to
-    FP16 with the source's input/output types kept, or INT8 with explicit Q/DQ scales."""
+    """The ONNX graph this bundle ships (and the proxy runs): the source as it is (precision
+    "fp32" or "source"), converted to FP16 with the source's input/output types kept, or INT8
+    with explicit Q/DQ scales."""
     model = load_model(ctx.model_path)
     if precision == "fp16":
         from onnxruntime.transformers.float16 import convert_float_to_float16
@@ -111,6 +121,15 @@ def shipped_onnx(ctx: BuildContext, precision: str, dest: Path, cache_file: Path
         # Same IO types as the source: clients and preprocess.json stay unchanged.
         converted = OnnxModel(convert_float_to_float16(model, keep_io_types=True))
         converted.topological_sort()  # the converter appends its IO casts at the end
+        try:  # a graph the converter broke is this target's failure, not the runtime's later
+            onnx.checker.check_model(converted.model, full_check=True)
+        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+            text = str(exc).strip()
+            raise ConversionFailed(
+                f"the FP16 conversion wrote an invalid ONNX graph: {text.splitlines()[0]}; "
+                'set [targets.gpu-tensorrt] precision = "fp32"',
+                log=text,
+            ) from None
         onnx.save(converted.model, str(dest))
     elif precision == "int8":
         # INT8 the way TensorRT 10 wants it: explicit Q/DQ (its implicit calibrators are
@@ -234,6 +253,63 @@ def build_engine(onnx_path: Path, plan: Path, io: Io, opts: Options) -> str:
     return trt.__version__
 
 
+# --- what the TensorRT ONNX parser takes ------------------------------------------------------
+
+
+def _zero_points(model: onnx.ModelProto) -> list[np.ndarray | None]:
+    """Each QuantizeLinear's zero point (None when it is computed in the graph)."""
+    consts = {i.name: i for i in model.graph.initializer}
+    consts |= {
+        n.output[0]: n.attribute[0].t
+        for n in model.graph.node
+        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
+    }
+    out: list[np.ndarray | None] = []
+    for n in model.graph.node:
+        if n.op_type != "QuantizeLinear":
+            continue
+        if len(n.input) < 3 or not n.input[2]:  # absent: uint8 zero
+            out.append(np.zeros(1, np.uint8))
+        else:
+            t = consts.get(n.input[2])
+            out.append(None if t is None else onnx.numpy_helper.to_array(t))
+    return out
+
+
+def parser_refusal(model: ModelInfo) -> str:
+    """Why TensorRT's ONNX parser would refuse `model`, from its documented support matrix
+    (onnx-tensorrt docs/operators.md): the default ONNX domain only (other domains need a
+    TensorRT plugin), no QOperator-format operators (QLinearConv, QLinearMatMul, ...), and
+    QuantizeLinear with a zero point of 0 (symmetric INT8). Empty: it takes the model."""
+    foreign = [n for n in model.operators if split_op(n)[0] not in DEFAULT_DOMAINS]
+    qop = [n for n in model.operators if is_qoperator(split_op(n)[1])]
+    if foreign or qop:
+        why = []
+        if qop:
+            why.append(
+                "QOperator-format quantization (TensorRT builds INT8 from QuantizeLinear/"
+                f"DequantizeLinear pairs): {REEXPORT_QDQ} with symmetric INT8 activations"
+            )
+        if [n for n in foreign if n not in qop]:
+            why.append("operators outside the default ONNX domain need a TensorRT plugin")
+        return (
+            f"TensorRT's ONNX parser has no importer for {', '.join(sorted({*foreign, *qop}))}: "
+            + "; ".join(why)
+        )
+    if model.quantization:
+        zps = _zero_points(onnx.load(model.path, load_external_data=False))
+        bad = [z for z in zps if z is not None and (z.dtype != np.int8 or np.any(z != 0))]
+        if bad:
+            types = sorted({str(z.dtype) for z in bad})
+            return (
+                f"TensorRT needs QuantizeLinear zero points of 0 in int8 (symmetric INT8); "
+                f"{len(bad)} of {len(zps)} here are {'/'.join(types)} or non-zero: re-quantize "
+                "with activation_type=QuantType.QInt8 and extra_options={'ActivationSymmetric': "
+                "True, 'WeightSymmetric': True}"
+            )
+    return ""
+
+
 # --- the target ------------------------------------------------------------------------------
 
 
@@ -250,8 +326,18 @@ class GpuTensorRT(Target):
         # The portable repository needs no GPU to build: Triton makes the engine on the server.
         return Availability(build=Status(True), validate=runs, bench=runs)
 
+    def accepts(self, model: ModelInfo, options: Any = None) -> Status:
+        status = super().accepts(model, options)
+        if not status.ok:
+            return status
+        refusal = parser_refusal(model)
+        return Status(False, refusal) if refusal else Status(True)
+
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
         opts: Options = ctx.options
+        prequantized = ctx.model.quantization is not None
+        if prequantized:  # its own Q/DQ scales: shipped as it is, the engine is INT8 from them
+            opts = replace(opts, precision="int8")
         gpu, reason = cuda_host()
         if opts.engine == "require" and gpu is None:
             raise Unavailable(
@@ -266,16 +352,21 @@ class GpuTensorRT(Target):
         onnx_path = stage / "model.onnx" if gpu and opts.engine != "skip" else vdir / "model.onnx"
         cache_file = stage / "calibration.json"
         with ctx.progress.step(self.name, f"writing the {opts.precision.upper()} ONNX model"):
-            shipped_onnx(ctx, opts.precision, onnx_path, cache_file)
+            shipped_onnx(ctx, "source" if prequantized else opts.precision, onnx_path, cache_file)
         io = Io.of(ctx, opts, onnx_path)
         out = BuildOutput(
-            precision=opts.precision,
+            precision=PRE_QUANTIZED if prequantized else opts.precision,
             runner_options={
                 "model": onnx_path.relative_to(stage).as_posix(),
                 "precision": opts.precision,
             },
             details={"precision": opts.precision, "profile": io.profile},
         )
+        if prequantized:
+            out.notes.append(
+                "the model came quantized (QDQ): it ships as it is and TensorRT builds INT8 "
+                "layers from its own Q/DQ scales (no calibration here)"
+            )
         if io.fixed:
             out.notes.append(
                 f"the model has a fixed batch of {io.fixed}: Triton gets max_batch_size 0 and no "

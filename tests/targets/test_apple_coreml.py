@@ -178,7 +178,7 @@ def test_translation_gate_is_live_and_per_channel_std_falls_back(
     assert read_spec(failed / "model.mlpackage")["inputs"][0]["type"] == "multiArrayType"
 
 
-def test_unsupported_operator_is_one_user_error(tmp_path: Path, data_path: Path) -> None:
+def test_unsupported_operator_is_refused_by_name(tmp_path: Path, data_path: Path) -> None:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -199,8 +199,13 @@ def test_unsupported_operator_is_one_user_error(tmp_path: Path, data_path: Path)
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     m.ir_version = 8
     onnx.save(m, str(model))
-    r, _ = build(tmp_path, model, data_path)
-    assert_user_error(r, "Einsum", "Core ML")
+    r, bundle = build(tmp_path, model, data_path)
+    # The target's result, not a crash: exit 4, one line, the operator named, nothing published.
+    assert r.code == 4, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+    (res,) = r.json["results"]
+    assert res["status"] == "unsupported-model" and "Einsum" in res["reason"]
+    assert "Core ML" in res["reason"] and not bundle.exists()
 
 
 def test_unknown_option_and_bad_values_are_user_errors(
