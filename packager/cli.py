@@ -44,13 +44,20 @@ def quiet_option(fn: Callable) -> Callable:
 
 def data_options(fn: Callable) -> Callable:
     fn = click.option(
+        "--labels",
+        "labels_csv",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="CSV path,label[,split][,metadata...] for an image folder (default DATA/labels.csv).",
+    )(fn)
+    fn = click.option(
         "--split", default=None, help="Dataset split to validate on (default: test)."
     )(fn)
     return click.option(
         "--data",
         type=click.Path(path_type=Path),
         default=None,
-        help="MedMNIST .npz or image folder root/<class>/*.png.",
+        help="MedMNIST .npz, or an image folder (PNG/TIFF/DICOM) root/<class>/* or with a CSV.",
     )(fn)
 
 
@@ -70,9 +77,11 @@ def config_options(fn: Callable) -> Callable:
         model: Path | None,
         data: Path | None,
         split: str | None,
+        labels_csv: Path | None,
         **kw: Any,
     ) -> Any:
         cfg = load_config(config_path)
+        override(cfg, "data", "labels", str(labels_csv.resolve()) if labels_csv else None)
         override(cfg, "model", "path", str(model.resolve()) if model else None)
         override(cfg, "data", "path", str(data.resolve()) if data else None)
         override(cfg, "data", "split", split)
