@@ -258,22 +258,46 @@ def sign(bundle: Path, key: Path, max_size_gb: float | None) -> None:
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @data_options
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for the site validation report (default: next to the bundle).",
+)
 @json_option
 @quiet_option
 def validate(
-    bundle: Path, data: Path | None, split: str | None, as_json: bool, quiet: bool
+    bundle: Path,
+    data: Path | None,
+    split: str | None,
+    labels_csv: Path | None,
+    out: Path | None,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
-    """Re-validate a bundle on this host's runtime and complete its report in place."""
+    """Re-validate a bundle on this host's runtime.
+
+    On the bundle's own validation data its report is completed in place (e.g. Core ML on a
+    Mac). On a site's own data (or with --labels/--out) this is site acceptance: a site
+    validation report with the gates is written next to the bundle or in --out, and the bundle
+    is left unchanged. Needs only the bundle: neither the config nor the original model.
+    """
     from packager.revalidate import revalidate
 
-    report = revalidate(bundle, data, split, Progress(False if quiet else None))
+    report = revalidate(bundle, data, split, Progress(False if quiet else None), labels_csv, out)
     c = report.get("clinical") or {}
-    emit(
-        report,
-        as_json,
-        f"{report['target']}: {report['status']} — {report['reason']}"
-        + (f"\nsensitivity {c['sensitivity']:.4f}" if c else ""),
+    head = (
+        f"site validation of {report['bundle']['target']}: {report['status']} — {report['reason']}"
+        if report.get("kind") == "site-validation"
+        else f"{report['target']}: {report['status']} — {report['reason']}"
     )
+    lines = [head]
+    if c:
+        spec = "n/a" if c.get("specificity") is None else f"{c['specificity']:.4f}"
+        lines.append(f"sensitivity {c['sensitivity']:.4f}  specificity {spec}  ({c['n']} images)")
+    if report.get("files"):
+        lines.append(f"report {report['files']['md']}")
+    emit(report, as_json, "\n".join(lines))
     if report["status"] == "failed":
         raise GateFailed(report["reason"])
 

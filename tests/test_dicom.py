@@ -64,12 +64,12 @@ def built(root: Path) -> tuple[dict, np.ndarray, np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def npz_build(tmp_path_factory, tiny_model: Path, data_path: Path) -> tuple[dict, np.ndarray]:
+def npz_build(tmp_path_factory, tiny_model: Path, data_path: Path) -> tuple[dict, np.ndarray, Path]:
     root = write_project(tmp_path_factory.mktemp("npz"), tiny_model, data_path)
     r = run(*BUILD, cwd=root)
     assert r.code == 0, r.stderr
     clinical, _, probs = built(root)
-    return clinical, probs
+    return clinical, probs, root / BUNDLE
 
 
 def class_folders(root: Path, images: np.ndarray, labels: np.ndarray, **kw: object) -> Path:
@@ -125,7 +125,7 @@ def test_dicom_rendition_gives_the_npz_decisions(
     r = run(*BUILD, cwd=root)
     assert r.code == 0, r.stderr
     clinical, got_labels, probs = built(root)
-    npz_clinical, npz_probs = npz_build
+    npz_clinical, npz_probs, _ = npz_build
     assert np.array_equal(got_labels, labels[order])
     threshold = 0.2
     assert np.array_equal(probs >= threshold, npz_probs[order] >= threshold)  # every decision
@@ -394,3 +394,150 @@ def test_compressed_without_decoder_names_the_package(tmp_path: Path) -> None:
     message, loaded = out.stdout.strip().splitlines()
     assert "no decoder is installed" in message and "pip install pylibjpeg" in message, message
     assert loaded == "[]"
+
+
+# ---------------------------------------------------------------------------------------------
+# Site acceptance: `packager validate BUNDLE --data SITE` with only the bundle.
+
+
+def site_folder(root: Path, images: np.ndarray, labels: np.ndarray, flip: bool = False) -> Path:
+    """MONOCHROME1 12-bit DICOM files without class folders, labelled by a CSV with metadata."""
+    (root / "img").mkdir(parents=True)
+    rows = ["path,label,site,manufacturer"]
+    for i, (img, label) in enumerate(zip(images, labels, strict=True)):
+        stored = (255 - img.astype(np.uint16)) * 16  # 12-bit, white is low
+        write_dicom(
+            root / "img" / f"{i:04d}.dcm",
+            stored,
+            photometric="MONOCHROME1",
+            bits_stored=12,
+            window=(2040.5, 4081.0),
+        )
+        name = NAMES[1 - label if flip else label]
+        rows.append(f"img/{i:04d}.dcm,{name},{'AB'[i % 2]},{'XYZ'[i % 3]}")
+    (root / "site.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def tree_digest(d: Path) -> dict[str, str]:
+    import hashlib
+
+    return {
+        str(p.relative_to(d)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(d.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_site_acceptance_needs_only_the_bundle(split, npz_build, tmp_path: Path) -> None:
+    import shutil
+
+    images, labels = split
+    _, npz_probs, built_bundle = npz_build
+    # The hospital: a copy of the bundle, an empty working folder, no config, no model.
+    bundle = tmp_path / "hospital" / "bundle"
+    shutil.copytree(built_bundle, bundle)
+    work = tmp_path / "hospital" / "work"
+    work.mkdir()
+    site = site_folder(tmp_path / "site", images, labels)
+    before = tree_digest(bundle)
+    r = run(
+        "validate",
+        bundle,
+        "--data",
+        site,
+        "--labels",
+        site / "site.csv",
+        "--out",
+        work / "reports",
+        "--json",
+        cwd=work,
+    )
+    assert r.code == 0, r.stderr
+    report = json.loads(
+        (work / "reports/site-validation-tiny-1.0.0-cpu-onnxruntime.json").read_text()
+    )
+    assert (work / "reports/site-validation-tiny-1.0.0-cpu-onnxruntime.md").is_file()
+    assert report["status"] == "passed" and report["gates"]["passed"]
+    # Independent recount: the build's own npz probabilities on the same pixels.
+    pos = labels == 1
+    decided = npz_probs >= 0.2
+    assert report["clinical"]["sensitivity"] == pytest.approx(decided[pos].mean())
+    assert report["clinical"]["specificity"] == pytest.approx((~decided[~pos]).mean())
+    with np.load(work / "reports/site-validation-tiny-1.0.0-cpu-onnxruntime.npz") as v:
+        assert np.array_equal(v["probs"][:, 1] >= 0.2, decided)
+        assert v["meta_site"].tolist() == ["AB"[i % 2] for i in range(len(labels))]
+    a = report["subgroups"]["site"]["A"]
+    assert a["n"] == (len(labels) + 1) // 2
+    assert a["sensitivity"] == pytest.approx(
+        decided[pos & (np.arange(len(labels)) % 2 == 0)].mean()
+    )
+    assert tree_digest(bundle) == before  # byte for byte as shipped
+    assert run("verify", bundle, cwd=work).code == 0
+    for text in (PATIENT_NAME, PATIENT_ID, STUDY_DATE):
+        assert text not in r.stdout + r.stderr + json.dumps(report)
+
+
+def test_site_acceptance_failing_gate_still_writes_its_report(
+    split, npz_build, tmp_path: Path
+) -> None:
+    images, labels = split
+    n = 80
+    site = site_folder(tmp_path / "site", images[:n], labels[:n], flip=True)
+    bundle = npz_build[2]
+    before = tree_digest(bundle)
+    r = run(
+        "validate",
+        bundle,
+        "--data",
+        site,
+        "--labels",
+        site / "site.csv",
+        "--out",
+        tmp_path / "out",
+        cwd=tmp_path,
+    )
+    assert r.code == 1, r.stderr  # a gate failed: not bad input
+    report = json.loads(next((tmp_path / "out").glob("*.json")).read_text())
+    assert report["status"] == "failed" and "min_sensitivity" in report["reason"]
+    assert tree_digest(bundle) == before
+
+
+@pytest.mark.slow
+def test_site_acceptance_on_openvino_and_edge_bundles(
+    split, tiny_model: Path, data_path: Path, tmp_path: Path
+) -> None:
+    from packager.registry import get
+
+    names = ["cpu-openvino", "edge-ort"]
+    for name in names:
+        avail = get(name).availability()
+        if not (avail.build.ok and avail.validate.ok):
+            pytest.skip(
+                f"not validated: {name} cannot build/validate here ({avail.build.reason or avail.validate.reason})"
+            )
+    images, labels = split
+    root = write_project(tmp_path / "project", tiny_model, data_path)
+    r = run("build", "-t", names[0], "-t", names[1], "--no-bench", cwd=root)
+    assert r.code == 0, r.stderr
+    site = site_folder(tmp_path / "site", images[:200], labels[:200])
+    for name in names:
+        bundle = root / "dist/tiny-1.0.0" / name
+        with np.load(bundle / "validation.npz") as v:
+            decided = v["probs"][:200, 1] >= 0.2  # the build's decisions on the same pixels
+        r = run(
+            "validate",
+            bundle,
+            "--data",
+            site,
+            "--labels",
+            site / "site.csv",
+            "--json",
+            cwd=tmp_path,
+        )
+        assert r.code == 0, r.stderr
+        report = r.json
+        assert report["kind"] == "site-validation" and report["runtime"]
+        pos = labels[:200] == 1
+        assert report["clinical"]["sensitivity"] == pytest.approx(decided[pos].mean())
+        assert run("verify", bundle, cwd=tmp_path).code == 0
