@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from packager.registry import get
-from packager.stream import read_frame, write_frame
+from packager.stream import peak_rss_mb, read_frame, write_frame
 from packager.validate import predict_all
 
 
@@ -29,7 +29,7 @@ def main(spec_path: str) -> None:
     with runner:
         while isinstance(x := read_frame(inp), np.ndarray):
             write_frame(out, predict_all(runner, x, job["batch_size"], job.get("fixed_batch")))
-        write_frame(out, None, runner.info())
+        write_frame(out, None, runner.info() | {"worker_peak_rss_mb": round(peak_rss_mb(), 1)})
     out.close()
 
 

@@ -62,10 +62,10 @@ class Preprocess:
         images = self.display(images[..., :3])
         if images.shape[-1] == 3 and self.channels == 1:
             images = images @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]
-        elif images.shape[-1] == 1 and self.channels == 3:
-            images = np.repeat(images, 3, axis=-1)
         if images.shape[1:3] != (self.size, self.size):
             images = np.stack([self._resize(img) for img in images])
+        if images.shape[-1] == 1 and self.channels == 3:  # after resizing: 3x less work
+            images = np.repeat(images, 3, axis=-1)
         x = images * np.float32(self.scale)
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         if self.layout == "NCHW":
@@ -84,7 +84,7 @@ class Preprocess:
                     f"a 16-bit image holds {peak}, above the {self.uint16_bits}-bit range "
                     f"0..{top}; set [preprocess] uint16_bits to the data's real bit depth"
                 )
-            return (images.astype(np.float32) * np.float32(255.0 / top)).astype(np.float32)
+            return images.astype(np.float32) * np.float32(255.0 / top)
         if images.dtype in (np.float32, np.float64):
             return images.astype(np.float32)
         raise ImageError(f"images of dtype {images.dtype} have no defined range")
@@ -99,10 +99,10 @@ class Preprocess:
         img = self.display(img[..., :3])
         if img.shape[-1] == 3 and self.channels == 1:
             img = img @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]
-        elif img.shape[-1] == 1 and self.channels == 3:
-            img = np.repeat(img, 3, axis=-1)
         if img.shape[:2] != (self.size, self.size):
             img = self._resize(img)
+        if img.shape[-1] == 1 and self.channels == 3:
+            img = np.repeat(img, 3, axis=-1)
         return img.astype(np.float32)
 
     def load(self, path: str | Path, data: bytes | None = None) -> np.ndarray:

@@ -29,6 +29,21 @@ from packager.runner import WorkerFailed
 CHUNK = 64
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident memory. Linux: VmHWM, which (unlike ru_maxrss) starts anew
+    at exec instead of inheriting the forking parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    import resource
+
+    scale = 1 if sys.platform == "darwin" else 1024  # bytes on macOS, KiB elsewhere
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale / 2**20
+
+
 def write_frame(f: IO[bytes], x: np.ndarray | None, info: dict | None = None) -> None:
     """One frame: 8-byte header length, a JSON header, then the array's raw bytes."""
     head: dict[str, Any] = {"info": info} if x is None else {"dtype": x.dtype.str, "shape": x.shape}
