@@ -209,7 +209,8 @@ def main() -> None:
     ap.add_argument("--n-large", type=int, default=20000)
     ap.add_argument("--n-big", type=int, default=1000)
     ap.add_argument("--sample", type=int, default=300, help="images per stage-alone timing")
-    ap.add_argument("--distinct", type=int, default=1000, help="distinct files per image size")
+    ap.add_argument("--distinct", type=int, default=1000, help="distinct 512x512 files")
+    ap.add_argument("--distinct-big", type=int, default=150, help="distinct 2048x2048 files")
     a = ap.parse_args()
     a.work.mkdir(parents=True, exist_ok=True)
     print(f"work folder {a.work}")
@@ -218,7 +219,7 @@ def main() -> None:
     small = dataset(s512, a.n_small, 512, "small.csv", a.distinct)
     large = dataset(s512, a.n_large, 512, "large.csv", a.distinct)
     s2048 = a.work / "s2048"
-    big = dataset(s2048, a.n_big, 2048, "big.csv", a.distinct)
+    big = dataset(s2048, a.n_big, 2048, "big.csv", a.distinct_big)
     runs = [
         (f"512x512 x {a.n_small}", s512, small),
         (f"512x512 x {a.n_large}", s512, large),
