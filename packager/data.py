@@ -71,8 +71,7 @@ class FileList:
     """A folder dataset before any pixel is read."""
 
     base: Path
-    paths: list[Path]
-    names: list[str]  # what the hash records: the path relative to `base`
+    names: list[str]  # each file's path relative to `base`, as the hash records it
     labels: np.ndarray  # int64 (N,)
     split: str
     metadata: dict[str, np.ndarray] = field(default_factory=dict)
@@ -80,6 +79,10 @@ class FileList:
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def path(self, i: int) -> Path:
+        # Built on demand: a Path object per image would be most of a 20,000-image list's memory.
+        return self.base / self.names[i]
 
     def hasher(self) -> FolderHash:
         return FolderHash(self)
@@ -272,16 +275,15 @@ def scan_folder(
                 f"{d}: folder '{d.name}' is not a class in [labels] names {class_names}; "
                 "rename it or add the class"
             )
-    paths, names, labels = [], [], []
+    names, labels = [], []
     for d in folders:
         for f in sorted(d.iterdir()):
             if _is_image_file(f):
-                paths.append(f)
                 names.append(f"{d.name}/{f.name}")
                 labels.append(class_names.index(d.name))
-    if not paths:
+    if not names:
         raise UserError(f"{base}: no images (*.png, *.jpg, *.tif, *.dcm) in the class folders")
-    return FileList(base, paths, names, np.asarray(labels, np.int64), split)
+    return FileList(base, names, np.asarray(labels, np.int64), split)
 
 
 def _scan_csv(root: Path, csv_path: Path, split: str, class_names: list[str]) -> FileList:
@@ -292,14 +294,18 @@ def _scan_csv(root: Path, csv_path: Path, split: str, class_names: list[str]) ->
         raise UserError(f"labels file {csv_path} does not exist; check --labels") from None
     except UnicodeDecodeError:
         raise UserError(f"{csv_path} is not UTF-8 text; save the CSV as UTF-8") from None
+    # Rows are taken one at a time: a site's CSV can list tens of thousands of images.
+    rows = (
+        (n, r) for n, r in enumerate(csv.reader(io.StringIO(text)), 1) if any(c.strip() for c in r)
+    )
     try:
-        rows = list(csv.reader(io.StringIO(text)))
+        header = [c.strip() for c in next(rows)[1]]
+    except StopIteration:
+        raise UserError(
+            f"{csv_path} is empty; expected a header path,label[,more columns]"
+        ) from None
     except csv.Error as exc:
         raise UserError(f"{csv_path} is not a readable CSV ({exc})") from None
-    rows = [r for r in rows if any(c.strip() for c in r)]
-    if not rows:
-        raise UserError(f"{csv_path} is empty; expected a header path,label[,more columns]")
-    header = [c.strip() for c in rows[0]]
     if "path" not in header or "label" not in header:
         raise UserError(
             f"{csv_path}: the header must name 'path' and 'label' columns, got {header}"
@@ -319,10 +325,12 @@ def _scan_csv(root: Path, csv_path: Path, split: str, class_names: list[str]) ->
             )
     col = {c: i for i, c in enumerate(header)}
     base = root.resolve()
-    paths, names, labels, seen = [], [], [], set()
+    names: list[str] = []
+    labels: list[int] = []
+    seen: set[str] = set()
     meta: dict[str, list[str]] = {c: [] for c in extra}
     splits: set[str] = set()
-    for line, row in enumerate(rows[1:], start=2):
+    for line, row in _csv_rows(rows, csv_path):
         where = f"{csv_path} line {line}"
         if len(row) != len(header):
             raise UserError(f"{where}: {len(row)} fields for {len(header)} columns")
@@ -331,32 +339,39 @@ def _scan_csv(root: Path, csv_path: Path, split: str, class_names: list[str]) ->
             if row[col["split"]].strip() != split:
                 continue
         rel = row[col["path"]].strip()
-        f = _inside(base, rel, where)
-        if f in seen:
+        name = _inside(base, rel, where).relative_to(base).as_posix()
+        if name in seen:
             raise UserError(f"{where}: '{rel}' is listed twice; list each image once")
-        seen.add(f)
+        seen.add(name)
         labels.append(_label(row[col["label"]].strip(), class_names, where))
         for c in extra:
             value = row[col[c]].strip()
             if any(ord(ch) < 32 or ord(ch) == 127 for ch in value) or len(value) > 200:
                 raise UserError(f"{where}: column '{c}' holds control characters or >200 chars")
             meta[c].append(value)
-        paths.append(f)
-        names.append(f.relative_to(base).as_posix())
-    if not paths:
+        names.append(name)
+    if not names:
         raise UserError(
             f"{csv_path}: no rows for split '{split}'"
             + (f"; choose --split from {sorted(splits)}" if splits else "")
         )
     return FileList(
         base,
-        paths,
         names,
         np.asarray(labels, np.int64),
         split,
         {c: np.asarray(v, dtype=str) for c, v in meta.items()},
         hashlib.sha256(raw).hexdigest(),
     )
+
+
+def _csv_rows(
+    rows: Iterable[tuple[int, list[str]]], csv_path: Path
+) -> Iterator[tuple[int, list[str]]]:
+    try:
+        yield from rows
+    except csv.Error as exc:
+        raise UserError(f"{csv_path} is not a readable CSV ({exc})") from None
 
 
 def _inside(base: Path, rel: str, where: str) -> Path:
@@ -387,7 +402,7 @@ def _label(value: str, class_names: list[str], where: str) -> int:
 
 def read_one(files: FileList, i: int, window: tuple[float, float] | None) -> tuple[np.ndarray, str]:
     """Image i in its own range, and its content hash (the file is read once)."""
-    f = files.paths[i]
+    f = files.path(i)
     try:
         data = f.read_bytes()
     except OSError as exc:
@@ -419,8 +434,8 @@ def read_files(files: FileList, pre: Preprocess | None = None) -> Dataset:
         if pre is not None and native:
             native = img.dtype == np.uint8 and (not images or img.shape == images[0].shape)
             if not native:
-                images = [_prepared(pre, a, files.paths[k]) for k, a in enumerate(images)]
-        images.append(img if native or pre is None else _prepared(pre, img, files.paths[i]))
+                images = [_prepared(pre, a, files.path(k)) for k, a in enumerate(images)]
+        images.append(img if native or pre is None else _prepared(pre, img, files.path(i)))
     kinds = sorted({f"{a.shape} {a.dtype}" for a in images})
     if len(kinds) > 1:
         raise UserError(

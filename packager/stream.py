@@ -144,7 +144,7 @@ def iter_chunks(
         try:
             x = pre(img[None])[0]
         except ImageError as exc:
-            raise UserError(f"{files.paths[i]}: {exc}") from None
+            raise UserError(f"{files.path(i)}: {exc}") from None
         timings.add(t1 - t0, time.perf_counter() - t1)
         return x, digest
 
