@@ -44,13 +44,20 @@ def quiet_option(fn: Callable) -> Callable:
 
 def data_options(fn: Callable) -> Callable:
     fn = click.option(
+        "--labels",
+        "labels_csv",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="CSV path,label[,split][,metadata...] for an image folder (default DATA/labels.csv).",
+    )(fn)
+    fn = click.option(
         "--split", default=None, help="Dataset split to validate on (default: test)."
     )(fn)
     return click.option(
         "--data",
         type=click.Path(path_type=Path),
         default=None,
-        help="MedMNIST .npz or image folder root/<class>/*.png.",
+        help="MedMNIST .npz, or an image folder (PNG/TIFF/DICOM) root/<class>/* or with a CSV.",
     )(fn)
 
 
@@ -70,9 +77,11 @@ def config_options(fn: Callable) -> Callable:
         model: Path | None,
         data: Path | None,
         split: str | None,
+        labels_csv: Path | None,
         **kw: Any,
     ) -> Any:
         cfg = load_config(config_path)
+        override(cfg, "data", "labels", str(labels_csv.resolve()) if labels_csv else None)
         override(cfg, "model", "path", str(model.resolve()) if model else None)
         override(cfg, "data", "path", str(data.resolve()) if data else None)
         override(cfg, "data", "split", split)
@@ -310,22 +319,46 @@ def sign(bundle: Path, key: Path, max_size_gb: float | None) -> None:
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @data_options
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Folder for the site validation report (default: next to the bundle).",
+)
 @json_option
 @quiet_option
 def validate(
-    bundle: Path, data: Path | None, split: str | None, as_json: bool, quiet: bool
+    bundle: Path,
+    data: Path | None,
+    split: str | None,
+    labels_csv: Path | None,
+    out: Path | None,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
-    """Re-validate a bundle on this host's runtime and complete its report in place."""
+    """Re-validate a bundle on this host's runtime.
+
+    On the bundle's own validation data its report is completed in place (e.g. Core ML on a
+    Mac). On a site's own data (or with --labels/--out) this is site acceptance: a site
+    validation report with the gates is written next to the bundle or in --out, and the bundle
+    is left unchanged. Needs only the bundle: neither the config nor the original model.
+    """
     from packager.revalidate import revalidate
 
-    report = revalidate(bundle, data, split, Progress(False if quiet else None))
+    report = revalidate(bundle, data, split, Progress(False if quiet else None), labels_csv, out)
     c = report.get("clinical") or {}
-    emit(
-        report,
-        as_json,
-        f"{report['target']}: {report['status']} — {report['reason']}"
-        + (f"\nsensitivity {c['sensitivity']:.4f}" if c else ""),
+    head = (
+        f"site validation of {report['bundle']['target']}: {report['status']} — {report['reason']}"
+        if report.get("kind") == "site-validation"
+        else f"{report['target']}: {report['status']} — {report['reason']}"
     )
+    lines = [head]
+    if c:
+        spec = "n/a" if c.get("specificity") is None else f"{c['specificity']:.4f}"
+        lines.append(f"sensitivity {c['sensitivity']:.4f}  specificity {spec}  ({c['n']} images)")
+    if report.get("files"):
+        lines.append(f"report {report['files']['md']}")
+    emit(report, as_json, "\n".join(lines))
     if report["status"] == "failed":
         raise GateFailed(report["reason"])
 

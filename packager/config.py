@@ -35,9 +35,22 @@ class ModelConfig:
 
 
 @dataclass
+class DicomConfig:
+    # [center, width] in modality units: replaces each file's own VOI LUT / window. Shipped in
+    # preprocess.json, so the hospital's predict.py windows the same way.
+    window: list[float] | None = None
+
+    def check(self, where: str) -> None:
+        if self.window is not None and (len(self.window) != 2 or self.window[1] < 1):
+            raise UserError(f"{where}.window = {self.window} must be [center, width], width >= 1")
+
+
+@dataclass
 class DataConfig:
     path: str | None = None
     split: str = "test"
+    # A CSV path,label[,split][,metadata...] for an image folder (default: <path>/labels.csv).
+    labels: str | None = None
     # Calibration (INT8) never uses the validation split.
     calibration_split: str = "train"
     calibration_size: int = 300
@@ -49,6 +62,7 @@ class DataConfig:
     group_by: list[str] = field(default_factory=list)
     # May images of this dataset leave the building (e.g. into a bundle's self-test)?
     shareable: bool = False
+    dicom: DicomConfig = field(default_factory=DicomConfig)
 
     def check(self, where: str) -> None:
         if self.calibration_size < 1:
@@ -66,8 +80,13 @@ class PreprocessConfig:
     mean: list[float] = field(default_factory=lambda: [0.5])
     std: list[float] = field(default_factory=lambda: [0.5])
     resize: Literal["bilinear", "nearest"] = "bilinear"
+    # The bit depth of 16-bit PNG/TIFF data (12 for 12-bit values in 16-bit files): that range
+    # maps onto 0..255 before `scale`; a value above it is refused, never clipped.
+    uint16_bits: int = 16
 
     def check(self, where: str) -> None:
+        if not 9 <= self.uint16_bits <= 16:
+            raise UserError(f"{where}.uint16_bits = {self.uint16_bits} must be between 9 and 16")
         if self.size is not None and not 1 <= self.size <= 4096:
             raise UserError(f"{where}.size = {self.size} must be between 1 and 4096")
         if self.channels is not None and self.channels not in (1, 3):
@@ -239,6 +258,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     cfg.model.path = _resolve(base, cfg.model.path)
     cfg.data.path = _resolve(base, cfg.data.path)
     cfg.data.groups = {k: str(_resolve(base, v)) for k, v in cfg.data.groups.items()}
+    cfg.data.labels = _resolve(base, cfg.data.labels)
     cfg.output.dir = str(_resolve(base, cfg.output.dir))
     return cfg
 

@@ -1,27 +1,59 @@
-"""Datasets: MedMNIST-layout .npz files and image folders (root/<class>/*.png|jpg)."""
+"""Datasets: MedMNIST-layout .npz files and image folders (PNG, JPEG, TIFF, DICOM), labelled by
+class subfolders (root/<class>/*) or by a CSV (path,label[,split][,metadata columns...]).
+
+A folder is first scanned into a FileList (paths, labels, metadata: no pixel read), which can be
+streamed (packager.stream) or read whole into a Dataset; both hash the same way."""
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import os
+import re
 import zipfile
-from dataclasses import dataclass
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 import psutil
 
 from packager.errors import UserError
-from packager.preprocess import load_image
+from packager.preprocess import DICOM_SUFFIXES, ImageError, Preprocess, is_dicom, load_image
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES}
+LABELS_CSV = "labels.csv"
+# Metadata columns that would put patient identifiers into reports (compared lower-case, no _).
+IDENTIFIER_COLUMNS = {
+    "name",
+    "patientname",
+    "patientid",
+    "mrn",
+    "birthdate",
+    "patientbirthdate",
+    "dob",
+    "accession",
+    "accessionnumber",
+    "studydate",
+    "ssn",
+}
+_COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+T = TypeVar("T")
+R = TypeVar("R")
 
 
 @dataclass
 class Dataset:
-    images: np.ndarray  # uint8, (N, H, W) or (N, H, W, 3)
+    images: np.ndarray  # (N, H, W[, C]): uint8, or float32 on the 0..255 display scale
     labels: np.ndarray  # int64, (N,)
     split: str
-    sha256: str  # of the source file (npz) or of the folder's files
+    sha256: str  # of the source file (npz) or of the folder's files, labels and CSV
+    # Per-image CSV columns (site, manufacturer, sex, age_band, ...) for subgroup analysis.
+    metadata: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -30,7 +62,45 @@ class Dataset:
         """A seeded random subset (calibration), never larger than the split."""
         rng = np.random.default_rng(seed)
         idx = np.sort(rng.choice(len(self), size=min(size, len(self)), replace=False))
-        return Dataset(self.images[idx], self.labels[idx], self.split, self.sha256)
+        meta = {k: v[idx] for k, v in self.metadata.items()}
+        return Dataset(self.images[idx], self.labels[idx], self.split, self.sha256, meta)
+
+
+@dataclass
+class FileList:
+    """A folder dataset before any pixel is read."""
+
+    base: Path
+    names: list[str]  # each file's path relative to `base`, as the hash records it
+    labels: np.ndarray  # int64 (N,)
+    split: str
+    metadata: dict[str, np.ndarray] = field(default_factory=dict)
+    csv_sha256: str = ""  # of the labels CSV, when the labels come from one
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def path(self, i: int) -> Path:
+        # Built on demand: a Path object per image would be most of a 20,000-image list's memory.
+        return self.base / self.names[i]
+
+    def hasher(self) -> FolderHash:
+        return FolderHash(self)
+
+
+class FolderHash:
+    """sha256 over the labels CSV and, per image in order, its name, label and content hash:
+    computable while streaming, with each file's own hash taken in the thread that reads it."""
+
+    def __init__(self, files: FileList) -> None:
+        self.files = files
+        self.h = hashlib.sha256(f"packager-folder-v2\n{files.csv_sha256}\n".encode())
+
+    def add(self, i: int, digest: str) -> None:
+        self.h.update(f"{self.files.names[i]}\t{int(self.files.labels[i])}\t{digest}\n".encode())
+
+    def hexdigest(self) -> str:
+        return self.h.hexdigest()
 
 
 def file_sha256(path: Path) -> str:
@@ -41,12 +111,62 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def load_dataset(path: str | Path | None, split: str, class_names: list[str]) -> Dataset:
+def imap_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int) -> Iterator[R]:
+    """fn over items in a thread pool, results in order, at most `ahead` in flight (so memory
+    stays bounded however many items there are). Pillow, numpy and zlib release the GIL."""
+    pool = ThreadPoolExecutor(max(1, workers), thread_name_prefix="packager-read")
+    it = iter(items)
+    pending: deque = deque()
+    try:
+        for item in it:
+            pending.append(pool.submit(fn, item))
+            if len(pending) >= ahead:
+                break
+        while pending:
+            result = pending.popleft().result()
+            nxt = next(it, _END)
+            if nxt is not _END:
+                pending.append(pool.submit(fn, nxt))
+            yield result
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+_END = object()
+
+
+def default_workers() -> int:
+    return max(1, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 1)
+
+
+def load_dataset(
+    path: str | Path | None,
+    split: str,
+    class_names: list[str],
+    pre: Preprocess | None = None,
+    labels_csv: str | Path | None = None,
+) -> Dataset:
+    """The whole split in memory. With `pre` (the model's preprocessing), images that are not
+    all 8-bit of one size (16-bit, DICOM, mixed sizes) are resized to the model's size one by
+    one as they load, on the display scale, so memory is bounded by the model's input size."""
+    source = open_dataset(path, split, class_names, labels_csv)
+    return source if isinstance(source, Dataset) else read_files(source, pre)
+
+
+def open_dataset(
+    path: str | Path | None,
+    split: str,
+    class_names: list[str],
+    labels_csv: str | Path | None = None,
+) -> Dataset | FileList:
+    """An npz as a Dataset (it is one array anyway), a folder as a FileList (nothing read)."""
     if path is None:
         raise UserError("no dataset given; pass --data PATH or set [data] path in packager.toml")
     p = Path(path)
     if p.is_dir():
-        return _load_folder(p, split, class_names)
+        return scan_folder(p, split, class_names, labels_csv)
+    if labels_csv is not None:
+        raise UserError(f"--labels / [data] labels needs an image folder, but {p} is not one")
     if not p.exists():
         raise UserError(f"dataset {p} does not exist; check --data / [data] path")
     return _load_npz(p, split, len(class_names))
@@ -123,38 +243,211 @@ def _check_labels(labels: np.ndarray, n_classes: int, where: str) -> None:
         )
 
 
-def _load_folder(root: Path, split: str, class_names: list[str]) -> Dataset:
+def _is_image_file(f: Path) -> bool:
+    if f.name.startswith(".") or not f.is_file():
+        return False
+    if f.suffix.lower() in IMAGE_SUFFIXES:
+        return True
+    if f.suffix:
+        return False
+    with open(f, "rb") as fh:  # DICOM files often have no suffix at all
+        return is_dicom(f, fh.read(132))
+
+
+def scan_folder(
+    root: Path, split: str, class_names: list[str], labels_csv: str | Path | None = None
+) -> FileList:
+    if labels_csv is None and (root / LABELS_CSV).is_file():
+        labels_csv = root / LABELS_CSV
+    if labels_csv is not None:
+        return _scan_csv(root, Path(labels_csv), split, class_names)
     # root/<split>/<class>/ when a split folder exists, else root/<class>/.
     base = root / split if (root / split).is_dir() else root
     folders = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
     if not folders:
-        raise UserError(f"{base} has no class folders; expected {base}/<class>/*.png")
+        raise UserError(
+            f"{base} has no class folders; expected {base}/<class>/*.png|*.dcm, or a "
+            f"{LABELS_CSV} (path,label) passed with --labels"
+        )
     for d in folders:
         if d.name not in class_names:
             raise UserError(
                 f"{d}: folder '{d.name}' is not a class in [labels] names {class_names}; "
                 "rename it or add the class"
             )
-    images, labels = [], []
-    h = hashlib.sha256()
+    names, labels = [], []
     for d in folders:
         for f in sorted(d.iterdir()):
-            if f.suffix.lower() not in IMAGE_SUFFIXES or not f.is_file():
-                continue
-            try:
-                img = load_image(f)
-            except Exception as exc:  # Pillow raises many types for corrupt files
-                raise UserError(f"{f}: cannot read image ({exc}); remove or replace it") from None
-            h.update(f"{d.name}/{f.name}".encode())
-            h.update(f.read_bytes())
-            images.append(img)
-            labels.append(class_names.index(d.name))
-    if not images:
-        raise UserError(f"{base}: no images (*.png, *.jpg) in the class folders")
-    shapes = {img.shape for img in images}
-    if len(shapes) > 1:
+            if _is_image_file(f):
+                names.append(f"{d.name}/{f.name}")
+                labels.append(class_names.index(d.name))
+    if not names:
+        raise UserError(f"{base}: no images (*.png, *.jpg, *.tif, *.dcm) in the class folders")
+    return FileList(base, names, np.asarray(labels, np.int64), split)
+
+
+def _scan_csv(root: Path, csv_path: Path, split: str, class_names: list[str]) -> FileList:
+    try:
+        raw = csv_path.read_bytes()
+        text = raw.decode("utf-8-sig")
+    except FileNotFoundError:
+        raise UserError(f"labels file {csv_path} does not exist; check --labels") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{csv_path} is not UTF-8 text; save the CSV as UTF-8") from None
+    # Rows are taken one at a time: a site's CSV can list tens of thousands of images.
+    rows = (
+        (n, r) for n, r in enumerate(csv.reader(io.StringIO(text)), 1) if any(c.strip() for c in r)
+    )
+    try:
+        header = [c.strip() for c in next(rows)[1]]
+    except StopIteration:
         raise UserError(
-            f"{base}: images have different sizes {sorted(shapes)[:3]}; "
-            "resize them to one size first"
+            f"{csv_path} is empty; expected a header path,label[,more columns]"
+        ) from None
+    except csv.Error as exc:
+        raise UserError(f"{csv_path} is not a readable CSV ({exc})") from None
+    if "path" not in header or "label" not in header:
+        raise UserError(
+            f"{csv_path}: the header must name 'path' and 'label' columns, got {header}"
         )
-    return Dataset(np.stack(images), np.asarray(labels, np.int64), split, h.hexdigest())
+    if len(set(header)) != len(header):
+        raise UserError(f"{csv_path}: the header repeats a column name; name each once")
+    extra = [c for c in header if c not in ("path", "label", "split")]
+    for c in extra:
+        if not _COLUMN.match(c):
+            raise UserError(
+                f"{csv_path}: column name {c!r} must be letters, digits and _ (e.g. age_band)"
+            )
+        if c.lower().replace("_", "") in IDENTIFIER_COLUMNS:
+            raise UserError(
+                f"{csv_path}: column '{c}' is a patient identifier; remove it (reports never "
+                "carry identifiers; use de-identified groups such as site or age_band)"
+            )
+    col = {c: i for i, c in enumerate(header)}
+    base = root.resolve()
+    names: list[str] = []
+    labels: list[int] = []
+    seen: set[str] = set()
+    meta: dict[str, list[str]] = {c: [] for c in extra}
+    splits: set[str] = set()
+    for line, row in _csv_rows(rows, csv_path):
+        where = f"{csv_path} line {line}"
+        if len(row) != len(header):
+            raise UserError(f"{where}: {len(row)} fields for {len(header)} columns")
+        if "split" in col:
+            splits.add(row[col["split"]].strip())
+            if row[col["split"]].strip() != split:
+                continue
+        rel = row[col["path"]].strip()
+        name = _inside(base, rel, where).relative_to(base).as_posix()
+        if name in seen:
+            raise UserError(f"{where}: '{rel}' is listed twice; list each image once")
+        seen.add(name)
+        labels.append(_label(row[col["label"]].strip(), class_names, where))
+        for c in extra:
+            value = row[col[c]].strip()
+            if any(ord(ch) < 32 or ord(ch) == 127 for ch in value) or len(value) > 200:
+                raise UserError(f"{where}: column '{c}' holds control characters or >200 chars")
+            meta[c].append(value)
+        names.append(name)
+    if not names:
+        raise UserError(
+            f"{csv_path}: no rows for split '{split}'"
+            + (f"; choose --split from {sorted(splits)}" if splits else "")
+        )
+    return FileList(
+        base,
+        names,
+        np.asarray(labels, np.int64),
+        split,
+        {c: np.asarray(v, dtype=str) for c, v in meta.items()},
+        hashlib.sha256(raw).hexdigest(),
+    )
+
+
+def _csv_rows(
+    rows: Iterable[tuple[int, list[str]]], csv_path: Path
+) -> Iterator[tuple[int, list[str]]]:
+    try:
+        yield from rows
+    except csv.Error as exc:
+        raise UserError(f"{csv_path} is not a readable CSV ({exc})") from None
+
+
+def _inside(base: Path, rel: str, where: str) -> Path:
+    """The CSV's path resolved inside the data folder (symlinks too), or a refusal."""
+    if not rel:
+        raise UserError(f"{where}: empty path")
+    f = (base / rel).resolve()
+    if not f.is_relative_to(base):
+        raise UserError(
+            f"{where}: path '{rel}' is outside the data folder {base}; "
+            "list only images inside it, relative to it"
+        )
+    if not f.is_file():
+        raise UserError(f"{where}: '{rel}' does not exist in {base}; fix the path")
+    return f
+
+
+def _label(value: str, class_names: list[str], where: str) -> int:
+    if value in class_names:
+        return class_names.index(value)
+    if value.isdigit() and int(value) < len(class_names):
+        return int(value)
+    raise UserError(
+        f"{where}: label '{value}' is not a class of [labels] names {class_names} "
+        "(or its index); fix the label or list the class"
+    )
+
+
+def read_one(files: FileList, i: int, window: tuple[float, float] | None) -> tuple[np.ndarray, str]:
+    """Image i in its own range, and its content hash (the file is read once)."""
+    f = files.path(i)
+    try:
+        data = f.read_bytes()
+    except OSError as exc:
+        raise UserError(
+            f"{f}: cannot read ({exc.strerror}); fix its permissions or remove it"
+        ) from None
+    digest = hashlib.sha256(data).hexdigest()
+    try:
+        return load_image(f, window, data), digest
+    except ImageError as exc:
+        raise UserError(f"{f}: {exc}") from None
+    except Exception as exc:  # Pillow raises many types for corrupt files
+        one = " ".join(str(exc).split())[:200]
+        raise UserError(f"{f}: cannot read image ({one}); remove or replace it") from None
+
+
+def read_files(files: FileList, pre: Preprocess | None = None) -> Dataset:
+    """Every image of `files` in memory (see load_dataset), read in a thread pool."""
+    window = pre.dicom_window if pre else None
+    hasher = files.hasher()
+    images: list[np.ndarray] = []
+    native = True  # still all uint8 of one shape: kept as read (the historical behaviour)
+    workers = default_workers()
+    read = imap_ordered(
+        lambda i: read_one(files, i, window), range(len(files)), workers, 4 * workers
+    )
+    for i, (img, digest) in enumerate(read):
+        hasher.add(i, digest)
+        if pre is not None and native:
+            native = img.dtype == np.uint8 and (not images or img.shape == images[0].shape)
+            if not native:
+                images = [_prepared(pre, a, files.path(k)) for k, a in enumerate(images)]
+        images.append(img if native or pre is None else _prepared(pre, img, files.path(i)))
+    kinds = sorted({f"{a.shape} {a.dtype}" for a in images})
+    if len(kinds) > 1:
+        raise UserError(
+            f"{files.base}: images have different sizes or bit depths ({', '.join(kinds[:3])}); "
+            "they are resized as they load only where the model's preprocessing is known"
+        )
+    return Dataset(np.stack(images), files.labels, files.split, hasher.hexdigest(), files.metadata)
+
+
+def _prepared(pre: Preprocess | None, img: np.ndarray, path: Path) -> np.ndarray:
+    assert pre is not None
+    try:
+        return pre.prepare(img)
+    except ImageError as exc:
+        raise UserError(f"{path}: {exc}") from None

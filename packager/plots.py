@@ -354,7 +354,13 @@ def reliability(target: dict[str, Any], reference: dict[str, Any] | None, positi
 
 
 def thumbnail(image: np.ndarray, size: int = 96) -> str:
-    """A PNG data URI of one raw image (uint8 HxW or HxWx3), upscaled without smoothing."""
+    """A PNG data URI of one raw image (uint8 HxW or HxWx3, or float on the 0..255 display
+    scale as DICOM and 16-bit images are held), upscaled without smoothing."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        image = np.clip(np.rint(image), 0, 255).astype(np.uint8)
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
     img = Image.fromarray(np.ascontiguousarray(image))
     scale = max(1, size // max(img.size))
     if scale > 1:

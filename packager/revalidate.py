@@ -1,19 +1,32 @@
-"""`packager validate` and `packager bench` on an existing bundle (e.g. a Core ML bundle built on
-Linux and validated later on a Mac): the report, manifest and tarball are completed in place."""
+"""`packager validate` and `packager bench` on an existing bundle.
+
+Two uses of `validate`, told apart by the data:
+- on the bundle's own validation data (e.g. a Core ML bundle built on Linux, validated later on
+  a Mac): the report, manifest and tarball are completed in place;
+- on any other data, or with --labels/--out: site acceptance. A hospital re-validates the bundle
+  on its own images with only what the bundle ships (preprocess.py/.json, runtime.json's labels
+  and threshold, the gates in its manifest): a site validation report is written next to the
+  bundle or in --out, and the bundle itself is left byte for byte as shipped.
+
+Either way the images are streamed (packager.stream): read, preprocessed and inferred in chunks.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from packager import __version__
 from packager.build import finish_report
 from packager.bundle import LEGACY_SIGNATURE, MANIFEST, SIGNATURE, make_tarball, write_manifest
 from packager.config import Config, parse_config
-from packager.data import Dataset, load_dataset
+from packager.data import Dataset, open_dataset
 from packager.errors import Unavailable, UserError
 from packager.evidence import for_data
 from packager.hostinfo import host_facts
@@ -21,7 +34,8 @@ from packager.preprocess import Preprocess
 from packager.progress import Progress
 from packager.registry import get
 from packager.render import render_reports
-from packager.runner import predict, run_worker
+from packager.runner import run_worker
+from packager.stream import StreamResult, stream_predict
 from packager.supply_chain import write_sbom_and_provenance
 from packager.validate import evaluate, gate_checks, is_clinical_gate, save_validation
 from targets.base import Check
@@ -39,7 +53,12 @@ def _read(bundle: Path, name: str) -> dict[str, Any]:
 
 
 def revalidate(
-    bundle: Path, data: Path | None, split: str | None, progress: Progress
+    bundle: Path,
+    data: Path | None,
+    split: str | None,
+    progress: Progress,
+    labels_csv: Path | None = None,
+    out: Path | None = None,
 ) -> dict[str, Any]:
     if not bundle.is_dir():
         raise UserError(f"{bundle} is not a bundle directory; extract the tarball first")
@@ -50,31 +69,60 @@ def revalidate(
     avail = target.availability().validate
     if not avail.ok:
         raise Unavailable(f"{target.name} cannot be validated on this host: {avail.reason}")
-    cfg = parse_config(manifest["config"], bundle)
+    cfg = _bundle_config(bundle, manifest, runtime)
     split = split or manifest["data"]["split"]
     if data is None:
         raise UserError(
             f"pass --data: the bundle was validated on split '{manifest['data']['split']}' of a "
             f"dataset with sha256 {manifest['data']['sha256'][:16]}…"
         )
-    ds = load_dataset(data, split, runtime["labels"])
-    x = Preprocess.from_json(bundle / "preprocess.json")(ds.images)
-    same_data = ds.sha256 == manifest["data"]["sha256"] and split == manifest["data"]["split"]
-    reference = None
-    if same_data and (bundle / "validation.npz").exists():
-        with np.load(bundle / "validation.npz") as v:
-            reference = v["reference"]
-    with progress.step(target.name, f"validating on this host ({len(ds)} images)"):
-        scores, info = predict(
+    if out is not None and out.resolve().is_relative_to(bundle.resolve()):
+        raise UserError(f"--out {out} is inside the bundle; write the site report elsewhere")
+    pre = Preprocess.from_json(bundle / "preprocess.json")
+    source = open_dataset(data, split, runtime["labels"], labels_csv)
+    with progress.step(target.name, f"validating on this host ({len(source)} images, streamed)"):
+        res = stream_predict(
             target.name,
             bundle,
             runtime["runner_options"],
-            x,
             runtime["fixed_batch"],
+            source,
+            pre,
             cfg.bench.timeout_s,
         )
-    probs, clin = evaluate(scores, ds.labels, cfg, runtime["output"], reference)
-    evidence, evidence_checks = _evidence(cfg, ds, probs, reference, report)
+    same_data = res.sha256 == manifest["data"]["sha256"] and split == manifest["data"]["split"]
+    if same_data and out is None and labels_csv is None:
+        images = source.images if isinstance(source, Dataset) else None
+        return _complete_in_place(bundle, report, manifest, runtime, cfg, res, split, images)
+    return site_acceptance(bundle, report, manifest, runtime, cfg, res, data, split, out)
+
+
+def _bundle_config(bundle: Path, manifest: dict[str, Any], runtime: dict[str, Any]) -> Config:
+    """The gates and timeouts the bundle was built with; labels and threshold as it ships them."""
+    cfg = parse_config(manifest["config"], bundle)
+    cfg.labels.names = list(runtime["labels"])
+    cfg.labels.positive = runtime["positive"]
+    cfg.labels.threshold = float(runtime["threshold"])
+    return cfg
+
+
+def _complete_in_place(
+    bundle: Path,
+    report: dict[str, Any],
+    manifest: dict[str, Any],
+    runtime: dict[str, Any],
+    cfg: Config,
+    res: StreamResult,
+    split: str,
+    images: np.ndarray | None,
+) -> dict[str, Any]:
+    reference = None
+    if (bundle / "validation.npz").exists():
+        with np.load(bundle / "validation.npz") as v:
+            reference = v["reference"] if "reference" in v.files else None
+    probs, clin = evaluate(res.scores, res.labels, cfg, runtime["output"], reference)
+    ds = Dataset(images, res.labels, split, res.sha256, metadata=res.metadata)
+    evidence, evidence_checks = _evidence(cfg, ds, probs, reference)
     checks = [
         c.to_dict()
         for c in gate_checks(clin, cfg, has_reference=reference is not None) + evidence_checks
@@ -85,21 +133,21 @@ def revalidate(
     clinical = asdict(clin) | {"split": split, "output": runtime["output"], "evidence": evidence}
     report["clinical"] = clinical
     report["gates"] = {"passed": all(c["passed"] for c in checks), "checks": checks}
-    report["validation"] = {"runtime": info, "proxy": None, "not_validated": ""}
-    if reference is None:
-        report["notes"].append("re-validated on other data than the build: no reference comparison")
-    report.setdefault("steps", []).append(
-        {"name": "revalidate", "status": "ok", "reason": str(data)}
-    )
+    report["validation"] = {"runtime": res.runtime, "proxy": None, "not_validated": ""}
+    report.setdefault("steps", []).append({"name": "revalidate", "status": "ok", "reason": ""})
     finish_report(report, report.pop("steps"))
     (bundle / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    save_validation(bundle, ds.labels, probs, reference)
-    render_reports(bundle, report, ds.images)
+    save_validation(bundle, res.labels, probs, reference)
+    render_reports(bundle, report, images)
     for sig in (SIGNATURE, LEGACY_SIGNATURE):  # the old signature no longer matches
         (bundle / sig).unlink(missing_ok=True)
     meta = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
     meta["status"] = report["status"]
-    meta["validated_by"] = {"host": host_facts(), "status": report["status"], "runtime": info}
+    meta["validated_by"] = {
+        "host": host_facts(),
+        "status": report["status"],
+        "runtime": res.runtime,
+    }
     write_sbom_and_provenance(bundle, report, meta)  # the SBOM's metrics are this host's now
     write_manifest(bundle, meta)
     tar = bundle.with_name(bundle.name + ".tar.gz")
@@ -109,11 +157,7 @@ def revalidate(
 
 
 def _evidence(
-    cfg: Config,
-    ds: Dataset,
-    probs: np.ndarray,
-    reference: np.ndarray | None,
-    report: dict[str, Any],
+    cfg: Config, ds: Dataset, probs: np.ndarray, reference: np.ndarray | None
 ) -> tuple[dict[str, Any], list[Check]]:
     """This host's evidence. The subgroup labels are files of the build host: where they are not
     at hand (or are for other data), the subgroups and their gates are not re-run, and the
@@ -124,6 +168,170 @@ def _evidence(
         ev, checks = for_data(cfg, ds, probs, reference, groups={})
         ev["subgroups_not_run"] = f"not re-run by packager validate: {exc}"
         return ev, checks
+
+
+def site_report_paths(bundle: Path, manifest: dict[str, Any], out: Path | None) -> dict[str, Path]:
+    stem = f"site-validation-{manifest['name']}-{manifest['version']}-{manifest['target']}"
+    where = out if out is not None else bundle.resolve().parent
+    return {ext: where / f"{stem}.{ext}" for ext in ("json", "md", "npz")}
+
+
+def site_acceptance(
+    bundle: Path,
+    report: dict[str, Any],
+    manifest: dict[str, Any],
+    runtime: dict[str, Any],
+    cfg: Config,
+    res: StreamResult,
+    data: Path,
+    split: str,
+    out: Path | None,
+) -> dict[str, Any]:
+    """The site validation report: this site's data through the shipped bundle, gated."""
+    probs, clin = evaluate(res.scores, res.labels, cfg, runtime["output"], None)
+    checks = [c.to_dict() for c in gate_checks(clin, cfg, has_reference=False)]
+    failed = [c for c in checks if not c["passed"]]
+    pos = cfg.labels.positive_index
+    n = len(res.labels)
+    site = {
+        "schema_version": 1,
+        "kind": "site-validation",
+        "status": "failed" if failed else "passed",
+        "reason": (
+            "gate failed: "
+            + "; ".join(f"{c['name']} = {c['value']} (limit {c['limit']})" for c in failed)
+            if failed
+            else "every clinical gate passed on this site's data and runtime"
+        ),
+        "bundle": {
+            "path": str(bundle.resolve()),
+            "name": manifest["name"],
+            "version": manifest["version"],
+            "target": manifest["target"],
+            "precision": manifest.get("precision"),
+            "manifest_sha256": hashlib.sha256((bundle / MANIFEST).read_bytes()).hexdigest(),
+            "signed": (bundle / SIGNATURE).exists(),
+            "build_status": report.get("status"),
+            "build_clinical": {
+                k: (report.get("clinical") or {}).get(k)
+                for k in ("n", "sensitivity", "specificity", "split")
+            },
+        },
+        "data": {
+            "path": str(Path(data).resolve()),
+            "split": split,
+            "n": n,
+            "positives": clin.positives,
+            "sha256": res.sha256,
+            "same_as_build": res.sha256 == manifest["data"]["sha256"],
+            "metadata_columns": sorted(res.metadata),
+        },
+        "decision": {
+            "positive": cfg.labels.positive,
+            "threshold": cfg.labels.threshold,
+            "output": runtime["output"],
+        },
+        "clinical": asdict(clin) | {"split": split, "output": runtime["output"]},
+        "subgroups": _subgroups(res.metadata, res.labels == pos, probs[:, pos], cfg),
+        "gates": {"passed": not failed, "checks": checks},
+        "runtime": res.runtime,
+        "host": host_facts(),
+        "throughput": {
+            "images_per_s": n / res.timings.wall if res.timings.wall else None,
+            **res.timings.to_dict(),
+        },
+        "tool": {"packager": __version__},
+    }
+    paths = site_report_paths(bundle, manifest, out)
+    paths["json"].parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"labels": res.labels, "probs": probs.astype(np.float32)}
+    arrays |= {f"meta_{k}": v for k, v in res.metadata.items()}
+    _atomic(paths["npz"], lambda f: np.savez(f, **arrays))
+    _atomic(paths["json"], lambda f: f.write(json.dumps(site, indent=2, sort_keys=True).encode()))
+    _atomic(paths["md"], lambda f: f.write(site_markdown(site).encode()))
+    site["files"] = {k: str(v) for k, v in paths.items()}
+    return site
+
+
+def _atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.part")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _subgroups(
+    metadata: dict[str, np.ndarray], y: np.ndarray, p: np.ndarray, cfg: Config
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Counts and rates per metadata value (the subgroup analysis builds on these)."""
+    pred = p >= cfg.labels.threshold
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for col, values in metadata.items():
+        rows = {}
+        for v in sorted(set(values.tolist())):
+            m = values == v
+            tp, pos = int((pred & y & m).sum()), int((y & m).sum())
+            tn, neg = int((~pred & ~y & m).sum()), int((~y & m).sum())
+            rows[v] = {
+                "n": int(m.sum()),
+                "positives": pos,
+                "sensitivity": tp / pos if pos else None,
+                "specificity": tn / neg if neg else None,
+            }
+        out[col] = rows
+    return out
+
+
+def site_markdown(site: dict[str, Any]) -> str:
+    c, b, d = site["clinical"], site["bundle"], site["data"]
+
+    def f(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    lines = [
+        f"# Site validation: {b['name']} {b['version']} ({b['target']}, {b['precision']})",
+        "",
+        f"**{site['status'].upper()}** — {site['reason']}",
+        "",
+        f"- data: `{d['path']}` split `{d['split']}`, {d['n']} images, {d['positives']} positive,"
+        f" sha256 `{d['sha256'][:16]}…`",
+        f"- decision: {site['decision']['positive']} when p >= {site['decision']['threshold']}",
+        f"- bundle manifest sha256 `{b['manifest_sha256'][:16]}…` (left unchanged), "
+        f"signed: {'yes' if b['signed'] else 'no'}",
+        "",
+        "| metric | this site | at build |",
+        "| --- | --- | --- |",
+        f"| sensitivity | {f(c['sensitivity'])} (95% CI {f(c['sensitivity_ci95'][0])}–"
+        f"{f(c['sensitivity_ci95'][1])}) | {f(b['build_clinical']['sensitivity'])} |",
+        f"| specificity | {f(c['specificity'])} | {f(b['build_clinical']['specificity'])} |",
+        f"| AUC | {f(c['auc'])} | |",
+        f"| images | {c['n']} | {f(b['build_clinical']['n'])} |",
+        "",
+        "| gate | value | limit | passed |",
+        "| --- | --- | --- | --- |",
+        *(
+            f"| {g['name']} | {g['value']} | {g['limit']} | {'yes' if g['passed'] else 'NO'} |"
+            for g in site["gates"]["checks"]
+        ),
+    ]
+    for col, rows in site["subgroups"].items():
+        lines += ["", f"## By {col}", "", "| value | n | positives | sensitivity | specificity |"]
+        lines += ["| --- | --- | --- | --- | --- |"]
+        lines += [
+            f"| {v} | {r['n']} | {r['positives']} | {f(r['sensitivity'])} | {f(r['specificity'])} |"
+            for v, r in rows.items()
+        ]
+    t = site["throughput"]
+    lines += [
+        "",
+        f"Runtime {site['runtime'].get('runtime', '?')} {site['runtime'].get('version', '')}; "
+        f"{f(t['images_per_s'])} images/s end to end (streamed).",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def rebench(bundle: Path, batch_sizes: list[int], seconds: float) -> dict[str, Any]:

@@ -78,6 +78,8 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
             return value
     elif tp is Any:
         return value
+    elif dataclasses.is_dataclass(tp) and isinstance(value, dict):  # e.g. [data.dicom]
+        return from_dict(tp, value, where)  # type: ignore[arg-type]
     raise UserError(f"{where} must be {_type_name(tp)}, got {value!r}")
 
 

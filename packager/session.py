@@ -70,6 +70,8 @@ def resolve_preprocess(cfg: Config, info: ModelInfo) -> Preprocess:
         std=tuple(p.std),
         dtype=info.input.dtype,
         resize=p.resize,
+        uint16_bits=p.uint16_bits,
+        dicom_window=tuple(cfg.data.dicom.window) if cfg.data.dicom.window else None,  # type: ignore[arg-type]
     )
 
 
@@ -99,7 +101,9 @@ class Session:
             )
         pre = resolve_preprocess(cfg, info)
         with progress.step("data", f"loading split '{cfg.data.split}'"):
-            val = load_dataset(cfg.data.path, cfg.data.split, cfg.labels.names)
+            val = load_dataset(
+                cfg.data.path, cfg.data.split, cfg.labels.names, pre, cfg.data.labels
+            )
         return cls(cfg, model_path, info, pre, val, progress, Path(cfg.output.dir) / ".cache")
 
     @property
@@ -139,7 +143,9 @@ class Session:
                 f"[data] calibration_split = '{d.split}' is the validation split; calibrating on "
                 "the images you validate on hides errors — choose another split"
             )
-        cal = load_dataset(d.path, d.calibration_split, self.cfg.labels.names)
+        cal = load_dataset(
+            d.path, d.calibration_split, self.cfg.labels.names, self.preprocess, d.labels
+        )
         return self.preprocess(cal.subset(d.calibration_size, d.seed).images)
 
     def reference_scores(self) -> np.ndarray:

@@ -502,12 +502,6 @@ def f_no_images(d: Path, data: Path) -> Path:
     return root
 
 
-def f_mixed_sizes(d: Path, data: Path) -> Path:
-    root = folder(d, data)
-    png(root / "normal" / "big.png", np.zeros((40, 40), np.uint8))
-    return root
-
-
 DATA: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
     "npz_missing_keys": (d_missing_keys, ("test_images",)),
     "npz_length_mismatch": (d_length_mismatch, ("40 images but 37 labels",)),
@@ -530,7 +524,6 @@ DATA: dict[str, tuple[Callable[[Path, Path], Path], tuple[str, ...]]] = {
     "folder_decompression_bomb": (f_decompression_bomb, ("bomb.png",)),
     "folder_unknown_class": (f_unknown_class, ("covid",)),
     "folder_no_images": (f_no_images, ("no images",)),
-    "folder_mixed_sizes": (f_mixed_sizes, ("different sizes",)),
 }
 
 

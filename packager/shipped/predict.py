@@ -100,7 +100,7 @@ def infer_all(runtime: Any, x: np.ndarray, batch_size: int, fixed_batch: int | N
 
 
 def classify(paths: list[str], kind: str = "main") -> int:
-    from preprocess import Preprocess, load_image
+    from preprocess import Preprocess
 
     runtime, config = open_runtime(HERE, kind)
     pre = Preprocess.from_json(HERE / "preprocess.json")
@@ -109,7 +109,7 @@ def classify(paths: list[str], kind: str = "main") -> int:
     try:
         for path in paths:
             try:
-                image = load_image(path)
+                image = pre.load(path)  # DICOM too, with the validated window
             except (OSError, ValueError) as exc:
                 raise Refused(f"{path}: not a readable image ({exc})", EXIT_USAGE) from None
             scores = infer_all(runtime, pre(image[None]), 1, config["fixed_batch"])
