@@ -131,6 +131,7 @@ class Session:
             self.x,
             self.output_kind,
             self.reference,
+            self.dataset,
             self.calibration,
             self.progress,
             int8,
@@ -143,10 +144,13 @@ class Session:
                 f"[data] calibration_split = '{d.split}' is the validation split; calibrating on "
                 "the images you validate on hides errors — choose another split"
             )
-        cal = load_dataset(
-            d.path, d.calibration_split, self.cfg.labels.names, self.preprocess, d.labels
-        )
+        cal = self.dataset(d.calibration_split)
         return self.preprocess(cal.subset(d.calibration_size, d.seed).images)
+
+    def dataset(self, split: str) -> Dataset:
+        """Another split of the configured data, read as the validation split was."""
+        d = self.cfg.data
+        return load_dataset(d.path, split, self.cfg.labels.names, self.preprocess, d.labels)
 
     def reference_scores(self) -> np.ndarray:
         """Scores of the source model on ONNX Runtime CPU FP32, cached by content hash."""

@@ -93,6 +93,7 @@ class BuildContext:
     x: np.ndarray  # the validation images, preprocessed
     output_kind: str  # what the model's output holds: "logits" | "probabilities"
     reference: np.ndarray  # the reference target's probabilities on them
+    dataset: Callable[[str], Dataset]  # another split, raw images + labels
     calibration: Callable[[], np.ndarray]  # preprocessed images from a non-validation split
     progress: Progress
     int8: bool = False  # --int8 on the command line

@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from packager.data import load_dataset
 from packager.errors import ConversionFailed, ModelRefused, Unavailable, UserError
 from packager.installed import missing
 from packager.metrics import clinical, to_probabilities
@@ -266,9 +265,7 @@ def quantize(ctx: BuildContext, model: Any) -> tuple[Any, dict[str, Any], list[C
         details["layers"] = layer_precisions(q)
         return q, details, []
 
-    control = load_dataset(cfg.data.path, opts.control_split, cfg.labels.names).subset(
-        opts.control_size, cfg.data.seed
-    )
+    control = ctx.dataset(opts.control_split).subset(opts.control_size, cfg.data.seed)
     xs = _chunks(ctx.preprocess(control.images), batch)
     ys = _chunks(control.labels, batch, fill=-1)  # padding rows are never positives
     items = list(zip(xs, ys, strict=True))
