@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -19,13 +22,23 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(
     os.environ.get("PACKAGER_TEST_DATA", REPO.parent / "shared" / "data" / "pneumoniamnist.npz")
 )
+# On CI (CI=true) every capability below must be present: a skip there would hide a check.
+ON_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def must_have(reason: str) -> NoReturn:
+    """A missing capability CI always provides: a failure on CI (one line), a skip elsewhere."""
+    if ON_CI:
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session")
 def data_path() -> Path:
     if not DATA.is_file():
-        pytest.skip(
-            f"PneumoniaMNIST not found at {DATA} (set PACKAGER_TEST_DATA or add ../shared/data)"
+        must_have(
+            f"PneumoniaMNIST not found at {DATA}: put pneumoniamnist.npz there "
+            "(../shared/data/ beside the repository) or set PACKAGER_TEST_DATA"
         )
     return DATA
 
@@ -137,3 +150,37 @@ def run_predict(bundle: Path, image: object, workdir: Path) -> dict:
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def unprivileged_dir() -> Path:
+    """A fresh folder an unprivileged user can work in (pytest's tmp_path is root-only)."""
+    d = Path(tempfile.mkdtemp(prefix="packager-unprivileged-"))
+    d.chmod(0o755)
+    return d
+
+
+def run_unprivileged(
+    args: list[str], cwd: Path, lock: Callable[[], None] = lambda: None, timeout: float = 600
+) -> Result:
+    """`packager ARGS` as the user `nobody` when the tests run as root (as CI does), where
+    permission bits bind nobody; as the current user otherwise. Files under `cwd` are handed
+    to nobody first, then `lock()` takes away what the test means to be out of reach."""
+    if os.geteuid() != 0:
+        lock()
+        return _run(args, cwd, timeout)
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        must_have("setpriv (util-linux) is missing: needed to run permission tests as nobody")
+    subprocess.run(["chown", "-R", "nobody:nogroup", str(cwd)], check=True)
+    lock()
+    prefix = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    env = {**os.environ, "HOME": str(cwd), "MPLCONFIGDIR": str(cwd / ".mpl")}
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-m", "packager.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
