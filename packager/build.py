@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
+import tempfile
 import traceback
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -12,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from packager import __version__, registry
+from packager import __version__, registry, selftest
 from packager.bench import best_throughput
 from packager.bundle import (
     ensure_writable,
@@ -24,16 +27,18 @@ from packager.bundle import (
 )
 from packager.errors import PackagerError, Unavailable, UserError
 from packager.hostinfo import host_facts
-from packager.metrics import to_probabilities
 from packager.registry import get
 from packager.render import render_bundle_docs
 from packager.runner import WorkerFailed, run_worker
 from packager.schema import from_dict
 from packager.session import Session
+from packager.shipped import SHIPPED
+from packager.shipped.selftest import file_sha256
 from packager.validate import evaluate, gate_checks, predict, save_validation
 from targets.base import BuildContext, BuildOutput, Check, Target
 
 PREPROCESS_SRC = Path(__file__).with_name("preprocess.py")
+BUNDLE_CODE = ("predict.py", "selftest.py")  # every bundle; runtime.py and its siblings besides
 
 
 @dataclass
@@ -103,7 +108,7 @@ def build(
             results.append(TargetResult(n, "unavailable", str(exc)))
     options = {t.name: target_options(t, s, int8) for t in targets}  # validate all before work
     try:
-        reference = to_probabilities(s.reference_scores(), s.output_kind)
+        reference = s.reference
     except WorkerFailed as exc:  # the source model itself is broken: bad input, not a gate
         raise UserError(
             f"the model does not run on the reference runtime ({exc}); fix or re-export it"
@@ -139,8 +144,10 @@ def _build_one(
                 "--int8 is not supported by this target; built its default precision"
             )
         artifact_mb = _artifact_mb(bdir, built)
-        _write_runtime(s, t, bdir, built)
+        code = _write_runtime(s, t, bdir, built)
         report = _validate(s, t, ctx, bdir, built, reference, steps)
+        report["code"] = code
+        _selftest(s, t, bdir, built, report, steps)
         report["benchmark"] = _bench(s, t, bdir, built, report, bench, steps)
         report["benchmark"]["model_size_mb"] = artifact_mb
         finish_report(report, [asdict(st) for st in steps])
@@ -151,9 +158,7 @@ def _build_one(
         root = bundle_root(s)
         with locked(out):
             if report["status"] == "failed":
-                dest = out / ".failed" / root.name
-                shutil.rmtree(dest / t.name, ignore_errors=True)
-                final = publish(stage, dest, t.name)
+                final = publish(stage, out / ".failed" / root.name, t.name)
             else:
                 final = publish(stage, root, t.name)
         s.progress.say(f"[{t.name}] {report['status']}: {final}")
@@ -168,9 +173,37 @@ def _artifact_mb(bdir: Path, built: BuildOutput) -> float:
     return sum(f.stat().st_size for f in files if f.is_file()) / 2**20
 
 
-def _write_runtime(s: Session, t: Target, bdir: Path, built: BuildOutput) -> None:
-    shutil.copyfile(PREPROCESS_SRC, bdir / "preprocess.py")
+def install_code(t: Target, dest: Path) -> dict[str, str]:
+    """Copy the code a bundle runs into `dest`, verbatim: the target's runtime.py, the shipped
+    modules it imports, preprocess.py, predict.py and selftest.py. Returns {file: sha256}."""
+    sources = {
+        "runtime.py": t.runtime_source(),
+        "preprocess.py": PREPROCESS_SRC,
+        **{name: SHIPPED / name for name in (*t.shipped, *BUNDLE_CODE)},
+    }
+    for name, src in sources.items():
+        shutil.copyfile(src, dest / name)
+    (dest / "predict.py").chmod(0o755)
+    return {name: file_sha256(dest / name) for name in sorted(sources)}
+
+
+def requirements(t: Target, runner_options: dict[str, Any]) -> str:
+    """requirements.txt: what predict.py needs, at the versions the bundle was validated with."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    lines = []
+    for dist in ("numpy", "pillow", *t.requirements(runner_options)):
+        try:
+            lines.append(f"{dist}=={version(dist)}")
+        except PackageNotFoundError:  # not installed on the build host (e.g. tensorrt)
+            lines.append(dist)
+    return "\n".join(lines) + "\n"
+
+
+def _write_runtime(s: Session, t: Target, bdir: Path, built: BuildOutput) -> dict[str, str]:
+    code = install_code(t, bdir)
     (bdir / "preprocess.json").write_text(s.preprocess.to_json())
+    (bdir / "requirements.txt").write_text(requirements(t, built.runner_options))
     runtime = {
         "target": t.name,
         "precision": built.precision,
@@ -183,6 +216,7 @@ def _write_runtime(s: Session, t: Target, bdir: Path, built: BuildOutput) -> Non
         "input": asdict(s.info.input),
     }
     (bdir / "runtime.json").write_text(json.dumps(runtime, indent=2, sort_keys=True) + "\n")
+    return code
 
 
 def _validate(
@@ -228,7 +262,88 @@ def _validate(
         s, t, built, clinical, checks, avail.validate.reason if proxy_label else "", runtime
     )
     report["validation"]["proxy"] = proxy_label
+    report["validation"]["kind"] = kind
     return report
+
+
+def _selftest(
+    s: Session, t: Target, bdir: Path, built: BuildOutput, report: dict[str, Any], steps: list[Step]
+) -> None:
+    """Record the golden set on the runtime validation used, then run the bundle's own
+    `predict.py --self-test` on the staged bundle, as a hospital will: a failure is a gate."""
+    if report["clinical"] is None:
+        reason = "neither the target's runtime nor a proxy runs on this host"
+        report["selftest"] = {"status": "not-run", "reason": reason}
+        steps.append(Step("selftest", "skipped", reason))
+        return
+    cfg, kind = s.cfg, report["validation"]["kind"]
+    pos, thr = cfg.labels.positive_index, cfg.labels.threshold
+    samples = s.x[:0]
+    if cfg.selftest.samples:
+        with np.load(bdir / "validation.npz") as v:
+            probs = v["probs"]
+        samples = selftest.samples_near_threshold(s.x, probs, pos, thr, cfg.selftest.samples)
+    spec = {
+        "fixed_batch": s.info.fixed_batch,
+        "output": s.output_kind,
+        "positive_index": pos,
+        "threshold": thr,
+        "floor": selftest.floor_for(built.precision, kind != "main"),
+        "near_threshold": cfg.selftest.near_threshold,
+    }
+    job = {
+        "job": "golden",
+        "target": t.name,
+        "bundle": str(bdir),
+        "options": built.runner_options,
+        "kind": kind,
+        "spec": spec,
+    }
+    x = selftest.synthetic_inputs(s.preprocess, cfg.selftest.synthetic)
+    with s.progress.step(t.name, "recording the self-test golden set"):
+        result = run_worker(job, cfg.bench.timeout_s, {"x": x, "samples": samples})
+    golden = {k: result.pop(f"golden_{k}") for k in ("x", "probs", "kinds")}
+    meta = {
+        "precision": built.precision,
+        "positive_index": pos,
+        "threshold": thr,
+        "floor": spec["floor"],
+        "recorded_on": kind,
+        "proxy": report["validation"]["proxy"],
+        "runtime": result["runtime"],
+    }
+    summary = selftest.write_golden(bdir, result | golden, meta)
+    with s.progress.step(t.name, "self-test of the staged bundle (predict.py --self-test)"):
+        check, record = _run_selftest(bdir, kind, _manifest_meta(s, t, built, report))
+    summary["build_host"] = {"verdict": record.get("verdict"), "line": check.reason}
+    report["selftest"] = summary
+    report["gates"]["checks"].append(check.to_dict())
+    checks = report["gates"]["checks"]
+    report["gates"]["passed"] = all(c["passed"] for c in checks)
+    steps.append(Step("selftest", check.status, check.reason))
+
+
+def _run_selftest(bdir: Path, kind: str, meta: dict[str, Any]) -> tuple[Check, dict[str, Any]]:
+    write_manifest(bdir, meta)  # the self-test checks hashes first; rewritten when complete
+    with tempfile.TemporaryDirectory(prefix="packager-selftest-") as tmp:
+        rec = Path(tmp) / "acceptance.json"
+        cmd = [sys.executable, str(bdir / "predict.py"), "--self-test", "--record", str(rec)]
+        proc = subprocess.run([*cmd, "--kind", kind], capture_output=True, text=True)
+        record = json.loads(rec.read_text()) if rec.exists() else {}
+    line = (proc.stdout.strip() or proc.stderr.strip()).splitlines()[-1:] or ["no output"]
+    reason = line[0].split("; record: ")[0]
+    label = "golden set replayed on the staged bundle" + (f" ({kind})" if kind != "main" else "")
+    if proc.returncode not in (0, 1, 3):
+        reason = f"predict.py --self-test exited {proc.returncode}: {reason}"
+    check = Check(
+        "selftest",
+        label,
+        "identical decisions, |dp| within tolerance",
+        proc.returncode == 0,
+        reason,
+        ran=proc.returncode != 3,
+    )
+    return check, record
 
 
 def _report_head(
@@ -340,16 +455,21 @@ def _bench_run(
 
 def finish_report(report: dict[str, Any], steps: list[dict[str, Any]]) -> None:
     checks = report["gates"]["checks"]
-    failed = [c for c in checks if not c["passed"]]
+    # A check that did not run is never a pass, and not a failure either: it leaves the bundle
+    # not validated, with the reason.
+    not_run = [c for c in checks if c.get("status") == "not-run"]
+    failed = [c for c in checks if not c["passed"] and c not in not_run]
     v = report["validation"]
     if failed:
         status = "failed"
         reason = "gate failed: " + "; ".join(
             f"{c['name']} = {c['value']} (limit {c['limit']})" for c in failed
         )
-    elif v["not_validated"]:
+    elif v["not_validated"] or not_run:
         status = "not-validated"
-        reason = f"not validated: {v['not_validated']}" + (
+        why = [v["not_validated"]] if v["not_validated"] else []
+        why += [f"{c['name']} not run ({c['reason']})" for c in not_run]
+        reason = f"not validated: {'; '.join(why)}" + (
             f" (proxy check passed on {v['proxy']})" if v["proxy"] else ""
         )
     else:
@@ -367,7 +487,7 @@ def _manifest_meta(
         "version": s.cfg.model.version,
         "target": t.name,
         "precision": built.precision,
-        "status": report["status"],
+        "status": report.get("status", "staged"),
         "source_model": {"file": s.model_path.name, "sha256": s.info.sha256},
         "data": {
             "sha256": s.validation.sha256,
@@ -382,5 +502,5 @@ def _manifest_meta(
         "tool": {"packager": __version__},
         "runtime": runtime,
         "details": built.details,  # what the artifact is tied to (e.g. the GPU of an engine)
-        "validated_by": {"host": host_facts(), "status": report["status"]},
+        "validated_by": {"host": host_facts(), "status": report.get("status", "staged")},
     }

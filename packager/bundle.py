@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import fcntl
 import gzip
 import io
@@ -70,6 +68,8 @@ def make_tarball(root: Path, dest: Path) -> None:
                 info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
                 with open(path, "rb") as f:
                     tar.addfile(info, f)
+    if dest.is_symlink():  # a published tarball: rewrite it inside its generation
+        dest = dest.resolve()
     tmp = dest.with_name(dest.name + ".part")
     with (
         open(tmp, "wb") as raw,
@@ -134,47 +134,79 @@ def new_stage(out: Path, target: str) -> Path:
     return stage
 
 
-_RENAME_EXCHANGE = 2
+GENERATIONS = ".generations"
+CURRENT = "current"
+# Points where publish() may be interrupted; the kill test stops the build at each of them.
+PUBLISH_STEPS = ("staged", "generation-in-place", "link-made", "swapped", "cleaned")
 
 
-def _exchange(a: Path, b: Path) -> bool:
-    """Atomically swap two paths (Linux renameat2); False where unsupported."""
-    libc_name = ctypes.util.find_library("c")
-    if not libc_name:
-        return False
-    libc = ctypes.CDLL(libc_name, use_errno=True)
-    fn = getattr(libc, "renameat2", None)
-    if fn is None:
-        return False
-    at_fdcwd = -100
-    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
-    return rc == 0
+def _boundary(step: str) -> None:
+    """Fault injection for the kill-at-every-step test: PACKAGER_KILL_AT=<step> notes the step
+    in PACKAGER_KILL_MARK, then SIGKILLs this process (nothing can run after SIGKILL)."""
+    if os.environ.get("PACKAGER_KILL_AT") == step:
+        Path(os.environ["PACKAGER_KILL_MARK"]).write_text(step)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _link(path: Path, to: str) -> None:
+    """Make `path` a symlink to `to`, replacing whatever link is there in one rename."""
+    if path.is_symlink() and os.readlink(path) == to:
+        return
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.link")
+    tmp.unlink(missing_ok=True)
+    os.symlink(to, tmp)
+    os.replace(tmp, path)
+
+
+def _adopt_legacy(gens: Path, dest_dir: Path, target: str) -> None:
+    """Bundles published before generations (a real folder and tarball) become the current
+    generation, once, so the swap below stays a single rename from then on."""
+    final = dest_dir / target
+    if final.is_symlink() or not final.exists():
+        return
+    legacy = gens / "legacy"
+    shutil.rmtree(legacy, ignore_errors=True)
+    legacy.mkdir()
+    os.rename(final, legacy / target)
+    tar = dest_dir / f"{target}.tar.gz"
+    if tar.exists() and not tar.is_symlink():
+        os.rename(tar, legacy / tar.name)
+    _link(gens / CURRENT, "legacy")
 
 
 def publish(stage: Path, dest_dir: Path, target: str) -> Path:
-    """Move stage/<target> and stage/<target>.tar.gz to dest_dir; an existing bundle is
-    swapped out atomically, so a reader sees the old or the new one, never a mix."""
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    final, tar = dest_dir / target, dest_dir / f"{target}.tar.gz"
-    new = stage / target
-    # Ctrl-C or SIGTERM between the renames would leave the folder and tarball of different
-    # builds (or no folder, without renameat2): hold them until both renames are done.
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        if final.exists():
-            if not _exchange(new, final):
-                old = stage / f"{target}.old"
-                os.rename(final, old)
-                os.rename(new, final)
-        else:
-            os.rename(new, final)
-        staged_tar = stage / f"{target}.tar.gz"
-        if staged_tar.exists():
-            os.replace(staged_tar, tar)
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
-    shutil.rmtree(stage, ignore_errors=True)
-    return final
+    """Make stage/<target> and stage/<target>.tar.gz the published bundle in one atomic step.
+
+    Each build is a generation, DIR/.generations/<target>/<id>/ holding the folder and the
+    tarball; `current` points at one generation, and DIR/<target> and DIR/<target>.tar.gz are
+    fixed links through it. Publishing renames a new `current` link over the old one: a reader,
+    or a build killed at any instant (even by SIGKILL), sees wholly the old or wholly the new
+    bundle, folder and tarball alike."""
+    gens = dest_dir / GENERATIONS / target
+    gens.mkdir(parents=True, exist_ok=True)
+    _adopt_legacy(gens, dest_dir, target)
+    _boundary("staged")
+    generation = gens / stage.name
+    os.rename(stage, generation)
+    generation.chmod(0o755)  # mkdtemp made it private; the bundle is for everyone who reads dist/
+    (generation / OWNER).unlink(missing_ok=True)
+    _boundary("generation-in-place")
+    for name in (target, f"{target}.tar.gz"):  # dangling until `current` exists
+        _link(dest_dir / name, f"{GENERATIONS}/{target}/{CURRENT}/{name}")
+    tmp = gens / f".{CURRENT}.{generation.name}"
+    tmp.unlink(missing_ok=True)
+    os.symlink(generation.name, tmp)
+    _boundary("link-made")
+    os.replace(tmp, gens / CURRENT)  # the one step that publishes
+    _boundary("swapped")
+    for old in gens.iterdir():  # earlier generations, and leftovers of killed builds
+        if old.name not in (generation.name, CURRENT):
+            if old.is_dir() and not old.is_symlink():
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                old.unlink(missing_ok=True)
+    _boundary("cleaned")
+    return dest_dir / target
 
 
 @dataclass

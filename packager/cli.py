@@ -271,6 +271,34 @@ def validate(
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
+@click.option(
+    "--record",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Acceptance record path (default: BUNDLE.acceptance.json next to the bundle).",
+)
+@max_size_option
+@json_option
+def selftest(bundle: Path, record: Path | None, max_size_gb: float | None, as_json: bool) -> None:
+    """At the hospital: check every file, replay the golden set on this host's runtime and write
+    an acceptance record (the same as `python predict.py --self-test` in the bundle).
+    Exit 0 accepted, 1 outputs differ, 2 bad usage, 3 the runtime cannot run here."""
+    from packager.errors import Unavailable
+    from packager.selftest import arrival
+
+    code, line, rec = arrival(bundle, record, max_size_gb)
+    if as_json or code == 0:
+        emit(rec, as_json, line)
+    if code == 1:
+        raise GateFailed(line)
+    if code == 3:
+        raise Unavailable(line)
+    if code != 0:
+        raise PackagerError(f"the self-test ended with exit code {code}: {line}")
+
+
+@cli.command()
+@click.argument("bundle", type=click.Path(path_type=Path))
 @click.option("--batch-sizes", default="1,8,16,32,64", help="Comma-separated batch sizes.")
 @click.option("--seconds", default=2.0, show_default=True, help="Seconds per batch size.")
 @json_option

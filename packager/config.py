@@ -42,6 +42,8 @@ class DataConfig:
     calibration_split: str = "train"
     calibration_size: int = 300
     seed: int = 0
+    # May images of this dataset leave the building (e.g. into a bundle's self-test)?
+    shareable: bool = False
 
     def check(self, where: str) -> None:
         if self.calibration_size < 1:
@@ -128,6 +130,17 @@ class OutputConfig:
     dir: str = "dist"
 
 
+@dataclass
+class SelftestConfig:
+    synthetic: int = 16  # seeded synthetic inputs in the golden set
+    near_threshold: int = 4  # synthetic blends placed just either side of the threshold
+    samples: int = 0  # validation images nearest the threshold; needs [data] shareable = true
+
+    def check(self, where: str) -> None:
+        if self.synthetic < 1 or self.near_threshold < 0 or self.samples < 0:
+            raise UserError(f"{where} needs synthetic >= 1, near_threshold >= 0 and samples >= 0")
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -136,6 +149,7 @@ SECTIONS: dict[str, type] = {
     "gates": GatesConfig,
     "bench": BenchConfig,
     "output": OutputConfig,
+    "selftest": SelftestConfig,
 }
 
 
@@ -148,6 +162,7 @@ class Config:
     gates: GatesConfig = field(default_factory=GatesConfig)
     bench: BenchConfig = field(default_factory=BenchConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    selftest: SelftestConfig = field(default_factory=SelftestConfig)
     # Raw per-target tables; each target validates its own with its Options schema.
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: Path | None = None

@@ -7,15 +7,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from packager.shipped.predict import probabilities
+
 
 def to_probabilities(scores: np.ndarray, kind: str) -> np.ndarray:
-    """(N, C) logits or probabilities -> float64 probabilities."""
-    s = np.asarray(scores, np.float64).reshape(len(scores), -1)
-    if kind == "probabilities":
-        return s
-    s = s - s.max(axis=1, keepdims=True)
-    e = np.exp(s)
-    return e / e.sum(axis=1, keepdims=True)
+    """(N, C) logits or probabilities -> float64 probabilities (the bundles' own predict.py)."""
+    return probabilities(scores, kind)
 
 
 def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:

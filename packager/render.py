@@ -1,4 +1,5 @@
-"""Jinja2 rendering of bundle docs (README, predict.py) and reports (md, html)."""
+"""Jinja2 rendering of bundle docs (README) and reports (md, html). Templates are for documents
+only: the code a bundle runs is copied verbatim (see build.install_code)."""
 
 from __future__ import annotations
 
@@ -99,10 +100,6 @@ def render_bundle_docs(bdir: Path, report: dict[str, Any], s: Session) -> None:
         "pre": s.preprocess,
         "info": s.info,
         "target_readme": target_template(t, "README.md.j2"),
-        "loader": target_template(t, "predict_loader.py.j2"),
     }
     (bdir / "README.md").write_text(render("bundle/README.md.j2", **ctx))
-    if ctx["loader"]:
-        (bdir / "predict.py").write_text(render("bundle/predict.py.j2", **ctx))
-        (bdir / "predict.py").chmod(0o755)
     render_reports(bdir, report, s.validation.images)

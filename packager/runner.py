@@ -1,7 +1,10 @@
-"""The Runner interface (load / infer / close) and the subprocess host that runs it.
+"""The Runner interface (load / infer / close) over a bundle's own runtime.py, and the subprocess
+host that runs it.
 
 Validation and benchmark both go through a runner, always in a fresh subprocess, so a runtime
-crash cannot take the build down and each target's memory and threads are its own.
+crash cannot take the build down and each target's memory and threads are its own. The runner
+loads the runtime.py shipped in the bundle, so the numbers in a report come from the very code a
+hospital runs.
 """
 
 from __future__ import annotations
@@ -14,11 +17,16 @@ import sys
 import tempfile
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
-from packager.errors import PackagerError
+from packager.errors import PackagerError, Unavailable
+from packager.shipped.predict import import_runtime
+
+
+class Infers(Protocol):
+    def infer(self, x: np.ndarray) -> np.ndarray: ...
 
 
 class Runner(ABC):
@@ -77,6 +85,44 @@ class Runner(ABC):
         """runtime, version, provider/device, threads, precision."""
 
 
+class ModuleRunner(Runner):
+    """A Runner over the object a bundle's runtime.py opens (`open_runtime(bundle, options,
+    kind)` -> load / infer / close / info, optionally throughput / runtime_latency_s)."""
+
+    def __init__(self, code: Path, bundle: Path, options: dict[str, Any], kind: str = "main"):
+        super().__init__()
+        self.module = import_runtime(code)
+        try:
+            self.runtime = self.module.open_runtime(bundle, options, kind)
+        except self.module.Unavailable as exc:
+            raise Unavailable(str(exc)) from None
+
+    def _load(self) -> None:
+        try:
+            self.runtime.load()
+        except self.module.Unavailable as exc:
+            raise Unavailable(str(exc)) from None
+
+    def _infer(self, x: np.ndarray) -> np.ndarray:
+        return self.runtime.infer(x)
+
+    def _close(self) -> None:
+        self.runtime.close()
+
+    def info(self) -> dict[str, Any]:
+        return self.runtime.info()
+
+    def throughput(
+        self, x: np.ndarray, seconds: float, min_iterations: int
+    ) -> tuple[int, float] | None:
+        fn = getattr(self.runtime, "throughput", None)
+        return fn(x, seconds, min_iterations) if fn else None
+
+    def runtime_latency_s(self) -> float | None:
+        fn = getattr(self.runtime, "runtime_latency_s", None)
+        return fn() if fn else None
+
+
 class WorkerFailed(PackagerError):
     """The runtime crashed or timed out in its subprocess; it is reported, not hidden."""
 
@@ -114,6 +160,9 @@ def run_worker(job: dict[str, Any], timeout_s: float, arrays: dict[str, np.ndarr
                 f"{job['job']} on {job['target']} timed out after {timeout_s:.0f}s"
             ) from None
         result_path = Path(tmp) / "result.json"
+        unavailable = Path(tmp) / "unavailable.txt"
+        if unavailable.exists():
+            raise Unavailable(unavailable.read_text().strip())
         if proc.returncode != 0 or not result_path.exists():
             tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
             raise WorkerFailed(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import tempfile
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -16,6 +17,7 @@ import numpy as np
 from packager.config import Config
 from packager.data import Dataset, load_dataset
 from packager.errors import UserError
+from packager.metrics import to_probabilities
 from packager.model import ModelInfo, inspect_model
 from packager.preprocess import Preprocess
 from packager.progress import Progress
@@ -107,6 +109,11 @@ class Session:
     def x(self) -> np.ndarray:
         return self.preprocess(self.validation.images)
 
+    @cached_property
+    def reference(self) -> np.ndarray:
+        """The reference target's probabilities on the validation split."""
+        return to_probabilities(self.reference_scores(), self.output_kind)
+
     def context(self, options: Any, int8: bool = False) -> BuildContext:
         """What a target's conversion gets to see."""
         return BuildContext(
@@ -116,6 +123,8 @@ class Session:
             self.info,
             self.preprocess,
             self.validation,
+            self.x,
+            self.reference,
             self.calibration,
             self.progress,
             int8,
@@ -146,7 +155,14 @@ class Session:
         path = self.cache_dir / f"reference-{key}.npy"
         if path.exists():
             return np.load(path, allow_pickle=False)
-        with self.progress.step(REFERENCE, "reference predictions"):
+        from packager.build import install_code
+        from packager.registry import get
+
+        with (
+            self.progress.step(REFERENCE, "reference predictions"),
+            tempfile.TemporaryDirectory(prefix="packager-reference-") as code,
+        ):
+            install_code(get(REFERENCE), Path(code))  # the reference bundle's own runtime.py
             scores, _ = predict(
                 REFERENCE,
                 self.model_path.parent,
@@ -154,6 +170,7 @@ class Session:
                 self.x,
                 self.info.fixed_batch,
                 self.cfg.bench.timeout_s,
+                code=Path(code),
             )
         self.cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f"{path.stem}.{os.getpid()}.part.npy")  # one per concurrent build

@@ -10,23 +10,16 @@ import numpy as np
 from packager.config import Config
 from packager.errors import UserError
 from packager.metrics import Clinical, clinical, to_probabilities
-from packager.runner import Runner, run_worker
+from packager.runner import Infers, run_worker
+from packager.shipped.predict import infer_all
 from targets.base import Check
 
 
 def predict_all(
-    runner: Runner, x: np.ndarray, batch_size: int, fixed_batch: int | None
+    runner: Infers, x: np.ndarray, batch_size: int, fixed_batch: int | None
 ) -> np.ndarray:
-    """Scores for every row of `x`; a fixed-batch model gets its own batch size, padded."""
-    bs = fixed_batch or batch_size
-    out = []
-    for i in range(0, len(x), bs):
-        chunk = x[i : i + bs]
-        n = len(chunk)
-        if fixed_batch and n < fixed_batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed_batch - n, axis=0)])
-        out.append(runner.infer(chunk)[:n])
-    return np.concatenate(out).astype(np.float32)
+    """Scores for every row of `x`: the bundles' own batching (predict.py's infer_all)."""
+    return infer_all(runner, x, batch_size, fixed_batch)
 
 
 def predict(
@@ -37,12 +30,15 @@ def predict(
     fixed_batch: int | None,
     timeout_s: float,
     kind: str = "main",
+    code: Path | None = None,
 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Scores of `x` from the target's runner in a fresh subprocess, plus the runtime's info."""
+    """Scores of `x` from the runtime.py in `code` (default: the bundle's own) on the bundle's
+    artifacts, in a fresh subprocess, plus the runtime's info."""
     job = {
         "job": "predict",
         "target": target,
         "bundle": str(bundle),
+        "code": str(code or bundle),
         "options": options,
         "kind": kind,
         "batch_size": 64,

@@ -1,8 +1,11 @@
-"""The Target interface: a target file reads top to bottom as options, availability, conversion,
-runner. Everything else (validation, benchmark, gates, bundle) is shared code in packager/."""
+"""The Target interface: a target package reads top to bottom as options, availability,
+conversion (its __init__.py) and the runtime that ships (its runtime.py, copied verbatim into
+every bundle and loaded by the validation runner itself). Everything else (validation, benchmark,
+gates, bundle) is shared code in packager/."""
 
 from __future__ import annotations
 
+import inspect
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -16,7 +19,6 @@ from packager.data import Dataset
 from packager.model import ModelInfo
 from packager.preprocess import Preprocess
 from packager.progress import Progress
-from packager.runner import Runner
 
 
 @dataclass
@@ -42,13 +44,23 @@ class Availability:
 
 @dataclass
 class Check:
-    """One gate line: a measured value against a limit."""
+    """One gate line: a measured value against a limit. A check that could not run says so
+    (`ran=False`, status "not-run", with the reason) and never counts as passed."""
 
     name: str
     value: Any
     limit: Any
     passed: bool
     reason: str = ""
+    ran: bool = True
+
+    def __post_init__(self) -> None:
+        if not self.ran:
+            self.passed = False
+
+    @property
+    def status(self) -> str:
+        return "not-run" if not self.ran else "passed" if self.passed else "failed"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -56,6 +68,7 @@ class Check:
             "value": self.value,
             "limit": self.limit,
             "passed": self.passed,
+            "status": self.status,
             "reason": self.reason,
         }
 
@@ -68,6 +81,8 @@ class BuildContext:
     model: ModelInfo
     preprocess: Preprocess
     validation: Dataset  # raw images + labels of the validation split
+    x: np.ndarray  # the validation images, preprocessed
+    reference: np.ndarray  # the reference target's probabilities on them
     calibration: Callable[[], np.ndarray]  # preprocessed images from a non-validation split
     progress: Progress
     int8: bool = False  # --int8 on the command line
@@ -98,6 +113,12 @@ class Target(ABC):
     summary: ClassVar[str]
     Options: ClassVar[type]  # a dataclass; [targets.<name>] is validated against it
     int8_option: ClassVar[tuple[str, Any] | None] = None  # what --int8 sets, if supported
+    shipped: ClassVar[tuple[str, ...]] = ()  # packager/shipped modules runtime.py imports
+
+    @classmethod
+    def runtime_source(cls) -> Path:
+        """The target's runtime.py: shipped verbatim, and what every runner loads."""
+        return Path(inspect.getfile(cls)).with_name("runtime.py")
 
     @abstractmethod
     def availability(self) -> Availability: ...
@@ -105,12 +126,14 @@ class Target(ABC):
     @abstractmethod
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput: ...
 
-    @abstractmethod
-    def runner(self, bundle: Path, options: dict[str, Any], kind: str = "main") -> Runner:
-        """A runner for the bundle's artifacts; `kind` names a proxy runner where one exists."""
+    def requirements(self, options: dict[str, Any]) -> list[str]:
+        """pip distributions runtime.py needs for these runner options (numpy and Pillow, which
+        every bundle needs, come on top)."""
+        return []
 
     def proxy(self, options: dict[str, Any]) -> Proxy | None:
-        """The proxy used when availability().validate is not ok; None: no proxy."""
+        """The proxy used when availability().validate is not ok (its `runner` is a `kind` that
+        runtime.py's open_runtime knows); None: no proxy."""
         return None
 
     def bench_variants(self, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:

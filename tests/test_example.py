@@ -35,9 +35,9 @@ from packager.config import load_config
 from packager.errors import UserError
 from packager.metrics import wilson
 from packager.model import inspect_model
-from packager.ort import OrtRunner
 from packager.progress import Progress
 from packager.session import resolve_preprocess
+from packager.shipped.ort_session import OrtSession
 from tests.conftest import REPO, assert_user_error
 
 SMOKE = Settings(epochs=1, width=8, limit=256, batch_size=64)
@@ -70,7 +70,7 @@ def test_fp16_export_keeps_the_fp32_outputs(tmp_path: Path) -> None:
     info = inspect_model(fp16)
     assert info.input.dtype == info.output.dtype == "float16" and info.batch == "dynamic"
     x = np.random.default_rng(0).normal(size=(5, 3, 64, 64)).astype(np.float32)
-    with OrtRunner(fp32) as a, OrtRunner(fp16) as b:
+    with OrtSession(fp32) as a, OrtSession(fp16) as b:
         ya, yb = a.infer(x), b.infer(x.astype(np.float16))
     assert yb.shape == (5, 2)
     np.testing.assert_allclose(yb, ya, atol=2e-2 * max(1.0, float(np.abs(ya).max())))

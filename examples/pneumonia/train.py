@@ -32,9 +32,9 @@ from packager.data import Dataset, load_dataset
 from packager.errors import PackagerError
 from packager.hostinfo import has_flag
 from packager.metrics import clinical, roc_auc, to_probabilities, wilson
-from packager.ort import OrtRunner
 from packager.preprocess import Preprocess
 from packager.progress import Progress
+from packager.shipped.ort_session import OrtSession
 from packager.validate import predict_all
 
 HERE = Path(__file__).resolve().parent
@@ -203,7 +203,7 @@ def choose_threshold(p: np.ndarray, y: np.ndarray, min_sensitivity: float) -> Th
 
 def positive_probs(model_path: Path, pre: Preprocess, ds: Dataset) -> np.ndarray:
     """P(pneumonia) from an exported model on ONNX Runtime CPU (the reference runtime)."""
-    with OrtRunner(model_path) as runner:
+    with OrtSession(model_path) as runner:
         scores = predict_all(runner, pre(ds.images), 64, None)
     return to_probabilities(scores, "logits")[:, 1]
 

@@ -13,7 +13,8 @@ import pytest
 
 from packager.bundle import verify
 from packager.preprocess import Preprocess
-from targets.apple_coreml import NOT_MAC, AppleCoreML, as_scores, image_scale_bias, read_spec
+from targets.apple_coreml import NOT_MAC, AppleCoreML, image_scale_bias, read_spec
+from targets.apple_coreml.runtime import as_scores
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, run_predict
 
 pytest.importorskip("coremltools", reason="pip install 'packager[coreml]'")

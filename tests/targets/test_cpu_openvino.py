@@ -16,7 +16,8 @@ from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, run_pr
 ov = pytest.importorskip("openvino", reason="needs openvino (pip install 'packager[openvino]')")
 pytest.importorskip("nncf", reason="needs nncf (pip install 'packager[openvino]')")
 
-from targets.cpu_openvino import OpenVinoRunner, cpu_facts  # noqa: E402
+from packager.runner import ModuleRunner  # noqa: E402
+from targets.cpu_openvino import cpu_facts  # noqa: E402
 
 TARGET = "cpu-openvino"
 BUNDLE = Path("dist/tiny-1.0.0/cpu-openvino")
@@ -100,7 +101,8 @@ def test_pin_is_applied_by_runner_and_predict_py(build, data_path, tiny_model) -
     from packager.preprocess import Preprocess
 
     x = Preprocess.from_json(bundle / "preprocess.json")(images)
-    with OpenVinoRunner(bundle / "model.xml", precision="f32") as runner:
+    options = {"model": "model.xml", "inference_precision": "f32"}
+    with ModuleRunner(bundle, bundle, options) as runner:  # the bundle's own runtime.py
         pinned = runner.infer(x)
     ref = ov.Core().compile_model(str(tiny_model), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     assert np.allclose(pinned, ref(x)[0], atol=1e-5)

@@ -19,8 +19,9 @@ from packager.config import load_config
 from packager.errors import Unavailable
 from packager.preprocess import Preprocess
 from packager.render import render
+from packager.runner import ModuleRunner
 from packager.triton import check_repository, parse_config
-from targets.gpu_tensorrt import GpuTensorRT, TensorRTRunner, cuda_host
+from targets.gpu_tensorrt import GpuTensorRT, cuda_host
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, run_predict
 
 pb = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc]")
@@ -281,6 +282,7 @@ def test_engine_is_built_validated_on_tensorrt_and_benchmarked(
 def test_engine_runner_refuses_a_mismatching_gpu(bundle: Callable[..., Bundle]) -> None:
     b = bundle("engine", None, 'engine = "require"\n')
     built_for = {**b.runtime["runner_options"]["built_for"], "compute_capability": "0.0"}
-    runner = TensorRTRunner(b.dir / "triton/tiny/1/model.plan", built_for)
+    options = {**b.runtime["runner_options"], "built_for": built_for}
+    runner = ModuleRunner(b.dir, b.dir, options)  # the bundle's own runtime.py
     with pytest.raises(Unavailable, match="compute capability 0.0"):
         runner.load()

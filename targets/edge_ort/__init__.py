@@ -22,10 +22,8 @@ from onnx import TensorProto, helper
 
 from packager.errors import Unavailable, UserError
 from packager.model import load_model, opset_of, upgrade_opset
-from packager.ort import OrtRunner
 from packager.ort_quant import quantize_dynamic_int8, quantize_static_qdq
 from packager.preprocess import Preprocess
-from packager.runner import Runner
 from packager.validate import output_kind, predict
 from targets.base import Availability, BuildContext, BuildOutput, Check, Status, Target
 
@@ -62,6 +60,7 @@ class EdgeOrt(Target):
     summary = "ONNX Runtime mobile (.ort) for Android / iOS / ARM, reduced-build operator config"
     Options = Options
     int8_option = ("quantize", "static")
+    shipped = ("ort_session.py",)
 
     def availability(self) -> Availability:
         ok = Status(True)
@@ -147,18 +146,12 @@ class EdgeOrt(Target):
 
     # ---- runners -----------------------------------------------------------------------------
 
-    def runner(self, bundle: Path, options: dict[str, Any], kind: str = "main") -> Runner:
-        common = {
-            "threads": options.get("threads", 0),
-            "session_config": options.get("session_config") or {},
-        }
-        if kind == "image-bytes":
-            return ImageBytesRunner(bundle / options["image_model"], **common)
-        return OrtRunner(bundle / options["model"], **common)
-
     def bench_variants(self, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         # Phones and small ARM boxes give an app one or two cores.
         return [("1 thread", {"threads": 1}), ("2 threads", {"threads": 2})]
+
+    def requirements(self, options: dict[str, Any]) -> list[str]:
+        return ["onnxruntime"] + (["onnxruntime-extensions"] if options.get("image_model") else [])
 
     def checks(self, ctx: BuildContext, stage: Path, probs: np.ndarray) -> list[Check]:
         """The image-bytes model against the tensor model, on the validation split as PNGs."""
@@ -206,36 +199,6 @@ class EdgeOrt(Target):
         if differ:
             reason += f"; differ at indices {differ}"
         return [Check("image_model_agreement", round(agreement, 6), 1.0, not differ, reason)]
-
-
-class ImageBytesRunner(OrtRunner):
-    """Runs the image model the way an app does: each uint8 image is encoded as PNG and handed
-    over as bytes; the graph decodes, resizes and normalizes it."""
-
-    def __init__(self, path: Path, threads: int = 0, session_config: dict[str, str] | None = None):
-        try:
-            from onnxruntime_extensions import get_library_path
-        except ImportError:
-            raise Unavailable(_NO_EXTENSIONS) from None
-        super().__init__(
-            path,
-            threads=threads,
-            session_config=session_config,
-            custom_ops_libraries=[get_library_path()],
-        )
-
-    def _infer(self, x: np.ndarray) -> np.ndarray:
-        return np.concatenate(
-            [self.session.run(None, {self.input_name: encode_png(img)})[0] for img in x]
-        ).astype(np.float32)
-
-
-def encode_png(image: np.ndarray) -> np.ndarray:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(image).save(buf, format="PNG")
-    return np.frombuffer(buf.getvalue(), np.uint8)
 
 
 _NO_EXTENSIONS = (

@@ -34,18 +34,16 @@ from packager import __version__
 from packager.errors import UserError
 from packager.metrics import to_probabilities
 from packager.model import load_model
-from packager.ort import OrtRunner
 from packager.preprocess import Preprocess
-from packager.runner import Runner
 from packager.validate import output_kind, predict_all
+from targets.apple_coreml.runtime import NOT_MAC, PROBS_OUTPUT, SCORES_OUTPUT, TorchProxy
 from targets.base import Availability, BuildContext, BuildOutput, Check, Proxy, Status, Target
 
 MODEL = "model.mlpackage"
 INTERMEDIATE = "intermediate/model.pt2"
 CONVERSION_DATE = "com.github.apple.coremltools.conversion_date"  # differs every day
 IMAGE_INPUT, TENSOR_INPUT = "image", "input"
-LABEL_OUTPUT, PROBS_OUTPUT, SCORES_OUTPUT = "classLabel", "classLabel_probs", "scores"
-NOT_MAC = "Core ML predictions need macOS; coremltools cannot run them on {system}"
+LABEL_OUTPUT = "classLabel"
 PROXY_LABEL = (
     "the intermediate PyTorch module (FP32, CPU) that Core ML was converted from: it checks the "
     "ONNX->PyTorch translation, not Core ML's own arithmetic"
@@ -446,12 +444,14 @@ def translation_check(
     opts: Options = ctx.options
     cfg = ctx.config
     kind = options["scores"]
-    x = ctx.preprocess(ctx.validation.images)
-    fixed = ctx.model.fixed_batch
-    with OrtRunner(ctx.model_path) as ref_runner:
-        ref = to_probabilities(predict_all(ref_runner, x, 64, fixed), kind)
-    with TorchRunner(stage, options) as runner:
-        ours = to_probabilities(predict_all(runner, x, 64, fixed), kind)
+    x = ctx.x
+    ref = ctx.reference
+    proxy = TorchProxy(stage, options)
+    proxy.load()
+    try:
+        ours = to_probabilities(predict_all(proxy, x, 64, ctx.model.fixed_batch), kind)
+    finally:
+        proxy.close()
     pos, thr = cfg.labels.positive_index, cfg.labels.threshold
     diff = float(np.max(np.abs(ours - ref))) if len(x) else 0.0
     flipped = [int(i) for i in np.flatnonzero((ours[:, pos] >= thr) != (ref[:, pos] >= thr))]
@@ -467,121 +467,6 @@ def translation_check(
         ),
         Check("translation_flipped", len(flipped), 0, not flipped, where),
     ], details
-
-
-# --- runners ------------------------------------------------------------------------------------
-
-
-def as_scores(out: np.ndarray, options: dict[str, Any]) -> np.ndarray:
-    """What the report expects: where the build appended a softmax for the classifier and the
-    source emits logits, log-probabilities stand in for them (softmax(log p) = p)."""
-    out = np.asarray(out, np.float32)
-    if options["softmax"] and options["scores"] == "logits":
-        return np.log(np.clip(out, np.finfo(np.float32).tiny, None))
-    return out
-
-
-def chunks(x: np.ndarray, batch: int | None, max_batch: int) -> list[np.ndarray]:
-    """A fixed-batch model gets its own batch size; a flexible one up to its maximum."""
-    size = batch or max_batch
-    return [x[i : i + size] for i in range(0, len(x), size)]
-
-
-class TorchRunner(Runner):
-    """The intermediate module on PyTorch CPU: the proxy where Core ML cannot run."""
-
-    def __init__(self, bundle: Path, options: dict[str, Any]) -> None:
-        super().__init__()
-        self.path = bundle / options["intermediate"]
-        self.options = options
-
-    def _load(self) -> None:
-        import torch
-
-        self.torch = torch
-        self.module = torch.export.load(str(self.path)).module()
-
-    def _infer(self, x: np.ndarray) -> np.ndarray:
-        outs = []
-        with self.torch.no_grad():
-            for part in chunks(x, self.options["intermediate_batch"], self.options["max_batch"]):
-                t = self.torch.from_numpy(np.ascontiguousarray(part, np.float32))
-                outs.append(self.module(t).numpy().reshape(len(part), -1))
-        return as_scores(np.concatenate(outs), self.options)
-
-    def info(self) -> dict[str, Any]:
-        import torch
-
-        return {
-            "runtime": "torch",
-            "version": torch.__version__,
-            "module": "intermediate PyTorch module (FP32, CPU), proxy for Core ML",
-            "threads": torch.get_num_threads(),
-        }
-
-
-class CoreMLRunner(Runner):
-    """The .mlpackage on Core ML through coremltools (macOS only)."""
-
-    def __init__(self, bundle: Path, options: dict[str, Any]) -> None:
-        super().__init__()
-        self.bundle = bundle
-        self.options = options
-
-    def _load(self) -> None:
-        import coremltools as ct
-
-        self.ct = ct
-        units = ct.ComputeUnit[self.options["compute_units"]]
-        self.model = ct.models.MLModel(
-            str(self.bundle / self.options["model"]), compute_units=units
-        )
-        self.pre = Preprocess.from_json(self.bundle / "preprocess.json")
-
-    def _image(self, x: np.ndarray) -> Any:
-        """Core ML takes 8-bit pixels: undo the preprocessing of one sample and round."""
-        from PIL import Image
-
-        pre = self.pre
-        hwc = x.transpose(1, 2, 0) if pre.layout == "NCHW" else x
-        std, mean = np.asarray(pre.std, np.float32), np.asarray(pre.mean, np.float32)
-        pixels = np.clip(np.rint((hwc.astype(np.float32) * std + mean) / pre.scale), 0, 255)
-        pixels = pixels.astype(np.uint8)
-        return (
-            Image.fromarray(pixels[..., 0], "L")
-            if pre.channels == 1
-            else Image.fromarray(pixels, "RGB")
-        )
-
-    def _row(self, out: dict[str, Any]) -> np.ndarray:
-        if self.options["classifier"]:
-            probs = out[PROBS_OUTPUT]
-            return np.array([probs[name] for name in self.options["labels"]], np.float32)
-        return np.asarray(out[SCORES_OUTPUT], np.float32).reshape(-1)
-
-    def _infer(self, x: np.ndarray) -> np.ndarray:
-        name, image = self.options["input_name"], self.options["image"]
-        rows: list[np.ndarray] = []
-        if self.options["batch"] == 1:  # one sample per prediction: Core ML's batch API
-            feeds = [
-                {name: self._image(s) if image else np.ascontiguousarray(s[None], np.float32)}
-                for s in x
-            ]
-            rows = [self._row(o) for o in self.model.predict(feeds)]
-        else:
-            for part in chunks(x, self.options["batch"], self.options["max_batch"]):
-                out = self.model.predict({name: np.ascontiguousarray(part, np.float32)})
-                rows += list(np.asarray(out[SCORES_OUTPUT], np.float32).reshape(len(part), -1))
-        return as_scores(np.stack(rows), self.options)
-
-    def info(self) -> dict[str, Any]:
-        return {
-            "runtime": "coreml",
-            "version": self.ct.__version__ if self.loaded else None,
-            "compute_units": self.options["compute_units"],
-            "macos": platform.mac_ver()[0],
-            "machine": platform.machine(),
-        }
 
 
 # --- the target ---------------------------------------------------------------------------------
@@ -680,10 +565,8 @@ class AppleCoreML(Target):
             ],
         )
 
-    def runner(self, bundle: Path, options: dict[str, Any], kind: str = "main") -> Runner:
-        if kind == "torch":
-            return TorchRunner(bundle, options)
-        return CoreMLRunner(bundle, options)
+    def requirements(self, options: dict[str, Any]) -> list[str]:
+        return ["coremltools"]
 
     def proxy(self, options: dict[str, Any]) -> Proxy | None:
         return Proxy("torch", PROXY_LABEL)

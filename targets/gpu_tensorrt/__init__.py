@@ -28,9 +28,7 @@ import onnx
 from packager.errors import Unavailable, UserError
 from packager.metrics import to_probabilities
 from packager.model import graph_inputs, load_model
-from packager.ort import OrtRunner
 from packager.ort_quant import CalibrationReader, prepare_for_quantization
-from packager.runner import Runner
 from packager.triton import Accelerator, Tensor, TritonModel, serve_commands, write_repository
 from packager.validate import output_kind, predict
 from targets.base import (
@@ -42,6 +40,7 @@ from targets.base import (
     Status,
     Target,
 )
+from targets.gpu_tensorrt.runtime import Gpu, cuda, cudart, current_gpu
 
 DEFAULT_PREFERRED = (8, 16, 32)
 GPU_EXTRA = "pip install 'packager[gpu]' on a host with an NVIDIA GPU and driver"
@@ -82,37 +81,6 @@ class Options:
 # --- the host: an NVIDIA GPU through CUDA, and TensorRT -------------------------------------
 
 
-@dataclass(frozen=True)
-class Gpu:
-    name: str
-    compute_capability: str  # "8.9"
-    memory_mb: int
-
-
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart  # cuda-python >= 12.6
-    except ImportError:
-        from cuda import cudart  # older cuda-python
-    return cudart
-
-
-def _cuda(result: tuple) -> Any:
-    """cuda-python returns (error, *values); raise on an error, unwrap one value."""
-    err, *values = result
-    if int(err) != 0:
-        raise RuntimeError(f"CUDA call failed: {err}")
-    return values[0] if len(values) == 1 else tuple(values)
-
-
-def current_gpu() -> Gpu:
-    cudart = _cudart()
-    device = _cuda(cudart.cudaGetDevice())
-    prop = _cuda(cudart.cudaGetDeviceProperties(device))
-    name = prop.name.decode(errors="replace") if isinstance(prop.name, bytes) else str(prop.name)
-    return Gpu(name.rstrip("\0"), f"{prop.major}.{prop.minor}", prop.totalGlobalMem // 2**20)
-
-
 @cache
 def cuda_host() -> tuple[Gpu | None, str]:
     """The GPU TensorRT would use here, or None and why not."""
@@ -122,7 +90,7 @@ def cuda_host() -> tuple[Gpu | None, str]:
         names = " and ".join({"cuda": "cuda-python"}.get(m, m) for m in missing)
         return None, f"no CUDA/TensorRT here ({gpu}; {names} not installed: {GPU_EXTRA})"
     try:
-        count = _cuda(_cudart().cudaGetDeviceCount())
+        count = cuda(cudart().cudaGetDeviceCount())
         if count < 1:
             return None, "no CUDA device found (cudaGetDeviceCount = 0)"
         return current_gpu(), ""
@@ -292,125 +260,6 @@ def build_engine(onnx_path: Path, plan: Path, io: Io, opts: Options) -> str:
     return trt.__version__
 
 
-# --- runners ---------------------------------------------------------------------------------
-
-
-class TensorRTRunner(Runner):
-    """A serialized engine on this host's GPU; refuses an engine built for another GPU
-    architecture or TensorRT version instead of failing obscurely."""
-
-    def __init__(self, plan: Path, built_for: dict[str, Any]) -> None:
-        super().__init__()
-        self.plan = plan
-        self.built_for = built_for
-
-    def _check_host(self) -> Gpu:
-        import tensorrt as trt
-
-        gpu = current_gpu()
-        want = self.built_for
-        if gpu.compute_capability != want["compute_capability"]:
-            raise Unavailable(
-                f"this engine was built for {want['gpu']} (compute capability "
-                f"{want['compute_capability']}) but this GPU is {gpu.name} (compute capability "
-                f"{gpu.compute_capability}); rebuild the bundle on a matching GPU or ship the "
-                'portable form (engine = "skip")'
-            )
-        if trt.__version__ != want["tensorrt"]:
-            raise Unavailable(
-                f"this engine was built with TensorRT {want['tensorrt']} but TensorRT "
-                f"{trt.__version__} is installed; install that version or rebuild the bundle"
-            )
-        return gpu
-
-    def _load(self) -> None:
-        import tensorrt as trt
-
-        cudart = _cudart()
-        self.gpu = self._check_host()
-        free_before, _ = _cuda(cudart.cudaMemGetInfo())
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        self.engine = self.runtime.deserialize_cuda_engine(self.plan.read_bytes())
-        if self.engine is None:
-            raise RuntimeError(f"TensorRT could not deserialize {self.plan}")
-        self.context = self.engine.create_execution_context()
-        names = [self.engine.get_tensor_name(i) for i in range(self.engine.num_io_tensors)]
-        mode = self.engine.get_tensor_mode
-        self.inp = next(n for n in names if mode(n) == trt.TensorIOMode.INPUT)
-        self.out = next(n for n in names if mode(n) == trt.TensorIOMode.OUTPUT)
-        self.in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.inp)))
-        self.out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.out)))
-        max_shape = tuple(self.engine.get_tensor_shape(self.inp))
-        if min(max_shape) < 0:  # dynamic batch: the profile's max
-            max_shape = tuple(self.engine.get_tensor_profile_shape(self.inp, 0)[2])
-        self.max_batch = max_shape[0]
-        self.context.set_input_shape(self.inp, max_shape)
-        out_shape = tuple(self.context.get_tensor_shape(self.out))
-        self.d_in = _cuda(cudart.cudaMalloc(math.prod(max_shape) * self.in_dtype.itemsize))
-        self.d_out = _cuda(cudart.cudaMalloc(math.prod(out_shape) * self.out_dtype.itemsize))
-        self.context.set_tensor_address(self.inp, int(self.d_in))
-        self.context.set_tensor_address(self.out, int(self.d_out))
-        self.stream = _cuda(cudart.cudaStreamCreate())
-        free_after, _ = _cuda(cudart.cudaMemGetInfo())
-        self.gpu_memory_mb = max(0, free_before - free_after) / 2**20
-
-    def _run(self, x: np.ndarray) -> np.ndarray:
-        cudart = _cudart()
-        kind = cudart.cudaMemcpyKind
-        x = np.ascontiguousarray(x, dtype=self.in_dtype)
-        self.context.set_input_shape(self.inp, x.shape)
-        out = np.empty(tuple(self.context.get_tensor_shape(self.out)), self.out_dtype)
-        _cuda(
-            cudart.cudaMemcpyAsync(self.d_in, x, x.nbytes, kind.cudaMemcpyHostToDevice, self.stream)
-        )
-        if not self.context.execute_async_v3(self.stream):
-            raise RuntimeError("TensorRT execute_async_v3 failed")
-        _cuda(
-            cudart.cudaMemcpyAsync(
-                out, self.d_out, out.nbytes, kind.cudaMemcpyDeviceToHost, self.stream
-            )
-        )
-        _cuda(cudart.cudaStreamSynchronize(self.stream))
-        return out
-
-    def _infer(self, x: np.ndarray) -> np.ndarray:
-        chunks = [self._run(x[i : i + self.max_batch]) for i in range(0, len(x), self.max_batch)]
-        return np.concatenate(chunks).astype(np.float32, copy=False)
-
-    def _close(self) -> None:
-        cudart = _cudart()
-        del self.context, self.engine, self.runtime  # before the memory they point at
-        _cuda(cudart.cudaFree(self.d_in))
-        _cuda(cudart.cudaFree(self.d_out))
-        _cuda(cudart.cudaStreamDestroy(self.stream))
-
-    def info(self) -> dict[str, Any]:
-        import tensorrt as trt
-
-        facts: dict[str, Any] = {"runtime": "tensorrt", "version": trt.__version__}
-        if self.loaded:
-            facts |= {
-                "gpu": self.gpu.name,
-                "compute_capability": self.gpu.compute_capability,
-                "gpu_memory_mb": round(self.gpu_memory_mb, 1),
-            }
-        return facts
-
-
-class OrtGpuRunner(OrtRunner):
-    """ONNX Runtime on a GPU provider; refuses to fall back to the CPU silently."""
-
-    def _load(self) -> None:
-        super()._load()
-        wanted = self.providers[0][0] if isinstance(self.providers[0], tuple) else self.providers[0]
-        if wanted not in self.session.get_providers():
-            raise Unavailable(
-                f"ONNX Runtime has no {wanted} here (providers: "
-                f"{self.session.get_providers()}); install onnxruntime-gpu ({GPU_EXTRA})"
-            )
-
-
 # --- the target ------------------------------------------------------------------------------
 
 
@@ -419,6 +268,7 @@ class GpuTensorRT(Target):
     summary = "TensorRT on NVIDIA GPUs, served by Triton (engine, or ONNX + TensorRT accelerator)"
     Options = Options
     int8_option = ("precision", "int8")
+    shipped = ("ort_session.py",)
 
     def availability(self) -> Availability:
         gpu, reason = cuda_host()
@@ -499,22 +349,8 @@ class GpuTensorRT(Target):
         out.artifacts = [p.relative_to(stage).as_posix() for p in sorted(vdir.iterdir())]
         return out
 
-    def runner(self, bundle: Path, options: dict[str, Any], kind: str = "main") -> Runner:
-        model = bundle / options["model"]
-        if kind == "proxy":
-            return OrtRunner(model)
-        if kind == "ort-cuda":
-            return OrtGpuRunner(model, providers=["CUDAExecutionProvider"])
-        if options.get("plan"):
-            return TensorRTRunner(bundle / options["plan"], options["built_for"])
-        # The portable form on a GPU host: what Triton's ONNX Runtime backend will do.
-        trt_opts = {
-            "trt_fp16_enable": options["precision"] != "fp32",
-            "trt_int8_enable": options["precision"] == "int8",
-        }
-        return OrtGpuRunner(
-            model, providers=[("TensorrtExecutionProvider", trt_opts), "CUDAExecutionProvider"]
-        )
+    def requirements(self, options: dict[str, Any]) -> list[str]:
+        return ["tensorrt", "cuda-python"] if options.get("plan") else ["onnxruntime-gpu"]
 
     def proxy(self, options: dict[str, Any]) -> Proxy | None:
         return Proxy(
@@ -532,7 +368,7 @@ class GpuTensorRT(Target):
         name = "decisions differing from ONNX Runtime CUDA"
         limit = math.ceil(0.01 * len(probs))
         if "CUDAExecutionProvider" not in ort.get_available_providers():
-            return [Check(name, None, limit, True, "not run: onnxruntime-gpu is not installed")]
+            return [Check(name, None, limit, False, "onnxruntime-gpu is not installed", ran=False)]
         opts = json.loads((stage / "runtime.json").read_text())["runner_options"]
         x = ctx.preprocess(ctx.validation.images)
         scores, _ = predict(

@@ -9,7 +9,6 @@ import logging
 import os
 import sys
 import tempfile
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,7 +22,6 @@ import numpy as np
 from packager.data import load_dataset
 from packager.errors import Unavailable, UserError
 from packager.metrics import clinical, to_probabilities
-from packager.runner import Runner
 from packager.triton import Tensor, TritonModel, serve_commands, write_repository
 from packager.validate import output_kind
 from targets.base import Availability, BuildContext, BuildOutput, Check, Status, Target
@@ -437,13 +435,8 @@ class CpuOpenVino(Target):
             artifacts=["model.xml", "model.bin"],
         )
 
-    def runner(self, bundle: Path, options: dict[str, Any], kind: str = "main") -> Runner:
-        return OpenVinoRunner(
-            bundle / options["model"],
-            precision=options["inference_precision"],
-            hint=options.get("hint", "both"),
-            threads=options.get("threads", 0),
-        )
+    def requirements(self, options: dict[str, Any]) -> list[str]:
+        return ["openvino"]
 
     def bench_variants(self, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         if options.get("hint", "both") != "both":
@@ -458,134 +451,3 @@ class CpuOpenVino(Target):
                 {"hint": "throughput"},
             ),
         ]
-
-
-# ------------------------------------------------------------------------------------------ runner
-
-
-class OpenVinoRunner(Runner):
-    """OpenVINO CPU runner. Synchronous calls (latency mode) run one request on a model compiled
-    with the LATENCY hint; `throughput()` keeps OpenVINO's optimal number of requests in flight
-    on a THROUGHPUT-compiled model (hint "both"), or on the one model for "latency"/"throughput".
-    The precision is always set, then read back: a bundle never runs at a precision it was not
-    validated at."""
-
-    def __init__(self, path: Path, precision: str, hint: str = "both", threads: int = 0) -> None:
-        super().__init__()
-        if hint not in ("both", "latency", "throughput"):
-            raise ValueError(f"hint must be both, latency or throughput, not {hint!r}")
-        self.path, self.precision, self.hint, self.threads = path, precision, hint, threads
-        self.async_model: Any = None
-
-    def _compile(self, mode: str) -> Any:
-        config: dict[str, Any] = {
-            "INFERENCE_PRECISION_HINT": self.precision,
-            "PERFORMANCE_HINT": mode.upper(),
-        }
-        if self.threads:
-            config["INFERENCE_NUM_THREADS"] = self.threads
-        compiled = self.core.compile_model(self.model, "CPU", config)
-        applied = compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name()
-        if applied != self.precision:
-            raise RuntimeError(
-                f"OpenVINO compiled {self.path.name} for {applied}, not the pinned "
-                f"{self.precision}; this CPU cannot run the precision the bundle was validated at"
-            )
-        return compiled
-
-    def _load(self) -> None:
-        import openvino as ov
-
-        self.core = ov.Core()
-        self.model = self.core.read_model(self.path)
-        self.compiled = self._compile("throughput" if self.hint == "throughput" else "latency")
-        self.request = self.compiled.create_infer_request()
-        self.dtype = self.compiled.input(0).get_element_type().to_dtype()
-        self.input: np.ndarray | None = None
-
-    def _infer(self, x: np.ndarray) -> np.ndarray:
-        import openvino as ov
-
-        # The request keeps one input tensor per shape, as benchmark_app does: handing OpenVINO
-        # a new tensor on every call costs a few percent of a millisecond-scale inference.
-        if self.input is None or self.input.shape != x.shape:
-            self.input = np.empty(x.shape, self.dtype)
-            self.request.set_input_tensor(ov.Tensor(self.input, shared_memory=True))
-        np.copyto(self.input, x)
-        self.request.infer()
-        return np.array(self.request.get_output_tensor(0).data, np.float32)
-
-    def runtime_latency_s(self) -> float | None:
-        return self.request.latency / 1e3  # ms, timed inside OpenVINO around the C++ call
-
-    def _queue_model(self) -> Any:
-        if self.hint != "both":
-            return self.compiled
-        if self.async_model is None:
-            self.async_model = self._compile("throughput")
-        return self.async_model
-
-    def throughput(
-        self, x: np.ndarray, seconds: float, min_iterations: int
-    ) -> tuple[int, float] | None:
-        import openvino as ov
-
-        compiled = self._queue_model()
-        queue = ov.AsyncInferQueue(
-            compiled, compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
-        )
-        data = np.ascontiguousarray(x, self.dtype)
-        for request in queue:  # inputs set once, as benchmark_app does
-            request.set_input_tensor(ov.Tensor(data))
-        for _ in range(len(queue)):  # warm every request
-            queue.start_async()
-        queue.wait_all()
-        started, start = 0, time.perf_counter()
-        while started < min_iterations or time.perf_counter() - start < seconds:
-            queue.start_async()  # blocks until a request is idle
-            started += 1
-        queue.wait_all()
-        return started * len(x), time.perf_counter() - start
-
-    def _close(self) -> None:
-        self.request = self.compiled = self.async_model = self.model = self.core = None
-        self.input = None
-
-    def info(self) -> dict[str, Any]:
-        import openvino as ov
-
-        out: dict[str, Any] = {
-            "runtime": "openvino",
-            "version": ov.get_version(),
-            "device": "CPU",
-            "pinned_precision": self.precision,
-            "hint": self.hint,
-            "threads": self.threads or "default",
-        }
-        if self.loaded:
-            out["latency_mode"] = _compiled_facts(self.compiled)
-            if self.async_model is not None:
-                out["throughput_mode"] = _compiled_facts(self.async_model)
-        return out
-
-
-def _compiled_facts(compiled: Any) -> dict[str, Any]:
-    """What OpenVINO actually compiled: precision, hint, streams, requests, and the precision
-    each compute layer runs at (from the runtime graph)."""
-    hint = compiled.get_property("PERFORMANCE_HINT")
-    runtime: dict[str, int] = {}
-    for op in compiled.get_runtime_model().get_ordered_ops():
-        rt = op.get_rt_info()
-        layer = rt["layerType"].astype(str) if "layerType" in rt else op.get_type_name()
-        if layer in ("Convolution", "FullyConnected", "MatMul", "Deconvolution"):
-            prec = rt["runtimePrecision"].astype(str) if "runtimePrecision" in rt else "?"
-            key = f"{layer}:{prec}"
-            runtime[key] = runtime.get(key, 0) + 1
-    return {
-        "inference_precision": compiled.get_property("INFERENCE_PRECISION_HINT").get_type_name(),
-        "performance_hint": getattr(hint, "name", str(hint)),
-        "streams": int(compiled.get_property("NUM_STREAMS")),
-        "optimal_requests": int(compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")),
-        "threads": int(compiled.get_property("INFERENCE_NUM_THREADS")),
-        "layer_precisions": dict(sorted(runtime.items())),
-    }

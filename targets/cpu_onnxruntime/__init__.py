@@ -8,8 +8,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from packager.ort import OrtRunner
-from packager.runner import Runner
 from targets.base import Availability, BuildContext, BuildOutput, Status, Target
 
 
@@ -23,10 +21,14 @@ class CpuOnnxRuntime(Target):
     name = "cpu-onnxruntime"
     summary = "Source ONNX model on ONNX Runtime CPU, FP32 (the reference)"
     Options = Options
+    shipped = ("ort_session.py",)
 
     def availability(self) -> Availability:
         ok = Status(True)
         return Availability(build=ok, validate=ok, bench=ok)
+
+    def requirements(self, options: dict[str, Any]) -> list[str]:
+        return ["onnxruntime"]
 
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
         shutil.copyfile(ctx.model_path, stage / "model.onnx")
@@ -41,11 +43,4 @@ class CpuOnnxRuntime(Target):
                 "threads": opts.threads,
                 "optimization": opts.optimization,
             },
-        )
-
-    def runner(self, bundle: Path, options: dict[str, Any], kind: str = "main") -> Runner:
-        return OrtRunner(
-            bundle / options["model"],
-            threads=options.get("threads", 0),
-            optimization=options.get("optimization", "all"),
         )

@@ -1,0 +1,234 @@
+"""Arrival self-test: check every file against manifest.json, replay the golden set recorded at
+build time on this host's runtime, and write an acceptance record. Shipped verbatim; standard
+library and numpy only (plus the bundle's own runtime.py). Run it as
+`python predict.py --self-test` or `packager selftest BUNDLE`."""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from predict import (
+    EXIT_MISMATCH,
+    EXIT_OK,
+    EXIT_UNAVAILABLE,
+    EXIT_USAGE,
+    Refused,
+    infer_all,
+    open_runtime,
+    probabilities,
+    read_json,
+)
+
+SCHEMA_VERSION = 1
+GOLDEN, GOLDEN_META = "selftest.npz", "selftest.json"
+# Written after the manifest, so it cannot list them.
+UNLISTED = {"manifest.json", "manifest.sig", "model.sig"}
+ISA_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512_vnni",
+    "avx512_bf16",
+    "avx512_fp16",
+    "avx_vnni",
+    "amx_tile",
+    "amx_bf16",
+    "amx_int8",
+    "neon",
+    "asimd",
+)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def cpu_model_and_flags() -> tuple[str, frozenset[str]]:
+    """CPU name and ISA flags: /proc/cpuinfo on Linux, sysctl on macOS."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name":
+                    model = value.strip()
+                elif key in ("flags", "Features"):
+                    flags.update(value.split())
+    except OSError:
+        if sys.platform == "darwin":
+            out = subprocess.run(
+                ["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True
+            )
+            model = out.stdout.strip() or model
+    return model, frozenset(flags)
+
+
+def host_fingerprint(runtime_info: dict[str, Any] | None) -> dict[str, Any]:
+    model, flags = cpu_model_and_flags()
+    info = runtime_info or {}
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "isa_flags": [f for f in ISA_FLAGS if f in flags],
+        "os": f"{platform.system()} {platform.release()}",
+        "machine": platform.machine(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "runtime": {k: info.get(k) for k in ("runtime", "version", "device")},
+        "gpu": info.get("gpu"),
+    }
+
+
+def check_manifest(bundle: Path) -> dict[str, Any]:
+    """Every file listed with its sha256, nothing missing, nothing added."""
+    listed = read_json(bundle / "manifest.json").get("files", {})
+    actual = {
+        p.relative_to(bundle).as_posix(): p
+        for p in sorted(bundle.rglob("*"))
+        if p.is_file() and p.relative_to(bundle).as_posix() not in UNLISTED
+    }
+    problems = [f"missing: {rel}" for rel in sorted(set(listed) - set(actual))]
+    problems += [
+        f"changed: {rel}"
+        for rel, meta in sorted(listed.items())
+        if rel in actual and file_sha256(actual[rel]) != meta.get("sha256")
+    ]
+    problems += [f"added: {rel}" for rel in sorted(set(actual) - set(listed))]
+    return {
+        "name": "manifest",
+        "status": "failed" if problems else "passed",
+        "files": len(listed),
+        "problems": problems,
+    }
+
+
+def replay(bundle: Path, runtime: Any, config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The golden inputs on this host: probabilities within the recorded tolerance, and the
+    same decision for every case farther than the tolerance from the threshold."""
+    meta = read_json(bundle / GOLDEN_META)
+    with np.load(bundle / GOLDEN, allow_pickle=False) as g:
+        x, golden, kinds = g["x"], g["probs"], g["kinds"]
+    scores = infer_all(runtime, x, meta["batch_size"], config["fixed_batch"])
+    got = probabilities(scores, config["output"])
+    tol, thr, pos = meta["tolerance"], config["threshold"], meta["positive_index"]
+    diff = np.abs(got - golden).max(axis=1)
+    worst = int(np.argmax(diff))
+    failing = np.flatnonzero(diff > tol)
+    decided = np.abs(golden[:, pos] - thr) > tol  # cases the tolerance cannot carry across
+    flips = np.flatnonzero(decided & ((got[:, pos] >= thr) != (golden[:, pos] >= thr)))
+    return [
+        {
+            "name": "probabilities",
+            "status": "failed" if len(failing) else "passed",
+            "cases": len(x),
+            "failing": len(failing),
+            "failing_cases": [int(i) for i in failing],
+            "tolerance": tol,
+            "max_abs_diff": float(diff[worst]),
+            "worst": {
+                "case": worst,
+                "kind": str(kinds[worst]),
+                "golden": float(golden[worst, pos]),
+                "got": float(got[worst, pos]),
+            },
+        },
+        {
+            "name": "decisions",
+            "status": "failed" if len(flips) else "passed",
+            "cases": int(decided.sum()),
+            "within_tolerance_of_threshold": int((~decided).sum()),
+            "differing_cases": [int(i) for i in flips],
+        },
+    ]
+
+
+def _summary(record: dict[str, Any]) -> str:
+    checks = {c["name"]: c for c in record["checks"]}
+    if record["verdict"] == "accepted":
+        p = checks["probabilities"]
+        return (
+            f"self-test passed: {p['cases']} golden cases, max |dp| {p['max_abs_diff']:.2e} "
+            f"(tolerance {p['tolerance']:.1e}), decisions identical"
+        )
+    if checks["manifest"]["status"] == "failed":
+        return "self-test FAILED: the bundle differs from its manifest: " + ", ".join(
+            checks["manifest"]["problems"][:5]
+        )
+    if record["verdict"] == "not-run":
+        return f"self-test not run: {checks['runtime']['reason']}"
+    p, d = checks["probabilities"], checks["decisions"]
+    w = p["worst"]
+    return (
+        f"self-test FAILED: {p['failing']} of {p['cases']} cases differ beyond the tolerance "
+        f"{p['tolerance']:.1e} and {len(d['differing_cases'])} decisions differ; worst case "
+        f"#{w['case']} ({w['kind']}): p = {w['got']:.6f} here, {w['golden']:.6f} when validated "
+        f"(|dp| {p['max_abs_diff']:.2e})"
+    )
+
+
+def self_test(bundle: Path, record_path: Path | None = None, kind: str = "main") -> int:
+    bundle = bundle.resolve()
+    manifest = read_json(bundle / "manifest.json")
+    if not (bundle / GOLDEN).is_file():
+        raise Refused(f"{bundle} has no {GOLDEN}; rebuild it with packager build", EXIT_USAGE)
+    checks = [check_manifest(bundle)]
+    runtime_info, code = None, EXIT_OK
+    if checks[0]["status"] == "failed":
+        code = EXIT_MISMATCH
+    else:
+        try:
+            runtime, config = open_runtime(bundle, kind)
+        except Refused as exc:
+            if exc.code != EXIT_UNAVAILABLE:
+                raise
+            checks.append({"name": "runtime", "status": "not-run", "reason": str(exc)})
+            code = EXIT_UNAVAILABLE
+        else:
+            try:
+                runtime_info = runtime.info()
+                checks.append({"name": "runtime", "status": "passed", "kind": kind})
+                checks += replay(bundle, runtime, config)
+            finally:
+                runtime.close()
+            if any(c["status"] == "failed" for c in checks):
+                code = EXIT_MISMATCH
+    verdict = {EXIT_OK: "accepted", EXIT_MISMATCH: "rejected"}.get(code, "not-run")
+    record = {
+        "schema_version": SCHEMA_VERSION,
+        "record": "packager acceptance",
+        "bundle": {
+            "name": manifest.get("name"),
+            "version": manifest.get("version"),
+            "target": manifest.get("target"),
+            "precision": manifest.get("precision"),
+            "manifest_sha256": file_sha256(bundle / "manifest.json"),
+        },
+        "host": host_fingerprint(runtime_info),
+        "runtime": runtime_info,
+        "checks": checks,
+        "verdict": verdict,
+        "checked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    path = record_path or bundle.with_name(bundle.name + ".acceptance.json")
+    try:
+        path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise Refused(
+            f"cannot write the acceptance record {path} ({exc}); pass --record PATH", EXIT_USAGE
+        ) from None
+    print(_summary(record) + f"; record: {path}")
+    return code
