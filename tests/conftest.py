@@ -184,3 +184,29 @@ def run_unprivileged(
         env=env,
     )
     return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def bundle_dir(root: Path, target: str, name: str = "tiny-1.0.0") -> Path:
+    """The bundle a build in `root` made: published, or kept under dist/.failed/."""
+    published = root / "dist" / name / target
+    return published if published.exists() else root / "dist" / ".failed" / name / target
+
+
+@pytest.fixture(scope="session")
+def default_build(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path
+) -> Callable[[str], tuple[Path, Result]]:
+    """default_build(target) -> (project folder, result of `packager build --target TARGET`)
+    with DEFAULT_TOML, built once per session and shared by the target's own tests and the
+    generic ones (recount, compare). Read it; copy it before changing anything in it."""
+    done: dict[str, tuple[Path, Result]] = {}
+
+    def get(target: str) -> tuple[Path, Result]:
+        if target not in done:
+            root = tmp_path_factory.mktemp(f"default-{target}")
+            toml = DEFAULT_TOML.format(model=tiny_model, data=data_path)
+            (root / "packager.toml").write_text(toml)
+            done[target] = (root, _run(["build", "--target", target], root))
+        return done[target]
+
+    return get

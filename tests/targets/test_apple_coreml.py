@@ -33,11 +33,11 @@ def build(folder: Path, model: Path, data: Path, extra: str = "") -> tuple[Resul
 
 
 @pytest.fixture(scope="module")
-def default_bundle(
-    tmp_path_factory: pytest.TempPathFactory, make_model: Callable[..., Path], data_path: Path
-) -> tuple[Result, Path]:
-    """One build with the defaults (FP16, image input, classifier), shared by several tests."""
-    return build(tmp_path_factory.mktemp("coreml"), make_model(), data_path)
+def default_bundle(default_build: Callable[[str], tuple[Path, Result]]) -> tuple[Result, Path]:
+    """The session's build with the defaults (FP16, image input, classifier), shared with
+    the generic recount (tests/test_recount.py)."""
+    root, r = default_build("apple-coreml")
+    return r, root / "dist" / "tiny-1.0.0" / "apple-coreml"
 
 
 @pytest.mark.skipif(ON_MAC, reason="benchmark timings on a Mac make rebuilds differ in report.*")
