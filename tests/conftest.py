@@ -193,20 +193,29 @@ def bundle_dir(root: Path, target: str, name: str = "tiny-1.0.0") -> Path:
 
 
 @pytest.fixture(scope="session")
-def default_build(
+def default_dist(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path
+) -> tuple[Path, Result]:
+    """(project folder, result of `packager build --all --json -q`) with DEFAULT_TOML: one
+    session build of every target this host builds, shared by the targets' own tests and the
+    generic ones (recount, compare). Read it; copy a bundle before changing anything in it."""
+    root = tmp_path_factory.mktemp("default-all")
+    (root / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
+    return root, _run(["build", "--all", "--json", "-q"], root, timeout=1800)
+
+
+@pytest.fixture(scope="session")
+def default_build(
+    default_dist: tuple[Path, Result],
 ) -> Callable[[str], tuple[Path, Result]]:
-    """default_build(target) -> (project folder, result of `packager build --target TARGET`)
-    with DEFAULT_TOML, built once per session and shared by the target's own tests and the
-    generic ones (recount, compare). Read it; copy it before changing anything in it."""
-    done: dict[str, tuple[Path, Result]] = {}
+    """default_build(target) -> (project folder, CLI result) of the session's `build --all`
+    for that target (its bundle is bundle_dir(folder, target))."""
 
     def get(target: str) -> tuple[Path, Result]:
-        if target not in done:
-            root = tmp_path_factory.mktemp(f"default-{target}")
-            toml = DEFAULT_TOML.format(model=tiny_model, data=data_path)
-            (root / "packager.toml").write_text(toml)
-            done[target] = (root, _run(["build", "--target", target], root))
-        return done[target]
+        root, r = default_dist
+        assert r.code in (0, 1), r.stderr
+        built = {x["target"]: x for x in json.loads(r.stdout)["results"]}
+        assert target in built, f"build --all did not build {target}: {sorted(built)}"
+        return root, r
 
     return get

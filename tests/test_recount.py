@@ -97,3 +97,31 @@ def test_report_matches_an_independent_recount(
     report = check_report(bundle_dir(root, target), test_labels)
     assert report["target"] == target
     assert r.code == (0 if report["gates"]["passed"] else 1)
+
+
+def test_build_all_then_compare_reports_every_bundle_as_built(
+    default_dist: tuple[Path, Result], cli: Callable[..., Result]
+) -> None:
+    """`build --all` then `compare` on the real dist: one row per target built, each row's
+    numbers those of that bundle's report.json."""
+    root, r = default_dist
+    assert r.code in (0, 1), r.stderr
+    built = {x["target"]: x for x in json.loads(r.stdout)["results"]}
+    buildable = {n for n in registry.names() if registry.get(n).availability().build.ok}
+    assert set(built) == buildable
+    c = cli("compare", root / "dist", "--format", "json", cwd=root)
+    assert c.code == 0, c.stderr
+    rows = {row["target"]: row for row in c.json["rows"]}
+    published = {t for t, x in built.items() if x["status"] in ("passed", "not-validated")}
+    assert set(rows) >= published and len(rows) == len(c.json["rows"])
+    for target, row in rows.items():
+        report = json.loads((bundle_dir(root, target) / "report.json").read_text())
+        assert row["status"] == report["status"] == built[target]["status"], target
+        clinical, bench = report["clinical"], report["benchmark"]
+        assert row["sensitivity"] == clinical["sensitivity"], target
+        assert row["flips"] == len(clinical["flipped"]), target
+        if bench.get("status") == "ok":
+            assert row["latency_p50_ms"] == bench["batches"][0]["latency_ms"]["p50"], target
+            assert row["peak_memory_mb"] == bench["peak_rss_mb"], target
+        else:
+            assert row["latency_p50_ms"] is None, target
