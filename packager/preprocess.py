@@ -78,5 +78,10 @@ class Preprocess:
 def load_image(path: str | Path) -> np.ndarray:
     """An image file as uint8 (H, W) for grayscale or (H, W, 3) for colour."""
     with Image.open(path) as img:
-        gray = img.mode in ("1", "L", "LA", "I", "I;16", "F")
+        if img.mode in ("I", "F") or img.mode.startswith("I;16"):
+            # Pillow's 8-bit conversion clips these at 255: a 16-bit X-ray would turn white.
+            raise ValueError(
+                f"{img.mode} image (more than 8 bits per pixel); convert it to 8-bit first"
+            )
+        gray = img.mode in ("1", "L", "LA")
         return np.asarray(img.convert("L" if gray else "RGB"))
