@@ -193,26 +193,41 @@ def bundle_dir(root: Path, target: str, name: str = "tiny-1.0.0") -> Path:
 
 
 @pytest.fixture(scope="session")
-def default_dist(
+def _default_dist(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path
-) -> tuple[Path, Result]:
+) -> Callable[[], tuple[Path, Result]]:
+    """Runs `packager build --all --json -q` with DEFAULT_TOML on first use, once a session."""
+    done: list[tuple[Path, Result]] = []
+
+    def get() -> tuple[Path, Result]:
+        if not done:
+            root = tmp_path_factory.mktemp("default-all")
+            toml = DEFAULT_TOML.format(model=tiny_model, data=data_path)
+            (root / "packager.toml").write_text(toml)
+            done.append((root, _run(["build", "--all", "--json", "-q"], root, timeout=1800)))
+        return done[0]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def default_dist(_default_dist: Callable[[], tuple[Path, Result]]) -> tuple[Path, Result]:
     """(project folder, result of `packager build --all --json -q`) with DEFAULT_TOML: one
     session build of every target this host builds, shared by the targets' own tests and the
     generic ones (recount, compare). Read it; copy a bundle before changing anything in it."""
-    root = tmp_path_factory.mktemp("default-all")
-    (root / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
-    return root, _run(["build", "--all", "--json", "-q"], root, timeout=1800)
+    return _default_dist()
 
 
 @pytest.fixture(scope="session")
 def default_build(
-    default_dist: tuple[Path, Result],
+    _default_dist: Callable[[], tuple[Path, Result]],
 ) -> Callable[[str], tuple[Path, Result]]:
     """default_build(target) -> (project folder, CLI result) of the session's `build --all`
-    for that target (its bundle is bundle_dir(folder, target))."""
+    (default_dist) for that target; its bundle is bundle_dir(folder, target). Built on the
+    first call, so a test that does not call it costs nothing."""
 
     def get(target: str) -> tuple[Path, Result]:
-        root, r = default_dist
+        root, r = _default_dist()
         assert r.code in (0, 1), r.stderr
         built = {x["target"]: x for x in json.loads(r.stdout)["results"]}
         assert target in built, f"build --all did not build {target}: {sorted(built)}"
