@@ -192,11 +192,34 @@ def bundle_dir(root: Path, target: str, name: str = "tiny-1.0.0") -> Path:
     return published if published.exists() else root / "dist" / ".failed" / name / target
 
 
+# The host settings of the session's default build (a reproducibility test varies them).
+DEFAULT_DIST_ENV: dict = {"tz": "UTC", "umask": 0o022, "epoch": 1_700_000_000}
+
+
+def run_with(
+    args: list[str], cwd: Path, tz: str, umask: int, epoch: int, timeout: float = 1800
+) -> Result:
+    """`packager ARGS` with this TZ, umask and SOURCE_DATE_EPOCH."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "packager.cli", *args],
+        cwd=cwd,
+        env={**os.environ, "TZ": tz, "SOURCE_DATE_EPOCH": str(epoch)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=lambda: os.umask(umask),
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
 @pytest.fixture(scope="session")
 def _default_dist(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path
 ) -> Callable[[], tuple[Path, Result]]:
-    """Runs `packager build --all --json -q` with DEFAULT_TOML on first use, once a session."""
+    """Runs `packager build --all --no-bench --json -q` with DEFAULT_TOML on first use, once a
+    session, with fixed SOURCE_DATE_EPOCH, TZ and umask (tests/test_reproducible.py rebuilds
+    with other settings and compares)."""
     done: list[tuple[Path, Result]] = []
 
     def get() -> tuple[Path, Result]:
@@ -204,7 +227,8 @@ def _default_dist(
             root = tmp_path_factory.mktemp("default-all")
             toml = DEFAULT_TOML.format(model=tiny_model, data=data_path)
             (root / "packager.toml").write_text(toml)
-            done.append((root, _run(["build", "--all", "--json", "-q"], root, timeout=1800)))
+            args = ["build", "--all", "--no-bench", "--json", "-q"]
+            done.append((root, run_with(args, root, **DEFAULT_DIST_ENV)))
         return done[0]
 
     return get
@@ -212,8 +236,8 @@ def _default_dist(
 
 @pytest.fixture(scope="session")
 def default_dist(_default_dist: Callable[[], tuple[Path, Result]]) -> tuple[Path, Result]:
-    """(project folder, result of `packager build --all --json -q`) with DEFAULT_TOML: one
-    session build of every target this host builds, shared by the targets' own tests and the
+    """(project folder, result of `packager build --all --no-bench --json -q`) with
+    DEFAULT_TOML: one session build of every target this host builds, shared by the targets' own tests and the
     generic ones (recount, compare). Read it; copy a bundle before changing anything in it."""
     return _default_dist()
 

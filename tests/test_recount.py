@@ -60,8 +60,10 @@ def check_report(bundle: Path, labels: np.ndarray, gates: dict[str, float] = GAT
         assert got[key] == want[key], key
     for key in ("sensitivity", "specificity", "accuracy", "reference_sensitivity"):
         assert got[key] == pytest.approx(want[key], abs=1e-12), key
-    for key in ("auc", "sensitivity_drop"):
-        assert got[key] == pytest.approx(want[key], abs=1e-9), key
+    assert got["sensitivity_drop"] == pytest.approx(want["sensitivity_drop"], abs=1e-9)
+    # validation.npz keeps float32 probabilities: rounding merges or splits a few near-ties of
+    # the float64 scores the report ranked, which moves the AUC in the fifth decimal.
+    assert got["auc"] == pytest.approx(want["auc"], abs=1e-4)
     assert got["max_abs_diff"] == pytest.approx(want["max_abs_diff"], abs=1e-6)
     assert got["sensitivity_ci95"] == pytest.approx(list(want["sensitivity_ci95"]), abs=1e-9)
     # The gates decide on these numbers, and the status follows the gates.

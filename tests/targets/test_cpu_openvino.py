@@ -49,7 +49,7 @@ def build(
     default_build: Callable[[str], tuple[Path, Result]],
 ) -> Callable[..., tuple[Path, Result]]:
     """build(extra_toml, *flags) -> (project folder, CLI result); each config is built once,
-    the defaults by the session (shared with the generic recount)."""
+    the defaults by the session without benchmarks (shared with the generic recount)."""
     done: dict[tuple[str, ...], tuple[Path, Result]] = {}
 
     def run(extra: str = "", *flags: str, model: Path | None = None) -> tuple[Path, Result]:
@@ -171,7 +171,7 @@ def test_pin_is_applied_by_runner_and_predict_py(build, data_path, tiny_model) -
 
 
 def test_bench_reports_latency_and_throughput_modes(build) -> None:
-    root, r = build()
+    root, r = build("# benchmarked (the session's default build is not)\n")
     assert r.code == 0, r.stderr
     bench = report_of(root)["benchmark"]
     assert bench["status"] == "ok"

@@ -60,16 +60,11 @@ def bundle(
     tmp_path_factory: pytest.TempPathFactory,
     make_model: Callable[..., Path],
     data_path: Path,
-    default_build: Callable[[str], tuple[Path, Result]],
 ) -> Callable[..., Bundle]:
-    """bundle(key, model_variant, options) -> the built bundle, built once per key; "fp16" (the
-    defaults) is the session's build, shared with the generic recount."""
+    """bundle(key, model_variant, options) -> the built bundle, built once per key."""
     built: dict[str, Bundle] = {}
 
     def get(key: str, variant: dict | None = None, options: str = "") -> Bundle:
-        if key == "fp16" and variant is None and not options and key not in built:
-            root, r = default_build("gpu-tensorrt")
-            built[key] = Bundle(r, root)
         if key not in built:
             model = make_model(f"trt-{key}", **(variant or {}))
             root = tmp_path_factory.mktemp(key)

@@ -1,0 +1,82 @@
+"""Reproducibility of every target this host builds: two `build --all --no-bench` runs from
+different working directories, time zones and umasks give byte-identical tarballs; a different
+SOURCE_DATE_EPOCH (honoured for the tarball's timestamps, README "Bundles") changes only those
+timestamps."""
+
+from __future__ import annotations
+
+import json
+import struct
+import tarfile
+from pathlib import Path
+
+from tests.conftest import DEFAULT_DIST_ENV, Result, run_with
+
+EPOCH = DEFAULT_DIST_ENV["epoch"]
+
+
+def build(
+    project: Path, out: Path, cwd: Path, tz: str, umask: int, epoch: int, *targets: str
+) -> Result:
+    which = [a for t in targets for a in ("--target", t)] or ["--all"]
+    args = ["build", *which, "--no-bench", "--json", "-q"]
+    return run_with(
+        [*args, "--config", str(project / "packager.toml"), "--out", str(out)],
+        cwd,
+        tz,
+        umask,
+        epoch,
+    )
+
+
+def members(tar_gz: Path) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
+    with tarfile.open(tar_gz, "r:gz") as t:
+        return {m.name: (m, t.extractfile(m).read() if m.isfile() else b"") for m in t}
+
+
+def differing(a: Path, b: Path) -> list[str]:
+    """Names of the members whose metadata or content differ (for the failure message)."""
+    ma, mb = members(a), members(b)
+    out = sorted(set(ma) ^ set(mb))
+    for name in sorted(set(ma) & set(mb)):
+        (ia, da), (ib, db) = ma[name], mb[name]
+        if da != db or ia.get_info() != ib.get_info():
+            out.append(name)
+    return out
+
+
+def test_every_target_rebuilds_byte_identical_whatever_the_host_settings(
+    default_dist: tuple[Path, Result],
+) -> None:
+    """The session's `build --all --no-bench` (UTC, umask 022, from its project folder) again
+    from another folder, in another time zone, with umask 077: the same bytes."""
+    first, a = default_dist
+    assert a.code in (0, 1), a.stderr
+    again = first / "rebuild"
+    b = build(first, again, first / "elsewhere", "Pacific/Chatham", 0o077, EPOCH)
+    assert b.code in (0, 1), b.stderr
+    results = {r["target"]: r["status"] for r in json.loads(a.stdout)["results"]}
+    assert results == {r["target"]: r["status"] for r in json.loads(b.stdout)["results"]}
+    published = sorted(t for t, s in results.items() if s in ("passed", "not-validated"))
+    assert len(published) >= 2, results
+    for target in published:
+        ta = first / "dist" / "tiny-1.0.0" / f"{target}.tar.gz"
+        tb = again / "tiny-1.0.0" / f"{target}.tar.gz"
+        assert ta.read_bytes() == tb.read_bytes(), (target, differing(ta, tb))
+
+
+def test_source_date_epoch_sets_only_the_timestamps(default_dist: tuple[Path, Result]) -> None:
+    first, a = default_dist
+    target = "cpu-onnxruntime"
+    later = EPOCH + 86_400 * 365
+    r = build(first, first / "later", first, "UTC", 0o022, later, target)
+    assert r.code == 0, r.stderr
+    t1 = first / "dist" / "tiny-1.0.0" / f"{target}.tar.gz"
+    t2 = first / "later" / "tiny-1.0.0" / f"{target}.tar.gz"
+    assert t1.read_bytes() != t2.read_bytes()
+    m1, m2 = members(t1), members(t2)
+    assert sorted(m1) == sorted(m2)
+    for name, (info, data) in m2.items():
+        assert m1[name][0].mtime == EPOCH and info.mtime == later, name  # SOURCE_DATE_EPOCH
+        assert data == m1[name][1], name  # and the same bytes as the earlier build
+    assert struct.unpack("<I", t2.read_bytes()[4:8])[0] == later  # gzip header MTIME
