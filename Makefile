@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	sh scripts/typecheck.sh $(BIN)/python
-	$(BIN)/python -m pytest -q -rs
+	$(BIN)/python -m pytest -q -rsx
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
