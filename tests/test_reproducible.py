@@ -10,6 +10,8 @@ import struct
 import tarfile
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import DEFAULT_DIST_ENV, Result, run_with
 
 EPOCH = DEFAULT_DIST_ENV["epoch"]
