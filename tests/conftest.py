@@ -33,6 +33,17 @@ def must_have(reason: str) -> NoReturn:
     pytest.skip(reason)
 
 
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """On CI the dataset is not optional: stop at once, in one line, instead of failing
+    every test that needs it."""
+    if ON_CI and not DATA.is_file():
+        pytest.exit(
+            f"CI=true and PneumoniaMNIST is missing: put pneumoniamnist.npz at {DATA} "
+            "(../shared/data/ beside the repository) or set PACKAGER_TEST_DATA",
+            returncode=1,
+        )
+
+
 @pytest.fixture(scope="session")
 def data_path() -> Path:
     if not DATA.is_file():

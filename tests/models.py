@@ -153,9 +153,11 @@ def make_three_class(path: Path, data: str, dataset: Path) -> Path:
     )
     m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
-    feats = sess.run(None, {"x": PRE(out["train_images"])})[0].astype(np.float64)
+    fit = np.random.default_rng(3).choice(len(out["train_images"]), 1500, replace=False)
+    feats = sess.run(None, {"x": PRE(out["train_images"][fit])})[0].astype(np.float64)
     mu, sd = feats.mean(0), feats.std(0) + 1e-6
-    clf = LogisticRegression(max_iter=500, C=1.0).fit((feats - mu) / sd, out["train_labels"][:, 0])
+    y = out["train_labels"][fit, 0]
+    clf = LogisticRegression(max_iter=500, C=1.0).fit((feats - mu) / sd, y)
     weight = (clf.coef_ / sd).T.astype(np.float32)  # (256, 3), standardisation folded in
     bias = (clf.intercept_ - (clf.coef_ / sd) @ mu).astype(np.float32)
     nodes = [
