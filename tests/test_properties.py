@@ -113,9 +113,130 @@ def check_invariants(cfg: Config) -> None:
     assert isinstance(cfg.targets, dict) and all(isinstance(v, dict) for v in cfg.targets.values())
 
 
-@bounded(150)
+names = st.text(
+    st.sampled_from("abcdefghijklmnopqrstuvwxyz0123456789-_."), min_size=1, max_size=20
+).filter(lambda t: t not in (".", ".."))
+unit = st.floats(0.0, 1.0)
+channel_values = st.lists(st.floats(-2, 2), min_size=1, max_size=1) | st.lists(
+    st.floats(-2, 2), min_size=3, max_size=3
+)
+positive_std = st.floats(0.01, 5.0)
+
+
+@st.composite
+def valid_configs(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid config by construction: some sections, some keys each, valid values only."""
+    labels = draw(st.lists(names, min_size=2, max_size=4, unique=True))
+    sections: dict[str, dict[str, Any]] = {
+        "model": {"name": draw(names), "version": draw(names), "description": draw(st.text())},
+        "data": {
+            "split": draw(st.sampled_from(["test", "val"])),
+            "calibration_size": draw(st.integers(1, 5000)),
+            "seed": draw(st.integers(0, 2**31)),
+            "shareable": draw(st.booleans()),
+        },
+        "preprocess": {
+            "size": draw(st.integers(1, 4096)),
+            "channels": draw(st.sampled_from([1, 3])),
+            "layout": draw(st.sampled_from(["NCHW", "NHWC"])),
+            "scale": draw(st.floats(1e-6, 10.0)),
+            "mean": draw(channel_values),
+            "std": draw(st.lists(positive_std, min_size=1, max_size=1) | st.lists(
+                positive_std, min_size=3, max_size=3)),
+            "resize": draw(st.sampled_from(["bilinear", "nearest"])),
+        },
+        "labels": {
+            "names": labels,
+            "positive": draw(st.sampled_from(labels)),
+            "threshold": draw(st.floats(0.001, 0.999)),
+            "output": draw(st.sampled_from(["auto", "logits", "probabilities"])),
+        },
+        "gates": {"min_sensitivity": draw(unit), "max_sensitivity_drop": draw(unit)},
+        "bench": {
+            "batch_sizes": draw(st.lists(st.integers(1, 4096), min_size=1, max_size=5)),
+            "warmup": draw(st.integers(0, 50)),
+            "seconds": draw(st.floats(0.01, 60.0)),
+            "min_iterations": draw(st.integers(1, 1000)),
+        },
+    }  # fmt: skip
+    out: dict[str, Any] = {}
+    for section in draw(st.lists(st.sampled_from(sorted(sections)), unique=True)):
+        keys = draw(st.lists(st.sampled_from(sorted(sections[section])), unique=True))
+        if section == "labels" and {"positive", "names"} & set(keys):
+            keys = sorted({*keys, "positive", "names"})  # positive is one of the names given
+        out[section] = {k: sections[section][k] for k in keys}
+    return out
+
+
+CONFIG_MUTATIONS = ["none", "key_typo", "section_typo", "wrong_type", "out_of_range"]
+OUT_OF_RANGE = {
+    "size": 0, "channels": 2, "threshold": 1.0, "min_sensitivity": 98.0, "seed": -1,
+    "max_sensitivity_drop": -0.1, "calibration_size": 0, "batch_sizes": [0], "seconds": 0.0,
+    "std": [0.0], "mean": [0.1, 0.2], "names": ["a"], "layout": "NHCW", "name": "../x",
+    "version": "", "resize": "cubic", "output": "softmax", "positive": "nobody",
+}  # fmt: skip
+
+
+def mutate_config(data: dict[str, Any], mutation: str, draw: Any) -> bool:
+    """Apply one mutation in place; True when it must make the config invalid."""
+    tables = [(s, k) for s, t in data.items() for k in t]
+    if mutation == "none" or not tables:
+        return False
+    section, key = draw(st.sampled_from(tables))
+    if mutation == "key_typo":
+        data[section][key + "x"] = data[section].pop(key)
+    elif mutation == "section_typo":
+        data[section + "s"] = data.pop(section)
+    elif mutation == "wrong_type":  # a string where a number, list or flag belongs, or back
+        value = data[section][key]
+        data[section][key] = {"x": 1} if isinstance(value, str) else str(value)
+        if isinstance(value, str) and section == "model" and key == "description":
+            return True
+    elif mutation == "out_of_range":
+        if key not in OUT_OF_RANGE:
+            return False
+        data[section][key] = OUT_OF_RANGE[key]
+    return True
+
+
+def config_case(parse: Any) -> Any:
+    """A @given test: parse(dict) -> Config for a valid config plus at most one mutation."""
+
+    @bounded(80)
+    @given(valid_configs(), st.sampled_from(CONFIG_MUTATIONS), st.data())
+    def run(seen: Counter[str], data: dict[str, Any], mutation: str, drawn: Any) -> None:
+        event(f"mutation: {mutation}")
+        given_values = json.loads(json.dumps(data))
+        invalid = mutate_config(data, mutation, drawn.draw)
+        try:
+            cfg = parse(data)
+        except UserError as exc:
+            assert str(exc) and "\n" not in str(exc).strip()
+            assert mutation != "none", (str(exc), data)
+            event("outcome: refused")
+            seen["refused"] += 1
+            return
+        assert not invalid, (mutation, data)
+        check_invariants(cfg)
+        if mutation == "none":  # what was given is what the config holds
+            for section, table in given_values.items():
+                for key, value in table.items():
+                    got = getattr(getattr(cfg, section), key)
+                    assert (list(got) if isinstance(got, tuple) else got) == value, (section, key)
+        event("outcome: loaded")
+        seen["loaded"] += 1
+
+    return run
+
+
+def test_parse_config_is_total() -> None:
+    run_counted(config_case(lambda d: parse_config(d, Path("/tmp"))))
+
+
+@bounded(60)
 @given(config_dicts())
-def test_parse_config_is_total(data: dict[str, Any]) -> None:
+def test_parse_config_takes_any_value_of_any_type(data: dict[str, Any]) -> None:
+    """Arbitrary sections, keys and TOML values: a config or one UserError line."""
     try:
         cfg = parse_config(data, Path("/tmp"))
     except UserError as exc:
@@ -151,13 +272,24 @@ def to_toml(data: dict[str, Any]) -> str:
     return "\n".join(top) + "\n" + "\n".join(tables)
 
 
-@bounded(150)
-@given(config_dicts() | st.text(max_size=200).map(lambda t: {"__raw__": t}))
-def test_config_file_is_total(data: dict[str, Any]) -> None:
-    """The same through a real packager.toml, plus arbitrary text."""
+def _load_toml(data: dict[str, Any]) -> Config:
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "packager.toml"
-        path.write_text(data["__raw__"] if "__raw__" in data else to_toml(data), encoding="utf-8")
+        path.write_text(to_toml(data), encoding="utf-8")
+        return load_config(path)
+
+
+def test_config_file_is_total() -> None:
+    """The same through a real packager.toml."""
+    run_counted(config_case(_load_toml))
+
+
+@bounded(60)
+@given(st.text(max_size=200))
+def test_config_file_takes_any_text(text: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "packager.toml"
+        path.write_text(text, encoding="utf-8")
         try:
             cfg = load_config(path)
         except UserError as exc:
