@@ -26,15 +26,18 @@ from packager.bundle import (
     write_manifest,
 )
 from packager.errors import PackagerError, Unavailable, UserError
+from packager.evidence import for_build as clinical_evidence
 from packager.hostinfo import host_facts
+from packager.quiet import stdout_to_stderr
 from packager.registry import get
 from packager.render import render_bundle_docs
-from packager.runner import WorkerFailed, run_worker
+from packager.runner import WorkerFailed, predict, run_worker
 from packager.schema import from_dict
 from packager.session import Session
 from packager.shipped import SHIPPED
 from packager.shipped.selftest import file_sha256
-from packager.validate import evaluate, gate_checks, predict, save_validation
+from packager.supply_chain import write_sbom_and_provenance
+from packager.validate import evaluate, gate_checks, save_validation
 from targets.base import BuildContext, BuildOutput, Check, Target
 
 PREPROCESS_SRC = Path(__file__).with_name("preprocess.py")
@@ -136,7 +139,7 @@ def _build_one(
     steps: list[Step] = []
     try:
         ctx = s.context(opts, int8)
-        with s.progress.step(t.name, "converting"):
+        with s.progress.step(t.name, "converting"), stdout_to_stderr(s.progress.enabled):
             built = t.build(ctx, bdir)
         steps.append(Step("convert", "ok", f"precision {built.precision}"))
         if int8 and not t.int8_option:
@@ -153,6 +156,7 @@ def _build_one(
         finish_report(report, [asdict(st) for st in steps])
         (bdir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
         render_bundle_docs(bdir, report, s)
+        write_sbom_and_provenance(bdir, report, _manifest_meta(s, t, built, report))
         write_manifest(bdir, _manifest_meta(s, t, built, report))
         make_tarball(bdir, stage / f"{t.name}.tar.gz")
         root = bundle_root(s)
@@ -242,8 +246,12 @@ def _validate(
             t.name, bdir, built.runner_options, s.x, s.info.fixed_batch, s.cfg.bench.timeout_s, kind
         )
     probs, clin = evaluate(scores, s.validation.labels, s.cfg, s.output_kind, reference)
+    evidence, evidence_checks = clinical_evidence(s, probs, reference)
     checks = (
-        gate_checks(clin, s.cfg, has_reference=True) + built.checks + t.checks(ctx, bdir, probs)
+        gate_checks(clin, s.cfg, has_reference=True)
+        + evidence_checks
+        + built.checks
+        + t.checks(ctx, bdir, probs)
     )
     failed = [c for c in checks if not c.passed]
     steps.append(
@@ -258,6 +266,7 @@ def _validate(
     clinical = asdict(clin)
     clinical["split"] = s.validation.split
     clinical["output"] = s.output_kind
+    clinical["evidence"] = evidence
     report = _report_head(
         s, t, built, clinical, checks, avail.validate.reason if proxy_label else "", runtime
     )
@@ -338,7 +347,7 @@ def _run_selftest(bdir: Path, kind: str, meta: dict[str, Any]) -> tuple[Check, d
     check = Check(
         "selftest",
         label,
-        "identical decisions, |dp| within tolerance",
+        "identical decisions, probabilities within tolerance",
         proc.returncode == 0,
         reason,
         ran=proc.returncode != 3,

@@ -23,8 +23,9 @@ from packager.data import file_sha256
 from packager.errors import UserError
 
 MANIFEST = "manifest.json"
-SIGNATURE = "manifest.sig"
-UNCOVERED = {MANIFEST, SIGNATURE}
+SIGNATURE = "model.sig"  # OpenSSF model-signing (sigstore bundle), over every other file
+LEGACY_SIGNATURE = "manifest.sig"  # packager <= 0.1.0: Ed25519 over manifest.json
+UNCOVERED = {MANIFEST, SIGNATURE, LEGACY_SIGNATURE}
 SCHEMA_VERSION = 1
 
 

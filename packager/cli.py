@@ -198,7 +198,7 @@ def targets(as_json: bool) -> None:
     "--pubkey",
     type=click.Path(path_type=Path),
     default=None,
-    help="Also check the Ed25519 signature.",
+    help="Also check the OpenSSF model signature (model.sig) with this EC public key.",
 )
 @max_size_option
 @json_option
@@ -225,7 +225,7 @@ def verify(path: Path, pubkey: Path | None, max_size_gb: float | None, as_json: 
     help="Private key path; PATH.pub is written too.",
 )
 def keygen(out: Path) -> None:
-    """Make an Ed25519 key pair for signing bundles."""
+    """Make an EC P-256 key pair (PEM) for signing bundles with model-signing."""
     from packager.signing import keygen as run_keygen
 
     key, pub = run_keygen(out)
@@ -235,11 +235,14 @@ def keygen(out: Path) -> None:
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option(
-    "--key", type=click.Path(path_type=Path), required=True, help="Ed25519 private key (PEM)."
+    "--key",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="EC P-256 private key (PEM, from `packager keygen`).",
 )
 @max_size_option
 def sign(bundle: Path, key: Path, max_size_gb: float | None) -> None:
-    """Sign a bundle: the signature covers manifest.json, which covers every file."""
+    """Sign a bundle (OpenSSF model signing, offline): model.sig covers every other file."""
     from packager.signing import sign as run_sign
 
     run_sign(bundle, key, max_size_gb)

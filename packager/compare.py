@@ -432,7 +432,7 @@ def _change(col_key: str, old: Any, new: Any) -> str:
     d = new - old
     if col_key in ("sensitivity", "specificity"):
         return f"{100 * d:+.2f} pts" if abs(d) >= 5e-5 else "0"
-    if col_key == "auc":
+    if col_key in ("auc", "ece", "brier"):
         return f"{d:+.4f}" if abs(d) >= 5e-5 else "0"
     if col_key == "flips":
         return f"{d:+d}" if d else "0"

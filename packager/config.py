@@ -42,6 +42,11 @@ class DataConfig:
     calibration_split: str = "train"
     calibration_size: int = 300
     seed: int = 0
+    # Subgroups (site, sex, age band...): name = file with one label per validation image
+    # (.npy, or text with one label per line); `{split}` in the path is replaced by the split.
+    groups: dict[str, str] = field(default_factory=dict)
+    # Subgroups from the dataset's own per-image metadata columns.
+    group_by: list[str] = field(default_factory=list)
     # May images of this dataset leave the building (e.g. into a bundle's self-test)?
     shareable: bool = False
 
@@ -100,11 +105,24 @@ class LabelsConfig:
 class GatesConfig:
     min_sensitivity: float = 0.98
     max_sensitivity_drop: float = 0.005
+    # Subgroup gates (off unless set), applied to subgroups with at least
+    # min_subgroup_positives positives; smaller ones are reported "too small to judge".
+    min_subgroup_sensitivity: float | None = None
+    max_subgroup_sensitivity_drop: float | None = None
+    min_subgroup_positives: int = 20
 
     def check(self, where: str) -> None:
-        for key in ("min_sensitivity", "max_sensitivity_drop"):
-            if not 0.0 <= getattr(self, key) <= 1.0:
+        for key in (
+            "min_sensitivity",
+            "max_sensitivity_drop",
+            "min_subgroup_sensitivity",
+            "max_subgroup_sensitivity_drop",
+        ):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value <= 1.0:
                 raise UserError(f"{where}.{key} is a fraction between 0 and 1 (0.98, not 98)")
+        if self.min_subgroup_positives < 1:
+            raise UserError(f"{where}.min_subgroup_positives must be at least 1")
 
 
 @dataclass
@@ -220,6 +238,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     cfg = Config(**sections, targets=targets, source=source)
     cfg.model.path = _resolve(base, cfg.model.path)
     cfg.data.path = _resolve(base, cfg.data.path)
+    cfg.data.groups = {k: str(_resolve(base, v)) for k, v in cfg.data.groups.items()}
     cfg.output.dir = str(_resolve(base, cfg.output.dir))
     return cfg
 

@@ -66,22 +66,42 @@ def quantize_dynamic_int8(model: onnx.ModelProto, dst: Path) -> None:
 
 
 def quantize_static_qdq(
-    model: onnx.ModelProto, dst: Path, calibration: np.ndarray, batch: int
+    model: onnx.ModelProto,
+    dst: Path,
+    calibration: np.ndarray,
+    batch: int,
+    *,
+    symmetric: bool = False,
+    keep_head_float: bool = False,
+    cache_file: Path | None = None,
 ) -> None:
-    """QDQ INT8: uint8 activations calibrated (min-max) on `calibration`, per-channel int8
-    weights — ONNX Runtime's recommended CPU/mobile configuration."""
+    """QDQ INT8 calibrated on `calibration` (a non-validation split), per-channel int8 weights.
+
+    Default: uint8 activations, min-max ranges — ONNX Runtime's recommended CPU/mobile
+    configuration. `symmetric`: int8 activations with symmetric entropy ranges, what TensorRT
+    executes. `keep_head_float`: the last Gemm/MatMul (the logits, a negligible share of the
+    compute) stays in floating point. `cache_file` keeps the calibrated ranges."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     with tempfile.TemporaryDirectory(prefix="packager-quant-") as tmp:
-        prepared = prepare_for_quantization(model, Path(tmp))
-        name = graph_inputs(model)[0].name
+        prepared_path = prepare_for_quantization(model, Path(tmp))
+        prepared = onnx.load(str(prepared_path))
+        for i, node in enumerate(prepared.graph.node):
+            node.name = node.name or f"{node.op_type}_{i}"  # exclusion goes by name
+        onnx.save(prepared, str(prepared_path))
+        heads = [n.name for n in prepared.graph.node if n.op_type in ("Gemm", "MatMul")][-1:]
         quantize_static(
-            str(prepared),
+            str(prepared_path),
             str(dst),
-            CalibrationReader(calibration, name, batch),
+            CalibrationReader(calibration, graph_inputs(prepared)[0].name, batch),
             quant_format=QuantFormat.QDQ,
             per_channel=True,
-            activation_type=QuantType.QUInt8,
+            activation_type=QuantType.QInt8 if symmetric else QuantType.QUInt8,
             weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+            nodes_to_exclude=heads if keep_head_float else [],
+            calibrate_method=CalibrationMethod.Entropy if symmetric else CalibrationMethod.MinMax,
+            extra_options={"ActivationSymmetric": True, "WeightSymmetric": True}
+            if symmetric
+            else {},
+            calibration_cache_path=str(cache_file) if cache_file else None,
         )

@@ -324,6 +324,35 @@ def throughput_curves(
     return to_svg(fig, "throughput", "throughput against batch size per target")
 
 
+def reliability(target: dict[str, Any], reference: dict[str, Any] | None, positive: str) -> Markup:
+    """Reliability diagram of p(positive): observed share of positives per probability bin
+    against the bin's mean probability (marker area by case count), the reference's dashed."""
+    fig, ax = _figure(3.8, 3.4)
+    with matplotlib.rc_context(RC):
+        ax.plot([0, 1], [0, 1], ":", color=GRID, label="perfectly calibrated")
+        series = [("this target", target, TARGET_C, "o-")]
+        if reference is not None:
+            series.append(("reference", reference, REF_C, "s--"))
+        for name, cal, color, style in series:
+            curve = cal["curve"]
+            ax.plot(
+                curve["prob_pred"],
+                curve["prob_true"],
+                style,
+                color=color,
+                linewidth=1.3,
+                markersize=4,
+                label=f"{name} (ECE {cal['ece']:.3f}, Brier {cal['brier']:.3f})",
+            )
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+        ax.set_xlabel(f"mean predicted p({plain(positive)}) in the bin")
+        ax.set_ylabel(f"share truly {plain(positive)}")
+        ax.set_title("Reliability (calibration)", loc="left")
+        ax.legend(loc="upper left", fontsize=7, frameon=False)
+    return to_svg(fig, "reliability", "reliability diagram of the predicted probabilities")
+
+
 def thumbnail(image: np.ndarray, size: int = 96) -> str:
     """A PNG data URI of one raw image (uint8 HxW or HxWx3), upscaled without smoothing."""
     img = Image.fromarray(np.ascontiguousarray(image))

@@ -13,7 +13,13 @@ if TYPE_CHECKING:
     from targets.base import Target
 
 GROUP = "packager.targets"
-REFERENCE = "cpu-onnxruntime"
+
+
+def _is_reference(ep: EntryPoint) -> bool:
+    try:
+        return bool(getattr(ep.load(), "is_reference", False))
+    except ImportError:
+        return False
 
 
 @cache
@@ -24,7 +30,16 @@ def _entry_points() -> dict[str, EntryPoint]:
             raise UserError(f"two packages register the target '{ep.name}'; uninstall one of them")
         found[ep.name] = ep
     # The reference first: it is what every other target is compared with.
-    return dict(sorted(found.items(), key=lambda kv: (kv[0] != REFERENCE, kv[0])))
+    return dict(sorted(found.items(), key=lambda kv: (not _is_reference(kv[1]), kv[0])))
+
+
+@cache
+def reference() -> Target:
+    """The target every other one is compared with: the one whose class says `is_reference`."""
+    refs = [n for n, ep in _entry_points().items() if _is_reference(ep)]
+    if len(refs) != 1:
+        raise UserError(f"exactly one target must be the reference, found {refs or 'none'}")
+    return get(refs[0])
 
 
 def names() -> list[str]:

@@ -58,6 +58,11 @@ def pct(value: Any) -> str:
     return "n/a" if value is None else f"{100 * value:.2f}%"
 
 
+def pts(value: Any) -> str:
+    """A difference of two rates in percentage points, signed."""
+    return "n/a" if value is None else f"{100 * value:+.2f} pts"
+
+
 @cache
 def env(autoescape: bool) -> jinja2.Environment:
     e = jinja2.Environment(
@@ -68,7 +73,7 @@ def env(autoescape: bool) -> jinja2.Environment:
         trim_blocks=True,
         lstrip_blocks=True,
     )
-    e.filters.update(md=md_escape, fmt=fmt, pct=pct, pyrepr=repr, code_str=code_str)
+    e.filters.update(md=md_escape, fmt=fmt, pct=pct, pts=pts, pyrepr=repr, code_str=code_str)
     return e
 
 

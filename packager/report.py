@@ -5,7 +5,6 @@ bundle directory is at hand): one summary row per report, shared by report.md / 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +14,6 @@ import numpy as np
 
 from packager.metrics import roc_curve
 
-# Word starts in a runtime's self-description that mean it ran on an accelerator, not the CPU
-# ("CUDAExecutionProvider", "GPU.0", "TensorRT", "CoreML").
-ACCELERATOR_WORDS = ("cuda", "tensorrt", "trt", "gpu", "coreml", "rocm", "migraphx", "dml", "npu")
 FLIPS_SHOWN = 48  # thumbnails in report.html; the rest are counted
 
 
@@ -38,19 +34,11 @@ def _gap_clinical(report: dict[str, Any]) -> str | None:
 
 
 def runs_on_accelerator(report: dict[str, Any]) -> bool:
-    """Whether the benchmark (or validation) runtime describes an accelerator. Only values are
-    read, word by word, so neither a key like `gpu_available: false` nor "input" counts."""
-
-    def words(x: Any) -> list[str]:
-        if isinstance(x, dict):
-            return [w for v in x.values() for w in words(v)]
-        if isinstance(x, list):
-            return [w for v in x for w in words(v)]
-        return re.findall(r"[a-z0-9]+", x.lower()) if isinstance(x, str) else []
-
+    """Whether the benchmark (or validation) ran on something other than the CPU, as the
+    runtime itself reported its device (runtime.py's info()["device"])."""
     b, v = report.get("benchmark") or {}, report.get("validation") or {}
     runtime = b.get("runtime") or v.get("runtime") or {}
-    return any(w.startswith(ACCELERATOR_WORDS) for w in words(runtime))
+    return str(runtime.get("device", "CPU")).upper() != "CPU"
 
 
 def _harness_overhead(row: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -84,6 +72,8 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     best = max(rows, key=lambda r: r["throughput_sps"]) if rows else None
     flipped = c.get("flipped")
     host = b.get("host") or {}
+    cal = (c.get("evidence") or {}).get("calibration") or {}
+    tcal, rcal = cal.get("target"), cal.get("reference")
     return {
         "target": report.get("target", "?"),
         "name": m.get("name"),
@@ -114,6 +104,12 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "threshold": c.get("threshold"),
         "reference_sensitivity": c.get("reference_sensitivity"),
         "sensitivity_drop": c.get("sensitivity_drop"),
+        "calibration_gap": _gap_clinical(report)
+        or (None if tcal else "no calibration: this report predates it"),
+        "ece": tcal["ece"] if tcal else None,
+        "ece_change": tcal["ece"] - rcal["ece"] if tcal and rcal else None,
+        "brier": tcal["brier"] if tcal else None,
+        "brier_change": tcal["brier"] - rcal["brier"] if tcal and rcal else None,
         "bench_gap": bench_gap,
         "latency_gap": latency_gap if b1 is None else None,
         "latency_p50_ms": b1["latency_ms"]["p50"] if b1 else None,
@@ -158,6 +154,17 @@ def _opt(key: str, show: Callable[[Any], str], none: str) -> Callable[[dict[str,
     return lambda r: none if r[key] is None else show(r[key])
 
 
+def _calibration(key: str) -> Callable[[dict[str, Any]], str]:
+    """The target's score and its change against the reference (quantization can shift what
+    the probabilities mean without flipping a decision)."""
+
+    def show(r: dict[str, Any]) -> str:
+        change = r[f"{key}_change"]
+        return f"{r[key]:.4f}" + (f" ({change:+.4f} vs reference)" if change is not None else "")
+
+    return show
+
+
 COLUMNS = (
     Column("sensitivity", "sensitivity (95% CI)", "clinical_gap", _sens, "higher"),
     Column(
@@ -174,6 +181,10 @@ COLUMNS = (
         "clinical_gap",
         _opt("flips", str, "n/a: no reference"),
         "lower",
+    ),
+    Column("ece", "ECE (change vs reference)", "calibration_gap", _calibration("ece"), "lower"),
+    Column(
+        "brier", "Brier (change vs reference)", "calibration_gap", _calibration("brier"), "lower"
     ),
     Column(
         "latency_p50_ms",
@@ -259,22 +270,29 @@ def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None
     row = summarize(report)
     positive, negative, names, pos_idx = class_names(bdir)
     # Every key present (None when absent) so templates can test them under StrictUndefined.
-    figures: dict[str, Any] = dict.fromkeys(("confusion", "roc", "latency", "sweep"))
+    figures: dict[str, Any] = dict.fromkeys(("confusion", "roc", "latency", "sweep", "reliability"))
     gaps: dict[str, str | None] = dict.fromkeys(
-        ("clinical", "roc", "flips", "thumbnails", "bench", "latency")
+        ("clinical", "roc", "flips", "thumbnails", "bench", "latency", "calibration")
     )
     flips: list[dict[str, Any]] = []
+    near = None  # (labels == positive, p(positive)) for the self-test tolerance count
     c = report.get("clinical")
     if row["clinical_gap"]:
         gaps["clinical"] = row["clinical_gap"]
     else:
         figures["confusion"] = plots.confusion_matrix(c["confusion"], positive, negative)
+        cal = (c.get("evidence") or {}).get("calibration")
+        if cal:
+            figures["reliability"] = plots.reliability(cal["target"], cal["reference"], positive)
+        else:
+            gaps["calibration"] = row["calibration_gap"]
         arrays = _validation_arrays(bdir, c, pos_idx)
         if isinstance(arrays, str):
             gaps["roc"] = arrays
         else:
             labels, p, ref = arrays
             y = labels == pos_idx
+            near = (y, p)
             fpr, tpr = roc_curve(y, p)
             ref_curve = roc_curve(y, ref) if ref is not None else None
             spec = c["specificity"] if c["specificity"] is not None else 1.0
@@ -305,6 +323,7 @@ def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None
         figures["sweep"] = plots.batch_sweep(series)
     return {
         "row": row,
+        "signoff": signoff(report, row, near),
         "cells": [(col.header, *cell(row, col)) for col in COLUMNS],
         "figures": figures,
         "gaps": gaps,
@@ -385,4 +404,89 @@ def _sample_stats(row: dict[str, Any] | None) -> dict[str, Any] | None:
         "n": row.get("iterations", len(s)),
         "min": s[0],
         "max": s[-1],
+    }
+
+
+def signoff(
+    report: dict[str, Any],
+    row: dict[str, Any],
+    near: tuple[np.ndarray, np.ndarray] | None = None,
+) -> dict[str, Any]:
+    """The sign-off page: the evidence of report.json plus, in plain words, everything that was
+    not validated and why (a check that did not run is listed here, never counted as passed)."""
+    from packager.evidence import tolerance_reach
+
+    c = report.get("clinical") or {}
+    v = report.get("validation") or {}
+    ev = c.get("evidence")
+    missing: list[str] = []
+    if v.get("proxy"):
+        missing.append(
+            f"the target's own runtime: the numbers come from a proxy ({v['proxy']}) because "
+            f"{v.get('not_validated') or 'its runtime is not available here'}"
+        )
+    if row["clinical_gap"]:
+        missing.append(row["clinical_gap"])
+    elif ev is None:
+        missing.append(
+            "paired test, subgroups, calibration and fragility: not in this report (written by "
+            "an older packager, or re-validated by `packager validate`)"
+        )
+    reach = None
+    if ev:
+        if ev["paired"] is None:
+            missing.append("paired comparison: no reference predictions for this data")
+        else:
+            missing += [
+                f"{cl['gate']}: this set is too small to support the gate's claim (see the "
+                "paired comparison); the gate decided on the point estimate"
+                for cl in ev["paired"]["claims"]
+                if cl["text"].startswith("too small")
+            ]
+        rows = ev["subgroups"]
+        if ev.get("subgroups_not_run"):
+            missing.append(f"subgroups and their gates: {ev['subgroups_not_run']}")
+        elif not rows:
+            missing.append(
+                "subgroups: the validation data carries no group labels; set [data.groups] "
+                "or [data] group_by"
+            )
+        elif all(r["verdict"] == "no subgroup gate" for r in rows):
+            missing.append(
+                "subgroup gates: none configured ([gates] min_subgroup_sensitivity, "
+                "max_subgroup_sensitivity_drop); the subgroups are reported, not judged"
+            )
+        need = ev["subgroup_gates"]["min_subgroup_positives"]
+        for r in rows:
+            if r["verdict"] == "too small to judge":
+                missing.append(
+                    f"subgroup {r['group']}={r['value']}: {r['positives']} positives, fewer "
+                    f"than {need}: too small to judge"
+                )
+            elif r["verdict"].startswith("not judged"):
+                missing.append(f"subgroup {r['group']}={r['value']}: {r['verdict']}")
+        st = report.get("selftest") or {}
+        tolerance, within = st.get("tolerance"), None
+        if near is not None and isinstance(tolerance, (int, float)):
+            y, p = near
+            close = np.abs(p - ev["fragility"]["threshold"]) <= tolerance
+            within = (int((close & y).sum()), int((close & ~y).sum()))
+        reach = tolerance_reach(ev["fragility"]["margins"], tolerance, within)
+        if reach is None:
+            why = (
+                f"the self-test did not run ({st.get('reason') or 'no reason given'})"
+                if st.get("status") == "not-run"
+                else "no self-test result in this report"
+            )
+            missing.append(
+                f"numerics tolerance across hosts: {why}, so it is not known whether another "
+                "host's numerics can reach the cases near the threshold"
+            )
+    if row["bench_gap"]:
+        missing.append(row["bench_gap"])
+    return {
+        "evidence": ev,
+        "checks": (report.get("gates") or {}).get("checks") or [],
+        "not_validated": missing,
+        "reach": reach,
     }

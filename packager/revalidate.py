@@ -11,17 +11,20 @@ from typing import Any
 import numpy as np
 
 from packager.build import finish_report
-from packager.bundle import MANIFEST, SIGNATURE, make_tarball, write_manifest
-from packager.config import parse_config
-from packager.data import load_dataset
+from packager.bundle import LEGACY_SIGNATURE, MANIFEST, SIGNATURE, make_tarball, write_manifest
+from packager.config import Config, parse_config
+from packager.data import Dataset, load_dataset
 from packager.errors import Unavailable, UserError
+from packager.evidence import for_data
 from packager.hostinfo import host_facts
 from packager.preprocess import Preprocess
 from packager.progress import Progress
 from packager.registry import get
 from packager.render import render_reports
-from packager.runner import run_worker
-from packager.validate import CLINICAL_GATES, evaluate, gate_checks, predict, save_validation
+from packager.runner import predict, run_worker
+from packager.supply_chain import write_sbom_and_provenance
+from packager.validate import evaluate, gate_checks, is_clinical_gate, save_validation
+from targets.base import Check
 
 
 def _read(bundle: Path, name: str) -> dict[str, Any]:
@@ -71,11 +74,15 @@ def revalidate(
             cfg.bench.timeout_s,
         )
     probs, clin = evaluate(scores, ds.labels, cfg, runtime["output"], reference)
-    checks = [c.to_dict() for c in gate_checks(clin, cfg, has_reference=reference is not None)]
+    evidence, evidence_checks = _evidence(cfg, ds, probs, reference, report)
+    checks = [
+        c.to_dict()
+        for c in gate_checks(clin, cfg, has_reference=reference is not None) + evidence_checks
+    ]
     # The build's own checks (e.g. a converted model read back) still hold; the clinical gates
     # are this host's now (every name gate_checks can give counts as clinical).
-    checks += [c for c in report["gates"]["checks"] if c["name"] not in CLINICAL_GATES]
-    clinical = asdict(clin) | {"split": split, "output": runtime["output"]}
+    checks += [c for c in report["gates"]["checks"] if not is_clinical_gate(c["name"])]
+    clinical = asdict(clin) | {"split": split, "output": runtime["output"], "evidence": evidence}
     report["clinical"] = clinical
     report["gates"] = {"passed": all(c["passed"] for c in checks), "checks": checks}
     report["validation"] = {"runtime": info, "proxy": None, "not_validated": ""}
@@ -88,15 +95,35 @@ def revalidate(
     (bundle / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     save_validation(bundle, ds.labels, probs, reference)
     render_reports(bundle, report, ds.images)
-    (bundle / SIGNATURE).unlink(missing_ok=True)  # the old signature no longer matches
+    for sig in (SIGNATURE, LEGACY_SIGNATURE):  # the old signature no longer matches
+        (bundle / sig).unlink(missing_ok=True)
     meta = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
     meta["status"] = report["status"]
     meta["validated_by"] = {"host": host_facts(), "status": report["status"], "runtime": info}
+    write_sbom_and_provenance(bundle, report, meta)  # the SBOM's metrics are this host's now
     write_manifest(bundle, meta)
     tar = bundle.with_name(bundle.name + ".tar.gz")
     if tar.exists():
         make_tarball(bundle, tar)
     return report
+
+
+def _evidence(
+    cfg: Config,
+    ds: Dataset,
+    probs: np.ndarray,
+    reference: np.ndarray | None,
+    report: dict[str, Any],
+) -> tuple[dict[str, Any], list[Check]]:
+    """This host's evidence. The subgroup labels are files of the build host: where they are not
+    at hand (or are for other data), the subgroups and their gates are not re-run, and the
+    report says so instead of keeping the build host's verdicts."""
+    try:
+        return for_data(cfg, ds, probs, reference)
+    except UserError as exc:
+        ev, checks = for_data(cfg, ds, probs, reference, groups={})
+        ev["subgroups_not_run"] = f"not re-run by packager validate: {exc}"
+        return ev, checks
 
 
 def rebench(bundle: Path, batch_sizes: list[int], seconds: float) -> dict[str, Any]:

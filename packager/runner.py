@@ -173,3 +173,29 @@ def run_worker(job: dict[str, Any], timeout_s: float, arrays: dict[str, np.ndarr
         for key in result.pop("arrays", []):
             result[key] = np.load(Path(tmp) / f"{key}.npy", allow_pickle=False)
         return result
+
+
+def predict(
+    target: str,
+    bundle: Path,
+    options: dict[str, Any],
+    x: np.ndarray,
+    fixed_batch: int | None,
+    timeout_s: float,
+    kind: str = "main",
+    code: Path | None = None,
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Scores of `x` from the runtime.py in `code` (default: the bundle's own) on the bundle's
+    artifacts, in a fresh subprocess, plus the runtime's info."""
+    job = {
+        "job": "predict",
+        "target": target,
+        "bundle": str(bundle),
+        "code": str(code or bundle),
+        "options": options,
+        "kind": kind,
+        "batch_size": 64,
+        "fixed_batch": fixed_batch,
+    }
+    result = run_worker(job, timeout_s, {"x": x})
+    return result["scores"], result["runtime"]

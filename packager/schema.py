@@ -32,6 +32,8 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
     if origin is list:
         return f"list of {_type_name(get_args(tp)[0])}"
+    if origin is dict:
+        return f"table of {_type_name(get_args(tp)[1])}"
     return getattr(tp, "__name__", str(tp))
 
 
@@ -56,6 +58,10 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
     elif origin is list:
         if isinstance(value, list):
             return [coerce(v, get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):  # TOML keys are always strings
+            vt = get_args(tp)[1]
+            return {k: coerce(v, vt, f"{where}.{shown(k)}") for k, v in value.items()}
     elif tp is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             if not math.isfinite(value):

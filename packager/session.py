@@ -21,8 +21,9 @@ from packager.metrics import to_probabilities
 from packager.model import ModelInfo, inspect_model
 from packager.preprocess import Preprocess
 from packager.progress import Progress
-from packager.registry import REFERENCE
-from packager.validate import output_kind, predict
+from packager.registry import reference
+from packager.runner import predict
+from packager.validate import output_kind
 from targets.base import BuildContext
 
 
@@ -124,6 +125,7 @@ class Session:
             self.preprocess,
             self.validation,
             self.x,
+            self.output_kind,
             self.reference,
             self.calibration,
             self.progress,
@@ -156,17 +158,17 @@ class Session:
         if path.exists():
             return np.load(path, allow_pickle=False)
         from packager.build import install_code
-        from packager.registry import get
 
+        ref = reference()
         with (
-            self.progress.step(REFERENCE, "reference predictions"),
+            self.progress.step(ref.name, "reference predictions"),
             tempfile.TemporaryDirectory(prefix="packager-reference-") as code,
         ):
-            install_code(get(REFERENCE), Path(code))  # the reference bundle's own runtime.py
+            install_code(ref, Path(code))  # the reference bundle's own runtime.py
             scores, _ = predict(
-                REFERENCE,
+                ref.name,
                 self.model_path.parent,
-                {"model": self.model_path.name},
+                ref.source_options(self.model_path),
                 self.x,
                 self.info.fixed_batch,
                 self.cfg.bench.timeout_s,

@@ -1,24 +1,38 @@
-"""Ed25519 signatures: the signature covers manifest.json, the manifest covers every file."""
+"""OpenSSF model signatures (the `model-signing` library, offline key mode: no network, no
+transparency log). `model.sig` is a sigstore bundle whose DSSE envelope holds an in-toto
+statement listing every other file of the bundle with its sha256; manifest.json still lists
+every file too, so `packager verify` names each changed file with or without a key."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import re
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from packager.bundle import MANIFEST, SIGNATURE, make_tarball, safe_extract, verify
+from packager.bundle import LEGACY_SIGNATURE, SIGNATURE, make_tarball, safe_extract, verify
 from packager.errors import UserError
+
+if TYPE_CHECKING:
+    from model_signing import hashing
+
+# model-signing accepts these curves (it refuses Ed25519); keygen makes P-256.
+CURVES = ("secp256r1", "secp384r1", "secp521r1")
+RESIGN = "packager keygen --out release.key && packager sign BUNDLE --key release.key"
 
 
 def keygen(out: Path) -> tuple[Path, Path]:
     pub = out.with_name(out.name + ".pub")
     if out.exists() or pub.exists():
         raise UserError(f"{out} or {pub} already exists; choose another --out")
-    key = Ed25519PrivateKey.generate()
+    key = ec.generate_private_key(ec.SECP256R1())
     out.parent.mkdir(parents=True, exist_ok=True)
     # Created owner-only and exclusive: never readable by others, even for a moment.
     fd = os.open(out, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
@@ -38,7 +52,9 @@ def keygen(out: Path) -> tuple[Path, Path]:
     return out, pub
 
 
-def _load(path: Path, private: bool) -> Ed25519PrivateKey | Ed25519PublicKey:
+def _check_key(path: Path, private: bool) -> None:
+    """Refuse, in one line, what model-signing would refuse with a traceback."""
+    what = "private" if private else "public"
     try:
         data = path.read_bytes()
         key = (
@@ -52,47 +68,102 @@ def _load(path: Path, private: bool) -> Ed25519PrivateKey | Ed25519PublicKey:
         raise UserError(f"cannot read key file {path} ({exc.strerror})") from None
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise UserError(
-            f"{path} is not a PEM Ed25519 key ({exc}); make one with `packager keygen`"
+            f"{path} is not a PEM EC {what} key ({exc}); make one with `packager keygen`"
         ) from None
-    want = Ed25519PrivateKey if private else Ed25519PublicKey
-    if not isinstance(key, want):
-        raise UserError(f"{path} is not an Ed25519 key; make one with `packager keygen`")
-    return key
+    want = ec.EllipticCurvePrivateKey if private else ec.EllipticCurvePublicKey
+    if not isinstance(key, want) or key.curve.name not in CURVES:
+        raise UserError(
+            f"{path} is not an EC P-256/P-384/P-521 {what} key (model-signing refuses others, "
+            "e.g. Ed25519 keys of packager <= 0.1.0); make one with `packager keygen`"
+        )
 
 
 def sign(bundle: Path, key_path: Path, max_gb: float | None = None) -> Path:
     """Sign a bundle directory (its tarball beside it is re-made) or a tarball in place."""
-    key = _load(key_path, private=True)
+    _check_key(key_path, private=True)
     if bundle.is_file():
         with tempfile.TemporaryDirectory(prefix="packager-sign-") as tmp:
             root = safe_extract(bundle, Path(tmp), max_gb)
-            _sign_dir(root, key)  # type: ignore[arg-type]
+            _sign_dir(root, key_path)
             make_tarball(root, bundle)
         return bundle
-    _sign_dir(bundle, key)  # type: ignore[arg-type]
+    _sign_dir(bundle, key_path)
     tar = bundle.with_name(bundle.name + ".tar.gz")
     if tar.exists():
         make_tarball(bundle, tar)
     return bundle
 
 
-def _sign_dir(root: Path, key: Ed25519PrivateKey) -> None:
+def _hashing() -> hashing.Config:
+    from model_signing import hashing
+
+    # Git paths are signed too (the library skips .git* by default): nothing in a bundle is
+    # left out but the signature itself.
+    return hashing.Config().set_ignored_paths(paths=[SIGNATURE], ignore_git_paths=False)
+
+
+def _sign_dir(root: Path, key_path: Path) -> None:
+    import model_signing
+
+    root = root.resolve()  # a published bundle is a link into its generation
     result = verify(root)
     if not result.ok:
         raise UserError(f"{root} does not verify ({'; '.join(result.problems)}); refusing to sign")
-    (root / SIGNATURE).write_bytes(key.sign((root / MANIFEST).read_bytes()))
+    (root / LEGACY_SIGNATURE).unlink(missing_ok=True)  # replaced by the model-signing signature
+    sig = root / SIGNATURE
+    part = root.parent / f".{root.name}.sig.part"  # outside root: never hashed into itself
+    try:
+        model_signing.signing.Config().use_elliptic_key_signer(
+            private_key=key_path
+        ).set_hashing_config(_hashing()).sign(root, part)
+        os.replace(part, sig)
+    finally:
+        part.unlink(missing_ok=True)
+
+
+def _mismatch(message: str) -> str:
+    """model-signing's manifest diff (a str() of a list of sentences), reduced to file names."""
+    changed = re.findall(r"Hash mismatch for \\?'(.+?)\\?'", message)
+    parts = [f"changed {', '.join(changed)}"] if changed else []
+    for kind, names in re.findall(
+        r"(Extra|Missing) files[a-z ]* in model '[^']*': ([^\"]+)", message
+    ):
+        parts.append(f"{'added' if kind == 'Extra' else 'missing'} {names}")
+    return "; ".join(parts) or message[:200]
 
 
 def check_signature(root: Path, pubkey: Path) -> str:
-    key = _load(pubkey, private=False)
+    """'valid', or why not (the words name model.sig and the files that differ)."""
+    _check_key(pubkey, private=False)
+    root = root.resolve()  # a published bundle is a link into its generation
     sig = root / SIGNATURE
     if not sig.exists():
+        if (root / LEGACY_SIGNATURE).exists():
+            raise UserError(
+                f"{root.name} is signed in the old packager format ({LEGACY_SIGNATURE}, Ed25519), "
+                f"which this version no longer checks; re-sign it: {RESIGN} (see README, "
+                "Migrating signatures)"
+            )
         return f"missing ({SIGNATURE} not found; sign with `packager sign`)"
+    import model_signing
+
     try:
-        key.verify(sig.read_bytes(), (root / MANIFEST).read_bytes())  # type: ignore[union-attr]
+        # The library print()s warnings (e.g. about old signature formats): keep them off
+        # stdout, which may be `verify --json`'s one JSON document.
+        with contextlib.redirect_stdout(io.StringIO()):
+            model_signing.verifying.Config().use_elliptic_key_verifier(
+                public_key=pubkey
+            ).set_hashing_config(_hashing()).verify(root, sig)
     except InvalidSignature:
-        return (
-            f"invalid ({SIGNATURE} does not match {MANIFEST}: one of them was changed, "
-            "or the bundle was signed with another key)"
-        )
+        return f"invalid ({SIGNATURE} was made with another key, or was changed)"
+    except ValueError as exc:
+        text = " ".join(str(exc).split())
+        if text.startswith("Key mismatch"):
+            return f"invalid ({SIGNATURE} was made with another key)"
+        if text.startswith("Signature mismatch"):
+            return f"invalid ({SIGNATURE} does not match the files: {_mismatch(text)})"
+        return f"invalid ({SIGNATURE} is damaged or not a model-signing signature: {text[:160]})"
+    except Exception as exc:  # a damaged signature fails in protobuf, json, base64...: fail closed
+        text = " ".join(str(exc).split())[:160]
+        return f"invalid ({SIGNATURE} is damaged or not a model-signing signature: {text})"
     return "valid"

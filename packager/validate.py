@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from packager.config import Config
 from packager.errors import UserError
 from packager.metrics import Clinical, clinical, to_probabilities
-from packager.runner import Infers, run_worker
+from packager.runner import Infers
 from packager.shipped.predict import infer_all
 from targets.base import Check
 
@@ -20,32 +19,6 @@ def predict_all(
 ) -> np.ndarray:
     """Scores for every row of `x`: the bundles' own batching (predict.py's infer_all)."""
     return infer_all(runner, x, batch_size, fixed_batch)
-
-
-def predict(
-    target: str,
-    bundle: Path,
-    options: dict[str, Any],
-    x: np.ndarray,
-    fixed_batch: int | None,
-    timeout_s: float,
-    kind: str = "main",
-    code: Path | None = None,
-) -> tuple[np.ndarray, dict[str, Any]]:
-    """Scores of `x` from the runtime.py in `code` (default: the bundle's own) on the bundle's
-    artifacts, in a fresh subprocess, plus the runtime's info."""
-    job = {
-        "job": "predict",
-        "target": target,
-        "bundle": str(bundle),
-        "code": str(code or bundle),
-        "options": options,
-        "kind": kind,
-        "batch_size": 64,
-        "fixed_batch": fixed_batch,
-    }
-    result = run_worker(job, timeout_s, {"x": x})
-    return result["scores"], result["runtime"]
 
 
 def save_validation(
@@ -78,7 +51,18 @@ def evaluate(
     )
 
 
-CLINICAL_GATES = ("finite_outputs", "min_sensitivity", "max_sensitivity_drop")
+# A subgroup gate's name carries its subgroup: min_subgroup_sensitivity[site=B].
+CLINICAL_GATES = (
+    "finite_outputs",
+    "min_sensitivity",
+    "max_sensitivity_drop",
+    "min_subgroup_sensitivity",
+    "max_subgroup_sensitivity_drop",
+)
+
+
+def is_clinical_gate(name: str) -> bool:
+    return name.split("[", 1)[0] in CLINICAL_GATES
 
 
 def gate_checks(c: Clinical, cfg: Config, has_reference: bool) -> list[Check]:

@@ -82,6 +82,7 @@ class BuildContext:
     preprocess: Preprocess
     validation: Dataset  # raw images + labels of the validation split
     x: np.ndarray  # the validation images, preprocessed
+    output_kind: str  # what the model's output holds: "logits" | "probabilities"
     reference: np.ndarray  # the reference target's probabilities on them
     calibration: Callable[[], np.ndarray]  # preprocessed images from a non-validation split
     progress: Progress
@@ -114,6 +115,11 @@ class Target(ABC):
     Options: ClassVar[type]  # a dataclass; [targets.<name>] is validated against it
     int8_option: ClassVar[tuple[str, Any] | None] = None  # what --int8 sets, if supported
     shipped: ClassVar[tuple[str, ...]] = ()  # packager/shipped modules runtime.py imports
+    is_reference: ClassVar[bool] = False  # the one every other target is compared with
+
+    def source_options(self, model: Path) -> dict[str, Any]:
+        """Runner options that run the source model itself (the reference target only)."""
+        raise TypeError(f"{self.name} is not the reference target")
 
     @classmethod
     def runtime_source(cls) -> Path:

@@ -149,15 +149,18 @@ def assert_user_error(r: Result, *words: str) -> None:
         assert w.lower() in lines[0].lower(), (w, lines[0])
 
 
-def run_predict(bundle: Path, image: object, workdir: Path) -> dict:
+def run_predict(bundle: Path, image: object, workdir: Path, kind: str = "main") -> dict:
     """Save `image` (uint8 array) as a PNG and run the bundle's own predict.py on it, as a
-    hospital would; returns its JSON line."""
+    hospital would (`kind`: the runtime, or the proxy it was validated on); returns its JSON
+    line."""
     from PIL import Image
 
     png = workdir / "predict-input.png"
     Image.fromarray(image).save(png)  # type: ignore[arg-type]
     out = subprocess.run(
-        [sys.executable, str(bundle / "predict.py"), str(png)], capture_output=True, text=True
+        [sys.executable, str(bundle / "predict.py"), "--kind", kind, str(png)],
+        capture_output=True,
+        text=True,
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)

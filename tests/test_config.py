@@ -24,6 +24,10 @@ def test_defaults_follow_the_contract() -> None:
         ({"labels": {"positive": "covid"}}, ["labels.positive"]),
         ({"preprocess": {"layout": "CHW"}}, ["preprocess.layout", "NCHW"]),
         ({"targets": ["cpu-openvino"]}, ["[targets]"]),
+        ({"data": {"groups": {"site": 3}}}, ["data.groups.site", "str"]),
+        ({"data": {"groups": ["site.csv"]}}, ["data.groups", "table of str"]),
+        ({"gates": {"min_subgroup_sensitivity": 95}}, ["min_subgroup_sensitivity", "fraction"]),
+        ({"gates": {"min_subgroup_positives": 0}}, ["min_subgroup_positives"]),
     ],
 )
 def test_bad_keys_and_types_name_the_key(data: dict, words: list[str]) -> None:
@@ -38,6 +42,13 @@ def test_paths_resolve_against_the_config_file(tmp_path: Path) -> None:
     cfg = load_config(None, cwd=tmp_path)
     assert cfg.model.path == str(tmp_path / "m.onnx")
     assert cfg.data.path == str(tmp_path / "d.npz")
+
+
+def test_group_files_resolve_against_the_config_file(tmp_path: Path) -> None:
+    (tmp_path / "packager.toml").write_text('[data.groups]\nsite = "g/site-{split}.csv"\n')
+    cfg = load_config(None, cwd=tmp_path)
+    assert cfg.data.groups == {"site": str(tmp_path / "g" / "site-{split}.csv")}
+    assert cfg.gates.min_subgroup_sensitivity is None and cfg.gates.min_subgroup_positives == 20
 
 
 def test_pyproject_tool_section_is_read(tmp_path: Path) -> None:

@@ -60,11 +60,9 @@ def signal_group(proc: subprocess.Popen, sig: int) -> None:
 
 def published_run(out: Path) -> str:
     """The run that made the published bundle; the folder and the tarball must agree and both
-    verify, and nothing else may sit beside them."""
+    verify, and nothing else may sit beside them (.generations is where they live)."""
     root = out / "tiny-1.0.0"
-    # dot-entries are the publisher's bookkeeping (generations the names point into)
-    visible = sorted(p.name for p in root.iterdir() if not p.name.startswith("."))
-    assert visible == [TARGET, f"{TARGET}.tar.gz"]
+    assert sorted(p.name for p in root.iterdir()) == [".generations", TARGET, f"{TARGET}.tar.gz"]
     folder, tar = verify(root / TARGET), verify(root / f"{TARGET}.tar.gz")
     assert folder.ok and tar.ok, (folder.problems, tar.problems)
     runs = {r.manifest["config"]["model"]["description"] for r in (folder, tar)}

@@ -19,7 +19,7 @@ from packager.render import render_reports
 from tests.conftest import DEFAULT_TOML, Result, _run
 
 TARGET = "cpu-onnxruntime"
-PLOTS = ("latency", "sweep", "confusion", "roc")
+PLOTS = ("latency", "sweep", "confusion", "roc", "reliability")
 
 
 def bundle_of(project: Path, version: str = "1.0.0", name: str = "tiny") -> Path:
@@ -67,11 +67,13 @@ def make_flipped(bundle: Path, dest: Path, n_flips: int = 3) -> tuple[Path, dict
     return dest, report
 
 
-def build_bundle(cwd: Path, model: Path, data: Path, *args: str, version: str = "1.0.0") -> Path:
+def build_bundle(
+    cwd: Path, model: Path, data: Path, *args: str, version: str = "1.0.0", extra: str = ""
+) -> Path:
     """A real bundle of `model` built by the CLI in `cwd` (for module-scoped fixtures, which
-    cannot use the function-scoped `project` / `cli`)."""
+    cannot use the function-scoped `project` / `cli`); `extra` is appended to packager.toml."""
     cwd.mkdir(parents=True, exist_ok=True)
-    toml = DEFAULT_TOML.format(model=model, data=data)
+    toml = DEFAULT_TOML.format(model=model, data=data) + extra
     (cwd / "packager.toml").write_text(toml.replace('version = "1.0.0"', f'version = "{version}"'))
     r = _run(["build", "--target", TARGET, "--quiet", *args], cwd)
     assert r.code in (0, 1), r.stderr  # 1: a gate failed, the bundle is kept under .failed/
@@ -142,7 +144,7 @@ def test_not_benchmarked_says_so(project: Callable[..., Path], cli: Callable[...
     bundle = bundle_of(cwd)
     html = (bundle / "report.html").read_text()
     md = (bundle / "report.md").read_text()
-    assert sorted(plots_in(html)) == ["confusion", "roc"]
+    assert sorted(plots_in(html)) == ["confusion", "reliability", "roc"]
     for text in (html, md):
         assert "not benchmarked: --no-bench given" in text
         assert "0.000 ms" not in text and "p50 ms | 0" not in text

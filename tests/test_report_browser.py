@@ -5,8 +5,10 @@ Screenshots are kept under test-artifacts/ (gitignored)."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -85,15 +87,23 @@ def visible_plots(page: Any) -> dict[str, tuple[float, float]]:
     return out
 
 
+# Subgroups for the sign-off page: two sites by image order and a small third one.
+GROUPS = '[data.groups]\nsite = "site.txt"\n[gates]\nmin_subgroup_sensitivity = 0.9\n'
+
+
 @pytest.fixture(scope="module")
 def dist(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path) -> Path:
-    return build_bundle(tmp_path_factory.mktemp("browser"), tiny_model, data_path).parents[1]
+    cwd = tmp_path_factory.mktemp("browser")
+    site = np.array(["A", "B"])[np.arange(624) % 2].astype(object)
+    site[:20] = "C"  # about 13 positives: too small to judge
+    (cwd / "site.txt").write_text("\n".join(site) + "\n")
+    return build_bundle(cwd, tiny_model, data_path, extra=GROUPS).parents[1]
 
 
 def test_bundle_report_renders_with_visible_plots(browser: Any, dist: Path) -> None:
     page = check_page(browser, dist / f"tiny-1.0.0/{TARGET}/report.html", f"report-{TARGET}.png")
     plots = visible_plots(page)
-    assert sorted(plots) == ["confusion", "latency", "roc", "sweep"]
+    assert sorted(plots) == ["confusion", "latency", "reliability", "roc", "sweep"]
     assert all(w > 200 and h > 150 for w, h in plots.values()), plots
     assert page.locator("h1").inner_text().startswith(f"tiny 1.0.0 · {TARGET}")
     page.close()
@@ -122,3 +132,78 @@ def test_comparison_renders_with_verdict_and_plots(
     assert sorted(visible_plots(page)) == ["latency-bars", "sensitivity", "throughput"]
     assert page.locator("#sla .badge.missed").count() == 0
     page.close()
+
+
+def test_signoff_prints_on_the_first_pdf_page(dist: Path, tmp_path: Path) -> None:
+    """Chromium's own print path (--print-to-pdf), read back with poppler: page 1 holds the
+    whole sign-off (every gate by name, subgroups, paired test, calibration, fragility, what
+    was not validated) and its verdict badges print in colour; the rest starts on page 2."""
+    tools = {t: shutil.which(t) for t in ("pdftotext", "pdftoppm")}
+    if not Path(CHROMIUM).is_file() or not all(tools.values()):
+        pytest.skip(
+            "needs Chromium and poppler-utils (pdftotext, pdftoppm): run scripts/install-browser.sh"
+        )
+    bundle = dist / f"tiny-1.0.0/{TARGET}"
+    pdf = tmp_path / "report.pdf"
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--no-pdf-header-footer",
+            f"--print-to-pdf={pdf}",
+            (bundle / "report.html").as_uri(),
+        ],
+        capture_output=True,
+        timeout=180,
+        check=True,
+    )
+    assert pdf.read_bytes()[:5] == b"%PDF-"
+    page1 = subprocess.run(
+        ["pdftotext", "-f", "1", "-l", "1", "-layout", str(pdf), "-"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    report = json.loads((bundle / "report.json").read_text())
+    checks = report["gates"]["checks"]
+    assert any(c["name"] == "min_subgroup_sensitivity[site=A]" for c in checks)
+    for text in [
+        "Sign-off",
+        "Gates",
+        *(c["name"] for c in checks),
+        "Subgroups",
+        "Paired comparison with the reference",
+        "exact",
+        "Calibration of p(pneumonia)",
+        "Fragility of the operating point",
+        "Not validated",
+    ]:
+        assert text in page1, text
+    row_c = next(ln for ln in page1.splitlines() if "site = C" in ln)
+    assert "too small to" in row_c, row_c
+    assert "At a glance" not in page1
+    ARTIFACTS.mkdir(exist_ok=True)
+    prefix = ARTIFACTS / "report-signoff-page1"
+    subprocess.run(
+        [
+            "pdftoppm",
+            "-png",
+            "-r",
+            "80",
+            "-f",
+            "1",
+            "-l",
+            "1",
+            "-singlefile",
+            str(pdf),
+            str(prefix),
+        ],
+        check=True,
+    )
+    pixels = np.asarray(Image.open(prefix.with_suffix(".png")).convert("RGB")).astype(int)
+    assert pixels.shape[0] > pixels.shape[1] > 500  # a portrait page
+    # The pass badges (#1d7a3a) print in colour, one per gate line and judged subgroup.
+    green = (np.abs(pixels - (0x1D, 0x7A, 0x3A)).sum(axis=2) < 40).sum()
+    assert green > 200 * len(checks), green

@@ -1,6 +1,7 @@
-"""Ed25519 signing: keygen, sign, `verify --pubkey`. One flipped byte anywhere in a signed bundle
-fails verification and names the file; a rebuild from the same inputs is byte-identical; the
-signature checks out with OpenSSL too, so a hospital need not trust packager's own code."""
+"""OpenSSF model signing: keygen, sign, `verify --pubkey`. One flipped byte anywhere in a signed
+bundle fails verification and names the file; a rebuild from the same inputs is byte-identical;
+the signature checks out with model-signing's own `model_signing verify key` command too, so a
+hospital need not trust packager's own code."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import json
 import shutil
 import stat
 import subprocess
+import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -68,18 +71,49 @@ def test_signed_bundle_verifies(signed: Path, keys: tuple[Path, Path], tmp_path:
         assert r.json["signature"] == "valid" and r.json["ok"]
 
 
-def test_signature_checks_out_with_openssl(signed: Path, keys: tuple[Path, Path]) -> None:
-    """The hospital-side check of docs/signing.md, with OpenSSL instead of packager."""
-    if not shutil.which("openssl"):
-        must_have("not validated: openssl is not installed")
-    cmd = ["openssl", "pkeyutl", "-verify", "-pubin", "-inkey", str(keys[1]), "-rawin"]
-    folder = signed / TARGET
-    args = ["-in", str(folder / "manifest.json"), "-sigfile", str(folder / "manifest.sig")]
-    ok = subprocess.run([*cmd, *args], capture_output=True, text=True)
-    assert ok.returncode == 0 and "Verified Successfully" in ok.stdout, ok.stderr
-    manifest = json.loads((folder / "manifest.json").read_text())
-    for rel, meta in manifest["files"].items():
-        assert hashlib.sha256((folder / rel).read_bytes()).hexdigest() == meta["sha256"], rel
+MODEL_SIGNING = Path(sys.executable).with_name("model_signing")
+
+
+def model_signing_verify(folder: Path, pub: Path) -> subprocess.CompletedProcess[str]:
+    """The hospital-side command of docs/signing.md: model-signing's own CLI, not packager.
+    dist/<name>-<version>/<target> is a link into its generation, which the tool refuses to
+    follow; a hospital runs it on the extracted tarball, a plain folder."""
+    folder = folder.resolve()
+    cmd = [str(MODEL_SIGNING), "verify", "key", str(folder), "--signature"]
+    cmd += [str(folder / "model.sig"), "--public_key", str(pub), "--no-ignore-git-paths"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+
+
+def test_signature_checks_out_with_model_signing(
+    signed: Path, keys: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """`model_signing verify key` accepts the signed folder and the extracted tarball, and rejects
+    the folder after one byte of any file changes, naming the file. The library API too."""
+    import model_signing
+
+    if not MODEL_SIGNING.exists():
+        must_have(f"not validated: model-signing's CLI is not installed at {MODEL_SIGNING}")
+    ok = model_signing_verify(signed / TARGET, keys[1])
+    assert ok.returncode == 0 and "Verification succeeded" in ok.stdout, ok.stderr
+    with tarfile.open(signed / f"{TARGET}.tar.gz") as tar:
+        tar.extractall(tmp_path / "x", filter="data")
+    assert model_signing_verify(tmp_path / "x" / TARGET, keys[1]).returncode == 0
+    api = model_signing.verifying.Config().use_elliptic_key_verifier(public_key=keys[1])
+    real = (signed / TARGET).resolve()  # the generation folder behind the published link
+    api.verify(real, real / "model.sig")  # raises on any mismatch
+    for rel in signed_files(signed):
+        if rel == "model.sig":
+            continue  # its own damage is test_flipped_byte_via_cli_names_the_file[model.sig]
+        folder = Path(shutil.copytree(signed / TARGET, tmp_path / rel.replace("/", "_")))
+        _flip(folder / rel, (folder / rel).stat().st_size // 2)
+        bad = model_signing_verify(folder, keys[1])
+        assert bad.returncode == 1 and "Verification failed" in bad.stderr, rel
+        assert f"Hash mismatch for '{rel}'" in bad.stderr.replace("\\'", "'"), bad.stderr
+        with pytest.raises(ValueError, match="Signature mismatch"):
+            model_signing.verifying.Config().use_elliptic_key_verifier(public_key=keys[1]).verify(
+                folder, folder / "model.sig"
+            )
+        shutil.rmtree(folder)
 
 
 def _flip(path: Path, offset: int) -> None:
@@ -95,7 +129,8 @@ def signed_files(signed: Path) -> list[str]:
 
 def test_every_file_is_covered(signed: Path) -> None:
     names = signed_files(signed)
-    assert {"manifest.json", "manifest.sig", "model.onnx", "report.json"} <= set(names)
+    assert {"manifest.json", "model.sig", "model.onnx", "report.json"} <= set(names)
+    assert {"sbom.cdx.json", "provenance.intoto.json"} <= set(names)
 
 
 @pytest.mark.parametrize("where", ["first", "middle", "last"])
@@ -113,7 +148,11 @@ def test_one_flipped_byte_in_any_file_fails(
         shutil.rmtree(folder)
 
 
-@pytest.mark.parametrize("rel", ["model.onnx", "preprocess.py", "manifest.json", "manifest.sig"])
+@pytest.mark.parametrize(
+    "rel",
+    ["model.onnx", "preprocess.py", "manifest.json", "model.sig"]
+    + ["sbom.cdx.json", "provenance.intoto.json"],
+)
 def test_flipped_byte_via_cli_names_the_file(rel: str, copy: Path, keys: tuple[Path, Path]) -> None:
     _flip(copy / rel, (copy / rel).stat().st_size // 2)
     r = _run(["verify", copy, "--pubkey", keys[1]], copy.parent)
@@ -151,7 +190,7 @@ def test_wrong_or_missing_signature(copy: Path, keys: tuple[Path, Path], tmp_pat
     assert _run(["keygen", "--out", "other.key"], tmp_path).code == 0
     r = _run(["verify", copy, "--pubkey", tmp_path / "other.key.pub"], tmp_path)
     assert r.code == 1 and "signature: invalid" in r.stdout, r.stdout
-    (copy / "manifest.sig").unlink()
+    (copy / "model.sig").unlink()
     r = _run(["verify", copy, "--pubkey", keys[1]], tmp_path)
     assert r.code == 1 and "signature: missing" in r.stdout, r.stdout
     assert _run(["verify", copy], tmp_path).code == 0  # the hashes alone still match
@@ -169,7 +208,8 @@ def test_consistent_rewrite_needs_the_key(copy: Path, keys: tuple[Path, Path]) -
     (copy / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     assert _run(["verify", copy], copy.parent).code == 0
     r = _run(["verify", copy, "--pubkey", keys[1]], copy.parent)
-    assert r.code == 1 and "manifest.sig does not match manifest.json" in r.stdout
+    assert r.code == 1 and "signature: invalid (model.sig does not match" in r.stdout
+    assert "changed README.md, manifest.json" in r.stdout, r.stdout
 
 
 def test_signature_of_another_bundle_is_rejected(copy: Path, keys: tuple[Path, Path]) -> None:
@@ -178,9 +218,9 @@ def test_signature_of_another_bundle_is_rejected(copy: Path, keys: tuple[Path, P
     manifest = json.loads((other / "manifest.json").read_text())
     manifest["status"] = "passed "  # any other manifest, signed with the same key
     (other / "manifest.json").write_text(json.dumps(manifest))
-    (other / "manifest.sig").unlink()
+    (other / "model.sig").unlink()
     assert _run(["sign", other, "--key", keys[0]], copy.parent).code == 0
-    shutil.copy(other / "manifest.sig", copy / "manifest.sig")
+    shutil.copy(other / "model.sig", copy / "model.sig")
     r = _run(["verify", copy, "--pubkey", keys[1]], copy.parent)
     assert r.code == 1 and "signature: invalid" in r.stdout
 
@@ -193,23 +233,26 @@ def test_sign_refuses_a_tampered_bundle(copy: Path, keys: tuple[Path, Path]) -> 
 def test_bad_keys(copy: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
     from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-    ec_key = ec.generate_private_key(ec.SECP256R1()).private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+    pem = (serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8)
+    nopw = serialization.NoEncryption()
+    # packager <= 0.1.0's key type, and a curve model-signing does not take
+    (tmp_path / "ed.pem").write_bytes(Ed25519PrivateKey.generate().private_bytes(*pem, nopw))
+    (tmp_path / "k1.pem").write_bytes(
+        ec.generate_private_key(ec.SECP256K1()).private_bytes(*pem, nopw)
     )
-    (tmp_path / "ec.pem").write_bytes(ec_key)
     (tmp_path / "junk.pem").write_text(
         "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"
     )
     cases = [
-        (["sign", copy, "--key", keys[1]], "not a PEM Ed25519 key"),  # the public half
-        (["sign", copy, "--key", tmp_path / "ec.pem"], "not an Ed25519 key"),
-        (["sign", copy, "--key", tmp_path / "junk.pem"], "not a PEM Ed25519 key"),
+        (["sign", copy, "--key", keys[1]], "not a PEM EC private key"),  # the public half
+        (["sign", copy, "--key", tmp_path / "ed.pem"], "not an EC P-256/P-384/P-521"),
+        (["sign", copy, "--key", tmp_path / "k1.pem"], "not an EC P-256/P-384/P-521"),
+        (["sign", copy, "--key", tmp_path / "junk.pem"], "not a PEM EC private key"),
         (["sign", copy, "--key", tmp_path / "none.pem"], "does not exist"),
         (["sign", copy, "--key", tmp_path], "cannot read key file"),
-        (["verify", copy, "--pubkey", keys[0]], "not a PEM Ed25519 key"),
+        (["verify", copy, "--pubkey", keys[0]], "not a PEM EC public key"),
     ]
     for args, words in cases:
         assert_user_error(_run(args, tmp_path), words)
@@ -219,8 +262,8 @@ def test_bad_keys(copy: Path, keys: tuple[Path, Path], tmp_path: Path) -> None:
 def test_rebuild_is_byte_identical(
     signed: Path, keys: tuple[Path, Path], tiny_model: Path, data_path: Path, tmp_path: Path
 ) -> None:
-    """Same inputs, --no-bench, another day: the same tarball, and (Ed25519 is deterministic)
-    the same signed tarball."""
+    """Same inputs, --no-bench, another day: the same tarball (SBOM and provenance included).
+    ECDSA signatures are randomized, so the signed tarballs differ in model.sig only."""
     (tmp_path / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
     for out in ("dist", "dist2"):
         assert _run([*BUILD, "--out", out], tmp_path).code == 0
@@ -228,4 +271,54 @@ def test_rebuild_is_byte_identical(
     other = tmp_path / "dist2" / "tiny-1.0.0"
     assert (again / f"{TARGET}.tar.gz").read_bytes() == (other / f"{TARGET}.tar.gz").read_bytes()
     assert _run(["sign", again / TARGET, "--key", keys[0]], tmp_path).code == 0
-    assert (again / f"{TARGET}.tar.gz").read_bytes() == (signed / f"{TARGET}.tar.gz").read_bytes()
+    mine, theirs = (
+        tar_contents(again / f"{TARGET}.tar.gz"),
+        tar_contents(signed / f"{TARGET}.tar.gz"),
+    )
+    assert mine.pop(f"{TARGET}/model.sig") != theirs.pop(f"{TARGET}/model.sig")
+    assert mine == theirs
+
+
+def tar_contents(tar: Path) -> dict[str, bytes]:
+    with tarfile.open(tar) as t:
+        return {m.name: t.extractfile(m).read() for m in t.getmembers() if m.isfile()}  # type: ignore[union-attr]
+
+
+def test_old_ed25519_signature_is_refused_with_the_fix(copy: Path, keys: tuple[Path, Path]) -> None:
+    """A bundle signed by packager <= 0.1.0 (manifest.sig, Ed25519 over manifest.json): one line
+    saying how to re-sign; `packager sign` then replaces the old signature."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    (copy / "model.sig").unlink()
+    (copy / "manifest.sig").write_bytes(
+        Ed25519PrivateKey.generate().sign((copy / "manifest.json").read_bytes())
+    )
+    assert _run(["verify", copy], copy.parent).code == 0  # the hashes alone still match
+    r = _run(["verify", copy, "--pubkey", keys[1]], copy.parent)
+    assert_user_error(r, "old packager format", "manifest.sig", "packager sign")
+    assert _run(["sign", copy, "--key", keys[0]], copy.parent).code == 0
+    assert not (copy / "manifest.sig").exists()
+    assert _run(["verify", copy, "--pubkey", keys[1]], copy.parent).code == 0
+
+
+def test_sign_and_verify_need_no_network(copy: Path, tmp_path: Path) -> None:
+    """Key mode is offline: keygen, sign and verify run in a network namespace with no
+    interface up (no transparency log, no TUF update)."""
+    probe = subprocess.run(["unshare", "-rn", "true"], capture_output=True)
+    if not shutil.which("unshare") or probe.returncode != 0:
+        pytest.skip(f"not validated: cannot make a network namespace here ({probe.stderr!r})")
+    offline = ["unshare", "-rn", sys.executable, "-m", "packager.cli"]
+    env_check = subprocess.run(
+        [*offline[:-2], "-c", "import socket; socket.create_connection(('1.1.1.1', 443), 2)"],
+        capture_output=True,
+        text=True,
+    )
+    assert env_check.returncode != 0 and "unreachable" in env_check.stderr  # really offline
+    for args in (
+        ["keygen", "--out", str(tmp_path / "off.key")],
+        ["sign", str(copy), "--key", str(tmp_path / "off.key")],
+        ["verify", str(copy), "--pubkey", str(tmp_path / "off.key.pub")],
+    ):
+        r = subprocess.run([*offline, *args], capture_output=True, text=True, cwd=tmp_path)
+        assert r.returncode == 0, (args, r.stderr)
+    assert "signature valid" in r.stdout

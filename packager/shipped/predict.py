@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Classify images with this bundle, or prove on arrival that this host reproduces the outputs
+"""Classify chest images with this bundle, or prove on arrival that this host reproduces the outputs
 the bundle was validated with.
 
     python predict.py IMAGE [IMAGE ...]             # one JSON line per image
@@ -99,10 +99,10 @@ def infer_all(runtime: Any, x: np.ndarray, batch_size: int, fixed_batch: int | N
     return np.concatenate(out).astype(np.float32)
 
 
-def classify(paths: list[str]) -> int:
+def classify(paths: list[str], kind: str = "main") -> int:
     from preprocess import Preprocess, load_image
 
-    runtime, config = open_runtime(HERE)
+    runtime, config = open_runtime(HERE, kind)
     pre = Preprocess.from_json(HERE / "preprocess.json")
     labels, positive = config["labels"], config["positive"]
     pos = labels.index(positive)
@@ -148,9 +148,9 @@ def main(argv: list[str]) -> int:
 
             return self_test(HERE, args.record, args.kind)
         if not args.images:
-            parser.print_usage(sys.stderr)
+            print(__doc__, file=sys.stderr)
             return EXIT_USAGE
-        return classify(args.images)
+        return classify(args.images, args.kind)
     except Refused as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code

@@ -1,7 +1,7 @@
 """apple-coreml: a Core ML ML Program (.mlpackage) for iPhone, iPad and Mac.
 
 coremltools dropped its ONNX converter (6.0), so the path is ONNX -> PyTorch (our own translation,
-packager/onnx_to_torch.py) -> torch.export -> coremltools.convert. Core ML predictions only run
+onnx_to_torch.py beside this file) -> torch.export -> coremltools.convert. Core ML predictions only run
 on macOS, so verification is split by what each host can do:
 
 - every host: the intermediate PyTorch module is compared with ONNX Runtime on the validation
@@ -15,7 +15,6 @@ on macOS, so verification is split by what each host can do:
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import io
 import json
 import platform
@@ -32,10 +31,11 @@ import numpy as np
 
 from packager import __version__
 from packager.errors import UserError
+from packager.installed import missing
 from packager.metrics import to_probabilities
 from packager.model import load_model
 from packager.preprocess import Preprocess
-from packager.validate import output_kind, predict_all
+from packager.shipped.predict import infer_all
 from targets.apple_coreml.runtime import NOT_MAC, PROBS_OUTPUT, SCORES_OUTPUT, TorchProxy
 from targets.base import Availability, BuildContext, BuildOutput, Check, Proxy, Status, Target
 
@@ -110,7 +110,7 @@ def plan(ctx: BuildContext) -> Plan:
         )
         image = False
     batch = fixed or (1 if image or classifier else None)
-    kind = output_kind(ctx.config, ctx.model.ends_with_softmax)
+    kind = ctx.output_kind
     return Plan(image, classifier, batch, classifier and kind == "logits", notes)
 
 
@@ -128,7 +128,7 @@ def metadata(ctx: BuildContext, p: Plan) -> dict[str, Any]:
         f"Decide '{labels.positive}' when its probability is >= {labels.threshold} "
         "(the validated threshold; the top label alone is not the clinical decision)."
     )
-    kind = "probabilities" if p.classifier else output_kind(cfg, ctx.model.ends_with_softmax)
+    kind = "probabilities" if p.classifier else ctx.output_kind
     summary = cfg.model.description or (
         f"{cfg.model.name} {cfg.model.version}: {' / '.join(labels.names)} classifier"
     )
@@ -449,7 +449,7 @@ def translation_check(
     proxy = TorchProxy(stage, options)
     proxy.load()
     try:
-        ours = to_probabilities(predict_all(proxy, x, 64, ctx.model.fixed_batch), kind)
+        ours = to_probabilities(infer_all(proxy, x, 64, ctx.model.fixed_batch), kind)
     finally:
         proxy.close()
     pos, thr = cfg.labels.positive_index, cfg.labels.threshold
@@ -477,21 +477,15 @@ def _macos_major() -> int:
     return int(major) if major.isdigit() else 0
 
 
-def _missing() -> list[str]:
-    return [m for m in ("coremltools", "torch") if importlib.util.find_spec(m) is None]
-
-
 class AppleCoreML(Target):
     name = "apple-coreml"
     summary = "Core ML ML Program (.mlpackage) for iPhone, iPad and Mac"
     Options = Options
 
     def availability(self) -> Availability:
-        missing = _missing()
-        if missing:
-            no = Status(
-                False, f"{' and '.join(missing)} not installed; pip install 'packager[coreml]'"
-            )
+        why = missing({"coremltools": "coremltools", "torch": "torch"}, "coreml")
+        if why:
+            no = Status(False, why)
             return Availability(build=no, validate=no, bench=no)
         if sys.platform != "darwin":
             runs = Status(False, NOT_MAC.format(system=platform.system() or sys.platform))
@@ -506,7 +500,7 @@ class AppleCoreML(Target):
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
         import torch
 
-        from packager.onnx_to_torch import to_torch
+        from targets.apple_coreml.onnx_to_torch import to_torch
 
         opts: Options = ctx.options
         p = plan(ctx)
@@ -537,7 +531,7 @@ class AppleCoreML(Target):
             "intermediate_batch": fixed,
             "max_batch": opts.max_batch,
             "softmax": p.softmax,
-            "scores": output_kind(ctx.config, ctx.model.ends_with_softmax),
+            "scores": ctx.output_kind,
         }
         spec = read_spec(stage / MODEL)
         checks = spec_checks(spec, ctx, p, meta)

@@ -22,6 +22,10 @@ class CpuOnnxRuntime(Target):
     summary = "Source ONNX model on ONNX Runtime CPU, FP32 (the reference)"
     Options = Options
     shipped = ("ort_session.py",)
+    is_reference = True
+
+    def source_options(self, model: Path) -> dict[str, Any]:
+        return {"model": model.name}
 
     def availability(self) -> Availability:
         ok = Status(True)

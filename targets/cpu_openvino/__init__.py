@@ -6,14 +6,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
-from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,9 +18,9 @@ import numpy as np
 
 from packager.data import load_dataset
 from packager.errors import Unavailable, UserError
+from packager.installed import missing
 from packager.metrics import clinical, to_probabilities
 from packager.triton import Tensor, TritonModel, serve_commands, write_repository
-from packager.validate import output_kind
 from targets.base import Availability, BuildContext, BuildOutput, Check, Status, Target
 
 # What each bundle precision computes in on the CPU. fp16 and int8 IRs keep f32 activations for
@@ -72,8 +69,9 @@ class Options:
 
 @cache
 def _cpu_status() -> Status:
-    if find_spec("openvino") is None:
-        return Status(False, "openvino is not installed; pip install 'packager[openvino]'")
+    why = missing({"openvino": "openvino"}, "openvino")
+    if why:
+        return Status(False, why)
     import openvino as ov
 
     if "CPU" not in ov.Core().available_devices:
@@ -101,24 +99,14 @@ def cpu_facts() -> dict[str, Any]:
 
 @contextmanager
 def _nncf_output(verbose: bool) -> Iterator[None]:
-    """NNCF logs and draws progress bars on stdout, which `--json` owns: send them to stderr
-    when progress is shown, else nowhere."""
+    """NNCF logs at INFO only when progress is shown (the build keeps its stdout off --json)."""
     import nncf
 
-    logger = logging.getLogger("nncf")
-    level = logger.level
+    level = logging.getLogger("nncf").level
     nncf.set_log_level(logging.INFO if verbose else logging.ERROR)
-    sys.stdout.flush()
-    saved = os.dup(1)
-    sink = os.dup(2) if verbose else os.open(os.devnull, os.O_WRONLY)
-    os.dup2(sink, 1)
     try:
         yield
     finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-        os.close(sink)
         nncf.set_log_level(level)
 
 
@@ -232,7 +220,7 @@ def quantize(ctx: BuildContext, model: Any) -> tuple[Any, dict[str, Any], list[C
     metric = SensitivityMetric(
         cfg.labels.positive_index,
         cfg.labels.threshold,
-        output_kind(cfg, ctx.model.ends_with_softmax),
+        ctx.output_kind,
     )
     max_drop = cfg.gates.max_sensitivity_drop
     fp32_sens = metric(_compile_f32(model), items)[0]
@@ -377,8 +365,9 @@ class CpuOpenVino(Target):
                 f"OpenVINO sees {', '.join(facts['capabilities'])} on {facts['device']} — "
                 "choose fp32, fp16 or int8"
             )
-        if opts.precision == "int8" and find_spec("nncf") is None:
-            raise Unavailable("INT8 needs NNCF; pip install 'packager[openvino]'")
+        why = missing({"nncf": "nncf"}, "openvino")
+        if opts.precision == "int8" and why:
+            raise Unavailable(f"INT8 needs NNCF: {why}")
         accuracy_control = opts.precision == "int8" and opts.int8_mode == "accuracy-control"
         if accuracy_control and opts.control_split == ctx.config.data.split:
             raise UserError(

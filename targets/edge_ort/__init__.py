@@ -4,7 +4,6 @@ second model that takes encoded PNG/JPEG bytes (pre-processing inside the graph)
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import logging
@@ -24,7 +23,7 @@ from packager.errors import Unavailable, UserError
 from packager.model import load_model, opset_of, upgrade_opset
 from packager.ort_quant import quantize_dynamic_int8, quantize_static_qdq
 from packager.preprocess import Preprocess
-from packager.validate import output_kind, predict
+from packager.runner import predict
 from targets.base import Availability, BuildContext, BuildOutput, Check, Status, Target
 
 MODEL = "model.ort"
@@ -97,7 +96,7 @@ class EdgeOrt(Target):
                 )
             shipped = [MODEL]  # model_size_mb is model.ort's; each file is size-gated
             if opts.embed_preprocessing:
-                kind = output_kind(ctx.config, ctx.model.ends_with_softmax)
+                kind = ctx.output_kind
                 image = image_model(model, ctx.preprocess, ctx.model.fixed_batch or 1, kind)
                 onnx.save(image, str(work / "model_image.onnx"))
                 convert_to_ort(
@@ -175,6 +174,7 @@ class EdgeOrt(Target):
                     None,
                     timeout,
                     "image-bytes",
+                    code=stage,  # the bundle's runtime.py on the in-graph preprocessing alone
                 )
         pos, thr = ctx.config.labels.positive_index, ctx.config.labels.threshold
         differ = [
@@ -258,15 +258,13 @@ def convert_to_ort(
         model_dir, out = Path(tmp) / "in", Path(tmp) / "out"
         model_dir.mkdir()
         shutil.copyfile(src, model_dir / "model.onnx")
-        # The tool prints progress on stdout, which belongs to --json.
-        with contextlib.redirect_stdout(io.StringIO()):
-            convert_onnx_models_to_ort(
-                model_dir,
-                output_dir=out,
-                optimization_styles=[OptimizationStyle[opts.optimization_style.capitalize()]],
-                target_platform=opts.target_platform,
-                custom_op_library_path=library,
-            )
+        convert_onnx_models_to_ort(
+            model_dir,
+            output_dir=out,
+            optimization_styles=[OptimizationStyle[opts.optimization_style.capitalize()]],
+            target_platform=opts.target_platform,
+            custom_op_library_path=library,
+        )
         ort_file = next(out.glob("*.ort"))
         config_file = next(out.glob("*.config"))
         shutil.copyfile(ort_file, dst)

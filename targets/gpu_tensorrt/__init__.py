@@ -11,12 +11,8 @@ says `not-validated` with the reason.
 
 from __future__ import annotations
 
-import contextlib
-import importlib.util
 import json
 import math
-import sys
-import tempfile
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -26,11 +22,12 @@ import numpy as np
 import onnx
 
 from packager.errors import Unavailable, UserError
+from packager.installed import missing
 from packager.metrics import to_probabilities
 from packager.model import graph_inputs, load_model
-from packager.ort_quant import CalibrationReader, prepare_for_quantization
+from packager.ort_quant import quantize_static_qdq
+from packager.runner import predict
 from packager.triton import Accelerator, Tensor, TritonModel, serve_commands, write_repository
-from packager.validate import output_kind, predict
 from targets.base import (
     Availability,
     BuildContext,
@@ -43,7 +40,6 @@ from targets.base import (
 from targets.gpu_tensorrt.runtime import Gpu, cuda, cudart, current_gpu, dims
 
 DEFAULT_PREFERRED = (8, 16, 32)
-GPU_EXTRA = "pip install 'packager[gpu]' on a host with an NVIDIA GPU and driver"
 
 
 @dataclass
@@ -84,11 +80,10 @@ class Options:
 @cache
 def cuda_host() -> tuple[Gpu | None, str]:
     """The GPU TensorRT would use here, or None and why not."""
-    missing = [m for m in ("tensorrt", "cuda") if importlib.util.find_spec(m) is None]
-    if missing:
+    why = missing({"tensorrt": "tensorrt", "cuda": "cuda-python"}, "gpu")
+    if why:
         gpu = "an NVIDIA GPU is visible" if Path("/dev/nvidia0").exists() else "no NVIDIA GPU"
-        names = " and ".join({"cuda": "cuda-python"}.get(m, m) for m in missing)
-        return None, f"no CUDA/TensorRT here ({gpu}; {names} not installed: {GPU_EXTRA})"
+        return None, f"no CUDA/TensorRT here ({gpu}; {why} on a host with an NVIDIA GPU)"
     try:
         count = cuda(cudart().cudaGetDeviceCount())
         if count < 1:
@@ -118,40 +113,19 @@ def shipped_onnx(ctx: BuildContext, precision: str, dest: Path, cache_file: Path
         converted.topological_sort()  # the converter appends its IO casts at the end
         onnx.save(converted.model, str(dest))
     elif precision == "int8":
-        quantize_qdq(model, dest, ctx.calibration(), cache_file)
+        # INT8 the way TensorRT 10 wants it: explicit Q/DQ (its implicit calibrators are
+        # deprecated), symmetric ranges; the logits stay in floating point.
+        quantize_static_qdq(
+            model,
+            dest,
+            ctx.calibration(),
+            batch=16,
+            symmetric=True,
+            keep_head_float=True,
+            cache_file=cache_file,
+        )
     else:
         onnx.save(model, str(dest))
-
-
-def quantize_qdq(model: onnx.ModelProto, dest: Path, x: np.ndarray, cache_file: Path) -> None:
-    """INT8 the way TensorRT 10 wants it: explicit Q/DQ nodes (its implicit calibrators are
-    deprecated) with symmetric scales calibrated on `x`, a non-validation split. The ranges are
-    kept in `cache_file`. The classifier head stays in floating point: the logits are the
-    clinical decision and the head is a negligible share of the compute."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    with tempfile.TemporaryDirectory(prefix="packager-trt-") as tmp:
-        pre = prepare_for_quantization(model, Path(tmp))
-        prepared = onnx.load(str(pre))
-        for i, node in enumerate(prepared.graph.node):
-            node.name = node.name or f"{node.op_type}_{i}"  # exclusion goes by name
-        head = [n.name for n in prepared.graph.node if n.op_type in ("Gemm", "MatMul")][-1:]
-        onnx.save(prepared, str(pre))
-        reader = CalibrationReader(x, graph_inputs(prepared)[0].name, batch=16)
-        with contextlib.redirect_stdout(sys.stderr):  # ORT prints progress; stdout is for --json
-            quantize_static(
-                pre,
-                dest,
-                reader,
-                quant_format=QuantFormat.QDQ,
-                per_channel=True,
-                activation_type=QuantType.QInt8,  # symmetric INT8 is what TensorRT executes
-                weight_type=QuantType.QInt8,
-                nodes_to_exclude=head,
-                calibrate_method=CalibrationMethod.Entropy,
-                extra_options={"ActivationSymmetric": True, "WeightSymmetric": True},
-                calibration_cache_path=cache_file,
-            )
 
 
 @dataclass
@@ -376,7 +350,7 @@ class GpuTensorRT(Target):
         scores, _ = predict(
             self.name, stage, opts, x, ctx.model.fixed_batch, ctx.config.bench.timeout_s, "ort-cuda"
         )
-        other = to_probabilities(scores, output_kind(ctx.config, ctx.model.ends_with_softmax))
+        other = to_probabilities(scores, ctx.output_kind)
         pos, thr = ctx.config.labels.positive_index, ctx.config.labels.threshold
         flips = int(np.sum((probs[:, pos] >= thr) != (other[:, pos] >= thr)))
         return [Check(name, flips, limit, flips <= limit)]

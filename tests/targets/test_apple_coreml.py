@@ -315,15 +315,12 @@ def test_grayscale_model_gets_a_grayscale_image_input(tmp_path: Path, data_path:
     from packager.schema import from_dict
     from packager.session import Session
     from targets.apple_coreml import Options
-    from targets.base import BuildContext
 
     model = gray_model(tmp_path / "gray.onnx")
     cfg = parse_config({"model": {"path": str(model)}, "data": {"path": str(data_path)}}, tmp_path)
     s = Session.open(cfg, Progress(False))
     opts = from_dict(Options, {"precision": "fp32"}, "targets.apple-coreml")
-    ctx = BuildContext(
-        cfg, opts, s.model_path, s.info, s.preprocess, s.validation, s.calibration, s.progress
-    )
+    ctx = s.context(opts)
     stage = tmp_path / "stage"
     stage.mkdir()
     built = TARGET.build(ctx, stage)

@@ -1,10 +1,11 @@
-"""ONNX -> torch.nn.Module for the operators CNN classifiers use.
+"""ONNX -> torch.nn.Module for the operators CNN classifiers use (apple-coreml only).
 
-Core ML's converter no longer reads ONNX, so the apple-coreml target goes ONNX -> PyTorch ->
-Core ML. onnx2torch would do the first step but needs torchvision, which does not import beside
-the pinned torch; this translation covers the classifier families instead and refuses anything
-else by name. The module interprets the graph node by node; `torch.jit.trace` unrolls it into
-a static graph (batch size stays symbolic, since shapes are read from tensors while tracing).
+Core ML's converter no longer reads ONNX (coremltools 6 dropped it), so the apple-coreml target
+goes ONNX -> PyTorch -> torch.export -> Core ML. Why not onnx2torch: it needs a torchvision that
+does not install beside the pinned torch here, its last release is from 2024, and it does not
+refuse unknown operators by name. This translation covers the classifier families and refuses
+anything else, naming the operators. The module interprets the graph node by node;
+`torch.export` records it as a static graph (the batch stays symbolic where the export asks).
 
 Floats are computed in FP32 whatever the source's float type (casts to FP16 keep their rounding):
 the Core ML conversion decides the deployed precision, and PyTorch's CPU kernels are FP32 kernels.
