@@ -306,7 +306,7 @@ def verify(path: Path, pubkey: Path | None = None, max_gb: float | None = None) 
     try:
         manifest = json.loads(mpath.read_text())
         listed = manifest["files"]
-        if not isinstance(listed, dict):
+        if not isinstance(listed, dict) or not all(isinstance(m, dict) for m in listed.values()):
             raise TypeError
     except FileNotFoundError:
         raise UserError(f"{path} has no {MANIFEST}; is it a packager bundle?") from None

@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -19,13 +22,34 @@ REPO = Path(__file__).resolve().parents[1]
 DATA = Path(
     os.environ.get("PACKAGER_TEST_DATA", REPO.parent / "shared" / "data" / "pneumoniamnist.npz")
 )
+# On CI (CI=true) every capability below must be present: a skip there would hide a check.
+ON_CI = os.environ.get("CI", "").lower() == "true"
+
+
+def must_have(reason: str) -> NoReturn:
+    """A missing capability CI always provides: a failure on CI (one line), a skip elsewhere."""
+    if ON_CI:
+        pytest.fail(f"CI=true and {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """On CI the dataset is not optional: stop at once, in one line, instead of failing
+    every test that needs it."""
+    if ON_CI and not DATA.is_file():
+        pytest.exit(
+            f"CI=true and PneumoniaMNIST is missing: put pneumoniamnist.npz at {DATA} "
+            "(../shared/data/ beside the repository) or set PACKAGER_TEST_DATA",
+            returncode=1,
+        )
 
 
 @pytest.fixture(scope="session")
 def data_path() -> Path:
     if not DATA.is_file():
-        pytest.skip(
-            f"PneumoniaMNIST not found at {DATA} (set PACKAGER_TEST_DATA or add ../shared/data)"
+        must_have(
+            f"PneumoniaMNIST not found at {DATA}: put pneumoniamnist.npz there "
+            "(../shared/data/ beside the repository) or set PACKAGER_TEST_DATA"
         )
     return DATA
 
@@ -140,3 +164,111 @@ def run_predict(bundle: Path, image: object, workdir: Path, kind: str = "main") 
     )
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
+
+
+def unprivileged_dir() -> Path:
+    """A fresh folder an unprivileged user can work in (pytest's tmp_path is root-only)."""
+    d = Path(tempfile.mkdtemp(prefix="packager-unprivileged-"))
+    d.chmod(0o755)
+    return d
+
+
+def run_unprivileged(
+    args: list[str], cwd: Path, lock: Callable[[], None] = lambda: None, timeout: float = 600
+) -> Result:
+    """`packager ARGS` as the user `nobody` when the tests run as root (as CI does), where
+    permission bits bind nobody; as the current user otherwise. Files under `cwd` are handed
+    to nobody first, then `lock()` takes away what the test means to be out of reach."""
+    if os.geteuid() != 0:
+        lock()
+        return _run(args, cwd, timeout)
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        must_have("setpriv (util-linux) is missing: needed to run permission tests as nobody")
+    subprocess.run(["chown", "-R", "nobody:nogroup", str(cwd)], check=True)
+    lock()
+    prefix = [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    env = {**os.environ, "HOME": str(cwd), "MPLCONFIGDIR": str(cwd / ".mpl")}
+    proc = subprocess.run(
+        [*prefix, sys.executable, "-m", "packager.cli", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+def bundle_dir(root: Path, target: str, name: str = "tiny-1.0.0") -> Path:
+    """The bundle a build in `root` made: published, or kept under dist/.failed/."""
+    published = root / "dist" / name / target
+    return published if published.exists() else root / "dist" / ".failed" / name / target
+
+
+# The host settings of the session's default build (a reproducibility test varies them).
+DEFAULT_DIST_ENV: dict = {"tz": "UTC", "umask": 0o022, "epoch": 1_700_000_000}
+
+
+def run_with(
+    args: list[str], cwd: Path, tz: str, umask: int, epoch: int, timeout: float = 1800
+) -> Result:
+    """`packager ARGS` with this TZ, umask and SOURCE_DATE_EPOCH."""
+    cwd.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "packager.cli", *args],
+        cwd=cwd,
+        env={**os.environ, "TZ": tz, "SOURCE_DATE_EPOCH": str(epoch)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=lambda: os.umask(umask),
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="session")
+def _default_dist(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path
+) -> Callable[[], tuple[Path, Result]]:
+    """Runs `packager build --all --no-bench --json -q` with DEFAULT_TOML on first use, once a
+    session, with fixed SOURCE_DATE_EPOCH, TZ and umask (tests/test_reproducible.py rebuilds
+    with other settings and compares)."""
+    done: list[tuple[Path, Result]] = []
+
+    def get() -> tuple[Path, Result]:
+        if not done:
+            root = tmp_path_factory.mktemp("default-all")
+            toml = DEFAULT_TOML.format(model=tiny_model, data=data_path)
+            (root / "packager.toml").write_text(toml)
+            args = ["build", "--all", "--no-bench", "--json", "-q"]
+            done.append((root, run_with(args, root, **DEFAULT_DIST_ENV)))
+        return done[0]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def default_dist(_default_dist: Callable[[], tuple[Path, Result]]) -> tuple[Path, Result]:
+    """(project folder, result of `packager build --all --no-bench --json -q`) with
+    DEFAULT_TOML: one session build of every target this host builds, shared by the targets' own tests and the
+    generic ones (recount, compare). Read it; copy a bundle before changing anything in it."""
+    return _default_dist()
+
+
+@pytest.fixture(scope="session")
+def default_build(
+    _default_dist: Callable[[], tuple[Path, Result]],
+) -> Callable[[str], tuple[Path, Result]]:
+    """default_build(target) -> (project folder, CLI result) of the session's `build --all`
+    (default_dist) for that target; its bundle is bundle_dir(folder, target). Built on the
+    first call, so a test that does not call it costs nothing."""
+
+    def get(target: str) -> tuple[Path, Result]:
+        root, r = _default_dist()
+        assert r.code in (0, 1), r.stderr
+        built = {x["target"]: x for x in json.loads(r.stdout)["results"]}
+        assert target in built, f"build --all did not build {target}: {sorted(built)}"
+        return root, r
+
+    return get

@@ -171,3 +171,59 @@ def make_custom_op(src: Path, dst: Path, domain: str, op_type: str) -> Path:
     onnx.checker.check_model(m)  # the checker takes unknown domains: intake passes it
     onnx.save(m, str(dst))
     return dst
+
+
+def make_three_class(path: Path, data: str, dataset: Path) -> Path:
+    """A 3-class classifier and its dataset: PneumoniaMNIST's classes plus "bright-normal", the
+    normal images brighter than the median normal image of their split (written to `dataset`),
+    with a softmax-regression head (scikit-learn) on the same conv features."""
+    from sklearn.linear_model import LogisticRegression
+
+    w1, w2 = _conv_weights()
+    out: dict[str, np.ndarray] = {}
+    with np.load(data) as npz:
+        for split in ("train", "val", "test"):
+            images, labels = npz[f"{split}_images"], npz[f"{split}_labels"].reshape(-1)
+            labels = labels.astype(np.int64)
+            normal = labels == 0
+            bright = images.reshape(len(images), -1).mean(1)
+            labels[normal & (bright > np.median(bright[normal]))] = 2
+            out[f"{split}_images"], out[f"{split}_labels"] = images, labels[:, None]
+    np.savez_compressed(dataset, **out)
+    g = helper.make_graph(
+        _features_graph(w1, w2),
+        "features",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("f", TensorProto.FLOAT, ["N", 256])],
+        [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    sess = ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"])
+    fit = np.random.default_rng(3).choice(len(out["train_images"]), 1500, replace=False)
+    feats = sess.run(None, {"x": PRE(out["train_images"][fit])})[0].astype(np.float64)
+    mu, sd = feats.mean(0), feats.std(0) + 1e-6
+    y = out["train_labels"][fit, 0]
+    clf = LogisticRegression(max_iter=500, C=1.0).fit((feats - mu) / sd, y)
+    weight = (clf.coef_ / sd).T.astype(np.float32)  # (256, 3), standardisation folded in
+    bias = (clf.intercept_ - (clf.coef_ / sd) @ mu).astype(np.float32)
+    nodes = [
+        helper.make_node("Identity", ["input"], ["x"]),
+        *_features_graph(w1, w2),
+        helper.make_node("Gemm", ["f", "W", "B"], ["output"]),
+    ]
+    g = helper.make_graph(
+        nodes,
+        "three-class",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, SIZE, SIZE])],
+        [helper.make_tensor_value_info("output", TensorProto.FLOAT, ["N", 3])],
+        [
+            numpy_helper.from_array(w1, "w1"),
+            numpy_helper.from_array(w2, "w2"),
+            numpy_helper.from_array(weight, "W"),
+            numpy_helper.from_array(bias, "B"),
+        ],
+    )
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+    onnx.checker.check_model(m)
+    onnx.save(m, str(path))
+    return path

@@ -21,7 +21,13 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from tests.conftest import DEFAULT_TOML, Result, assert_user_error
+from tests.conftest import (
+    DEFAULT_TOML,
+    Result,
+    assert_user_error,
+    run_unprivileged,
+    unprivileged_dir,
+)
 
 BOOKKEEPING = {".staging", ".cache", ".lock"}
 BUILD = ("build", "--target", "cpu-onnxruntime", "--no-bench")
@@ -538,14 +544,25 @@ def test_bad_data(case: str, project, cli, data_path: Path, tmp_path: Path) -> N
     assert_unpublished(root)
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their mode")
-def test_folder_permission_denied(project, cli, data_path: Path, tmp_path: Path) -> None:
-    root_dir = folder(tmp_path, data_path)
-    locked_file = root_dir / "normal" / "0.png"
-    locked_file.chmod(0)
-    root = project()
-    assert_user_error(cli(*BUILD, "--data", root_dir, cwd=root), "0.png")
-    assert_unpublished(root)
+def unprivileged_project(tiny_model: Path, data: Path) -> Path:
+    """A project folder nobody can use: run_unprivileged hands it over before the build."""
+    root = unprivileged_dir()
+    shutil.copy(tiny_model, root / "tiny.onnx")
+    (root / "packager.toml").write_text(DEFAULT_TOML.format(model=root / "tiny.onnx", data=data))
+    return root
+
+
+def test_folder_permission_denied(tiny_model: Path, data_path: Path) -> None:
+    """An unreadable image, read by an unprivileged user (root reads whatever the mode)."""
+    root = unprivileged_project(tiny_model, data_path)
+    try:
+        images = folder(root, data_path)
+        locked = sorted((images / "normal").glob("*.png"))[0]
+        r = run_unprivileged([*BUILD, "--data", str(images)], root, lock=lambda: locked.chmod(0))
+        assert_user_error(r, locked.name)
+        assert_unpublished(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def test_unknown_split(project, cli) -> None:
@@ -632,13 +649,17 @@ def test_output_under_a_file(project, cli) -> None:
     assert (root / "blocker").read_text() == "a file, not a folder"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes whatever the mode")
-def test_output_without_permission(project, cli) -> None:
-    root = project()
+def test_output_without_permission(tiny_model: Path, data_path: Path) -> None:
+    """An output folder the (unprivileged) user may not write to."""
+    root = unprivileged_project(tiny_model, data_path)
     out = root / "ro"
-    out.mkdir(mode=0o555)
-    assert_user_error(cli(*BUILD, "--out", out, cwd=root), "--out")
-    assert list(out.iterdir()) == []
+    out.mkdir()
+    try:
+        r = run_unprivileged([*BUILD, "--out", str(out)], root, lock=lambda: out.chmod(0o555))
+        assert_user_error(r, "--out")
+        assert list(out.iterdir()) == []
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _namespace_ok() -> str:

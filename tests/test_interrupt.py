@@ -1,9 +1,11 @@
-"""Interrupted and concurrent builds: SIGINT or SIGKILL at many points of `build --force` over a
+"""Interrupted and concurrent builds: SIGINT or SIGKILL, sent to the build's whole process group
+as a terminal sends Ctrl-C, at many points of `build --force` over a
 complete bundle never leaves a partial or mixed bundle published; the next run works; two builds
 into one output directory at once do not corrupt each other."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -44,7 +46,16 @@ def start(root: Path, *extra: str) -> subprocess.Popen:
         # A shell's background job (`make test &`, nohup) ignores SIGINT, and Python keeps an
         # inherited SIG_IGN: give the build the default Ctrl-C, as a terminal would.
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+        # Its own process group, so that a signal can go to the build and every process it
+        # started at once, as a terminal's Ctrl-C does.
+        start_new_session=True,
     )
+
+
+def signal_group(proc: subprocess.Popen, sig: int) -> None:
+    """Send `sig` to the build's whole process group (the CLI and its workers)."""
+    with contextlib.suppress(ProcessLookupError):  # the build and its workers have exited
+        os.killpg(proc.pid, sig)
 
 
 def published_run(out: Path) -> str:
@@ -108,7 +119,7 @@ def test_killed_build_never_publishes_a_partial_bundle(
         else:
             wait_for(proc, in_stage(out, point))
         finished_first = proc.poll() is not None
-        proc.send_signal(sig)
+        signal_group(proc, sig)
         _, err = proc.communicate(timeout=120)
         if finished_first or proc.returncode == 0:
             assert proc.returncode == 0, (label, err)
@@ -145,7 +156,7 @@ def test_sigint_right_after_intake(project) -> None:
     root = project()
     proc = start(root)
     wait_for(proc, lambda: (root / "dist").exists())
-    proc.send_signal(signal.SIGINT)
+    signal_group(proc, signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode in (130, -signal.SIGINT), err
     assert err.strip() == "packager: interrupted"

@@ -18,6 +18,7 @@ from PIL import Image
 
 from packager.compare import write_comparison
 from packager.render import render_reports
+from tests.conftest import must_have
 from tests.test_report import TARGET, build_bundle, make_flipped, validation_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -28,11 +29,14 @@ CHROMIUM = os.environ.get("PACKAGER_CHROMIUM") or shutil.which("chromium") or "/
 @pytest.fixture(scope="session")
 def browser() -> Any:
     if not Path(CHROMIUM).is_file():
-        pytest.skip(
+        must_have(
             f"no Chromium at {CHROMIUM}: run scripts/install-browser.sh (Debian's chromium "
             "package) or set PACKAGER_CHROMIUM"
         )
-    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        must_have("playwright is not installed (pip install -e '.[dev]')")
     with sync_api.sync_playwright() as p:
         # --no-sandbox: CI runs the tests as root, where Chromium's sandbox refuses to start.
         b = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])

@@ -19,7 +19,7 @@ import pytest
 
 from packager.bundle import verify
 from packager.errors import UserError
-from tests.conftest import DEFAULT_TOML, _run, assert_user_error
+from tests.conftest import DEFAULT_TOML, _run, assert_user_error, must_have
 
 TARGET = "cpu-onnxruntime"
 BUILD = ["build", "--target", TARGET, "--no-bench"]
@@ -92,7 +92,7 @@ def test_signature_checks_out_with_model_signing(
     import model_signing
 
     if not MODEL_SIGNING.exists():
-        pytest.skip(f"not validated: model-signing's CLI is not installed at {MODEL_SIGNING}")
+        must_have(f"not validated: model-signing's CLI is not installed at {MODEL_SIGNING}")
     ok = model_signing_verify(signed / TARGET, keys[1])
     assert ok.returncode == 0 and "Verification succeeded" in ok.stdout, ok.stderr
     with tarfile.open(signed / f"{TARGET}.tar.gz") as tar:

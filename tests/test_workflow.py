@@ -17,6 +17,7 @@ from ruamel.yaml import YAML
 
 from packager import registry
 from packager.cli import cli
+from tests.conftest import must_have
 
 REPO = Path(__file__).resolve().parents[1]
 WORKFLOW = REPO / ".github" / "workflows" / "release.yml"
@@ -27,7 +28,7 @@ def _check_jsonschema() -> str:
     exe = Path(sys.executable).with_name("check-jsonschema")
     found = str(exe) if exe.exists() else shutil.which("check-jsonschema")
     if not found:
-        pytest.skip("check-jsonschema is not installed (pip install -e '.[dev]')")
+        must_have("check-jsonschema is not installed (pip install -e '.[dev]')")
     return found
 
 
@@ -145,3 +146,21 @@ def test_every_downloaded_artifact_is_uploaded() -> None:
             else:
                 prefix = w["pattern"].rstrip("*")
                 assert any(u.startswith(prefix) for u in uploaded), w["pattern"]
+
+
+def test_gpu_and_mac_runners_run_their_target_test_modules() -> None:
+    """Engine and Core ML code can only run on those runners: their pytest modules run there."""
+    wf = _workflow()
+    gpu = next(
+        e
+        for e in wf["jobs"]["build"]["strategy"]["matrix"]["include"]
+        if e["target"] == "gpu-tensorrt"
+    )
+    assert (REPO / gpu["tests"]).is_file()
+    build_runs = [s["run"] for s in wf["jobs"]["build"]["steps"] if "run" in s]
+    assert any("pytest" in r and "${{ matrix.tests }}" in r for r in build_runs)
+    mac = wf["jobs"]["coreml"]
+    assert "macos" in mac["runs-on"]
+    mac_runs = [s["run"] for s in mac["steps"] if "run" in s]
+    module = "tests/targets/test_apple_coreml.py"
+    assert (REPO / module).is_file() and any("pytest" in r and module in r for r in mac_runs)

@@ -46,7 +46,7 @@ from targets.base import (
     Status,
     Target,
 )
-from targets.gpu_tensorrt.runtime import Gpu, cuda, cudart, current_gpu
+from targets.gpu_tensorrt.runtime import Gpu, cuda, cudart, current_gpu, dims
 
 DEFAULT_PREFERRED = (8, 16, 32)
 
@@ -239,9 +239,11 @@ def build_engine(onnx_path: Path, plan: Path, io: Io, opts: Options) -> str:
         config.set_flag(trt.BuilderFlag.FP16)  # INT8: layers without Q/DQ run in FP16
     if opts.precision == "int8":
         config.set_flag(trt.BuilderFlag.INT8)  # scales come from the model's Q/DQ nodes
-    if any(d < 0 for d in network.get_input(0).shape):  # static inputs take no profile
+    if any(d < 0 for d in dims(network.get_input(0).shape)):  # static inputs take no profile
         shapes = builder.create_optimization_profile()
-        shapes.set_shape(io.input.name, *(tuple(io.profile[k]) for k in ("min", "opt", "max")))
+        min_, opt, max_ = (tuple(io.profile[k]) for k in ("min", "opt", "max"))
+        # tuples convert to Dims at run time; tensorrt-stubs does not declare it
+        shapes.set_shape(io.input.name, min_, opt, max_)  # type: ignore[arg-type]
         config.add_optimization_profile(shapes)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:

@@ -54,12 +54,18 @@ def current_gpu() -> Gpu:
     return Gpu(name.rstrip("\0"), f"{prop.major}.{prop.minor}", prop.totalGlobalMem // 2**20)
 
 
-def _tensorrt() -> Any:
+def _require_tensorrt() -> None:
+    """Callers then `import tensorrt as trt` themselves, so mypy checks their calls against
+    tensorrt-stubs (a module returned as Any would check nothing)."""
     try:
-        import tensorrt
+        import tensorrt  # noqa: F401
     except ImportError:
         raise Unavailable("tensorrt is not installed; pip install -r requirements.txt") from None
-    return tensorrt
+
+
+def dims(shape: Any) -> tuple[int, ...]:
+    """A TensorRT Dims as a tuple: Dims iterate at run time, but tensorrt-stubs does not say so."""
+    return tuple(shape)
 
 
 class TensorRTEngine:
@@ -72,7 +78,9 @@ class TensorRTEngine:
         self.context: Any = None
 
     def _check_host(self) -> Gpu:
-        trt = _tensorrt()
+        _require_tensorrt()
+        import tensorrt as trt
+
         gpu = current_gpu()
         want = self.built_for
         if gpu.compute_capability != want["compute_capability"]:
@@ -90,7 +98,9 @@ class TensorRTEngine:
         return gpu
 
     def load(self) -> None:
-        trt = _tensorrt()
+        _require_tensorrt()
+        import tensorrt as trt
+
         rt = cudart()
         self.gpu = self._check_host()
         free_before, _ = cuda(rt.cudaMemGetInfo())
@@ -106,9 +116,9 @@ class TensorRTEngine:
         self.out = next(n for n in names if mode(n) == trt.TensorIOMode.OUTPUT)
         self.in_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.inp)))
         self.out_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.out)))
-        max_shape = tuple(self.engine.get_tensor_shape(self.inp))
+        max_shape = dims(self.engine.get_tensor_shape(self.inp))
         if min(max_shape) < 0:  # dynamic batch: the profile's max
-            max_shape = tuple(self.engine.get_tensor_profile_shape(self.inp, 0)[2])
+            max_shape = dims(self.engine.get_tensor_profile_shape(self.inp, 0)[2])
         self.max_batch = max_shape[0]
         self.context.set_input_shape(self.inp, max_shape)
         out_shape = tuple(self.context.get_tensor_shape(self.out))
@@ -152,7 +162,9 @@ class TensorRTEngine:
         cuda(rt.cudaStreamDestroy(self.stream))
 
     def info(self) -> dict[str, Any]:
-        trt = _tensorrt()
+        _require_tensorrt()
+        import tensorrt as trt
+
         facts: dict[str, Any] = {"runtime": "tensorrt", "version": trt.__version__, "device": "GPU"}
         if self.context is not None:
             facts |= {

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, run_predict
+from tests.test_recount import recount
 
 ov = pytest.importorskip("openvino", reason="needs openvino (pip install 'packager[openvino]')")
 pytest.importorskip("nncf", reason="needs nncf (pip install 'packager[openvino]')")
@@ -42,13 +43,19 @@ def _toml(model: Path, data: Path, extra: str) -> str:
 
 @pytest.fixture(scope="module")
 def build(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model: Path,
+    data_path: Path,
+    default_build: Callable[[str], tuple[Path, Result]],
 ) -> Callable[..., tuple[Path, Result]]:
-    """build(extra_toml, *flags) -> (project folder, CLI result); each config is built once."""
+    """build(extra_toml, *flags) -> (project folder, CLI result); each config is built once,
+    the defaults by the session without benchmarks (shared with the generic recount)."""
     done: dict[tuple[str, ...], tuple[Path, Result]] = {}
 
     def run(extra: str = "", *flags: str, model: Path | None = None) -> tuple[Path, Result]:
         key = (extra, str(model), *flags)
+        if not extra and not flags and model is None and key not in done:
+            done[key] = default_build(TARGET)
         if key not in done:
             root = tmp_path_factory.mktemp("ov")
             (root / "packager.toml").write_text(_toml(model or tiny_model, data_path, extra))
@@ -56,6 +63,53 @@ def build(
         return done[key]
 
     return run
+
+
+def ir_int8_layers(xml: Path) -> dict[str, bool]:
+    """For each Convolution/MatMul of the IR, read with OpenVINO: does its activation input
+    come from a FakeQuantize (INT8), or from float computation? Walks up through reshapes,
+    pooling and activations until a FakeQuantize, another such layer or the input."""
+    model = ov.Core().read_model(str(xml))
+    out = {}
+    for op in model.get_ops():
+        if op.get_type_name() not in ("Convolution", "MatMul"):
+            continue
+        node = op.input_value(0).get_node()
+        while node.get_type_name() not in ("FakeQuantize", "Convolution", "MatMul", "Parameter"):
+            node = node.input_value(0).get_node()
+        out[op.get_friendly_name()] = node.get_type_name() == "FakeQuantize"
+    return out
+
+
+def compiled_precisions(xml: Path) -> dict[str, str]:
+    """Runtime precision of each layer OpenVINO's CPU plugin compiled, by original name."""
+    core = ov.Core()
+    compiled = core.compile_model(str(xml), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    out = {}
+    for op in compiled.get_runtime_model().get_ops():
+        info = op.get_rt_info()
+        if info["layerType"].astype(str) in ("Convolution", "FullyConnected"):
+            for name in info["originalLayersNames"].astype(str).split(","):
+                out[name] = info["runtimePrecision"].astype(str)
+    return out
+
+
+def assert_layers_as_reported(bundle: Path, layers: dict[str, list[str]]) -> None:
+    """The report's INT8 and float layer lists against the shipped IR and its compilation."""
+    ir, compiled = ir_int8_layers(bundle / "model.xml"), compiled_precisions(bundle / "model.xml")
+    assert set(layers["int8"]) | set(layers["float"]) == set(ir), (layers, ir)
+    for name in layers["int8"]:
+        assert ir[name], f"{name} is reported INT8 but the IR feeds it float"
+        assert compiled.get(name, "u8") in ("u8", "i8"), (name, compiled)
+    for name in layers["float"]:
+        assert not ir[name], f"{name} is reported float but the IR quantizes its input"
+        assert compiled.get(name, "f32") == "f32", (name, compiled)
+
+
+@pytest.fixture(scope="module")
+def test_labels(data_path: Path) -> np.ndarray:
+    with np.load(data_path) as d:
+        return d["test_labels"].reshape(-1).astype(np.int64)
 
 
 def report_of(root: Path, failed: bool = False) -> dict:
@@ -117,7 +171,7 @@ def test_pin_is_applied_by_runner_and_predict_py(build, data_path, tiny_model) -
 
 
 def test_bench_reports_latency_and_throughput_modes(build) -> None:
-    root, r = build()
+    root, r = build("# benchmarked (the session's default build is not)\n")
     assert r.code == 0, r.stderr
     bench = report_of(root)["benchmark"]
     assert bench["status"] == "ok"
@@ -183,7 +237,7 @@ def test_bf16_runs_where_the_cpu_has_it_else_says_why(build) -> None:
         assert r.code == 3 and "bfloat16" in r.stderr and "Traceback" not in r.stderr
 
 
-def test_int8_ptq_calibrates_on_train_and_passes(build) -> None:
+def test_int8_ptq_calibrates_on_train_and_passes(build, test_labels) -> None:
     root, r = build("", "--int8", "--no-bench")
     assert r.code == 0, r.stderr
     report = report_of(root)
@@ -191,12 +245,16 @@ def test_int8_ptq_calibrates_on_train_and_passes(build) -> None:
     q = report["details"]["int8"]
     assert q["mode"] == "ptq" and q["calibration"] == {"split": "train", "images": 300}
     assert q["layers"]["int8"] and not q["layers"]["float"]
+    assert_layers_as_reported(root / BUNDLE, q["layers"])
+    # The gates pass on an independent recount of the shipped predictions.
+    want = recount(root / BUNDLE, test_labels)
+    assert want["sensitivity"] >= 0.98 and want["sensitivity_drop"] <= 0.005, want
     compiled = report["validation"]["runtime"]["latency_mode"]
     assert compiled["inference_precision"] == "f32"
     assert all(k.split(":")[1] in ("u8", "i8") for k in compiled["layer_precisions"])
 
 
-def test_int8_that_loses_sensitivity_is_not_published(build) -> None:
+def test_int8_that_loses_sensitivity_is_not_published(build, test_labels) -> None:
     root, r = build(NORMAL_IS_POSITIVE, "--int8", "--no-bench")
     assert r.code == 1, r.stderr
     assert "gate failed" in r.stderr and "max_sensitivity_drop" in r.stderr
@@ -205,10 +263,14 @@ def test_int8_that_loses_sensitivity_is_not_published(build) -> None:
     report = report_of(root, failed=True)
     assert report["status"] == "failed"
     assert report["reason"].startswith("gate failed") and "max_sensitivity_drop" in report["reason"]
-    assert report["clinical"]["sensitivity_drop"] > 0.005
+    # The drop, recounted from the kept predictions with "normal" as the positive class.
+    failed = root / "dist/.failed/tiny-1.0.0/cpu-openvino"
+    want = recount(failed, test_labels)
+    assert want["sensitivity_drop"] > 0.005, want
+    assert report["clinical"]["sensitivity_drop"] == pytest.approx(want["sensitivity_drop"])
 
 
-def test_accuracy_control_keeps_layers_in_float_to_hold_sensitivity(build) -> None:
+def test_accuracy_control_keeps_layers_in_float_to_hold_sensitivity(build, test_labels) -> None:
     extra = NORMAL_IS_POSITIVE + (
         '[targets.cpu-openvino]\nint8_mode = "accuracy-control"\ncontrol_size = 200\n'
     )
@@ -219,8 +281,13 @@ def test_accuracy_control_keeps_layers_in_float_to_hold_sensitivity(build) -> No
     q = report["details"]["int8"]
     assert q["control"]["split"] == "val" and q["control"]["images"] == 200
     assert q["control"]["drop"] <= q["control"]["max_drop"] == 0.005
-    # Plain PTQ loses ~0.5 sensitivity here (test above): layers had to go back to float.
-    assert q["reverted_to_float"] and set(q["reverted_to_float"]) <= set(q["layers"]["float"])
+    # Plain PTQ loses ~0.5 sensitivity here (test above): layers had to go back to float, and
+    # the shipped IR, read and compiled by OpenVINO, computes them in float.
+    assert q["reverted_to_float"]
+    assert_layers_as_reported(root / BUNDLE, q["layers"])
+    assert not any(ir_int8_layers(root / BUNDLE / "model.xml")[n] for n in q["reverted_to_float"])
+    want = recount(root / BUNDLE, test_labels)
+    assert want["sensitivity_drop"] <= 0.005, want
     check = next(
         c for c in report["gates"]["checks"] if c["name"] == "int8_control_sensitivity_drop"
     )

@@ -19,7 +19,8 @@ from packager.progress import Progress
 from packager.registry import get
 from packager.session import Session
 from targets.edge_ort import IMAGE_MODEL, MODEL, Options
-from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error
+from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, bundle_dir
+from tests.test_recount import recount
 
 BUNDLE = Path("dist/tiny-1.0.0/edge-ort")
 EMBED = "\n[targets.edge-ort]\nembed_preprocessing = true\n"
@@ -33,9 +34,14 @@ def _report(root: Path) -> dict:
 
 def _published_or_failed(root: Path) -> tuple[dict, Path]:
     """The report and bundle, published or kept under dist/.failed/ when a gate failed."""
-    where = [root / "dist" / d / "tiny-1.0.0/edge-ort/report.json" for d in ("", ".failed")]
-    [path] = [p for p in where if p.exists()]  # the published names (links to generations)
-    return json.loads(path.read_text()), path.parent
+    bundle = bundle_dir(root, "edge-ort")
+    return json.loads((bundle / "report.json").read_text()), bundle
+
+
+@pytest.fixture(scope="module")
+def test_labels(data_path: Path) -> np.ndarray:
+    with np.load(data_path) as d:
+        return d["test_labels"].reshape(-1).astype(np.int64)
 
 
 def _check(report: dict, name: str) -> dict:
@@ -183,11 +189,12 @@ def test_models_from_other_sources(
     variant: dict,
     extra: str,
     flags: tuple[str, ...],
+    test_labels: np.ndarray,
 ) -> None:
     root = project(EMBED + extra, model=make_model(name, **variant))
     r = cli("build", "-t", "edge-ort", "--no-bench", *flags, cwd=root)
     report, bundle = _published_or_failed(root)
-    assert r.code == (0 if report["gates"]["passed"] else 1), r.stderr
+    assert r.code == 0 and report["gates"]["passed"], r.stderr
     assert report["clinical"]["n"] == 624
     agreement = _check(report, "image_model_agreement")
     assert agreement["passed"], agreement
@@ -202,6 +209,9 @@ def test_models_from_other_sources(
         assert {"min_sensitivity", "max_sensitivity_drop"} <= {
             c["name"] for c in report["gates"]["checks"]
         }
+        # Static INT8 keeps sensitivity on an independent recount of the shipped predictions.
+        want = recount(bundle, test_labels)
+        assert want["sensitivity"] >= 0.98 and want["sensitivity_drop"] <= 0.005, want
     else:
         assert report["status"] == "passed" and report["clinical"]["flipped"] == []
         assert report["clinical"]["output"] == "probabilities" and d["source_opset"] == 11
@@ -210,7 +220,7 @@ def test_models_from_other_sources(
 
 
 def test_dynamic_int8_runs_and_the_size_gate_fails_the_build(
-    project: Callable[..., Path], cli: Callable[..., Result]
+    project: Callable[..., Path], cli: Callable[..., Result], test_labels: np.ndarray
 ) -> None:
     root = project('\n[targets.edge-ort]\nquantize = "dynamic"\nmax_size_mb = 0.001\n')
     r = cli("build", "-t", "edge-ort", "--no-bench", cwd=root)
@@ -220,6 +230,18 @@ def test_dynamic_int8_runs_and_the_size_gate_fails_the_build(
     assert report["clinical"]["n"] == 624 and report["details"]["quantize"] == "dynamic"
     check = _check(report, "max_size_mb")
     assert report["status"] == "failed" and not check["passed"] and check["value"] > 0.001
+    # Dynamic INT8 also costs this model sensitivity: the clinical gates that failed are
+    # exactly those an independent recount of the kept predictions fails.
+    want = recount(bundle, test_labels)
+    expected = {"max_size_mb"} | {
+        name
+        for name, ok in (
+            ("min_sensitivity", want["sensitivity"] >= 0.98),
+            ("max_sensitivity_drop", want["sensitivity_drop"] <= 0.005),
+        )
+        if not ok
+    }
+    assert {c["name"] for c in report["gates"]["checks"] if not c["passed"]} == expected, want
 
 
 @pytest.mark.parametrize(
