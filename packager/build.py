@@ -9,13 +9,14 @@ import subprocess
 import sys
 import tempfile
 import traceback
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from packager import __version__, registry, selftest
+from packager import __version__, registry, search, selftest
 from packager.bench import best_throughput
 from packager.bundle import (
     ensure_writable,
@@ -115,7 +116,9 @@ def build(
         ) from None
     for t in targets:
         try:
-            results.append(_build_one(s, t, options[t.name], reference, bench, int8))
+            # precision search (issue 16): "auto" tries every candidate, publishes the winner
+            one = search.run if search.wants(t, options[t.name]) else _build_one
+            results.append(one(s, t, options[t.name], reference, bench, int8))
         except UserError:
             raise
         except Exception as exc:  # with --all, one broken target must not stop the others
@@ -128,7 +131,14 @@ def build(
 
 
 def _build_one(
-    s: Session, t: Target, opts: Any, reference: np.ndarray, bench: bool, int8: bool
+    s: Session,
+    t: Target,
+    opts: Any,
+    reference: np.ndarray,
+    bench: bool,
+    int8: bool,
+    convert: Callable[[BuildContext, Path], BuildOutput] | None = None,  # search: reuse a build
+    extra: dict[str, Any] | None = None,  # search: the candidates table for report.json
 ) -> TargetResult:
     out = Path(s.cfg.output.dir)
     stage = new_stage(out, t.name)
@@ -137,7 +147,7 @@ def _build_one(
     try:
         ctx = s.context(opts, int8)
         with s.progress.step(t.name, "converting"):
-            built = t.build(ctx, bdir)
+            built = (convert or t.build)(ctx, bdir)
         steps.append(Step("convert", "ok", f"precision {built.precision}"))
         if int8 and not t.int8_option:
             built.notes.append(
@@ -147,6 +157,7 @@ def _build_one(
         code = _write_runtime(s, t, bdir, built)
         report = _validate(s, t, ctx, bdir, built, reference, steps)
         report["code"] = code
+        report.update(extra or {})
         _selftest(s, t, bdir, built, report, steps)
         report["benchmark"] = _bench(s, t, bdir, built, report, bench, steps)
         report["benchmark"]["model_size_mb"] = artifact_mb

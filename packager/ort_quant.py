@@ -3,8 +3,13 @@ reader over the build's calibration images, dynamic quantization, and static QDQ
 
 from __future__ import annotations
 
+import hashlib
 import tempfile
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -14,6 +19,32 @@ from packager.model import graph_inputs, upgrade_opset
 
 # Per-channel QDQ weights need DequantizeLinear's `axis`, added in opset 13.
 QDQ_MIN_OPSET = 13
+# A folder where static quantization keeps its calibration ranges (ONNX Runtime's own
+# calibration cache), keyed by model and images: a precision search calibrates once.
+_CAL_CACHE: ContextVar[Path | None] = ContextVar("calibration_cache", default=None)
+# Below this signal-to-quantization-noise ratio (dB) in its worst channel, INT8 destroys an
+# activation: the quantization noise is at least a third of the signal.
+OFFENDING_SQNR_DB = 10.0
+
+
+@contextmanager
+def shared_calibration(folder: Path) -> Iterator[None]:
+    """Within this block, static quantization of the same model on the same images reuses the
+    calibration ranges it collected first."""
+    token = _CAL_CACHE.set(folder)
+    try:
+        yield
+    finally:
+        _CAL_CACHE.reset(token)
+
+
+def _cache_path(prepared: Path, calibration: np.ndarray) -> Path | None:
+    folder = _CAL_CACHE.get()
+    if folder is None:
+        return None
+    h = hashlib.sha256(prepared.read_bytes())
+    h.update(np.ascontiguousarray(calibration).tobytes())
+    return folder / f"calibration-{h.hexdigest()[:24]}.json"
 
 
 class CalibrationReader:
@@ -66,22 +97,109 @@ def quantize_dynamic_int8(model: onnx.ModelProto, dst: Path) -> None:
 
 
 def quantize_static_qdq(
-    model: onnx.ModelProto, dst: Path, calibration: np.ndarray, batch: int
+    model: onnx.ModelProto,
+    dst: Path,
+    calibration: np.ndarray,
+    batch: int,
+    keep_float: Sequence[str] = (),
 ) -> None:
     """QDQ INT8: uint8 activations calibrated (min-max) on `calibration`, per-channel int8
-    weights — ONNX Runtime's recommended CPU/mobile configuration."""
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
+    weights — ONNX Runtime's recommended CPU/mobile configuration. Nodes named in `keep_float`
+    stay in float (mixed precision)."""
     with tempfile.TemporaryDirectory(prefix="packager-quant-") as tmp:
         prepared = prepare_for_quantization(model, Path(tmp))
-        name = graph_inputs(model)[0].name
-        quantize_static(
-            str(prepared),
-            str(dst),
-            CalibrationReader(calibration, name, batch),
-            quant_format=QuantFormat.QDQ,
-            per_channel=True,
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
+        _quantize_prepared(
+            prepared, dst, calibration, graph_inputs(model)[0].name, batch, keep_float
         )
+
+
+def _quantize_prepared(
+    prepared: Path,
+    dst: Path,
+    calibration: np.ndarray,
+    name: str,
+    batch: int,
+    keep_float: Sequence[str] = (),
+) -> None:
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    quantize_static(
+        str(prepared),
+        str(dst),
+        CalibrationReader(calibration, name, batch),
+        quant_format=QuantFormat.QDQ,
+        per_channel=True,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        nodes_to_exclude=list(keep_float) or None,
+        calibration_cache_path=_cache_path(prepared, calibration),
+    )
+
+
+def _worst_channel_sqnr(pre: Sequence[np.ndarray], post: Sequence[np.ndarray]) -> float:
+    """The lowest per-channel (axis 1) SQNR in dB between an activation before and after its
+    QuantizeLinear/DequantizeLinear pair: a whole-tensor ratio hides a channel that INT8 zeroes
+    next to one with a huge range."""
+    a = np.concatenate([np.asarray(x, np.float64) for x in pre])
+    b = np.concatenate([np.asarray(x, np.float64) for x in post])
+    if a.ndim < 2:
+        a, b = a.reshape(-1, 1), b.reshape(-1, 1)
+    axes = tuple(i for i in range(a.ndim) if i != 1)
+    signal = np.sum(a * a, axis=axes)
+    noise = np.sum((a - b) ** 2, axis=axes)
+    live = signal > 0
+    if not live.any():
+        return float("inf")
+    sqnr = 10 * np.log10(signal[live] / np.maximum(noise[live], 1e-30))
+    return float(sqnr.min())
+
+
+def qdq_layer_errors(
+    model: onnx.ModelProto, calibration: np.ndarray, batch: int, images: np.ndarray
+) -> list[dict[str, Any]]:
+    """Per quantized activation, how much error INT8 adds, measured with ONNX Runtime's QDQ
+    debugging tools (onnxruntime.quantization.qdq_loss_debug) on `images`: the worst-channel
+    SQNR of the tensor before vs after its Q/DQ pair, and the SQNR of the QDQ model against the
+    float model at that tensor. Worst first; each names the node producing the tensor and the
+    nodes to keep in float so the tensor is not quantized."""
+    from onnxruntime.quantization.qdq_loss_debug import (
+        collect_activations,
+        compute_activation_error,
+        create_activation_matching,
+        modify_model_output_intermediate_tensors,
+    )
+
+    with tempfile.TemporaryDirectory(prefix="packager-qdq-debug-") as tmp:
+        work = Path(tmp)
+        prepared = prepare_for_quantization(model, work)
+        name = graph_inputs(model)[0].name
+        _quantize_prepared(prepared, work / "qdq.onnx", calibration, name, batch)
+        acts = {}
+        for kind, path in (("float", prepared), ("qdq", work / "qdq.onnx")):
+            aug = work / f"{kind}_aug.onnx"
+            modify_model_output_intermediate_tensors(str(path), str(aug))
+            acts[kind] = collect_activations(str(aug), CalibrationReader(images, name, batch))
+        graph = onnx.load(str(prepared)).graph
+    matched = create_activation_matching(acts["qdq"], acts["float"])
+    sqnr = compute_activation_error(matched)
+    producer = {o: n.name for n in graph.node for o in n.output}
+    consumers: dict[str, list[str]] = {}
+    for n in graph.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n.name)
+    rows = []
+    for tensor, m in matched.items():
+        local = _worst_channel_sqnr(m["pre_qdq"], m["post_qdq"])
+        node = producer.get(tensor)
+        rows.append(
+            {
+                "tensor": tensor,
+                "layer": node or tensor,
+                "worst_channel_sqnr_db": round(local, 2),
+                "model_sqnr_db": round(float(sqnr[tensor].get("xmodel_err", float("nan"))), 2),
+                "keep_float": sorted({x for x in [node, *consumers.get(tensor, [])] if x}),
+            }
+        )
+    rows.sort(key=lambda r: r["worst_channel_sqnr_db"])
+    return rows
