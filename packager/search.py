@@ -255,8 +255,8 @@ def run(s: Session, t: Target, opts: Any, reference: np.ndarray, bench: bool, in
             "diagnosis": diagnoses,
             "short_bench": SHORT,
             "selection": (
-                f"every candidate passing every gate, ranked by {objective}; the winner was "
-                "rebuilt from its own conversion, re-validated and fully benchmarked"
+                f"every candidate passing every gate, ranked by {objective}; the winner's own "
+                "conversion was reused, re-validated in the bundle and fully benchmarked"
             ),
         }
         if winner is None:
