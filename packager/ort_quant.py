@@ -69,6 +69,11 @@ class CalibrationReader:
     def rewind(self) -> None:
         self.pos = 0
 
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:  # qdq_loss_debug iterates readers
+        self.rewind()
+        while (item := self.get_next()) is not None:
+            yield item
+
 
 def prepare_for_quantization(model: onnx.ModelProto, work: Path) -> Path:
     """The model at a QDQ-capable opset, optimized and shape-inferred as the quantizer advises."""
@@ -137,22 +142,52 @@ def _quantize_prepared(
     )
 
 
-def _worst_channel_sqnr(pre: Sequence[np.ndarray], post: Sequence[np.ndarray]) -> float:
-    """The lowest per-channel (axis 1) SQNR in dB between an activation before and after its
-    QuantizeLinear/DequantizeLinear pair: a whole-tensor ratio hides a channel that INT8 zeroes
-    next to one with a huge range."""
-    a = np.concatenate([np.asarray(x, np.float64) for x in pre])
-    b = np.concatenate([np.asarray(x, np.float64) for x in post])
-    if a.ndim < 2:
-        a, b = a.reshape(-1, 1), b.reshape(-1, 1)
-    axes = tuple(i for i in range(a.ndim) if i != 1)
-    signal = np.sum(a * a, axis=axes)
-    noise = np.sum((a - b) ** 2, axis=axes)
+def _worst_channel_sqnr(
+    pre: Sequence[np.ndarray], post: Sequence[np.ndarray], dims: list[int] | None
+) -> float:
+    """The lowest per-channel (axis 1 of the tensor's shape `dims`) SQNR in dB between an
+    activation before and after its QuantizeLinear/DequantizeLinear pair: a whole-tensor ratio
+    hides a channel that INT8 zeroes next to one with a huge range."""
+    a = np.concatenate([np.asarray(x, np.float64).ravel() for x in pre])
+    b = np.concatenate([np.asarray(x, np.float64).ravel() for x in post])
+    per_item = int(np.prod(dims[1:])) if dims and len(dims) >= 2 and all(dims[1:]) else 0
+    if per_item and a.size % per_item == 0:  # (items, channels, rest)
+        a, b = (
+            a.reshape(-1, dims[1], per_item // dims[1]),
+            b.reshape(-1, dims[1], per_item // dims[1]),
+        )
+    else:
+        a, b = a.reshape(1, 1, -1), b.reshape(1, 1, -1)
+    signal = np.sum(a * a, axis=(0, 2))
+    noise = np.sum((a - b) ** 2, axis=(0, 2))
     live = signal > 0
     if not live.any():
         return float("inf")
     sqnr = 10 * np.log10(signal[live] / np.maximum(noise[live], 1e-30))
     return float(sqnr.min())
+
+
+def _db(x: Any) -> float | None:
+    """A ratio in dB for report.json; None where there is no noise (or nothing to compare),
+    since JSON has no infinity."""
+    return round(float(x), 2) if x is not None and np.isfinite(x) else None
+
+
+# Ops that pass a range through from the layer before them (an activation after a convolution).
+PASS_THROUGH = {"Relu", "Clip", "LeakyRelu", "Identity", "Sigmoid", "Tanh", "HardSigmoid"}
+
+
+def _origin(tensor: str, producer: dict[str, onnx.NodeProto]) -> list[onnx.NodeProto]:
+    """The node producing `tensor`, then back through activation functions to the layer that
+    gave it its range."""
+    chain = []
+    node = producer.get(tensor)
+    while node is not None:
+        chain.append(node)
+        if node.op_type not in PASS_THROUGH or not node.input:
+            break
+        node = producer.get(node.input[0])
+    return chain
 
 
 def qdq_layer_errors(
@@ -181,25 +216,34 @@ def qdq_layer_errors(
             modify_model_output_intermediate_tensors(str(path), str(aug))
             acts[kind] = collect_activations(str(aug), CalibrationReader(images, name, batch))
         graph = onnx.load(str(prepared)).graph
+    shapes = {
+        v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*graph.value_info, *graph.input, *graph.output]
+    }
     matched = create_activation_matching(acts["qdq"], acts["float"])
     sqnr = compute_activation_error(matched)
-    producer = {o: n.name for n in graph.node for o in n.output}
+    producer = {o: n for n in graph.node for o in n.output}
     consumers: dict[str, list[str]] = {}
     for n in graph.node:
         for i in n.input:
             consumers.setdefault(i, []).append(n.name)
     rows = []
     for tensor, m in matched.items():
-        local = _worst_channel_sqnr(m["pre_qdq"], m["post_qdq"])
-        node = producer.get(tensor)
+        local = _worst_channel_sqnr(m["pre_qdq"], m["post_qdq"], shapes.get(tensor))
+        chain = _origin(tensor, producer)
+        # Keeping an activation in float: its producers back to the layer that made its range
+        # and every node reading one of their outputs.
+        keep = {n.name for n in chain}
+        keep |= {c for n in chain for o in n.output for c in consumers.get(o, [])}
         rows.append(
             {
                 "tensor": tensor,
-                "layer": node or tensor,
-                "worst_channel_sqnr_db": round(local, 2),
-                "model_sqnr_db": round(float(sqnr[tensor].get("xmodel_err", float("nan"))), 2),
-                "keep_float": sorted({x for x in [node, *consumers.get(tensor, [])] if x}),
+                "layer": " <- ".join(n.name for n in chain) if chain else "(model input)",
+                "origin": chain[-1].name if chain else None,
+                "worst_channel_sqnr_db": _db(local),
+                "model_sqnr_db": _db(sqnr[tensor].get("xmodel_err")),
+                "keep_float": sorted(k for k in keep if k),
             }
         )
-    rows.sort(key=lambda r: r["worst_channel_sqnr_db"])
+    rows.sort(key=lambda r: (r["worst_channel_sqnr_db"] is None, r["worst_channel_sqnr_db"] or 0))
     return rows
