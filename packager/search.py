@@ -240,7 +240,9 @@ def run(s: Session, t: Target, opts: Any, reference: np.ndarray, bench: bool, in
                     continue
                 others = {k: v.built.details for k, v in runs.items()}
                 x = _diagnosis_images(s, r.report, calibration)
-                found = diagnose(s.context(r.opts), label, r.built.details, others, x)
+                dctx = s.context(r.opts)
+                dctx.calibration = calibration
+                found = diagnose(dctx, label, r.built.details, others, x)
                 if found is None:
                     continue
                 diagnosis, follow = found
