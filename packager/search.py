@@ -83,9 +83,20 @@ def eligible(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [r for r in rows if r["status"] == "not-validated" and r.get("proxy") and r["gates_ok"]]
 
 
+METRIC = {"latency": "latency_p50_ms", "throughput": "throughput_sps", "size": "size_mb"}
+
+
+def ranked_by(rows: list[dict[str, Any]], objective: str) -> str:
+    """The objective the ranking can use: where no eligible candidate could be timed here (its
+    runtime does not run on this host), size, which is always known."""
+    if any(r.get(METRIC[objective]) is not None for r in eligible(rows)):
+        return objective
+    return "size"
+
+
 def select(rows: list[dict[str, Any]], objective: str) -> dict[str, Any] | None:
     ok = eligible(rows)
-    return min(ok, key=objective_key(objective)) if ok else None
+    return min(ok, key=objective_key(ranked_by(rows, objective))) if ok else None
 
 
 @dataclasses.dataclass
@@ -242,7 +253,20 @@ def run(s: Session, t: Target, opts: Any, reference: np.ndarray, bench: bool, in
                 x = _diagnosis_images(s, r.report, calibration)
                 dctx = s.context(r.opts)
                 dctx.calibration = calibration
-                found = diagnose(dctx, label, r.built.details, others, x)
+                try:
+                    found = diagnose(dctx, label, r.built.details, others, x)
+                except UserError:
+                    raise
+                except Exception as exc:  # a diagnosis that breaks must not end the search
+                    diagnoses.append(
+                        {
+                            "candidate": label,
+                            "method": "per-layer diagnosis",
+                            "layers": [],
+                            "reason": f"the diagnosis failed: {type(exc).__name__}: {exc}",
+                        }
+                    )
+                    continue
                 if found is None:
                     continue
                 diagnosis, follow = found
@@ -256,9 +280,16 @@ def run(s: Session, t: Target, opts: Any, reference: np.ndarray, bench: bool, in
             "candidates": rows,
             "diagnosis": diagnoses,
             "short_bench": SHORT,
+            "ranked_by": ranked_by(rows, objective),
             "selection": (
-                f"every candidate passing every gate, ranked by {objective}; the winner's own "
-                "conversion was reused, re-validated in the bundle and fully benchmarked"
+                f"every candidate passing every gate, ranked by {ranked_by(rows, objective)}"
+                + (
+                    f" ({objective} cannot be measured on this host)"
+                    if ranked_by(rows, objective) != objective
+                    else ""
+                )
+                + "; the winner's own conversion was reused, re-validated in the bundle and "
+                "fully benchmarked"
             ),
         }
         if winner is None:

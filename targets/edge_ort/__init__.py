@@ -181,7 +181,12 @@ class EdgeOrt(Target):
         batch = ctx.model.fixed_batch or 1
         with ctx.progress.step(self.name, f"QDQ per-layer error on {len(x)} images"):
             rows = qdq_layer_errors(load_model(ctx.model_path), ctx.calibration(), batch, x)
-        offending = [r for r in rows if r["worst_channel_sqnr_db"] < OFFENDING_SQNR_DB] or rows[:1]
+        offending = [
+            r
+            for r in rows
+            if r["worst_channel_sqnr_db"] is not None
+            and r["worst_channel_sqnr_db"] < OFFENDING_SQNR_DB
+        ] or rows[:1]
         keep = sorted({n for r in offending for n in r["keep_float"]})
         diagnosis = {
             "method": "onnxruntime.quantization.qdq_loss_debug: worst-channel SQNR of each "
