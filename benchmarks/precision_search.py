@@ -66,7 +66,8 @@ def build(config: Path, out: Path, target: str, *flags: str) -> tuple[float, dic
 
 def write_config(base: dict[str, Any], path: Path, target: str, options: dict[str, Any]) -> Path:
     cfg = json.loads(json.dumps(base))
-    cfg.setdefault("targets", {})[target] = {**cfg["targets"].get(target, {}), **options}
+    targets = cfg.setdefault("targets", {})
+    targets[target] = {**targets.get(target, {}), **options}
     path.write_text(toml_text(cfg))
     return path
 
