@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from packager import ort_quant
-from packager.bench import best_throughput
 from packager.config import Config
 from packager.errors import PackagerError, Unavailable, UserError
 from packager.registry import get
@@ -32,8 +31,11 @@ from packager.session import Session
 from targets.base import BuildOutput, Target
 
 OBJECTIVES = ("latency", "throughput", "size")
-# The short benchmark every candidate gets: enough to rank, far less than [bench].
-SHORT = {"warmup": 3, "seconds": 0.3, "min_iterations": 5}
+# The short benchmark every candidate gets: enough to rank, far less than [bench]. It runs in
+# ROUNDS interleaved rounds over the candidates (medians), so a load change on a shared host
+# during the search does not decide the ranking.
+SHORT = {"warmup": 3, "seconds": 0.1, "min_iterations": 5}
+ROUNDS = 3
 DIAGNOSIS_IMAGES = 64  # at most this many flipped images go through the per-layer diagnosis
 
 
@@ -176,36 +178,51 @@ def _candidate(
         sensitivity_drop=c.get("sensitivity_drop"),
         flips=len(c["flipped"]) if c.get("flipped") is not None else None,
     )
-    if report["clinical"] is not None and t.availability().bench.ok:
-        row.update(_short_bench(s, t, folder, built))
     return row, _Run(copts, built, folder, files, report)
 
 
-def _short_bench(s: Session, t: Target, folder: Path, built: BuildOutput) -> dict[str, Any]:
-    """Batch 1 (or the fixed batch) and the largest configured batch, ~0.3 s each."""
+def _short_bench(s: Session, t: Target, timed: list[tuple[dict[str, Any], _Run]]) -> None:
+    """Batch 1 (or the fixed batch) and the largest configured batch, SHORT seconds each, in
+    ROUNDS interleaved rounds over every validated candidate; each row gets the medians."""
     from packager import build as B
 
     b = s.cfg.bench
-    sizes = (
-        [s.info.fixed_batch]
-        if s.info.fixed_batch
-        else sorted({min(b.batch_sizes), max(b.batch_sizes)})
-    )
+    fixed = s.info.fixed_batch
+    sizes = [fixed] if fixed else sorted({min(b.batch_sizes), max(b.batch_sizes)})
     spec = {"batch_sizes": sizes, **SHORT}
-    try:
-        with s.progress.step(t.name, f"short benchmark, batch sizes {sizes}"):
-            r = B._bench_run(t, folder, built.runner_options, spec, s.x[: max(sizes)], b.timeout_s)
-    except PackagerError as exc:
-        return {"bench": f"failed: {exc}"}
-    rows = r["batches"]
-    first = min(rows, key=lambda x: x["batch_size"])
-    best = best_throughput(rows) or first
-    return {
-        "bench": f"short: batch sizes {sizes}, {SHORT['seconds']} s each",
-        "latency_p50_ms": first["latency_ms"]["p50"] if first["batch_size"] == 1 else None,
-        "throughput_sps": best["throughput_sps"],
-        "throughput_batch": best["batch_size"],
-    }
+    p50: dict[str, list[float]] = {row["label"]: [] for row, _ in timed}
+    sps: dict[str, dict[int, list[float]]] = {row["label"]: {} for row, _ in timed}
+    failed: dict[str, str] = {}
+    with s.progress.step(t.name, f"short benchmarks, batch sizes {sizes}, {ROUNDS} rounds"):
+        for i in range(ROUNDS):
+            for row, r in timed if i % 2 == 0 else list(reversed(timed)):
+                if row["label"] in failed:
+                    continue
+                try:
+                    out = B._bench_run(
+                        t, r.folder, r.built.runner_options, spec, s.x[: max(sizes)], b.timeout_s
+                    )
+                except PackagerError as exc:
+                    failed[row["label"]] = str(exc)
+                    continue
+                for x in out["batches"]:
+                    sps[row["label"]].setdefault(x["batch_size"], []).append(x["throughput_sps"])
+                    if x["batch_size"] == 1:
+                        p50[row["label"]].append(x["latency_ms"]["p50"])
+    for row, _ in timed:
+        label = row["label"]
+        if label in failed:
+            row["bench"] = f"failed: {failed[label]}"
+            continue
+        medians = {bs: float(np.median(v)) for bs, v in sps[label].items()}
+        best = max(medians, key=lambda bs: medians[bs])
+        row.update(
+            bench=f"short: batch sizes {sizes}, {ROUNDS} interleaved rounds of "
+            f"{SHORT['seconds']} s (medians)",
+            latency_p50_ms=float(np.median(p50[label])) if p50[label] else None,
+            throughput_sps=medians[best],
+            throughput_batch=best,
+        )
 
 
 def _diagnosis_images(s: Session, report: dict[str, Any], calibration: Any) -> np.ndarray:
@@ -273,13 +290,16 @@ def run(s: Session, t: Target, opts: Any, reference: np.ndarray, bench: bool, in
                 diagnoses.append({"candidate": label, **diagnosis})
                 if follow is not None and all(q[0] != follow[0] for q in queue):
                     queue.append((follow[0], follow[1], ""))
+        timed = [(row, runs[row["label"]]) for row in rows if row["sensitivity"] is not None]
+        if timed and t.availability().bench.ok:
+            _short_bench(s, t, timed)
         winner = select(rows, objective)
         table = {
             "objective": objective,
             "winner": winner["label"] if winner else None,
             "candidates": rows,
             "diagnosis": diagnoses,
-            "short_bench": SHORT,
+            "short_bench": {**SHORT, "rounds": ROUNDS},
             "ranked_by": ranked_by(rows, objective),
             "selection": (
                 f"every candidate passing every gate, ranked by {ranked_by(rows, objective)}"
