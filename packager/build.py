@@ -10,7 +10,7 @@ import sys
 import sysconfig
 import tempfile
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from packager import __version__, registry, selftest
+from packager import __version__, registry, search, selftest
 from packager.bench import best_throughput
 from packager.bundle import (
     ensure_writable,
@@ -139,7 +139,9 @@ def build(
         ) from None
     for t in targets:
         try:
-            results.append(_build_one(s, t, options[t.name], reference, bench, int8))
+            # precision search (issue 16): "auto" tries every candidate, publishes the winner
+            one = search.run if search.wants(t, options[t.name]) else _build_one
+            results.append(one(s, t, options[t.name], reference, bench, int8))
         except UserError:
             raise
         except ModelRefused as exc:  # the converter's refusal: this target's result, not a crash
@@ -161,7 +163,14 @@ def _in_order(results: list[TargetResult], names: list[str]) -> list[TargetResul
 
 
 def _build_one(
-    s: Session, t: Target, opts: Any, reference: np.ndarray, bench: bool, int8: bool
+    s: Session,
+    t: Target,
+    opts: Any,
+    reference: np.ndarray,
+    bench: bool,
+    int8: bool,
+    convert: Callable[[BuildContext, Path], BuildOutput] | None = None,  # search: reuse a build
+    extra: dict[str, Any] | None = None,  # search: the candidates table for report.json
 ) -> TargetResult:
     out = Path(s.cfg.output.dir)
     stage = new_stage(out, t.name)
@@ -174,7 +183,7 @@ def _build_one(
             stdout_to_stderr(s.progress.enabled),
             _converter_errors(),
         ):
-            built = t.build(ctx, bdir)
+            built = (convert or t.build)(ctx, bdir)
         steps.append(Step("convert", "ok", f"precision {built.precision}"))
         if int8 and not t.int8_option:
             built.notes.append(
@@ -184,6 +193,7 @@ def _build_one(
         code = _write_runtime(s, t, bdir, built)
         report = _validate(s, t, ctx, bdir, built, reference, steps)
         report["code"] = code
+        report.update(extra or {})
         _selftest(s, t, bdir, built, report, steps)
         report["benchmark"] = _bench(s, t, bdir, built, report, bench, steps)
         report["benchmark"]["model_size_mb"] = artifact_mb

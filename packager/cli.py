@@ -109,6 +109,12 @@ def cli() -> None:
     "--out", type=click.Path(path_type=Path), default=None, help="Output directory (default: dist)."
 )
 @click.option("--int8", is_flag=True, help="INT8 for targets that support it.")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto"]),
+    default=None,
+    help="auto: try every precision each target offers, ship the best passing every gate.",
+)
 @click.option("--force", is_flag=True, help="Replace bundles that already exist.")
 @click.option("--no-bench", is_flag=True, help="Skip benchmarks (validation still runs).")
 @json_option
@@ -119,6 +125,7 @@ def build(
     all_targets: bool,
     out: Path | None,
     int8: bool,
+    precision: str | None,
     force: bool,
     no_bench: bool,
     as_json: bool,
@@ -133,6 +140,10 @@ def build(
         raise click.UsageError("name targets with --target NAME (repeatable) or pass --all")
     override(cfg, "output", "dir", str(out.resolve()) if out else None)
     names = registry.names() if all_targets else list(dict.fromkeys(target_names))
+    if precision == "auto":
+        from packager.search import apply_flag
+
+        apply_flag(cfg, [n for n in names if n in registry.names()])
     session = Session.open(cfg, Progress(False if quiet else None))
     results = run_build(session, names, force, not no_bench, int8, explicit=not all_targets)
     lines = [f"{r.target:16} {r.status:17} {r.bundle or r.reason}" for r in results]

@@ -429,6 +429,8 @@ def _change(col_key: str, old: Any, new: Any) -> str:
     """NEW - OLD as people read it: percentage points for rates, relative % for amounts."""
     if old is None or new is None:
         return ""
+    if not isinstance(old, int | float) or not isinstance(new, int | float):
+        return "" if old == new else "changed"
     d = new - old
     if col_key in ("sensitivity", "specificity"):
         return f"{100 * d:+.2f} pts" if abs(d) >= 5e-5 else "0"

@@ -353,6 +353,46 @@ def reliability(target: dict[str, Any], reference: dict[str, Any] | None, positi
     return to_svg(fig, "reliability", "reliability diagram of the predicted probabilities")
 
 
+def precision_candidates(
+    rows: list[dict[str, Any]], winner: str | None, objective: str, min_sensitivity: float | None
+) -> Markup:
+    """Precision search: each candidate's batch-1 p50 latency against its sensitivity (gate
+    passers filled, rejected hollow, the winner starred); the gate drawn where it lies."""
+    fig, ax = _figure(6.4, 3.0)
+    with matplotlib.rc_context(RC):
+        for r in rows:
+            if r.get("sensitivity") is None:
+                continue
+            lat = r.get("latency_p50_ms")
+            y = lat if lat is not None else 0.0
+            ok = r["status"] == "passed" or (r["status"] == "not-validated" and r.get("gates_ok"))
+            color = GOOD_C if ok else BAD_C
+            if r["label"] == winner:
+                ax.plot(r["sensitivity"], y, "*", markersize=16, color=TARGET_C, zorder=3)
+            ax.plot(
+                r["sensitivity"],
+                y,
+                "o",
+                markersize=7,
+                markerfacecolor=color if ok else "none",
+                markeredgecolor=color,
+            )
+            tag = plain(r["label"]) + (" (winner)" if r["label"] == winner else "")
+            tag += "" if lat is not None else " (no batch-1 run)"
+            ax.annotate(
+                tag, (r["sensitivity"], y), xytext=(5, 4), textcoords="offset points", fontsize=7
+            )
+        if min_sensitivity is not None:
+            _limit_line(ax, min_sensitivity, f"gate {min_sensitivity}", "--")
+        ax.set_xlabel("sensitivity on the validation split")
+        ax.set_ylabel("batch-1 p50 latency (ms, short run)")
+        ax.set_title(
+            f"Precision candidates (objective: {objective}); filled: every gate passed",
+            loc="left",
+        )
+    return to_svg(fig, "candidates", "precision candidates: latency against sensitivity")
+
+
 def thumbnail(image: np.ndarray, size: int = 96) -> str:
     """A PNG data URI of one raw image (uint8 HxW or HxWx3, or float on the 0..255 display
     scale as DICOM and 16-bit images are held), upscaled without smoothing."""

@@ -79,6 +79,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "name": m.get("name"),
         "version": m.get("version"),
         "precision": report.get("precision"),
+        "precision_choice": _precision_choice(report),
         "status": report.get("status", "unknown"),
         "reason": report.get("reason", ""),
         "validated_on": None if not c else (f"proxy: {v['proxy']}" if v.get("proxy") else "own"),
@@ -129,6 +130,17 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _precision_choice(report: dict[str, Any]) -> str | None:
+    """The bundle's precision, and when a precision search chose it, which candidate won on
+    which objective."""
+    precision = report.get("precision")
+    search = report.get("precision_search")
+    if not search or not search.get("winner"):
+        return precision
+    n = len(search.get("candidates") or [])
+    return f"{precision} (auto: {search['winner']} of {n}, {search['objective']})"
+
+
 @dataclass(frozen=True)
 class Column:
     """One column of the summary tables; `gap` names the row field whose reason replaces it."""
@@ -166,6 +178,7 @@ def _calibration(key: str) -> Callable[[dict[str, Any]], str]:
 
 
 COLUMNS = (
+    Column("precision_choice", "precision", "", _opt("precision_choice", str, "n/a")),
     Column("sensitivity", "sensitivity (95% CI)", "clinical_gap", _sens, "higher"),
     Column(
         "specificity",
@@ -270,7 +283,9 @@ def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None
     row = summarize(report)
     positive, negative, names, pos_idx = class_names(bdir)
     # Every key present (None when absent) so templates can test them under StrictUndefined.
-    figures: dict[str, Any] = dict.fromkeys(("confusion", "roc", "latency", "sweep", "reliability"))
+    figures: dict[str, Any] = dict.fromkeys(
+        ("confusion", "roc", "latency", "sweep", "reliability", "candidates")
+    )
     gaps: dict[str, str | None] = dict.fromkeys(
         ("clinical", "roc", "flips", "thumbnails", "bench", "latency", "calibration")
     )
@@ -321,6 +336,14 @@ def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None
             (v["label"], v["batches"]) for v in row["variants"] if v.get("batches")
         ]
         figures["sweep"] = plots.batch_sweep(series)
+    search = report.get("precision_search")
+    if search and any(r.get("sensitivity") is not None for r in search["candidates"]):
+        figures["candidates"] = plots.precision_candidates(
+            search["candidates"],
+            search.get("winner"),
+            search["objective"],
+            row["gate_min_sensitivity"],
+        )
     return {
         "row": row,
         "signoff": signoff(report, row, near),

@@ -52,7 +52,9 @@ PROXY_LABEL = (
 
 @dataclass
 class Options:
-    precision: Literal["fp16", "fp32"] = "fp16"
+    # auto: packager.search tries fp16 and fp32, ships the best one passing every gate.
+    precision: Literal["fp16", "fp32", "auto"] = "fp16"
+    objective: Literal["latency", "throughput", "size"] = "latency"  # what auto optimizes
     # ML Programs need iOS 15 / macOS 12 or newer; iOS16 adds FP16 inputs and more ops.
     minimum_deployment_target: Literal[
         "iOS15", "iOS16", "iOS17", "iOS18", "macOS12", "macOS13", "macOS14", "macOS15"
@@ -519,6 +521,14 @@ class AppleCoreML(Target):
         else:
             reason += ": re-export without them or choose another target"
         return Status(False, reason)
+
+    # ---- precision search (packager.search) -----------------------------------------------
+
+    search_option = "precision"
+
+    def search_candidates(self, opts: Options) -> list[tuple[str, dict[str, Any], str]]:
+        """fp16 and fp32; off macOS both are validated on the labelled proxy and marked so."""
+        return [("fp16", {"precision": "fp16"}, ""), ("fp32", {"precision": "fp32"}, "")]
 
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
         import torch

@@ -10,7 +10,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -59,8 +59,11 @@ OVMS_IMAGE = "openvino/model_server:latest"
 
 @dataclass
 class Options:
-    precision: Literal["fp32", "fp16", "bf16", "int8"] = "fp32"
+    # auto: packager.search tries every candidate, ships the best one passing every gate.
+    precision: Literal["fp32", "fp16", "bf16", "int8", "auto"] = "fp32"
     int8_mode: Literal["ptq", "accuracy-control"] = "ptq"
+    objective: Literal["latency", "throughput", "size"] = "latency"  # what auto optimizes
+    keep_float: list[str] = field(default_factory=list)  # INT8: layers NNCF must not quantize
     # accuracy-control measures sensitivity on this split; never the validation split.
     control_split: str = "val"
     control_size: int = 1000  # images drawn from control_split (all of them when fewer)
@@ -231,6 +234,29 @@ def layer_precisions(model: Any) -> dict[str, list[str]]:
     return out
 
 
+@cache
+def _converted(path: str, mtime_ns: int) -> Any:
+    import openvino as ov
+
+    return ov.convert_model(path)
+
+
+def convert_source(path: Path) -> Any:
+    """The source model as an OpenVINO model: converted once per file content in this process
+    (a precision search builds several candidates from it), a fresh clone per caller."""
+    return _converted(str(path), path.stat().st_mtime_ns).clone()
+
+
+# The fully quantized model accuracy control starts from is exactly what PTQ produces with the
+# same calibration and preset: a search reuses it instead of calibrating twice.
+_PTQ_SEEN: dict[tuple[Any, ...], Any] = {}
+
+
+def _ptq_key(ctx: BuildContext) -> tuple[Any, ...]:
+    o = ctx.options
+    return (str(ctx.model_path), ctx.calibration, o.preset, tuple(o.keep_float))
+
+
 def _compile_f32(model: Any) -> Any:
     import openvino as ov
 
@@ -253,15 +279,29 @@ def quantize(ctx: BuildContext, model: Any) -> tuple[Any, dict[str, Any], list[C
         "preset": nncf.QuantizationPreset(opts.preset),
         "target_device": nncf.TargetDevice.CPU,
     }
+    if opts.keep_float:
+        common["ignored_scope"] = nncf.IgnoredScope(names=list(opts.keep_float))
     details: dict[str, Any] = {
         "mode": opts.int8_mode,
         "preset": opts.preset,
         "calibration": {"split": cfg.data.calibration_split, "images": len(cal_images)},
     }
     verbose = ctx.progress.enabled
+    if opts.keep_float:
+        details["kept_in_float_by_config"] = list(opts.keep_float)
     if opts.int8_mode == "ptq":
-        with _nncf_output(verbose):
-            q = nncf.quantize(model, nncf.Dataset(calibration), **common)
+        seen = _PTQ_SEEN.get(_ptq_key(ctx))
+        if seen is not None:
+            from openvino._offline_transformations import compress_quantize_weights_transformation
+
+            q = seen.clone()
+            # Accuracy control keeps float weights behind FakeQuantize; PTQ stores them in INT8
+            # (what nncf.quantize does itself with this same pass).
+            compress_quantize_weights_transformation(q)
+            details["calibration"]["reused"] = "the accuracy-control run's PTQ model"
+        else:
+            with _nncf_output(verbose):
+                q = nncf.quantize(model, nncf.Dataset(calibration), **common)
         details["layers"] = layer_precisions(q)
         return q, details, []
 
@@ -291,7 +331,9 @@ def quantize(ctx: BuildContext, model: Any) -> tuple[Any, dict[str, Any], list[C
         )
         # NNCF only logs which layers it reverted; the fully quantized model it started from
         # tells us exactly.
-        initial = layer_precisions(ov.Core().read_model(Path(tmp) / "intermediate_model.xml"))
+        ptq = ov.Core().read_model(Path(tmp) / "intermediate_model.xml")
+        initial = layer_precisions(ptq)
+        _PTQ_SEEN[_ptq_key(ctx)] = ptq
     layers = layer_precisions(q)
     int8_sens = metric(_compile_f32(q), items)[0]
     drop = fp32_sens - int8_sens
@@ -435,7 +477,7 @@ class CpuOpenVino(Target):
                 "another split"
             )
         with refusals(ctx.model):
-            model = ov.convert_model(str(ctx.model_path))
+            model = convert_source(ctx.model_path)
         details: dict[str, Any] = {}
         checks: list[Check] = []
         notes = []
@@ -495,6 +537,57 @@ class CpuOpenVino(Target):
 
     def requirements(self, options: dict[str, Any]) -> list[str]:
         return ["openvino"]
+
+    # ---- precision search (packager.search) -----------------------------------------------------
+
+    search_option = "precision"
+
+    def search_candidates(self, opts: Options) -> list[tuple[str, dict[str, Any], str]]:
+        """(label, option overrides, why it is not a candidate here or ""). Accuracy control
+        runs before PTQ: its fully quantized starting point is the PTQ model (calibrated once)."""
+        caps = cpu_facts()["capabilities"] if _cpu_status().ok else []
+        no_bf16 = (
+            ""
+            if "BF16" in caps
+            else "not a candidate: the CPU has no native bfloat16 (AVX512-BF16 or AMX); "
+            f"OpenVINO sees {', '.join(caps) or 'no capabilities'}"
+        )
+        why = missing({"nncf": "nncf"}, "openvino")
+        no_nncf = f"not a candidate: INT8 needs NNCF: {why}" if why else ""
+        return [
+            ("fp32", {"precision": "fp32"}, ""),
+            ("fp16", {"precision": "fp16"}, ""),
+            ("bf16", {"precision": "bf16"}, no_bf16),
+            (
+                "int8-accuracy-control",
+                {"precision": "int8", "int8_mode": "accuracy-control"},
+                no_nncf,
+            ),
+            ("int8-ptq", {"precision": "int8", "int8_mode": "ptq"}, no_nncf),
+        ]
+
+    def search_diagnose(
+        self, ctx: BuildContext, label: str, details: dict[str, Any], others: dict[str, Any], x: Any
+    ) -> tuple[dict[str, Any], tuple[str, dict[str, Any]] | None] | None:
+        """Where INT8 PTQ loses the gate: the layers NNCF's accuracy control had to revert to
+        float (ranked by NNCF by their effect on the scores). The accuracy-control candidate is
+        itself the mixed-precision follow-up, so none is added."""
+        if label != "int8-ptq":
+            return None
+        ac = (others.get("int8-accuracy-control") or {}).get("int8") or {}
+        reverted = ac.get("reverted_to_float")
+        if reverted is None:
+            return {
+                "method": "NNCF accuracy control",
+                "layers": [],
+                "reason": "accuracy control did not run, so NNCF ranked no layer",
+            }, None
+        return {
+            "method": "NNCF accuracy control: layers reverted to float to hold sensitivity "
+            f"on split '{ac.get('control', {}).get('split')}'",
+            "layers": [{"layer": n} for n in reverted],
+            "follow_up": "the int8-accuracy-control candidate keeps exactly these layers in float",
+        }, None
 
     def bench_variants(self, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         if options.get("hint", "both") != "both":

@@ -11,7 +11,7 @@ import re
 import shutil
 import string
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -21,7 +21,12 @@ from onnx import TensorProto, helper
 
 from packager.errors import Unavailable, UserError
 from packager.model import ModelInfo, load_model, opset_of, upgrade_opset
-from packager.ort_quant import quantize_dynamic_int8, quantize_static_qdq
+from packager.ort_quant import (
+    OFFENDING_SQNR_DB,
+    qdq_layer_errors,
+    quantize_dynamic_int8,
+    quantize_static_qdq,
+)
 from packager.ort_support import ort_accepts
 from packager.preprocess import Preprocess
 from packager.runner import predict
@@ -48,7 +53,10 @@ REPLAY = {"session.enable_saved_runtime_optimizations": "1"}
 
 @dataclass
 class Options:
-    quantize: Literal["none", "dynamic", "static"] = "none"
+    # auto: packager.search tries every candidate, ships the best one passing every gate.
+    quantize: Literal["none", "dynamic", "static", "auto"] = "none"
+    objective: Literal["latency", "throughput", "size"] = "latency"  # what auto optimizes
+    keep_float: list[str] = field(default_factory=list)  # static: nodes left in float (mixed)
     # fixed: every optimization baked in (CPU EP); runtime: NNAPI/CoreML pick nodes on the device.
     optimization_style: Literal["fixed", "runtime"] = "fixed"
     target_platform: Literal["arm", "amd64"] = "arm"
@@ -99,6 +107,7 @@ class EdgeOrt(Target):
             model = _quantized(source, opts.quantize, ctx, work / "model.onnx")
             details: dict[str, Any] = {
                 "quantize": opts.quantize,
+                **({"kept_in_float": list(opts.keep_float)} if opts.keep_float else {}),
                 "optimization_style": opts.optimization_style,
                 "target_platform": opts.target_platform,
                 "source_opset": opset_of(source),
@@ -168,6 +177,52 @@ class EdgeOrt(Target):
             checks=checks,
             artifacts=[MODEL],
         )
+
+    # ---- precision search (packager.search) -----------------------------------------------
+
+    search_option = "quantize"
+
+    def search_candidates(self, opts: Options) -> list[tuple[str, dict[str, Any], str]]:
+        """(label, option overrides, why it is not a candidate here or "")."""
+        return [
+            ("none", {"quantize": "none"}, ""),
+            ("dynamic", {"quantize": "dynamic"}, ""),
+            ("static", {"quantize": "static"}, ""),
+        ]
+
+    def search_diagnose(
+        self,
+        ctx: BuildContext,
+        label: str,
+        details: dict[str, Any],
+        others: dict[str, Any],
+        x: np.ndarray,
+    ) -> tuple[dict[str, Any], tuple[str, dict[str, Any]] | None] | None:
+        """Where static INT8 loses the gate: ONNX Runtime's QDQ debugging tools on `x` (the
+        images whose decision flipped), and a follow-up that keeps the offending layers in
+        float."""
+        if label != "static" or ctx.options.keep_float:
+            return None
+        batch = ctx.model.fixed_batch or 1
+        with ctx.progress.step(self.name, f"QDQ per-layer error on {len(x)} images"):
+            rows = qdq_layer_errors(load_model(ctx.model_path), ctx.calibration(), batch, x)
+        offending = [
+            r
+            for r in rows
+            if r["worst_channel_sqnr_db"] is not None
+            and r["worst_channel_sqnr_db"] < OFFENDING_SQNR_DB
+        ] or rows[:1]
+        keep = sorted({n for r in offending for n in r["keep_float"]})
+        diagnosis = {
+            "method": "onnxruntime.quantization.qdq_loss_debug: worst-channel SQNR of each "
+            f"activation across its Q/DQ pair; offending below {OFFENDING_SQNR_DB} dB",
+            "images": len(x),
+            "layers": rows[:5],
+            "offending": [r["layer"] for r in offending],
+            "keep_float": keep,
+        }
+        follow = ("static-mixed", {"quantize": "static", "keep_float": keep}) if keep else None
+        return diagnosis, follow
 
     # ---- runners -----------------------------------------------------------------------------
 
@@ -258,7 +313,9 @@ def _quantized(source: onnx.ModelProto, mode: str, ctx: BuildContext, dst: Path)
             quantize_dynamic_int8(source, dst)
     else:
         with ctx.progress.step("edge-ort", "static INT8 (QDQ), calibrating"):
-            quantize_static_qdq(source, dst, ctx.calibration(), ctx.model.fixed_batch or 1)
+            quantize_static_qdq(
+                source, dst, ctx.calibration(), ctx.model.fixed_batch or 1, ctx.options.keep_float
+            )
     return onnx.load(str(dst))
 
 

@@ -53,7 +53,9 @@ DEFAULT_PREFERRED = (8, 16, 32)
 
 @dataclass
 class Options:
-    precision: Literal["fp16", "fp32", "int8"] = "fp16"
+    # auto: packager.search tries every candidate, ships the best one passing every gate.
+    precision: Literal["fp16", "fp32", "int8", "auto"] = "fp16"
+    objective: Literal["latency", "throughput", "size"] = "latency"  # what auto optimizes
     max_batch_size: int = 64  # Triton's max_batch_size and the engine profile's max
     engine: Literal["auto", "require", "skip"] = "auto"  # auto: an engine where CUDA exists
     preferred_batch_sizes: list[int] = field(default_factory=list)  # []: 8, 16, 32 up to max
@@ -334,6 +336,23 @@ class GpuTensorRT(Target):
             return status
         refusal = parser_refusal(model)
         return Status(False, refusal) if refusal else Status(True)
+
+    # ---- precision search (packager.search) -----------------------------------------------
+
+    search_option = "precision"
+
+    def search_candidates(self, opts: Options) -> list[tuple[str, dict[str, Any], str]]:
+        """fp16 and fp32 everywhere (validated on the labelled proxy without CUDA); int8 only
+        where an engine is built and calibrated on a GPU."""
+        gpu, reason = cuda_host()
+        no_int8 = (
+            "" if gpu else f"not a candidate: INT8 needs a TensorRT engine built here ({reason})"
+        )
+        return [
+            ("fp16", {"precision": "fp16"}, ""),
+            ("fp32", {"precision": "fp32"}, ""),
+            ("int8", {"precision": "int8"}, no_int8),
+        ]
 
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
         opts: Options = ctx.options
