@@ -526,7 +526,7 @@ class AppleCoreML(Target):
 
     search_option = "precision"
 
-    def search_candidates(self, opts: Options) -> list[tuple[str, dict[str, Any], str]]:
+    def search_candidates(self, opts: Any) -> list[tuple[str, dict[str, Any], str]]:
         """fp16 and fp32; off macOS both are validated on the labelled proxy and marked so."""
         return [("fp16", {"precision": "fp16"}, ""), ("fp32", {"precision": "fp32"}, "")]
 

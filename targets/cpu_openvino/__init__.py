@@ -542,7 +542,7 @@ class CpuOpenVino(Target):
 
     search_option = "precision"
 
-    def search_candidates(self, opts: Options) -> list[tuple[str, dict[str, Any], str]]:
+    def search_candidates(self, opts: Any) -> list[tuple[str, dict[str, Any], str]]:
         """(label, option overrides, why it is not a candidate here or ""). Accuracy control
         runs before PTQ: its fully quantized starting point is the PTQ model (calibrated once)."""
         caps = cpu_facts()["capabilities"] if _cpu_status().ok else []

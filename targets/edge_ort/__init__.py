@@ -182,7 +182,7 @@ class EdgeOrt(Target):
 
     search_option = "quantize"
 
-    def search_candidates(self, opts: Options) -> list[tuple[str, dict[str, Any], str]]:
+    def search_candidates(self, opts: Any) -> list[tuple[str, dict[str, Any], str]]:
         """(label, option overrides, why it is not a candidate here or "")."""
         return [
             ("none", {"quantize": "none"}, ""),

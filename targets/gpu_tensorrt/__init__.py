@@ -341,7 +341,7 @@ class GpuTensorRT(Target):
 
     search_option = "precision"
 
-    def search_candidates(self, opts: Options) -> list[tuple[str, dict[str, Any], str]]:
+    def search_candidates(self, opts: Any) -> list[tuple[str, dict[str, Any], str]]:
         """fp16 and fp32 everywhere (validated on the labelled proxy without CUDA); int8 only
         where an engine is built and calibrated on a GPU."""
         gpu, reason = cuda_host()
