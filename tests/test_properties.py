@@ -533,10 +533,12 @@ def test_zip_with_bad_member_is_a_user_error(bad: str, tmp_path: Path) -> None:
         load_dataset(path, "test", LABELS)
 
 
-def test_sixteen_bit_image_is_refused_not_clipped(tmp_path: Path) -> None:
-    """Pillow's 8-bit conversion clips 16-bit pixels at 255; the loader must refuse instead."""
+def test_sixteen_bit_image_is_kept_not_clipped(tmp_path: Path) -> None:
+    """Pillow's 8-bit conversion clips 16-bit pixels at 255; the loader keeps every 16-bit value
+    (preprocess.py then maps 0..65535 onto 0..255, tests/test_dicom.py)."""
+    from packager.preprocess import load_image
+
     (tmp_path / "normal").mkdir()
     deep = np.array([[0, 1000], [30000, 65535]], np.uint16)
     (tmp_path / "normal" / "xray.png").write_bytes(encode(deep, "PNG"))
-    with pytest.raises(UserError, match="8-bit"):
-        load_dataset(tmp_path, "test", LABELS)
+    np.testing.assert_array_equal(load_image(tmp_path / "normal" / "xray.png"), deep)

@@ -125,7 +125,13 @@ def refusals(model: ModelInfo) -> Iterator[None]:
 
     try:
         yield
-    except (OpConversionFailure, GeneralFailure, NotImplementedFailure, InitializationFailure) as e:
+    except (
+        OpConversionFailure,
+        GeneralFailure,
+        NotImplementedFailure,
+        InitializationFailure,
+        RuntimeError,  # the frontend's own error on a malformed graph (found by the intake fuzz)
+    ) as e:
         text = str(e)
         no_rule = re.search(r"No conversion rule found for operations: (.+)", text)
         failed = re.search(r"Conversion is failed for: (.+)", text)
