@@ -36,7 +36,7 @@ import tomllib
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from examples.pneumonia.data import cache_dir, default_candidates  # noqa: E402
+from packager.examples.pneumonia.data import cache_dir, default_candidates  # noqa: E402
 
 EXAMPLE_TOML = REPO / "examples" / "pneumonia" / "packager.toml"
 WITHIN = 0.10  # the harness must be within 10% of benchmark_app
@@ -49,8 +49,8 @@ def demo_model() -> Path | None:
 
 
 def untrained_model(dest: Path) -> Path:
-    from examples.pneumonia.export import export_fp32
-    from examples.pneumonia.model import make_model
+    from packager.examples.pneumonia.export import export_fp32
+    from packager.examples.pneumonia.model import make_model
 
     return export_fp32(make_model(), dest / "model.onnx", size=64, channels=3)
 

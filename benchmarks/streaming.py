@@ -83,15 +83,14 @@ def bundle(work: Path) -> Path:
     if found:
         return found[0]
     import tomllib
-
-    from examples.pneumonia.data import cache_dir, default_candidates
+    from packager.examples.pneumonia.data import cache_dir, default_candidates
 
     trained = sorted((cache_dir() / "example").glob("*/model.onnx"))
     if trained:
         model, speed_only = trained[-1], False
     else:
-        from examples.pneumonia.export import export_fp32
-        from examples.pneumonia.model import make_model
+        from packager.examples.pneumonia.export import export_fp32
+        from packager.examples.pneumonia.model import make_model
 
         model, speed_only = (
             export_fp32(make_model(), work / "model.onnx", size=64, channels=3),

@@ -40,8 +40,8 @@ from packager.session import Session
 from packager.shipped import SHIPPED
 from packager.shipped.selftest import file_sha256
 from packager.supply_chain import write_sbom_and_provenance
+from packager.target import BuildContext, BuildOutput, Check, Target
 from packager.validate import evaluate, gate_checks, save_validation
-from targets.base import BuildContext, BuildOutput, Check, Target
 
 PREPROCESS_SRC = Path(__file__).with_name("preprocess.py")
 BUNDLE_CODE = ("predict.py", "selftest.py")  # every bundle; runtime.py and its siblings besides

@@ -467,7 +467,7 @@ def compare(
 @quiet_option
 def demo(data: Path | None, out: Path, epochs: int | None, quiet: bool) -> None:
     """The embedded default: train the example ResNet-18, then build every target available here."""
-    from examples.pneumonia.demo import run_demo
+    from packager.examples.pneumonia.demo import run_demo
 
     run_demo(data, out, epochs, Progress(False if quiet else None))
 

@@ -20,7 +20,7 @@ from packager.config import Config, GatesConfig
 from packager.errors import UserError
 from packager.metrics import wilson
 from packager.schema import shown
-from targets.base import Check
+from packager.target import Check
 
 if TYPE_CHECKING:
     from packager.data import Dataset

@@ -8,7 +8,7 @@ from functools import cache
 import onnx
 
 from packager.model import DEFAULT_DOMAINS, ModelInfo, split_op
-from targets.base import Status
+from packager.target import Status
 
 # Default-domain operators ONNX Runtime resolves when it loads the graph, without a kernel.
 FOLDED = {"Constant"}

@@ -10,7 +10,7 @@ from packager.errors import Unavailable, UserError
 from packager.schema import hint
 
 if TYPE_CHECKING:
-    from targets.base import Target
+    from packager.target import Target
 
 GROUP = "packager.targets"
 
@@ -48,6 +48,11 @@ def names() -> list[str]:
 
 def check_name(name: str) -> None:
     eps = _entry_points()
+    if not eps:
+        raise UserError(
+            f"unknown target '{name}': no targets are registered in the '{GROUP}' entry points; "
+            "reinstall packager (pip install -e .)"
+        )
     if name not in eps:
         raise UserError(f"unknown target '{name}'{hint(name, eps)}; see `packager targets`")
 

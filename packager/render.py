@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 import jinja2
 
-import templates
+from packager import templates
 
 if TYPE_CHECKING:
     import numpy as np

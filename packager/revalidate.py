@@ -37,8 +37,8 @@ from packager.render import render_reports
 from packager.runner import run_worker
 from packager.stream import StreamResult, stream_predict
 from packager.supply_chain import write_sbom_and_provenance
+from packager.target import Check
 from packager.validate import evaluate, gate_checks, is_clinical_gate, save_validation
-from targets.base import Check
 
 
 def _read(bundle: Path, name: str) -> dict[str, Any]:

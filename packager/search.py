@@ -29,7 +29,7 @@ from packager.errors import PackagerError, Unavailable, UserError
 from packager.quiet import stdout_to_stderr
 from packager.registry import get
 from packager.session import Session
-from targets.base import BuildOutput, Target
+from packager.target import BuildOutput, Target
 
 OBJECTIVES = ("latency", "throughput", "size")
 # The short benchmark every candidate gets: enough to rank, far less than [bench]. It runs in

@@ -23,8 +23,8 @@ from packager.preprocess import Preprocess
 from packager.progress import Progress
 from packager.registry import reference
 from packager.runner import predict
+from packager.target import BuildContext
 from packager.validate import output_kind
-from targets.base import BuildContext
 
 
 def resolve_preprocess(cfg: Config, info: ModelInfo) -> Preprocess:

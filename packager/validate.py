@@ -11,7 +11,7 @@ from packager.errors import UserError
 from packager.metrics import Clinical, clinical, to_probabilities
 from packager.runner import Infers
 from packager.shipped.predict import infer_all
-from targets.base import Check
+from packager.target import Check
 
 
 def predict_all(

@@ -18,12 +18,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
-from examples.pneumonia.data import find_data
-from examples.pneumonia.demo import run_demo
-from examples.pneumonia.export import export_fp32, to_fp16
-from examples.pneumonia.model import make_model
-from examples.pneumonia.train import (
+from packager.examples.pneumonia.data import find_data
+from packager.examples.pneumonia.demo import run_demo
+from packager.examples.pneumonia.export import export_fp32, to_fp16
+from packager.examples.pneumonia.model import make_model
+from packager.examples.pneumonia.train import (
     Settings,
     choose_threshold,
     example_config,
@@ -31,6 +30,7 @@ from examples.pneumonia.train import (
     set_value,
     train,
 )
+
 from packager.config import load_config
 from packager.errors import UserError
 from packager.metrics import wilson
@@ -189,7 +189,7 @@ def test_training_preprocessing_is_the_one_packager_validates_with(
 
 def test_train_cli_bad_data_is_a_one_line_error(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "examples.pneumonia.train", "--data", str(tmp_path / "no.npz")],
+        [sys.executable, "-m", "packager.examples.pneumonia.train", "--data", str(tmp_path / "no.npz")],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -17,8 +17,8 @@ from packager.errors import ModelRefused
 torch = pytest.importorskip(
     "torch", reason="the Core ML path needs torch (pip install packager[coreml])"
 )
-from targets.apple_coreml import export  # noqa: E402
-from targets.apple_coreml.onnx_to_torch import supported_ops, to_torch  # noqa: E402
+from packager.targets.apple_coreml import export  # noqa: E402
+from packager.targets.apple_coreml.onnx_to_torch import supported_ops, to_torch  # noqa: E402
 
 RNG = np.random.default_rng(0)
 

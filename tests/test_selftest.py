@@ -189,7 +189,7 @@ def test_packager_selftest_on_a_tarball(dist: Path, cli: Callable[..., object]) 
 
 
 def test_a_check_that_did_not_run_is_never_passed() -> None:
-    from targets.base import Check
+    from packager.target import Check
 
     check = Check("cross-check", None, 0, True, "onnxruntime-gpu is not installed", ran=False)
     assert not check.passed and check.to_dict()["status"] == "not-run"

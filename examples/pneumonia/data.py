@@ -79,7 +79,7 @@ def download(url: str, md5: str, dest: Path, timeout_s: float = 60.0) -> Path:
 
 
 def main() -> None:
-    """`python -m examples.pneumonia.data [PATH]`: print the dataset's path, downloading it
+    """`python -m packager.examples.pneumonia.data [PATH]`: print the dataset's path, downloading it
     into the cache first when no copy is found (CI steps use this)."""
     try:
         print(find_data(Path(sys.argv[1]) if len(sys.argv) > 1 else None))

@@ -11,9 +11,16 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
+from packager.examples.pneumonia.data import cache_dir, find_data
+from packager.examples.pneumonia.train import (
+    HERE,
+    Settings,
+    source_hash,
+    summary_lines,
+    train,
+    write_config,
+)
 
-from examples.pneumonia.data import cache_dir, find_data
-from examples.pneumonia.train import HERE, Settings, source_hash, summary_lines, train, write_config
 from packager import registry
 from packager.build import TargetResult, build
 from packager.compare import write_comparison

@@ -1,7 +1,7 @@
 """Train the example model on PneumoniaMNIST, choose its threshold on val, evaluate on test,
 export ONNX (FP32 and FP16) and write the packager.toml to build it with.
 
-    python -m examples.pneumonia.train [--data PATH] [--out DIR] [--epochs N] [--seed S]
+    python -m packager.examples.pneumonia.train [--data PATH] [--out DIR] [--epochs N] [--seed S]
 
 Seeded; the default 8 epochs take ~4 min on one CPU core with native bf16, ~2x that in FP32.
 """
@@ -23,10 +23,10 @@ import numpy as np
 import tomllib
 import torch
 import torch.nn.functional as F
+from packager.examples.pneumonia.data import find_data
+from packager.examples.pneumonia.export import export_fp32, to_fp16
+from packager.examples.pneumonia.model import make_model
 
-from examples.pneumonia.data import find_data
-from examples.pneumonia.export import export_fp32, to_fp16
-from examples.pneumonia.model import make_model
 from packager.config import Config, parse_config
 from packager.data import Dataset, load_dataset
 from packager.errors import PackagerError
@@ -334,7 +334,7 @@ def cli(data: Path | None, out: Path, epochs: int, seed: int, width: int) -> Non
 
 def main() -> None:
     try:
-        cli.main(prog_name="python -m examples.pneumonia.train", standalone_mode=False)
+        cli.main(prog_name="python -m packager.examples.pneumonia.train", standalone_mode=False)
     except PackagerError as exc:
         click.echo(f"train: error: {exc}", err=True)
         sys.exit(exc.exit_code)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+from packager.targets.apple_coreml.runtime import NOT_MAC, PROBS_OUTPUT, SCORES_OUTPUT, TorchProxy
 
 from packager import __version__
 from packager.errors import UserError
@@ -36,8 +37,7 @@ from packager.metrics import to_probabilities
 from packager.model import ModelInfo, load_model
 from packager.preprocess import Preprocess
 from packager.shipped.predict import infer_all
-from targets.apple_coreml.runtime import NOT_MAC, PROBS_OUTPUT, SCORES_OUTPUT, TorchProxy
-from targets.base import Availability, BuildContext, BuildOutput, Check, Proxy, Status, Target
+from packager.target import Availability, BuildContext, BuildOutput, Check, Proxy, Status, Target
 
 MODEL = "model.mlpackage"
 INTERMEDIATE = "intermediate/model.pt2"
@@ -504,7 +504,7 @@ class AppleCoreML(Target):
         status = super().accepts(model, options)
         if not status.ok or missing({"torch": "torch"}, "coreml"):
             return status
-        from targets.apple_coreml.onnx_to_torch import uncovered_ops
+        from packager.targets.apple_coreml.onnx_to_torch import uncovered_ops
 
         unknown = uncovered_ops(model.operators)
         if not unknown:
@@ -532,8 +532,7 @@ class AppleCoreML(Target):
 
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
         import torch
-
-        from targets.apple_coreml.onnx_to_torch import to_torch
+        from packager.targets.apple_coreml.onnx_to_torch import to_torch
 
         opts: Options = ctx.options
         p = plan(ctx)

@@ -10,7 +10,7 @@ from typing import Any, Literal
 
 from packager.model import ModelInfo
 from packager.ort_support import ort_accepts
-from targets.base import PRE_QUANTIZED, Availability, BuildContext, BuildOutput, Status, Target
+from packager.target import PRE_QUANTIZED, Availability, BuildContext, BuildOutput, Status, Target
 
 
 @dataclass

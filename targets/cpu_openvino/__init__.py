@@ -21,8 +21,7 @@ from packager.errors import ConversionFailed, ModelRefused, Unavailable, UserErr
 from packager.installed import missing
 from packager.metrics import clinical, to_probabilities
 from packager.model import ModelInfo
-from packager.triton import Tensor, TritonModel, serve_commands, write_repository
-from targets.base import (
+from packager.target import (
     PRE_QUANTIZED,
     REEXPORT_QDQ,
     Availability,
@@ -32,6 +31,7 @@ from targets.base import (
     Status,
     Target,
 )
+from packager.triton import Tensor, TritonModel, serve_commands, write_repository
 
 # What each bundle precision computes in on the CPU. fp16 and int8 IRs keep f32 activations for
 # everything that is not quantized; only bf16 lowers the arithmetic itself.

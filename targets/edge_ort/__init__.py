@@ -30,7 +30,7 @@ from packager.ort_quant import (
 from packager.ort_support import ort_accepts
 from packager.preprocess import Preprocess
 from packager.runner import predict
-from targets.base import (
+from packager.target import (
     PRE_QUANTIZED,
     Availability,
     BuildContext,

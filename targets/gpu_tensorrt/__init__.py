@@ -20,6 +20,7 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
+from packager.targets.gpu_tensorrt.runtime import Gpu, cuda, cudart, current_gpu, dims
 
 from packager.errors import ConversionFailed, Unavailable, UserError
 from packager.installed import missing
@@ -34,8 +35,7 @@ from packager.model import (
 )
 from packager.ort_quant import quantize_static_qdq
 from packager.runner import predict
-from packager.triton import Accelerator, Tensor, TritonModel, serve_commands, write_repository
-from targets.base import (
+from packager.target import (
     PRE_QUANTIZED,
     REEXPORT_QDQ,
     Availability,
@@ -46,7 +46,7 @@ from targets.base import (
     Status,
     Target,
 )
-from targets.gpu_tensorrt.runtime import Gpu, cuda, cudart, current_gpu, dims
+from packager.triton import Accelerator, Tensor, TritonModel, serve_commands, write_repository
 
 DEFAULT_PREFERRED = (8, 16, 32)
 

@@ -13,6 +13,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from packager.targets.gpu_tensorrt import GpuTensorRT, cuda_host
 
 from packager.config import load_config
 from packager.errors import Unavailable
@@ -20,7 +21,6 @@ from packager.preprocess import Preprocess
 from packager.render import render
 from packager.runner import ModuleRunner
 from packager.triton import check_repository, parse_config
-from targets.gpu_tensorrt import GpuTensorRT, cuda_host
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, run_predict
 from tests.test_recount import recount
 
