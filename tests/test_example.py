@@ -189,7 +189,13 @@ def test_training_preprocessing_is_the_one_packager_validates_with(
 
 def test_train_cli_bad_data_is_a_one_line_error(tmp_path: Path) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "packager.examples.pneumonia.train", "--data", str(tmp_path / "no.npz")],
+        [
+            sys.executable,
+            "-m",
+            "packager.examples.pneumonia.train",
+            "--data",
+            str(tmp_path / "no.npz"),
+        ],
         cwd=REPO,
         capture_output=True,
         text=True,
