@@ -3,7 +3,6 @@ gate, then publish the bundle or keep it under DIR/.failed/ with its report."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from packager import __version__, registry, search, selftest
+from packager import __version__, documents, registry, search, selftest
 from packager.bench import best_throughput
 from packager.bundle import (
     ensure_writable,
@@ -28,6 +27,7 @@ from packager.bundle import (
     publish,
     write_manifest,
 )
+from packager.documents import BenchStatus, ReportStatus, StepStatus
 from packager.errors import ConversionFailed, ModelRefused, PackagerError, Unavailable, UserError
 from packager.evidence import for_build as clinical_evidence
 from packager.hostinfo import host_facts
@@ -46,7 +46,7 @@ from packager.validate import evaluate, gate_checks, save_validation
 PREPROCESS_SRC = Path(__file__).with_name("preprocess.py")
 BUNDLE_CODE = ("predict.py", "selftest.py")  # every bundle; runtime.py and its siblings besides
 # A target that cannot take this model: refused by its support check or its converter.
-REFUSED = ("unsupported-model", "conversion-failed")
+REFUSED = tuple(str(s) for s in documents.RefusalStatus)
 CONVERSION_LOG = "conversion.log"
 # packager/ and targets/: an exception raised in their code is a bug, never a converter's refusal;
 # one raised in an installed library (LIBRARIES) during a conversion is that converter's failure.
@@ -60,15 +60,14 @@ LIBRARIES = tuple({Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib",
 @dataclass
 class Step:
     name: str
-    status: str  # ok | failed | skipped
+    status: StepStatus | str  # a str: the self-test step carries its check's status
     reason: str = ""  # step timings go to progress, not the report: reports are reproducible
 
 
 @dataclass
 class TargetResult:
     target: str
-    # passed | failed | not-validated | unavailable | error | unsupported-model | conversion-failed
-    status: str
+    status: documents.ResultStatus | str
     reason: str = ""
     bundle: str | None = None
     report: dict[str, Any] | None = field(default=None, repr=False)
@@ -184,7 +183,7 @@ def _build_one(
             _converter_errors(),
         ):
             built = (convert or t.build)(ctx, bdir)
-        steps.append(Step("convert", "ok", f"precision {built.precision}"))
+        steps.append(Step("convert", StepStatus.ok, f"precision {built.precision}"))
         if int8 and not t.int8_option:
             built.notes.append(
                 "--int8 is not supported by this target; built its default precision"
@@ -198,14 +197,14 @@ def _build_one(
         report["benchmark"] = _bench(s, t, bdir, built, report, bench, steps)
         report["benchmark"]["model_size_mb"] = artifact_mb
         finish_report(report, [asdict(st) for st in steps])
-        (bdir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        documents.write(bdir / "report.json", documents.Report, report)
         render_bundle_docs(bdir, report, s)
         write_sbom_and_provenance(bdir, report, _manifest_meta(s, t, built, report))
-        write_manifest(bdir, _manifest_meta(s, t, built, report))
+        write_manifest(bdir, _manifest_meta(s, t, built, report), documents.Manifest)
         make_tarball(bdir, stage / f"{t.name}.tar.gz")
         root = bundle_root(s)
         with locked(out):
-            if report["status"] == "failed":
+            if report["status"] == ReportStatus.failed:
                 final = publish(stage, out / ".failed" / root.name, t.name)
             else:
                 final = publish(stage, root, t.name)
@@ -262,7 +261,7 @@ def _refused(s: Session, target: str, status: str, reason: str, log: str) -> Tar
                 "quantization": asdict(s.info.quantization) if s.info.quantization else None,
             },
         }
-        (bdir / "refusal.json").write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+        documents.write(bdir / "refusal.json", documents.Refusal, record)
         make_tarball(bdir, stage / f"{target}.tar.gz")
         with locked(out):
             final = publish(stage, out / ".failed" / bundle_root(s).name, target)
@@ -319,7 +318,7 @@ def _write_runtime(s: Session, t: Target, bdir: Path, built: BuildOutput) -> dic
         "fixed_batch": s.info.fixed_batch,
         "input": asdict(s.info.input),
     }
-    (bdir / "runtime.json").write_text(json.dumps(runtime, indent=2, sort_keys=True) + "\n")
+    documents.write(bdir / "runtime.json", documents.Runtime, runtime)
     return code
 
 
@@ -382,8 +381,8 @@ def _selftest(
     `predict.py --self-test` on the staged bundle, as a hospital will: a failure is a gate."""
     if report["clinical"] is None:
         reason = "neither the target's runtime nor a proxy runs on this host"
-        report["selftest"] = {"status": "not-run", "reason": reason}
-        steps.append(Step("selftest", "skipped", reason))
+        report["selftest"] = {"status": documents.CheckStatus.not_run, "reason": reason}
+        steps.append(Step("selftest", StepStatus.skipped, reason))
         return
     cfg, kind = s.cfg, report["validation"]["kind"]
     pos, thr = cfg.labels.positive_index, cfg.labels.threshold
@@ -426,19 +425,19 @@ def _selftest(
         check, record = _run_selftest(bdir, kind, _manifest_meta(s, t, built, report))
     summary["build_host"] = {"verdict": record.get("verdict"), "line": check.reason}
     report["selftest"] = summary
-    report["gates"]["checks"].append(check.to_dict())
-    checks = report["gates"]["checks"]
-    report["gates"]["passed"] = all(c["passed"] for c in checks)
+    report["gates"] = gates([*report["gates"]["checks"], check.to_dict()])
     steps.append(Step("selftest", check.status, check.reason))
 
 
 def _run_selftest(bdir: Path, kind: str, meta: dict[str, Any]) -> tuple[Check, dict[str, Any]]:
-    write_manifest(bdir, meta)  # the self-test checks hashes first; rewritten when complete
+    # the self-test checks hashes first; rewritten when complete
+    write_manifest(bdir, meta, documents.Manifest)
     with tempfile.TemporaryDirectory(prefix="packager-selftest-") as tmp:
         rec = Path(tmp) / "acceptance.json"
         cmd = [sys.executable, str(bdir / "predict.py"), "--self-test", "--record", str(rec)]
         proc = subprocess.run([*cmd, "--kind", kind], capture_output=True, text=True)
-        record = json.loads(rec.read_text()) if rec.exists() else {}
+        # the bundle's own selftest.py wrote it: a record outside its model is a bug in what ships
+        record = documents.read(rec, documents.Acceptance) if rec.exists() else {}
     line = (proc.stdout.strip() or proc.stderr.strip()).splitlines()[-1:] or ["no output"]
     reason = line[0].split("; record: ")[0]
     label = "golden set replayed on the staged bundle" + (f" ({kind})" if kind != "main" else "")
@@ -479,10 +478,7 @@ def _report_head(
         },
         "validation": {"runtime": runtime, "proxy": None, "not_validated": not_validated},
         "clinical": clinical,
-        "gates": {
-            "passed": all(c.passed for c in checks) and bool(checks),
-            "checks": [c.to_dict() for c in checks],
-        },
+        "gates": gates([c.to_dict() for c in checks]),
         "details": built.details,
         "notes": built.notes,
     }
@@ -508,8 +504,8 @@ def _bench(
         else avail.bench.reason
     )
     if reason:
-        steps.append(Step("benchmark", "skipped", reason))
-        return {"status": "skipped", "reason": reason, "host": host_facts()}
+        steps.append(Step("benchmark", StepStatus.skipped, reason))
+        return {"status": BenchStatus.skipped, "reason": reason, "host": host_facts()}
     b = s.cfg.bench
     sizes = [s.info.fixed_batch] if s.info.fixed_batch else b.batch_sizes
     sample = s.x[: max(sizes)]
@@ -521,20 +517,20 @@ def _bench(
     }
     try:
         with s.progress.step(t.name, f"benchmarking batch sizes {sizes}"):
-            main = _bench_run(t, bdir, built.runner_options, spec, sample, b.timeout_s)
+            main = bench_run(t, bdir, built.runner_options, spec, sample, b.timeout_s)
             variants = []
             for label, override in t.bench_variants(built.runner_options):
-                r = _bench_run(
+                r = bench_run(
                     t, bdir, {**built.runner_options, **override}, spec, sample, b.timeout_s
                 )
                 variants.append({"label": label, **r})
     except PackagerError as exc:
-        steps.append(Step("benchmark", "failed", str(exc)))
-        return {"status": "failed", "reason": str(exc), "host": host_facts()}
-    steps.append(Step("benchmark", "ok", ""))
+        steps.append(Step("benchmark", StepStatus.failed, str(exc)))
+        return {"status": BenchStatus.failed, "reason": str(exc), "host": host_facts()}
+    steps.append(Step("benchmark", StepStatus.ok, ""))
     best = best_throughput(main["batches"])
     return {
-        "status": "ok",
+        "status": BenchStatus.ok,
         "reason": "",
         "host": {
             **host_facts(),
@@ -550,7 +546,7 @@ def _bench(
     }
 
 
-def _bench_run(
+def bench_run(
     t: Target,
     bdir: Path,
     options: dict[str, Any],
@@ -562,27 +558,35 @@ def _bench_run(
     return run_worker(job, timeout, {"x": sample})
 
 
+def gates(checks: list[dict[str, Any]]) -> dict[str, Any]:
+    """report.json's gates: they pass when there are checks and every one passed."""
+    return {"passed": bool(checks) and all(c["passed"] for c in checks), "checks": checks}
+
+
 def finish_report(report: dict[str, Any], steps: list[dict[str, Any]]) -> None:
+    """The verdict and its reason from the gates, and the steps: the last part of every
+    report.json (a build's, and one `packager validate` completes in place)."""
     checks = report["gates"]["checks"]
     # A check that did not run is never a pass, and not a failure either: it leaves the bundle
     # not validated, with the reason.
-    not_run = [c for c in checks if c.get("status") == "not-run"]
+    not_run = [c for c in checks if c.get("status") == documents.CheckStatus.not_run]
     failed = [c for c in checks if not c["passed"] and c not in not_run]
     v = report["validation"]
+    status: ReportStatus
     if failed:
-        status = "failed"
+        status = ReportStatus.failed
         reason = "gate failed: " + "; ".join(
             f"{c['name']} = {c['value']} (limit {c['limit']})" for c in failed
         )
     elif v["not_validated"] or not_run:
-        status = "not-validated"
+        status = ReportStatus.not_validated
         why = [v["not_validated"]] if v["not_validated"] else []
         why += [f"{c['name']} not run ({c['reason']})" for c in not_run]
         reason = f"not validated: {'; '.join(why)}" + (
             f" (proxy check passed on {v['proxy']})" if v["proxy"] else ""
         )
     else:
-        status, reason = "passed", "every gate passed on the target's own runtime"
+        status, reason = ReportStatus.passed, "every gate passed on the target's own runtime"
     report["status"], report["reason"] = status, reason
     report["steps"] = steps
 
@@ -591,12 +595,13 @@ def _manifest_meta(
     s: Session, t: Target, built: BuildOutput, report: dict[str, Any]
 ) -> dict[str, Any]:
     runtime = (report["validation"] or {}).get("runtime") or {}
+    status = report.get("status", documents.ManifestStatus.staged)
     return {
         "name": s.cfg.model.name,
         "version": s.cfg.model.version,
         "target": t.name,
         "precision": built.precision,
-        "status": report.get("status", "staged"),
+        "status": status,
         "source_model": {"file": s.model_path.name, "sha256": s.info.sha256},
         "data": {
             "sha256": s.validation.sha256,
@@ -611,5 +616,5 @@ def _manifest_meta(
         "tool": {"packager": __version__},
         "runtime": runtime,
         "details": built.details,  # what the artifact is tied to (e.g. the GPU of an engine)
-        "validated_by": {"host": host_facts(), "status": report.get("status", "staged")},
+        "validated_by": {"host": host_facts(), "status": status},
     }

@@ -19,7 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import BaseModel
+
 from packager.data import file_sha256
+from packager.documents import dumps
 from packager.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -47,9 +50,15 @@ def bundle_files(root: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_manifest(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
+def write_manifest(
+    root: Path, meta: dict[str, Any], model: type[BaseModel] | None = None
+) -> dict[str, Any]:
+    """manifest.json: `meta` plus every file's sha256, checked against `model` (a build's and
+    `packager validate`'s: packager.documents.Manifest) before it is written."""
     manifest = {"schema_version": SCHEMA_VERSION, **meta, "files": bundle_files(root)}
-    (root / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    if model is not None:
+        model.model_validate(manifest)
+    (root / MANIFEST).write_text(dumps(manifest))
     return manifest
 
 

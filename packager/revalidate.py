@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from packager import __version__
-from packager.build import finish_report
+from packager import __version__, documents
+from packager.build import Step, bench_run, finish_report, gates
 from packager.bundle import LEGACY_SIGNATURE, MANIFEST, SIGNATURE, make_tarball, write_manifest
 from packager.config import Config, parse_config
 from packager.data import Dataset, open_dataset
@@ -34,7 +34,6 @@ from packager.preprocess import Preprocess
 from packager.progress import Progress
 from packager.registry import get
 from packager.render import render_reports
-from packager.runner import run_worker
 from packager.stream import StreamResult, stream_predict
 from packager.supply_chain import write_sbom_and_provenance
 from packager.target import Check
@@ -131,12 +130,14 @@ def _complete_in_place(
     # are this host's now (every name gate_checks can give counts as clinical).
     checks += [c for c in report["gates"]["checks"] if not is_clinical_gate(c["name"])]
     clinical = asdict(clin) | {"split": split, "output": runtime["output"], "evidence": evidence}
-    report["clinical"] = clinical
-    report["gates"] = {"passed": all(c["passed"] for c in checks), "checks": checks}
-    report["validation"] = {"runtime": res.runtime, "proxy": None, "not_validated": ""}
-    report.setdefault("steps", []).append({"name": "revalidate", "status": "ok", "reason": ""})
-    finish_report(report, report.pop("steps"))
-    (bundle / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+    report |= {
+        "clinical": clinical,
+        "gates": gates(checks),
+        "validation": {"runtime": res.runtime, "proxy": None, "not_validated": ""},
+    }
+    steps = [*report.pop("steps", []), asdict(Step("revalidate", documents.StepStatus.ok))]
+    finish_report(report, steps)
+    documents.write(bundle / "report.json", documents.Report, report)
     save_validation(bundle, res.labels, probs, reference)
     render_reports(bundle, report, images)
     for sig in (SIGNATURE, LEGACY_SIGNATURE):  # the old signature no longer matches
@@ -149,7 +150,7 @@ def _complete_in_place(
         "runtime": res.runtime,
     }
     write_sbom_and_provenance(bundle, report, meta)  # the SBOM's metrics are this host's now
-    write_manifest(bundle, meta)
+    write_manifest(bundle, meta, documents.Manifest)
     tar = bundle.with_name(bundle.name + ".tar.gz")
     if tar.exists():
         make_tarball(bundle, tar)
@@ -348,11 +349,5 @@ def rebench(bundle: Path, batch_sizes: list[int], seconds: float) -> dict[str, A
     rng = np.random.default_rng(0)
     sample = pre(rng.integers(0, 256, (max(batch_sizes), pre.size, pre.size), dtype=np.uint8))
     spec = {"batch_sizes": batch_sizes, "warmup": 10, "seconds": seconds, "min_iterations": 20}
-    job = {
-        "job": "bench",
-        "target": target.name,
-        "bundle": str(bundle),
-        "options": runtime["runner_options"],
-        "bench": spec,
-    }
-    return run_worker(job, 600, {"x": sample}) | {"host": host_facts(), "input": "synthetic"}
+    result = bench_run(target, bundle, runtime["runner_options"], spec, sample, 600)
+    return result | {"host": host_facts(), "input": "synthetic"}

@@ -203,7 +203,7 @@ def _short_bench(s: Session, t: Target, timed: list[tuple[dict[str, Any], _Run]]
                 if row["label"] in failed:
                     continue
                 try:
-                    out = B._bench_run(
+                    out = B.bench_run(
                         t, r.folder, r.built.runner_options, spec, s.x[: max(sizes)], b.timeout_s
                     )
                 except PackagerError as exc:

@@ -8,7 +8,6 @@ only where [data] shareable = true, the validation images nearest the threshold.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -147,8 +146,9 @@ def write_golden(bdir: Path, result: dict[str, Any], meta: dict[str, Any]) -> di
         },
         "cases": {k: kinds.count(k) for k in ("synthetic", "near-threshold", "validation")},
     }
-    (bdir / GOLDEN_META).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-    return summary
+    from packager import documents  # here: the worker imports this module, and needs no pydantic
+
+    return documents.write(bdir / GOLDEN_META, documents.SelftestSummary, summary)
 
 
 def synthetic_inputs(pre: Preprocess, n: int) -> np.ndarray:
@@ -186,4 +186,29 @@ def arrival(path: Path, record: Path | None, max_gb: float | None) -> tuple[int,
     line = lines[-1].removeprefix("error: ")
     if proc.returncode == 2:
         raise UserError(line)
-    return proc.returncode, line, json.loads(rec.read_text()) if rec.exists() else {}
+    return proc.returncode, line, read_record(rec) if rec.exists() else {}
+
+
+def read_record(path: Path) -> dict[str, Any]:
+    """An acceptance record, checked against packager.documents.Acceptance (published as
+    docs/schemas/acceptance.schema.json). One that is not such a record was not written by a
+    bundle of this packager version: a one-line error naming the first mismatch."""
+    from pydantic import ValidationError
+
+    from packager import documents
+    from packager.errors import UserError
+
+    try:
+        return documents.read(path, documents.Acceptance)
+    except (ValueError, UnicodeDecodeError) as exc:  # ValidationError and JSONDecodeError too
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "the record"
+            why = f"{where}: {first['msg']}"
+        else:
+            why = str(exc)
+        raise UserError(
+            f"{path} is not a packager acceptance record ({why}); run the self-test of a bundle "
+            "built by this packager version, or check the record against "
+            "docs/schemas/acceptance.schema.json"
+        ) from None

@@ -1,0 +1,626 @@
+"""The documents a build writes, typed: report.json, runtime.json, manifest.json and refusal.json
+in a bundle, selftest.json (the golden set's tolerance), and the acceptance record the bundle's
+own `predict.py --self-test --record` writes at a hospital.
+
+The models are the single source of truth for these files' shape and their status words: every
+producer in packager/ validates its document here right before writing it (`write`), so a build
+that would write a document outside its model fails instead. The bytes stay those of
+`json.dumps(data, indent=2, sort_keys=True)`, so readers that treat the files as plain JSON keep
+working. The JSON Schemas in docs/schemas/ are generated from these models
+(`python -m packager.documents docs/schemas`), so a hospital can check a file with standard
+tools; a test keeps them equal to what the models give.
+
+The acceptance record is written by packager/shipped/selftest.py, which ships to hospitals and
+may import numpy and the runtime only: its model lives here and checks the record when
+`packager selftest` or a build reads it back.
+
+Sections whose keys belong to something else (a runtime's info(), a target's details, the
+config, the clinical evidence) stay open; everything packager itself decides is closed
+(an unknown key is an error)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+
+
+class _Closed(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class _Open(BaseModel):
+    """Keys beyond the declared ones are another component's (e.g. a runtime's own info)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class _Words(str, Enum):
+    """A status word: compares and serializes as its plain string."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Status words
+
+
+class StepStatus(_Words):
+    """A build step's outcome (report.json steps[].status); the self-test step carries its
+    check's status (passed | failed | not-run)."""
+
+    ok = "ok"
+    failed = "failed"
+    skipped = "skipped"
+    passed = "passed"
+    not_run = "not-run"
+
+
+class CheckStatus(_Words):
+    """One gate line: a check that did not run is never counted as passed."""
+
+    passed = "passed"
+    failed = "failed"
+    not_run = "not-run"
+
+
+class ReportStatus(_Words):
+    """A bundle's verdict (report.json status)."""
+
+    passed = "passed"
+    failed = "failed"
+    not_validated = "not-validated"
+
+
+class ManifestStatus(_Words):
+    """report.json's status, or `staged` in the manifest the self-test checks before the
+    report is finished."""
+
+    passed = "passed"
+    failed = "failed"
+    not_validated = "not-validated"
+    staged = "staged"
+
+
+class RefusalStatus(_Words):
+    """A target that cannot take the model (refusal.json)."""
+
+    unsupported_model = "unsupported-model"
+    conversion_failed = "conversion-failed"
+
+
+class ResultStatus(_Words):
+    """One target's outcome of `packager build` (its --json results[].status)."""
+
+    passed = "passed"
+    failed = "failed"
+    not_validated = "not-validated"
+    unavailable = "unavailable"
+    error = "error"
+    unsupported_model = "unsupported-model"
+    conversion_failed = "conversion-failed"
+
+
+class BenchStatus(_Words):
+    ok = "ok"
+    skipped = "skipped"
+    failed = "failed"
+
+
+class Verdict(_Words):
+    """The acceptance record's verdict (exit codes 0, 1 and 3 of `predict.py --self-test`)."""
+
+    accepted = "accepted"
+    rejected = "rejected"
+    not_run = "not-run"
+
+
+class OutputKind(_Words):
+    logits = "logits"
+    probabilities = "probabilities"
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared parts
+
+
+class RuntimeInfo(_Open):
+    """A runner's info(): the runtime, its version and device, plus what that runtime adds."""
+
+    runtime: str
+    version: str | None = None
+    device: str | None = None
+
+
+class NoRuntime(_Closed):
+    """`{}`: nothing ran validation (the target's runtime and any proxy are absent here)."""
+
+
+class Host(_Closed):
+    """packager.hostinfo.host_facts()."""
+
+    cpu: str
+    cores: int | None
+    flags: list[str]
+    os: str
+    machine: str
+    python: str
+
+
+class Step(_Closed):
+    name: str
+    status: StepStatus
+    reason: str = ""
+
+
+class CheckRecord(_Closed):
+    """packager.target.Check.to_dict(): a measured value against a limit."""
+
+    name: str
+    value: Any
+    limit: Any
+    passed: bool
+    status: CheckStatus
+    reason: str
+
+    @model_validator(mode="after")
+    def _consistent(self) -> CheckRecord:
+        if self.passed != (self.status == CheckStatus.passed):
+            raise ValueError(f"check {self.name}: passed={self.passed} but status {self.status}")
+        return self
+
+
+class Gates(_Closed):
+    passed: bool
+    checks: list[CheckRecord]
+
+    @model_validator(mode="after")
+    def _all_passed(self) -> Gates:
+        if self.passed != (bool(self.checks) and all(c.passed for c in self.checks)):
+            raise ValueError("gates.passed must be true exactly when there are checks and all pass")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# report.json
+
+
+class ReportModel(_Closed):
+    name: str
+    version: str
+    source_sha256: str
+    batch: int | str = Field(description='the fixed batch size, or "dynamic"')
+    gflops_per_sample: float | None
+    params: int | None
+
+
+class Validation(_Closed):
+    runtime: RuntimeInfo | None = Field(description="what ran validation; null: nothing did")
+    proxy: str | None = Field(description="the stand-in runtime's label, when one was used")
+    not_validated: str = Field(description="why the target's own runtime did not validate it")
+    kind: str | None = Field(None, description="the runner kind used: main, or a proxy's")
+
+
+class Clinical(_Closed):
+    """packager.metrics.Clinical at the decision threshold, plus the evidence."""
+
+    n: int
+    positives: int
+    threshold: float
+    sensitivity: float
+    sensitivity_ci95: tuple[float, float]
+    specificity: float | None
+    accuracy: float
+    auc: float | None
+    confusion: dict[str, int]
+    finite: bool
+    reference_sensitivity: float | None = None
+    sensitivity_drop: float | None = None
+    flipped: list[int] | None = None
+    max_abs_diff: float | None = None
+    split: str
+    output: OutputKind
+    evidence: dict[str, Any] = Field(description="packager/evidence.py: paired test, subgroups…")
+
+
+class SelftestMeasured(_Closed):
+    repeat_max_abs_diff: float
+    batch1_max_abs_diff: float
+
+
+class BuildHostSelftest(_Closed):
+    verdict: Verdict | None = Field(description="the record's verdict; null: no record written")
+    line: str
+
+
+class SelftestSummary(_Closed):
+    """selftest.json, and report.json's selftest once the build host replayed it."""
+
+    schema_version: Literal[1]
+    precision: str
+    positive_index: int
+    threshold: float
+    floor: float
+    recorded_on: str
+    proxy: str | None
+    runtime: RuntimeInfo
+    batch_size: int
+    tolerance: float
+    measured: SelftestMeasured
+    cases: dict[str, int]
+    build_host: BuildHostSelftest | None = None
+
+
+class SelftestNotRun(_Closed):
+    status: Literal[CheckStatus.not_run]
+    reason: str
+
+
+class Latency(_Closed):
+    p50: float
+    p90: float
+    p95: float
+    p99: float
+    mean: float
+
+
+class BenchRow(_Closed):
+    batch_size: int
+    iterations: int
+    latency_ms: Latency
+    throughput_sps: float
+    throughput_mode: Literal["sync", "async"]
+    runtime_latency_ms: Latency | None = None
+    latency_samples_ms: list[float] | None = None
+    sync_throughput_sps: float | None = None
+    peak_rss_mb: float
+
+
+class BenchRun(_Closed):
+    """packager.bench.measure() on one runner configuration."""
+
+    load_time_ms: float
+    peak_rss_mb: float
+    baseline_rss_mb: float
+    model_rss_mb: float
+    serving_memory_mb: float
+    runtime: RuntimeInfo
+    batches: list[BenchRow]
+
+
+class BenchVariant(BenchRun):
+    label: str
+
+
+class BenchHost(Host):
+    runtime_versions: dict[str, str | None] | None = None
+
+
+class Best(_Closed):
+    batch_size: int
+    throughput_sps: float
+
+
+class Benchmark(BenchRun):
+    status: Literal[BenchStatus.ok]
+    reason: str
+    host: BenchHost
+    best: Best | None
+    variants: list[BenchVariant]
+    model_size_mb: float
+
+
+class NoBenchmark(_Closed):
+    status: Literal[BenchStatus.skipped, BenchStatus.failed]
+    reason: str
+    host: Host
+    model_size_mb: float
+
+
+class Report(_Closed):
+    """report.json: everything a bundle's build found, and its verdict."""
+
+    model_config = ConfigDict(title="packager report.json")
+
+    schema_version: Literal[1]
+    target: str
+    summary: str
+    precision: str
+    status: ReportStatus
+    reason: str
+    model: ReportModel
+    validation: Validation
+    clinical: Clinical | None = Field(description="null: not validated on this host")
+    gates: Gates
+    selftest: SelftestSummary | SelftestNotRun
+    benchmark: Annotated[Benchmark | NoBenchmark, Field(discriminator="status")]
+    code: dict[str, str] = Field(description="sha256 of each code file the bundle runs")
+    details: dict[str, Any] = Field(description="the target's own section")
+    notes: list[str]
+    steps: list[Step]
+    precision_search: dict[str, Any] | None = Field(
+        None, description="the candidates table of a precision search (precision = auto)"
+    )
+
+    @model_validator(mode="after")
+    def _verdict(self) -> Report:
+        # The verdict follows the gates: a failed gate fails; a pass with nothing run is not one.
+        if self.status == ReportStatus.passed and not self.gates.passed:
+            raise ValueError("status passed with gates that did not all pass")
+        if self.status == ReportStatus.passed and self.clinical is None:
+            raise ValueError("status passed without clinical validation")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# runtime.json
+
+
+class TensorInput(_Closed):
+    name: str
+    shape: list[int | str] = Field(description="a string is a symbolic (dynamic) dimension")
+    dtype: str
+
+
+class Runtime(_Closed):
+    """runtime.json: what predict.py needs to run the bundle and decide."""
+
+    model_config = ConfigDict(title="packager runtime.json")
+
+    target: str
+    precision: str
+    runner_options: dict[str, Any] = Field(description="the target's runtime.py reads these")
+    labels: list[str]
+    positive: str
+    threshold: float
+    output: OutputKind
+    fixed_batch: int | None
+    input: TensorInput
+
+    @model_validator(mode="after")
+    def _positive_is_a_label(self) -> Runtime:
+        if self.positive not in self.labels:
+            raise ValueError(f"positive {self.positive!r} is not one of labels {self.labels}")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# manifest.json
+
+
+class SourceModel(_Closed):
+    file: str
+    sha256: str
+
+
+class DataRef(_Closed):
+    sha256: str
+    split: str
+    n: int
+
+
+class Tool(_Closed):
+    packager: str
+
+
+class ValidatedBy(_Closed):
+    host: Host
+    status: ManifestStatus
+    runtime: RuntimeInfo | None = Field(None, description="set by packager validate")
+
+
+class FileEntry(_Closed):
+    sha256: str
+    size: int
+
+
+class Manifest(_Closed):
+    """manifest.json: the bundle's identity and every other file's sha256."""
+
+    model_config = ConfigDict(title="packager manifest.json")
+
+    schema_version: Literal[1]
+    name: str
+    version: str
+    target: str
+    precision: str
+    status: ManifestStatus
+    source_model: SourceModel
+    data: DataRef
+    config: dict[str, Any] = Field(description="packager.toml as built, without local paths")
+    tool: Tool
+    runtime: RuntimeInfo | NoRuntime
+    details: dict[str, Any]
+    validated_by: ValidatedBy
+    files: dict[str, FileEntry]
+
+
+# ---------------------------------------------------------------------------------------------
+# refusal.json
+
+
+class RefusedModel(_Closed):
+    name: str
+    version: str
+    source_sha256: str
+    quantization: dict[str, Any] | None
+
+
+class Refusal(_Closed):
+    """refusal.json: a target that cannot take the model, kept under DIR/.failed/."""
+
+    model_config = ConfigDict(title="packager refusal.json")
+
+    schema_version: Literal[1]
+    target: str
+    status: RefusalStatus
+    reason: str
+    model: RefusedModel
+
+
+# ---------------------------------------------------------------------------------------------
+# The acceptance record (written by packager/shipped/selftest.py)
+
+
+class AcceptedBundle(_Closed):
+    name: str | None
+    version: str | None
+    target: str | None
+    precision: str | None
+    manifest_sha256: str
+
+
+class HostRuntime(_Closed):
+    runtime: str | None
+    version: str | None
+    device: str | None
+
+
+class AcceptanceHost(_Closed):
+    """The host fingerprint: what a numerics difference can be traced to."""
+
+    cpu: str
+    cores: int | None
+    isa_flags: list[str]
+    os: str
+    machine: str
+    python: str
+    numpy: str
+    runtime: HostRuntime
+    gpu: Any = Field(description="the runtime's GPU description, if it gives one")
+
+
+class ManifestCheck(_Closed):
+    name: Literal["manifest"]
+    status: Literal[CheckStatus.passed, CheckStatus.failed]
+    files: int
+    problems: list[str]
+
+
+class RuntimeCheck(_Closed):
+    name: Literal["runtime"]
+    status: Literal[CheckStatus.passed, CheckStatus.not_run]
+    kind: str | None = None
+    reason: str | None = None
+
+
+class WorstCase(_Closed):
+    case: int
+    kind: str
+    golden: float
+    got: float
+
+
+class ProbabilitiesCheck(_Closed):
+    name: Literal["probabilities"]
+    status: Literal[CheckStatus.passed, CheckStatus.failed]
+    cases: int
+    failing: int
+    failing_cases: list[int]
+    tolerance: float
+    max_abs_diff: float
+    worst: WorstCase
+
+
+class DecisionsCheck(_Closed):
+    name: Literal["decisions"]
+    status: Literal[CheckStatus.passed, CheckStatus.failed]
+    cases: int
+    within_tolerance_of_threshold: int
+    differing_cases: list[int]
+
+
+AcceptanceCheck = Annotated[
+    ManifestCheck | RuntimeCheck | ProbabilitiesCheck | DecisionsCheck,
+    Field(discriminator="name"),
+]
+
+
+class Acceptance(_Closed):
+    """The acceptance record of `predict.py --self-test --record PATH` on a receiving host."""
+
+    model_config = ConfigDict(title="packager acceptance record")
+
+    schema_version: Literal[1]
+    record: Literal["packager acceptance"]
+    bundle: AcceptedBundle
+    host: AcceptanceHost
+    runtime: RuntimeInfo | None
+    checks: list[AcceptanceCheck]
+    verdict: Verdict
+    checked_at: datetime
+
+    @model_validator(mode="after")
+    def _verdict_follows_checks(self) -> Acceptance:
+        statuses = {c.status for c in self.checks}
+        expected = (
+            Verdict.rejected
+            if CheckStatus.failed in statuses
+            else Verdict.not_run
+            if CheckStatus.not_run in statuses
+            else Verdict.accepted
+        )
+        if self.verdict != expected:
+            raise ValueError(f"verdict {self.verdict} does not follow its checks ({expected})")
+        return self
+
+
+# ---------------------------------------------------------------------------------------------
+# Writing, and the published schemas
+
+SCHEMAS: dict[str, type[BaseModel]] = {
+    "report": Report,
+    "runtime": Runtime,
+    "manifest": Manifest,
+    "acceptance": Acceptance,
+    "refusal": Refusal,
+    "selftest": SelftestSummary,
+}
+
+
+def dumps(data: dict[str, Any]) -> str:
+    """The one layout of every document packager writes."""
+    return json.dumps(data, indent=2, sort_keys=True) + "\n"
+
+
+def write(path: Path, model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """Validate `data` against `model` (a mismatch is packager's bug: pydantic's error, with its
+    traceback), then write it. Returns `data` unchanged."""
+    model.model_validate(data)
+    path.write_text(dumps(data))
+    return data
+
+
+def read(path: Path, model: type[BaseModel]) -> dict[str, Any]:
+    """A document read back as the plain dict its readers use, validated against `model`
+    (pydantic.ValidationError when it is not one; json.JSONDecodeError when not JSON)."""
+    data = json.loads(path.read_text())
+    model.model_validate(data)
+    return data
+
+
+def json_schema(model: type[BaseModel]) -> dict[str, Any]:
+    return {"$schema": SCHEMA_DIALECT, **model.model_json_schema()}
+
+
+def write_schemas(folder: Path) -> list[Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, model in SCHEMAS.items():
+        path = folder / f"{name}.schema.json"
+        path.write_text(dumps(json_schema(model)))
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":  # python -m packager.documents docs/schemas
+    for p in write_schemas(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/schemas")):
+        print(p)
