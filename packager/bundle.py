@@ -56,9 +56,10 @@ def write_manifest(
     """manifest.json: `meta` plus every file's sha256, checked against `model` (a build's and
     `packager validate`'s: packager.documents.Manifest) before it is written."""
     manifest = {"schema_version": SCHEMA_VERSION, **meta, "files": bundle_files(root)}
+    text = dumps(manifest)
     if model is not None:
-        model.model_validate(manifest)
-    (root / MANIFEST).write_text(dumps(manifest))
+        model.model_validate_json(text)
+    (root / MANIFEST).write_text(text)
     return manifest
 
 

@@ -48,6 +48,9 @@ class _Words(str, Enum):
     def __str__(self) -> str:
         return str(self.value)
 
+    def __hash__(self) -> int:  # equal to its string, so it also finds dict keys and set members
+        return str.__hash__(self)
+
 
 # ---------------------------------------------------------------------------------------------
 # Status words
@@ -209,8 +212,8 @@ class Validation(_Closed):
     kind: str | None = Field(None, description="the runner kind used: main, or a proxy's")
 
 
-class Clinical(_Closed):
-    """packager.metrics.Clinical at the decision threshold, plus the evidence."""
+class ClinicalMetrics(_Closed):
+    """packager.metrics.Clinical at the decision threshold, on one split."""
 
     n: int
     positives: int
@@ -228,6 +231,11 @@ class Clinical(_Closed):
     max_abs_diff: float | None = None
     split: str
     output: OutputKind
+
+
+class Clinical(ClinicalMetrics):
+    """The clinical metrics of a build, plus the evidence for its sign-off."""
+
     evidence: dict[str, Any] = Field(description="packager/evidence.py: paired test, subgroups…")
 
 
@@ -467,6 +475,81 @@ class Refusal(_Closed):
 
 
 # ---------------------------------------------------------------------------------------------
+# The site validation report (`packager validate` on a site's own data)
+
+
+class BuildClinical(_Closed):
+    n: int | None
+    sensitivity: float | None
+    specificity: float | None
+    split: str | None
+
+
+class SiteBundle(_Closed):
+    path: str
+    name: str
+    version: str
+    target: str
+    precision: str | None
+    manifest_sha256: str
+    signed: bool
+    build_status: ReportStatus | None
+    build_clinical: BuildClinical
+
+
+class SiteData(_Closed):
+    path: str
+    split: str
+    n: int
+    positives: int
+    sha256: str
+    same_as_build: bool
+    metadata_columns: list[str]
+
+
+class Decision(_Closed):
+    positive: str
+    threshold: float
+    output: OutputKind
+
+
+class SubgroupRow(_Closed):
+    n: int
+    positives: int
+    sensitivity: float | None
+    specificity: float | None
+
+
+class Throughput(_Closed):
+    images_per_s: float | None
+    read_s: float
+    preprocess_s: float
+    wall_s: float
+
+
+class SiteValidation(_Closed):
+    """site-validation-<name>-<version>-<target>.json: a site's own data through the shipped
+    bundle, gated; the bundle itself is left as shipped."""
+
+    model_config = ConfigDict(title="packager site validation report")
+
+    schema_version: Literal[1]
+    kind: Literal["site-validation"]
+    status: Literal[ReportStatus.passed, ReportStatus.failed]
+    reason: str
+    bundle: SiteBundle
+    data: SiteData
+    decision: Decision
+    clinical: ClinicalMetrics
+    subgroups: dict[str, dict[str, SubgroupRow]] = Field(description="per metadata column, value")
+    gates: Gates
+    runtime: RuntimeInfo
+    host: Host
+    throughput: Throughput
+    tool: Tool
+
+
+# ---------------------------------------------------------------------------------------------
 # The acceptance record (written by packager/shipped/selftest.py)
 
 
@@ -583,6 +666,7 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "acceptance": Acceptance,
     "refusal": Refusal,
     "selftest": SelftestSummary,
+    "site-validation": SiteValidation,
 }
 
 
@@ -594,17 +678,41 @@ def dumps(data: dict[str, Any]) -> str:
 def write(path: Path, model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
     """Validate `data` against `model` (a mismatch is packager's bug: pydantic's error, with its
     traceback), then write it. Returns `data` unchanged."""
-    model.model_validate(data)
-    path.write_text(dumps(data))
+    text = dumps(data)
+    model.model_validate_json(text)  # the text itself: keys are strings, tuples are arrays
+    path.write_text(text)
     return data
 
 
 def read(path: Path, model: type[BaseModel]) -> dict[str, Any]:
     """A document read back as the plain dict its readers use, validated against `model`
     (pydantic.ValidationError when it is not one; json.JSONDecodeError when not JSON)."""
-    data = json.loads(path.read_text())
-    model.model_validate(data)
-    return data
+    text = path.read_text()
+    model.model_validate_json(text)
+    return json.loads(text)
+
+
+def load(path: Path, model: type[BaseModel], fix: str) -> dict[str, Any]:
+    """A document handed to packager (a bundle's, a record): the plain dict, or a one-line
+    UserError naming the first mismatch with its model's published schema, and `fix`."""
+    from pydantic import ValidationError
+
+    from packager.errors import UserError
+
+    try:
+        return read(path, model)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first["type"] == "json_invalid":
+            raise UserError(f"{path} is not valid JSON ({first['msg']})") from None
+        where = ".".join(str(p) for p in first["loc"]) or "top level"
+        name = next(k for k, m in SCHEMAS.items() if m is model)
+        raise UserError(
+            f"{path} does not match docs/schemas/{name}.schema.json ({where}: {first['msg']}); "
+            f"{fix}"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise UserError(f"{path} is not valid JSON ({exc})") from None
 
 
 def json_schema(model: type[BaseModel]) -> dict[str, Any]:

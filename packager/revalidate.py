@@ -14,7 +14,6 @@ Either way the images are streamed (packager.stream): read, preprocessed and inf
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -39,16 +38,20 @@ from packager.supply_chain import write_sbom_and_provenance
 from packager.target import Check
 from packager.validate import evaluate, gate_checks, is_clinical_gate, save_validation
 
+# What `validate` and `bench` read from a bundle, checked against the model it was written with.
+BUNDLE_DOCUMENTS = {
+    "runtime.json": documents.Runtime,
+    "report.json": documents.Report,
+    MANIFEST: documents.Manifest,
+}
+
 
 def _read(bundle: Path, name: str) -> dict[str, Any]:
-    try:
-        return json.loads((bundle / name).read_text())
-    except FileNotFoundError:
-        raise UserError(
-            f"{bundle} has no {name}; pass a bundle directory made by packager build"
-        ) from None
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{bundle / name} is not valid JSON ({exc})") from None
+    if not (bundle / name).is_file():
+        raise UserError(f"{bundle} has no {name}; pass a bundle directory made by packager build")
+    return documents.load(
+        bundle / name, BUNDLE_DOCUMENTS[name], "rebuild the bundle with this packager version"
+    )
 
 
 def revalidate(
@@ -248,7 +251,9 @@ def site_acceptance(
     arrays = {"labels": res.labels, "probs": probs.astype(np.float32)}
     arrays |= {f"meta_{k}": v for k, v in res.metadata.items()}
     _atomic(paths["npz"], lambda f: np.savez(f, **arrays))
-    _atomic(paths["json"], lambda f: f.write(json.dumps(site, indent=2, sort_keys=True).encode()))
+    text = documents.dumps(site)
+    documents.SiteValidation.model_validate_json(text)
+    _atomic(paths["json"], lambda f: f.write(text.encode()))
     _atomic(paths["md"], lambda f: f.write(site_markdown(site).encode()))
     site["files"] = {k: str(v) for k, v in paths.items()}
     return site

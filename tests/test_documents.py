@@ -133,6 +133,7 @@ def test_status_words_write_as_plain_strings() -> None:
     word = documents.ReportStatus.not_validated
     assert json.dumps({"s": word}) == '{"s": "not-validated"}'
     assert f"{word}" == str(word) == "not-validated" and word == "not-validated"
+    assert {"not-validated": 3}[word] == 3 and word in {"not-validated"}
 
 
 def test_a_record_outside_the_acceptance_model_is_a_one_line_error(
@@ -146,3 +147,20 @@ def test_a_record_outside_the_acceptance_model_is_a_one_line_error(
     code.write_text(code.read_text().replace('"packager acceptance"', '"something else"'))
     r = cli("selftest", bundle, "--record", tmp_path / "rec.json", cwd=tmp_path)
     assert_user_error(r, "not a packager acceptance record", "record")
+
+
+def test_validate_writes_a_site_report_the_schema_accepts_and_refuses_a_bundle_outside_it(
+    built: tuple[Path, Path], cli: Callable[..., Result], data_path: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "site"
+    r = cli("validate", built[0], "--data", data_path, "--out", out, "--json", cwd=tmp_path)
+    assert r.code == 0, r.stderr
+    [site] = out.glob("site-validation-*.json")
+    ok = check_jsonschema("site-validation", site)
+    assert ok.returncode == 0, (ok.stdout, ok.stderr)
+    # A bundle whose report.json is not one packager writes: one line naming the mismatch.
+    bundle = Path(shutil.copytree(built[0], tmp_path / "cpu-onnxruntime"))
+    report = json.loads((bundle / "report.json").read_text())
+    (bundle / "report.json").write_text(json.dumps(report | {"status": "fine"}))
+    r = cli("validate", bundle, "--data", data_path, cwd=tmp_path)
+    assert_user_error(r, "report.schema.json", "status", "rebuild the bundle")
