@@ -27,7 +27,13 @@ from packager.bundle import (
     publish,
     write_manifest,
 )
-from packager.documents import BenchStatus, ReportStatus, StepStatus
+from packager.documents import (
+    BenchStatus,
+    RefusalStatus,
+    ReportStatus,
+    ResultStatus,
+    StepStatus,
+)
 from packager.errors import ConversionFailed, ModelRefused, PackagerError, Unavailable, UserError
 from packager.evidence import for_build as clinical_evidence
 from packager.hostinfo import host_facts
@@ -121,13 +127,15 @@ def build(
             targets.append(t)
         except Unavailable as exc:  # named with -t: the CLI exits 3 once the others are built
             s.progress.say(f"[{n}] skipped: {exc}")
-            results.append(TargetResult(n, "unavailable", str(exc)))
+            results.append(TargetResult(n, ResultStatus.unavailable, str(exc)))
     options = {t.name: target_options(t, s, int8) for t in targets}  # validate all before work
     for t in list(targets):  # the cheap support check: a refused target is never converted
         verdict = t.accepts(s.info, options[t.name])
         if not verdict.ok:
             targets.remove(t)
-            results.append(_refused(s, t.name, "unsupported-model", verdict.reason, verdict.log))
+            results.append(
+                _refused(s, t.name, RefusalStatus.unsupported_model, verdict.reason, verdict.log)
+            )
     if not targets:
         return _in_order(results, names)
     try:
@@ -147,13 +155,13 @@ def build(
             results.append(_refused(s, t.name, exc.status, str(exc), exc.log))
         except Unavailable as exc:
             s.progress.say(f"[{t.name}] skipped: {exc}")
-            results.append(TargetResult(t.name, "unavailable", str(exc)))
+            results.append(TargetResult(t.name, ResultStatus.unavailable, str(exc)))
         except Exception as exc:  # with --all, one broken target must not stop the others
             if explicit:
                 raise
             if not isinstance(exc, PackagerError):
                 traceback.print_exc()  # a bug stays visible
-            results.append(TargetResult(t.name, "error", f"{type(exc).__name__}: {exc}"))
+            results.append(TargetResult(t.name, ResultStatus.error, f"{type(exc).__name__}: {exc}"))
     return _in_order(results, names)
 
 
