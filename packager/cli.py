@@ -238,7 +238,7 @@ def targets(model: Path | None, as_json: bool) -> None:
     """Each target: can it build / validate / benchmark on this host, and if not, why."""
     from packager.model import inspect_model
     from packager.registry import loadable
-    from packager.schema import describe
+    from packager.schema import describe, json_schema
 
     info = inspect_model(model) if model else None
     found, broken = loadable()
@@ -246,7 +246,13 @@ def targets(model: Path | None, as_json: bool) -> None:
     for name, t in found.items():
         a = t.availability()
         rows.append(
-            {"name": name, "summary": t.summary, **a.to_dict(), "options": describe(t.Options)}
+            {
+                "name": name,
+                "summary": t.summary,
+                **a.to_dict(),
+                "options": describe(t.Options),
+                "options_schema": json_schema(t.Options),  # validates [targets.<name>]
+            }
         )
         marks = " ".join(
             f"{k}:{'yes' if getattr(a, k).ok else 'no'}" for k in ("build", "validate", "bench")
@@ -264,7 +270,15 @@ def targets(model: Path | None, as_json: bool) -> None:
     for name, reason in broken.items():
         no = {"ok": False, "reason": reason}
         rows.append(
-            {"name": name, "summary": "", "build": no, "validate": no, "bench": no, "options": []}
+            {
+                "name": name,
+                "summary": "",
+                "build": no,
+                "validate": no,
+                "bench": no,
+                "options": [],
+                "options_schema": None,
+            }
         )
         lines.append(f"{name:16} build:no validate:no bench:no  {reason}")
     emit({"targets": rows}, as_json, "\n".join(lines))
