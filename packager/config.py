@@ -250,7 +250,9 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     for key in data:
         if key not in known:
             raise UserError(f"unknown section [{shown(key)}] in config{hint(key, known)}")
-    sections = {name: from_dict(cls, data.get(name), name) for name, cls in SECTIONS.items()}
+    sections: dict[str, Any] = {
+        name: from_dict(cls, data.get(name), name) for name, cls in SECTIONS.items()
+    }
     targets = data.get("targets", {})
     if not isinstance(targets, dict) or not all(isinstance(v, dict) for v in targets.values()):
         raise UserError("[targets] must hold one table per target, e.g. [targets.cpu-openvino]")

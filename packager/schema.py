@@ -59,14 +59,13 @@ def type_text(tp: Any) -> str:
     return getattr(tp, "__name__", str(tp))
 
 
-def annotation_at(tp: Any, loc: tuple[int | str, ...]) -> Any:
+def _annotation_at(tp: Any, loc: tuple[int | str, ...]) -> Any:
     """The annotation pydantic checked at error location `loc` below `tp`."""
     for part in loc:
         while get_origin(tp) is Annotated or _is_union(tp):
-            args = [a for a in get_args(tp) if a is not type(None)]
-            tp = args[0]
+            tp = next(a for a in get_args(tp) if a is not type(None))
         if dataclasses.is_dataclass(tp):
-            tp = typing.get_type_hints(tp, include_extras=True)[part]
+            tp = typing.get_type_hints(tp, include_extras=True)[str(part)]
         elif get_origin(tp) in (list, dict):
             tp = get_args(tp)[-1]
     return tp
@@ -79,7 +78,7 @@ def first_error(exc: ValidationError) -> ErrorDetails:
     return next((e for e in errors if e["type"] in unknown), errors[0])
 
 
-def value_problem(err: ErrorDetails, tp: Any, where: str) -> str:
+def _value_problem(err: ErrorDetails, tp: Any, where: str) -> str:
     """The message for a value pydantic refused at `where` (annotation `tp`)."""
     value = err["input"]
     if err["type"] == "finite_number":
@@ -92,6 +91,8 @@ def value_problem(err: ErrorDetails, tp: Any, where: str) -> str:
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
     """Build typed dataclass `cls` from `data`, naming the key of any unknown or mistyped entry;
     then its `check(where)`, the cross-field rules that name `where` in their messages."""
+    if not pydantic.dataclasses.is_pydantic_dataclass(cls):  # a plain one would take any value
+        raise TypeError(f"{cls.__qualname__} must be declared with @packager.schema.typed")
     data = data or {}
     if not isinstance(data, dict):
         raise UserError(f"[{where}] must be a table, got {data!r}")
@@ -117,7 +118,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
         path = where + "".join(
             f"[{p}]" if isinstance(p, int) else f".{shown(p)}" for p in err["loc"]
         )
-        raise UserError(value_problem(err, annotation_at(cls, err["loc"]), path)) from None
+        raise UserError(_value_problem(err, _annotation_at(cls, err["loc"]), path)) from None
     check = getattr(obj, "check", None)
     if check:
         check(where)
@@ -151,7 +152,7 @@ def _schema_type(s: dict[str, Any]) -> str:
     if kind == "object":
         return f"table of {_schema_type(s.get('additionalProperties', {}))}"
     names = {"integer": "int", "number": "float", "string": "str", "boolean": "bool"}
-    return names.get(kind, str(kind))
+    return names.get(str(kind), str(kind))
 
 
 def describe(cls: type) -> list[dict[str, str]]:

@@ -52,7 +52,7 @@ class Sla(BaseModel):
     source: Path = Path()
 
     def limits(self, target: str) -> dict[str, float]:
-        return {**self.base, **self.per_target.get(target, {})}
+        return {**self.base, **self.per_target.get(target, {})}  # type: ignore[dict-item]
 
 
 def _problem(exc: ValidationError, path: Path) -> UserError:

@@ -3,6 +3,7 @@ import json
 import math
 from pathlib import Path
 
+import pydantic.dataclasses
 import pytest
 import tomllib
 
@@ -95,6 +96,7 @@ def test_published_option_schemas_take_the_example_and_refuse_what_packager_refu
     tables = tomllib.loads(EXAMPLE.read_text())["targets"]
     assert tables  # the example configures at least one target
     for name, schema in schemas.items():
+        assert pydantic.dataclasses.is_pydantic_dataclass(registry.get(name).Options), name
         validator = jsonschema.Draft202012Validator(schema)
         validator.check_schema(schema)
         assert validator.is_valid({}), name  # every option has a default
