@@ -19,7 +19,7 @@ from packager.errors import UserError
 T = TypeVar("T")
 
 # Strict: no str -> int; ints pass as floats, bools never pass as numbers; NaN/Inf refused.
-STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False)
+STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, defer_build=True)
 NonNegative = Annotated[float, Field(ge=0)]
 
 
