@@ -8,14 +8,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from packager import __version__
-from packager.config import Config, load_config, override
 from packager.errors import GateFailed, ModelRefused, PackagerError, Unavailable
 from packager.progress import Progress
+
+if TYPE_CHECKING:  # pydantic loads only for commands that read a config (~0.1 s)
+    from packager.config import Config
 
 
 def emit(data: Any, as_json: bool, text: str) -> None:
@@ -80,6 +82,8 @@ def config_options(fn: Callable) -> Callable:
         labels_csv: Path | None,
         **kw: Any,
     ) -> Any:
+        from packager.config import load_config, override
+
         cfg = load_config(config_path)
         override(cfg, "data", "labels", str(labels_csv.resolve()) if labels_csv else None)
         override(cfg, "model", "path", str(model.resolve()) if model else None)
@@ -134,6 +138,7 @@ def build(
     """Convert, validate, benchmark and bundle the model for each target."""
     from packager import registry
     from packager.build import build as run_build
+    from packager.config import override
     from packager.session import Session
 
     if bool(target_names) == all_targets:
