@@ -36,6 +36,7 @@ from packager.installed import missing
 from packager.metrics import to_probabilities
 from packager.model import ModelInfo, load_model
 from packager.preprocess import Preprocess
+from packager.schema import typed
 from packager.shipped.predict import infer_all
 from packager.target import Availability, BuildContext, BuildOutput, Check, Proxy, Status, Target
 
@@ -50,7 +51,7 @@ PROXY_LABEL = (
 )
 
 
-@dataclass
+@typed
 class Options:
     # auto: packager.search tries fp16 and fp32, ships the best one passing every gate.
     precision: Literal["fp16", "fp32", "auto"] = "fp16"

@@ -11,7 +11,7 @@ import re
 import shutil
 import string
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -30,6 +30,7 @@ from packager.ort_quant import (
 from packager.ort_support import ort_accepts
 from packager.preprocess import Preprocess
 from packager.runner import predict
+from packager.schema import typed
 from packager.target import (
     PRE_QUANTIZED,
     Availability,
@@ -51,7 +52,7 @@ IMAGE_OPSET = 18
 REPLAY = {"session.enable_saved_runtime_optimizations": "1"}
 
 
-@dataclass
+@typed
 class Options:
     # auto: packager.search tries every candidate, ships the best one passing every gate.
     quantize: Literal["none", "dynamic", "static", "auto"] = "none"

@@ -35,6 +35,7 @@ from packager.model import (
 )
 from packager.ort_quant import quantize_static_qdq
 from packager.runner import predict
+from packager.schema import typed
 from packager.target import (
     PRE_QUANTIZED,
     REEXPORT_QDQ,
@@ -51,7 +52,7 @@ from packager.triton import Accelerator, Tensor, TritonModel, serve_commands, wr
 DEFAULT_PREFERRED = (8, 16, 32)
 
 
-@dataclass
+@typed
 class Options:
     # auto: packager.search tries every candidate, ships the best one passing every gate.
     precision: Literal["fp16", "fp32", "int8", "auto"] = "fp16"
