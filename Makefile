@@ -21,7 +21,7 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	sh scripts/typecheck.sh $(BIN)/python
-	$(BIN)/python -m pytest -q -rsx
+	$(BIN)/python -m pytest -q -rsx -n 2 --dist loadscope
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -37,6 +37,7 @@ from packager.documents import (
 from packager.errors import ConversionFailed, ModelRefused, PackagerError, Unavailable, UserError
 from packager.evidence import for_build as clinical_evidence
 from packager.hostinfo import host_facts
+from packager.metrics import flipped, to_probabilities
 from packager.quiet import stdout_to_stderr
 from packager.registry import get
 from packager.render import render_bundle_docs
@@ -46,7 +47,15 @@ from packager.session import Session
 from packager.shipped import SHIPPED
 from packager.shipped.selftest import file_sha256
 from packager.supply_chain import write_sbom_and_provenance
-from packager.target import BuildContext, BuildOutput, Check, Target
+from packager.target import (
+    BuildContext,
+    BuildOutput,
+    Check,
+    CrossCheck,
+    CrossCheckResult,
+    Status,
+    Target,
+)
 from packager.validate import evaluate, gate_checks, save_validation
 
 PREPROCESS_SRC = Path(__file__).with_name("preprocess.py")
@@ -358,7 +367,7 @@ def _validate(
         gate_checks(clin, s.cfg, has_reference=True)
         + evidence_checks
         + built.checks
-        + t.checks(ctx, bdir, probs)
+        + run_cross_checks(t, ctx, bdir, built.runner_options, probs)
     )
     failed = [c for c in checks if not c.passed]
     steps.append(
@@ -380,6 +389,86 @@ def _validate(
     report["validation"]["proxy"] = proxy_label
     report["validation"]["kind"] = kind
     return report
+
+
+LISTED_FLIPS = 20  # a cross-check's gate line names at most this many differing images
+
+
+def run_cross_checks(
+    t: Target, ctx: BuildContext, bdir: Path, options: dict[str, Any], probs: np.ndarray
+) -> list[Check]:
+    """The target's declared cross-checks, each run through the worker on the validation split
+    with the build's own runner options, its decisions compared with the validated `probs`."""
+    n = len(probs)
+    declared = t.cross_checks(options)
+    outcome: list[CrossCheckResult | str] = []  # a result, or why it did not run
+    for cc in declared:
+        status = cc.available()
+        if status.ok:
+            try:
+                outcome.append(_cross_check(t, ctx, bdir, options, cc, probs))
+                continue
+            except Unavailable as exc:  # the runtime it needs is not installed here
+                status = Status(False, str(exc))
+        outcome.append(f"{cc.name} did not run: {status.reason}")
+        if cc.allowed(n) is None:  # no gate line to carry the reason
+            ctx.progress.say(f"[{t.name}] {outcome[-1]}")
+    t.cross_checked(ctx, bdir, probs, [r for r in outcome if isinstance(r, CrossCheckResult)])
+    checks = []
+    for cc, r in zip(declared, outcome, strict=True):
+        allowed = cc.allowed(n)
+        if allowed is None:
+            continue
+        limit = allowed if cc.value == "flips" else round((n - allowed) / n, 6)
+        if isinstance(r, str):
+            checks.append(Check(cc.name, None, limit, False, r, ran=False))
+            continue
+        flips = len(r.flipped)
+        why = [f"{n - flips}/{n} decisions agree; max |dp| {r.max_abs_diff:.2e}", *r.notes]
+        if r.flipped:
+            more = " ..." if flips > LISTED_FLIPS else ""
+            why.append(f"differ at indices {r.flipped[:LISTED_FLIPS]}{more}")
+        value = flips if cc.value == "flips" else round((n - flips) / n, 6)
+        checks.append(Check(cc.name, value, limit, flips <= allowed, "; ".join(why)))
+    return checks
+
+
+def _cross_check(
+    t: Target,
+    ctx: BuildContext,
+    bdir: Path,
+    options: dict[str, Any],
+    cc: CrossCheck,
+    probs: np.ndarray,
+) -> CrossCheckResult:
+    images = cc.inputs == "images"
+    x = ctx.validation.images if images else ctx.x
+    labels = ctx.config.labels
+    pos, thr = labels.positive_index, labels.threshold
+    with (
+        ctx.progress.step(t.name, f"cross-check {cc.name} ({len(x)} {cc.inputs})"),
+        tempfile.TemporaryDirectory(prefix="packager-cross-") as tmp,
+    ):
+        where, opts = bdir, {**options, **cc.options}
+        if cc.scratch is not None:  # auxiliary models, run by the bundle's own runtime.py
+            where = Path(tmp)
+            opts |= cc.scratch(ctx, where)
+        outputs, runtime = predict(
+            t.name,
+            where,
+            opts,
+            x,
+            None if images else ctx.model.fixed_batch,  # images go one request each
+            ctx.config.bench.timeout_s,
+            cc.runner,
+            code=bdir,
+        )
+    if cc.allowed(len(probs)) is None:  # measured only: outputs for Target.cross_checked
+        return CrossCheckResult(cc, outputs, None, [], float("nan"), runtime)
+    kind = ctx.output_kind if cc.output == "model" else "probabilities"
+    other = to_probabilities(outputs, kind)
+    diff = float(np.max(np.abs(other[:, pos] - probs[:, pos]))) if len(probs) else 0.0
+    return CrossCheckResult(cc, outputs, other, flipped(probs, other, pos, thr), diff, runtime)
 
 
 def _selftest(

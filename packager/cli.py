@@ -8,14 +8,16 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from packager import __version__
-from packager.config import Config, load_config, override
 from packager.errors import GateFailed, ModelRefused, PackagerError, Unavailable
 from packager.progress import Progress
+
+if TYPE_CHECKING:  # pydantic loads only for commands that read a config (~0.1 s)
+    from packager.config import Config
 
 
 def emit(data: Any, as_json: bool, text: str) -> None:
@@ -80,6 +82,8 @@ def config_options(fn: Callable) -> Callable:
         labels_csv: Path | None,
         **kw: Any,
     ) -> Any:
+        from packager.config import load_config, override
+
         cfg = load_config(config_path)
         override(cfg, "data", "labels", str(labels_csv.resolve()) if labels_csv else None)
         override(cfg, "model", "path", str(model.resolve()) if model else None)
@@ -134,6 +138,7 @@ def build(
     """Convert, validate, benchmark and bundle the model for each target."""
     from packager import registry
     from packager.build import build as run_build
+    from packager.config import override
     from packager.session import Session
 
     if bool(target_names) == all_targets:
@@ -238,7 +243,7 @@ def targets(model: Path | None, as_json: bool) -> None:
     """Each target: can it build / validate / benchmark on this host, and if not, why."""
     from packager.model import inspect_model
     from packager.registry import loadable
-    from packager.schema import describe
+    from packager.schema import describe, json_schema
 
     info = inspect_model(model) if model else None
     found, broken = loadable()
@@ -246,7 +251,13 @@ def targets(model: Path | None, as_json: bool) -> None:
     for name, t in found.items():
         a = t.availability()
         rows.append(
-            {"name": name, "summary": t.summary, **a.to_dict(), "options": describe(t.Options)}
+            {
+                "name": name,
+                "summary": t.summary,
+                **a.to_dict(),
+                "options": describe(t.Options),
+                "options_schema": json_schema(t.Options),  # validates [targets.<name>]
+            }
         )
         marks = " ".join(
             f"{k}:{'yes' if getattr(a, k).ok else 'no'}" for k in ("build", "validate", "bench")
@@ -264,7 +275,15 @@ def targets(model: Path | None, as_json: bool) -> None:
     for name, reason in broken.items():
         no = {"ok": False, "reason": reason}
         rows.append(
-            {"name": name, "summary": "", "build": no, "validate": no, "bench": no, "options": []}
+            {
+                "name": name,
+                "summary": "",
+                "build": no,
+                "validate": no,
+                "bench": no,
+                "options": [],
+                "options_schema": None,
+            }
         )
         lines.append(f"{name:16} build:no validate:no bench:no  {reason}")
     emit({"targets": rows}, as_json, "\n".join(lines))

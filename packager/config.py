@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
 
 import tomllib
 
 from packager.errors import UserError
-from packager.schema import from_dict, hint, shown
+from packager.schema import from_dict, hint, shown, typed
 
 CONFIG_NAMES = ("packager.toml", "pyproject.toml")
 
 
-@dataclass
+@typed
 class ModelConfig:
     path: str | None = None
     name: str = "model"
@@ -34,7 +34,7 @@ class ModelConfig:
                 raise UserError(f"{where}.{key} is longer than 100 bytes; shorten it")
 
 
-@dataclass
+@typed
 class DicomConfig:
     # [center, width] in modality units: replaces each file's own VOI LUT / window. Shipped in
     # preprocess.json, so the hospital's predict.py windows the same way.
@@ -45,7 +45,7 @@ class DicomConfig:
             raise UserError(f"{where}.window = {self.window} must be [center, width], width >= 1")
 
 
-@dataclass
+@typed
 class DataConfig:
     path: str | None = None
     split: str = "test"
@@ -71,7 +71,7 @@ class DataConfig:
             raise UserError(f"{where}.seed = {self.seed} must be 0 or more")
 
 
-@dataclass
+@typed
 class PreprocessConfig:
     size: int | None = None  # None: the model's own spatial size
     channels: int | None = None  # None: the model's own channel count
@@ -97,7 +97,7 @@ class PreprocessConfig:
             raise UserError(f"{where}.mean and .std take 1 or 3 values (one per channel)")
 
 
-@dataclass
+@typed
 class LabelsConfig:
     names: list[str] = field(default_factory=lambda: ["normal", "pneumonia"])
     positive: str = "pneumonia"
@@ -120,7 +120,7 @@ class LabelsConfig:
         return self.names.index(self.positive)
 
 
-@dataclass
+@typed
 class GatesConfig:
     min_sensitivity: float = 0.98
     max_sensitivity_drop: float = 0.005
@@ -144,7 +144,7 @@ class GatesConfig:
             raise UserError(f"{where}.min_subgroup_positives must be at least 1")
 
 
-@dataclass
+@typed
 class BenchConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 16, 32, 64])
     warmup: int = 10
@@ -162,12 +162,12 @@ class BenchConfig:
             )
 
 
-@dataclass
+@typed
 class OutputConfig:
     dir: str = "dist"
 
 
-@dataclass
+@typed
 class SelftestConfig:
     synthetic: int = 16  # seeded synthetic inputs in the golden set
     near_threshold: int = 4  # synthetic blends placed just either side of the threshold
@@ -190,7 +190,7 @@ SECTIONS: dict[str, type] = {
 }
 
 
-@dataclass
+@typed
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -250,7 +250,9 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     for key in data:
         if key not in known:
             raise UserError(f"unknown section [{shown(key)}] in config{hint(key, known)}")
-    sections = {name: from_dict(cls, data.get(name), name) for name, cls in SECTIONS.items()}
+    sections: dict[str, Any] = {
+        name: from_dict(cls, data.get(name), name) for name, cls in SECTIONS.items()
+    }
     targets = data.get("targets", {})
     if not isinstance(targets, dict) or not all(isinstance(v, dict) for v in targets.values()):
         raise UserError("[targets] must hold one table per target, e.g. [targets.cpu-openvino]")

@@ -53,6 +53,18 @@ def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return fp / max(1, (~y).sum()), tp / max(1, y.sum())
 
 
+def decisions(probs: np.ndarray, positive: int, threshold: float) -> np.ndarray:
+    """Positive-class decisions (p >= threshold) of (N, C) probabilities; NaN decides negative."""
+    p = np.nan_to_num(probs[:, positive], nan=0.0, posinf=1.0, neginf=0.0)
+    return p >= threshold
+
+
+def flipped(probs: np.ndarray, other: np.ndarray, positive: int, threshold: float) -> list[int]:
+    """Indices whose positive-class decision differs between two runs' (N, C) probabilities."""
+    differ = decisions(probs, positive, threshold) != decisions(other, positive, threshold)
+    return [int(i) for i in np.flatnonzero(differ)]
+
+
 @dataclass
 class Clinical:
     n: int
@@ -82,7 +94,7 @@ def clinical(
     finite = bool(np.isfinite(probs).all())
     p = np.nan_to_num(probs[:, positive], nan=0.0, posinf=1.0, neginf=0.0)
     y = labels == positive
-    pred = p >= threshold
+    pred = decisions(probs, positive, threshold)
     tp, fn = int((pred & y).sum()), int((~pred & y).sum())
     tn, fp = int((~pred & ~y).sum()), int((pred & ~y).sum())
     n_pos, n_neg = tp + fn, tn + fp
@@ -100,10 +112,9 @@ def clinical(
     )
     if reference is not None:
         ref = reference[:, positive]
-        ref_pred = ref >= threshold
-        ref_tp = int((ref_pred & y).sum())
+        ref_tp = int((decisions(reference, positive, threshold) & y).sum())
         out.reference_sensitivity = ref_tp / n_pos if n_pos else 0.0
         out.sensitivity_drop = out.reference_sensitivity - out.sensitivity
-        out.flipped = [int(i) for i in np.flatnonzero(pred != ref_pred)]
+        out.flipped = flipped(probs, reference, positive, threshold)
         out.max_abs_diff = float(np.max(np.abs(p - ref))) if len(p) else 0.0
     return out

@@ -1,17 +1,32 @@
-"""Typed, validated dataclasses from TOML dicts: one mechanism for config and target options."""
+"""Typed tables from TOML dicts with pydantic: one mechanism for config, target options and the SLA
+file. pydantic validates; this module turns its first error into the one-line UserError."""
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import types
 import typing
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, dataclass_transform, get_args, get_origin
+
+import pydantic.dataclasses
+from pydantic import ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.json_schema import GenerateJsonSchema
+from pydantic_core import ErrorDetails, core_schema
 
 from packager.errors import UserError
 
 T = TypeVar("T")
+
+# Strict: no str -> int; ints pass as floats, bools never pass as numbers; NaN/Inf refused.
+STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, defer_build=True)
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+@dataclass_transform(field_specifiers=(dataclasses.field,))
+def typed(cls: type[T]) -> type[T]:
+    """A pydantic dataclass with the strict rules above (still a dataclass: replace() validates)."""
+    return pydantic.dataclasses.dataclass(cls, config=STRICT)  # type: ignore[return-value]
 
 
 def shown(key: str) -> str:
@@ -24,94 +39,126 @@ def hint(key: str, choices: typing.Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
-def _type_name(tp: Any) -> str:
+def _is_union(tp: Any) -> bool:
+    return get_origin(tp) in (typing.Union, types.UnionType)
+
+
+def type_text(tp: Any) -> str:
+    """An annotation as users read it: int, list of float, 'NCHW' | 'NHWC'."""
     origin = get_origin(tp)
+    if origin is Annotated:
+        return type_text(get_args(tp)[0])
     if origin is Literal:
         return " | ".join(repr(a) for a in get_args(tp))
-    if origin in (typing.Union, types.UnionType):  # TOML has no null: None is "leave it out"
-        return " or ".join(_type_name(a) for a in get_args(tp) if a is not type(None))
+    if _is_union(tp):  # TOML has no null: None is "leave it out"
+        return " or ".join(type_text(a) for a in get_args(tp) if a is not type(None))
     if origin is list:
-        return f"list of {_type_name(get_args(tp)[0])}"
+        return f"list of {type_text(get_args(tp)[0])}"
     if origin is dict:
-        return f"table of {_type_name(get_args(tp)[1])}"
+        return f"table of {type_text(get_args(tp)[1])}"
     return getattr(tp, "__name__", str(tp))
 
 
-def coerce(value: Any, tp: Any, where: str) -> Any:
-    """Check `value` against the annotation `tp`; ints pass as floats, nothing else is converted."""
-    origin = get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        args = get_args(tp)
-        if value is None and type(None) in args:
-            return None
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return coerce(value, arg, where)
-            except UserError:
-                continue
-    elif origin is Literal:
-        if value in get_args(tp):
-            return value
-        raise UserError(f"{where} = {value!r} is not allowed; use one of {_type_name(tp)}")
-    elif origin is list:
-        if isinstance(value, list):
-            return [coerce(v, get_args(tp)[0], f"{where}[{i}]") for i, v in enumerate(value)]
-    elif origin is dict:
-        if isinstance(value, dict):  # TOML keys are always strings
-            vt = get_args(tp)[1]
-            return {k: coerce(v, vt, f"{where}.{shown(k)}") for k, v in value.items()}
-    elif tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            if not math.isfinite(value):
-                raise UserError(f"{where} = {value!r} must be a finite number")
-            return float(value)
-    elif tp is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    elif tp is bool:
-        if isinstance(value, bool):
-            return value
-    elif tp is str:
-        if isinstance(value, str):
-            return value
-    elif tp is Any:
-        return value
-    elif dataclasses.is_dataclass(tp) and isinstance(value, dict):  # e.g. [data.dicom]
-        return from_dict(tp, value, where)  # type: ignore[arg-type]
-    raise UserError(f"{where} must be {_type_name(tp)}, got {value!r}")
+def _annotation_at(tp: Any, loc: tuple[int | str, ...]) -> Any:
+    """The annotation pydantic checked at error location `loc` below `tp`."""
+    for part in loc:
+        while get_origin(tp) is Annotated or _is_union(tp):
+            tp = next(a for a in get_args(tp) if a is not type(None))
+        if dataclasses.is_dataclass(tp):
+            tp = typing.get_type_hints(tp, include_extras=True)[str(part)]
+        elif get_origin(tp) in (list, dict):
+            tp = get_args(tp)[-1]
+    return tp
+
+
+def first_error(exc: ValidationError) -> ErrorDetails:
+    """An unknown key first: a typo explains any other error."""
+    errors = exc.errors()
+    unknown = ("unexpected_keyword_argument", "extra_forbidden")
+    return next((e for e in errors if e["type"] in unknown), errors[0])
+
+
+def _value_problem(err: ErrorDetails, tp: Any, where: str) -> str:
+    """The message for a value pydantic refused at `where` (annotation `tp`)."""
+    value = err["input"]
+    if err["type"] == "finite_number":
+        return f"{where} = {value!r} must be a finite number"
+    if err["type"] == "literal_error" and not _is_union(tp):
+        return f"{where} = {value!r} is not allowed; use one of {type_text(tp)}"
+    return f"{where} must be {type_text(tp)}, got {value!r}"
 
 
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
-    """Build dataclass `cls` from `data`, naming the key of any unknown or mistyped entry."""
+    """Build typed dataclass `cls` from `data`, naming the key of any unknown or mistyped entry;
+    then its `check(where)`, the cross-field rules that name `where` in their messages."""
+    if not pydantic.dataclasses.is_pydantic_dataclass(cls):  # a plain one would take any value
+        raise TypeError(f"{cls.__qualname__} must be declared with @packager.schema.typed")
     data = data or {}
     if not isinstance(data, dict):
         raise UserError(f"[{where}] must be a table, got {data!r}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key not in fields:
-            raise UserError(f"unknown key '{shown(key)}' in [{where}]{hint(key, fields)}")
-        kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
+    # Strict pydantic dataclasses take only instances for nested dataclasses: build those first.
+    data = {
+        k: from_dict(hints[k], v, f"{where}.{k}")
+        if k in hints and dataclasses.is_dataclass(hints[k]) and isinstance(v, dict)
+        else v
+        for k, v in data.items()
+    }
     try:
-        obj = cls(**kwargs)
-    except TypeError as exc:  # a required field is missing
-        raise UserError(f"[{where}]: {exc}") from None
+        obj = cls(**data)
+    except ValidationError as exc:
+        err = first_error(exc)
+        key = err["loc"][0] if err["loc"] else ""
+        if err["type"] == "unexpected_keyword_argument":
+            raise UserError(
+                f"unknown key '{shown(str(key))}' in [{where}]{hint(str(key), hints)}"
+            ) from None
+        if err["type"] == "missing_argument":
+            raise UserError(f"[{where}]: missing required key '{key}'") from None
+        path = where + "".join(
+            f"[{p}]" if isinstance(p, int) else f".{shown(p)}" for p in err["loc"]
+        )
+        raise UserError(_value_problem(err, _annotation_at(cls, err["loc"]), path)) from None
     check = getattr(obj, "check", None)
     if check:
         check(where)
     return obj
 
 
+class _FactoryDefaults(GenerateJsonSchema):
+    # pydantic leaves default_factory values (lists, tables) out of the schema; users need them.
+    def get_default_value(self, schema: core_schema.WithDefaultSchema) -> Any:
+        factory = schema.get("default_factory")
+        if factory is not None and not schema.get("default_factory_takes_data"):
+            return factory()  # type: ignore[call-arg]
+        return super().get_default_value(schema)
+
+
+def json_schema(cls: type) -> dict[str, Any]:
+    """The JSON Schema of a typed table, defaults included."""
+    return TypeAdapter(cls).json_schema(schema_generator=_FactoryDefaults)
+
+
+def _schema_type(s: dict[str, Any]) -> str:
+    if "$ref" in s:
+        return s["$ref"].rsplit("/", 1)[-1]
+    if "enum" in s:
+        return " | ".join(repr(v) for v in s["enum"])
+    if "anyOf" in s:
+        return " or ".join(_schema_type(a) for a in s["anyOf"] if a.get("type") != "null")
+    kind = s.get("type")
+    if kind == "array":
+        return f"list of {_schema_type(s.get('items', {}))}"
+    if kind == "object":
+        return f"table of {_schema_type(s.get('additionalProperties', {}))}"
+    names = {"integer": "int", "number": "float", "string": "str", "boolean": "bool"}
+    return names.get(str(kind), str(kind))
+
+
 def describe(cls: type) -> list[dict[str, str]]:
-    """Field names, types and defaults, for `packager targets` and docs."""
-    hints = typing.get_type_hints(cls)
-    rows = []
-    for f in dataclasses.fields(cls):
-        default = f.default if f.default is not dataclasses.MISSING else None
-        if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            default = f.default_factory()  # type: ignore[misc]
-        rows.append({"key": f.name, "type": _type_name(hints[f.name]), "default": repr(default)})
-    return rows
+    """Keys, types and defaults, for `packager targets` and docs (read off the JSON Schema)."""
+    props = json_schema(cls)["properties"]
+    return [
+        {"key": key, "type": _schema_type(s), "default": repr(s.get("default"))}
+        for key, s in props.items()
+    ]

@@ -6,16 +6,18 @@ gates, bundle) is shared code in packager/."""
 from __future__ import annotations
 
 import inspect
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from packager.config import Config
 from packager.data import Dataset
+from packager.documents import CheckStatus
 from packager.model import ModelInfo
 from packager.preprocess import Preprocess
 from packager.progress import Progress
@@ -68,8 +70,10 @@ class Check:
             self.passed = False
 
     @property
-    def status(self) -> str:
-        return "not-run" if not self.ran else "passed" if self.passed else "failed"
+    def status(self) -> CheckStatus:
+        if not self.ran:
+            return CheckStatus.not_run
+        return CheckStatus.passed if self.passed else CheckStatus.failed
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -117,6 +121,57 @@ class Proxy:
 
     runner: str  # name passed to Target.runner(kind=...)
     label: str
+
+
+def _runs() -> Status:
+    return Status(True)
+
+
+@dataclass
+class CrossCheck:
+    """A second runner on the same bundle, declared by a target and run by the build (through
+    the worker, like validation) on the validation split. With a flip limit, its positive-class
+    decisions are compared with the validated ones: one gate line, failed above the limit and
+    "not-run" (never passed) when `available()` says no or the runtime is missing. Without one,
+    its outputs are only measured and handed to Target.cross_checked."""
+
+    name: str  # the gate line
+    runner: str  # a `kind` the target's runtime.py open_runtime knows
+    max_flips: int | None = None  # decisions allowed to differ...
+    max_flip_rate: float | None = None  # ...or ceil(rate * n) of them
+    inputs: Literal["tensors", "images"] = "tensors"  # preprocessed tensors, or raw uint8 images
+    options: dict[str, Any] = field(default_factory=dict)  # over the build's runner options
+    output: Literal["model", "probabilities"] = "model"  # "model": the model's own output kind
+    value: Literal["flips", "agreement"] = "flips"  # what the gate line shows
+    available: Callable[[], Status] = _runs  # why it cannot run on this host, if it cannot
+    # Auxiliary model files the runner reads instead of the bundle's: written by scratch(ctx,
+    # folder), which returns the runner options there; the bundle's runtime.py runs on them.
+    scratch: Callable[[BuildContext, Path], dict[str, Any]] | None = None
+
+    def __post_init__(self) -> None:
+        if self.max_flips is not None and self.max_flip_rate is not None:
+            raise ValueError(
+                f"cross-check {self.name!r}: give max_flips or max_flip_rate, not both"
+            )
+
+    def allowed(self, n: int) -> int | None:
+        """Flipped decisions allowed among `n`; None: measured only, no gate."""
+        if self.max_flips is not None:
+            return self.max_flips
+        return None if self.max_flip_rate is None else math.ceil(self.max_flip_rate * n)
+
+
+@dataclass
+class CrossCheckResult:
+    """What the build measured for one cross-check, for Target.cross_checked."""
+
+    check: CrossCheck
+    outputs: np.ndarray  # the runner's raw outputs, (N, -1)
+    probs: np.ndarray | None  # as probabilities; None for a measured-only cross-check
+    flipped: list[int]  # indices whose decision differs from the validated runner's
+    max_abs_diff: float  # max |p| difference of the positive class from the validated runner's
+    runtime: dict[str, Any]  # the runner's info()
+    notes: list[str] = field(default_factory=list)  # appended to the gate line's reason
 
 
 class Target(ABC):
@@ -172,6 +227,13 @@ class Target(ABC):
         """Extra benchmark configurations (label, runner option overrides)."""
         return []
 
-    def checks(self, ctx: BuildContext, stage: Path, probs: np.ndarray) -> list[Check]:
-        """Target-specific checks after validation (e.g. agreement of a second model)."""
+    def cross_checks(self, options: dict[str, Any]) -> list[CrossCheck]:
+        """Second runners whose decisions must agree with the validated runner's, for these
+        runner options (e.g. another execution provider, or a model that takes image bytes)."""
         return []
+
+    def cross_checked(  # noqa: B027 - optional hook
+        self, ctx: BuildContext, stage: Path, probs: np.ndarray, results: list[CrossCheckResult]
+    ) -> None:
+        """Target-specific follow-up on the cross-checks that ran, given their outputs and the
+        validated probabilities (a report file in the bundle, notes on a result); runs nothing."""

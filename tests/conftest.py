@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import NoReturn
 
 import pytest
+from filelock import FileLock
 
 from tests.models import make_classifier
 
@@ -54,9 +55,17 @@ def data_path() -> Path:
     return DATA
 
 
+def run_shared(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A temp folder common to every pytest-xdist worker of this run (the run's own otherwise)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+
+
 @pytest.fixture(scope="session")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("models")
+    path = run_shared(tmp_path_factory) / "models"
+    path.mkdir(exist_ok=True)
+    return path
 
 
 @pytest.fixture(scope="session")
@@ -65,8 +74,9 @@ def make_model(models_dir: Path, data_path: Path) -> Callable[..., Path]:
 
     def make(name: str = "tiny", **variant: object) -> Path:
         path = models_dir / f"{name}.onnx"
-        if not path.exists():
-            make_classifier(path, str(data_path), **variant)  # type: ignore[arg-type]
+        with FileLock(str(path) + ".lock"):  # shared by the xdist workers
+            if not path.exists():
+                make_classifier(path, str(data_path), **variant)  # type: ignore[arg-type]
         return path
 
     return make
@@ -232,17 +242,25 @@ def _default_dist(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path
 ) -> Callable[[], tuple[Path, Result]]:
     """Runs `packager build --all --no-bench --json -q` with DEFAULT_TOML on first use, once a
-    session, with fixed SOURCE_DATE_EPOCH, TZ and umask (tests/test_reproducible.py rebuilds
-    with other settings and compares)."""
+    run, with fixed SOURCE_DATE_EPOCH, TZ and umask (tests/test_reproducible.py rebuilds
+    with other settings and compares). Under pytest-xdist the workers share it: the first
+    builds under a file lock in the run's common temp folder, the others read its result."""
     done: list[tuple[Path, Result]] = []
+    shared = run_shared(tmp_path_factory)
 
     def get() -> tuple[Path, Result]:
         if not done:
-            root = tmp_path_factory.mktemp("default-all")
-            toml = DEFAULT_TOML.format(model=tiny_model, data=data_path)
-            (root / "packager.toml").write_text(toml)
-            args = ["build", "--all", "--no-bench", "--json", "-q"]
-            done.append((root, run_with(args, root, **DEFAULT_DIST_ENV)))
+            root = shared / "default-all"
+            with FileLock(str(shared / "default-all.lock")):
+                saved = shared / "default-all.json"
+                if not saved.is_file():
+                    root.mkdir()
+                    toml = DEFAULT_TOML.format(model=tiny_model, data=data_path)
+                    (root / "packager.toml").write_text(toml)
+                    args = ["build", "--all", "--no-bench", "--json", "-q"]
+                    r = run_with(args, root, **DEFAULT_DIST_ENV)
+                    saved.write_text(json.dumps([r.code, r.stdout, r.stderr]))
+                done.append((root, Result(*json.loads(saved.read_text()))))
         return done[0]
 
     return get

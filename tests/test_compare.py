@@ -11,9 +11,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import tomllib
 
-from packager.compare import SCENARIOS, load_sla, recommend, write_comparison
+from packager.compare import write_comparison
+from packager.errors import UserError
+from packager.recommend import SCENARIOS, recommend
 from packager.report import summarize
+from packager.sla import load_sla
 from tests.conftest import Result, assert_user_error
 from tests.test_report import TARGET, build_bundle, load, make_flipped
 
@@ -303,3 +307,32 @@ def test_flipped_bundle_counts_its_flips(
     assert r.code == 0, r.stderr
     assert "| flips vs reference | 0 | 3 | \\+3 |" in r.stdout
     assert "sensitivity regression" in r.stdout
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[sla]\nlatency_ms = nan\n", "[sla].latency_ms = nan must be a non-negative number"),
+        ("[sla]\nlatency_ms = true\n", "[sla].latency_ms = True must be a non-negative number"),
+        ("[sla]\nlatency_ms = '3'\n", "[sla].latency_ms = '3' must be a non-negative number"),
+        ("sla = 3\n", "sla must be a table ([sla])"),
+        ("regression = 3\n", "regression must be a table ([regression])"),
+        ("[regression]\nlatency_increase = -0.1\n", "[regression].latency_increase = -0.1 must"),
+        ("[sla.cpu-onnxruntime]\nlatncy_ms = 1\n", "unknown SLA metric 'latncy_ms'"),
+        ("[sla.cpu-onnxruntime]\nsensitivity = 95\n", "[sla.cpu-onnxruntime].sensitivity is a"),
+        ("[regression]\n", "sets no threshold"),
+    ],
+)
+def test_sla_values_are_strict_non_negative_numbers(
+    tmp_path: Path, text: str, message: str
+) -> None:
+    with pytest.raises(UserError) as err:
+        load_sla(sla_file(tmp_path, text))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_the_example_sla_file_loads_as_written() -> None:
+    path = Path(__file__).resolve().parents[1] / "examples" / "pneumonia" / "sla.toml"
+    sla = load_sla(path)
+    assert sla.base == tomllib.loads(path.read_text())["sla"]  # ints kept as equal floats
+    assert sla.tolerances.sensitivity_drop == 0.005 and sla.tolerances.latency_increase == 0.10

@@ -90,6 +90,13 @@ def mono1_8bit(root: Path, images: np.ndarray, labels: np.ndarray) -> tuple[Path
     return class_folders(root, inv, labels, photometric="MONOCHROME1"), "", folder_order(labels)
 
 
+def ybr_full_8bit(root: Path, images: np.ndarray, labels: np.ndarray) -> tuple[Path, str, list]:
+    """Colour DICOM (as a scanner's secondary capture may be): YBR_FULL with neutral chroma
+    (Cb = Cr = 128), which pydicom converts to R = G = B = Y."""
+    ybr = np.stack([images, np.full_like(images, 128), np.full_like(images, 128)], axis=-1)
+    return class_folders(root, ybr, labels, photometric="YBR_FULL"), "", folder_order(labels)
+
+
 def csv_12bit(root: Path, images: np.ndarray, labels: np.ndarray) -> tuple[Path, str, list]:
     """12-bit CR files without suffix, labelled by a CSV with metadata, whose own (wrong) window
     is overridden by [data.dicom] window: LINEAR center 2040.5 width 4081 maps 16*v back to v."""
@@ -114,7 +121,7 @@ def folder_order(labels: np.ndarray) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("rendition", [mono2_8bit, mono1_8bit, csv_12bit])
+@pytest.mark.parametrize("rendition", [mono2_8bit, mono1_8bit, ybr_full_8bit, csv_12bit])
 def test_dicom_rendition_gives_the_npz_decisions(
     rendition: Callable, split, npz_build, tiny_model: Path, tmp_path: Path
 ) -> None:
@@ -158,6 +165,13 @@ def test_dicom_bit_depths_and_compression_read_as_the_8bit_values(split, tmp_pat
             window_function="LINEAR_EXACT",
         )
         assert np.array_equal(load_image(f), img.astype(np.float32))
+    # Colour: RGB as stored, and YBR_FULL through pydicom's conversion, both to R = G = B.
+    img = images[0]
+    rgb = np.stack([img] * 3, axis=-1)
+    ybr = np.stack([img, np.full_like(img, 128), np.full_like(img, 128)], axis=-1)
+    for name, pixels in (("RGB", rgb), ("YBR_FULL", ybr)):
+        f = write_dicom(tmp_path / f"{name}.dcm", pixels, photometric=name)
+        assert np.array_equal(load_image(f), rgb), name
     for syntax in ("1.2.840.10008.1.2.5", "1.2.840.10008.1.2.4.90"):  # RLE, JPEG 2000 lossless
         from pydicom.pixels import get_decoder, get_encoder
 

@@ -4,6 +4,7 @@ cycle (packager/ reaches targets only through the `packager.targets` entry point
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -17,11 +18,15 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     out = tmp_path_factory.mktemp("wheel")
+    # A copy: building writes build/ and *.egg-info into the source folder.
+    src = out / "src"
+    skip = (".*", "build", "dist", "*.egg-info", "test-artifacts", "__pycache__")
+    shutil.copytree(REPO, src, ignore=shutil.ignore_patterns(*skip))
     # No build isolation: the venv's setuptools is the one pyproject.toml asks for, and CI has
     # no network guarantee for a second download.
     run = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-v", "-w"]
-        + [str(out), str(REPO)],
+        + [str(out), str(src)],
         capture_output=True,
         text=True,
         check=True,

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from packager.metrics import clinical, roc_auc, to_probabilities, wilson
+from packager.metrics import clinical, flipped, roc_auc, to_probabilities, wilson
 
 
 def test_sensitivity_matches_an_independent_count() -> None:
@@ -53,3 +53,20 @@ def test_multiclass_one_vs_rest_and_softmax() -> None:
 def test_non_finite_scores_are_flagged() -> None:
     probs = np.array([[np.nan, np.nan], [0.2, 0.8]])
     assert not clinical(probs, np.array([1, 1]), 1, 0.5).finite
+
+
+def test_flipped_matches_a_plain_recount_with_non_finite_rows() -> None:
+    rng = np.random.default_rng(1)
+    a, b = rng.random((300, 3)), rng.random((300, 3))
+    b[:5] = a[:5]  # agreeing rows
+    a[7, 2], b[7, 2] = np.nan, 0.9  # NaN decides negative: a flip
+    a[8, 2], b[8, 2] = 0.9, np.inf  # +inf decides positive: no flip
+    a[9, 2], b[9, 2] = -np.inf, 0.1  # -inf decides negative: no flip
+
+    def positive(p: float) -> bool:
+        return bool(p >= 0.3) and not np.isnan(p)
+
+    got = flipped(a, b, positive=2, threshold=0.3)
+    expected = [i for i in range(300) if positive(a[i, 2]) != positive(b[i, 2])]
+    assert got == expected and 7 in got and 8 not in got and 9 not in got
+    assert not set(got) & set(range(5))

@@ -42,14 +42,21 @@ def import_runtime(code: Path) -> Any:
     path = code / "runtime.py"
     if not path.is_file():
         raise Refused(f"{code} has no runtime.py; is it a packager bundle?", EXIT_USAGE)
-    if str(code) not in sys.path:
-        sys.path.insert(0, str(code))
     spec = importlib.util.spec_from_file_location("bundle_runtime", path)
     if spec is None or spec.loader is None:
         raise Refused(f"cannot import {path}", EXIT_USAGE)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses in runtime.py look their module up there
-    spec.loader.exec_module(module)
+    # The folder is on the path only while runtime.py imports: left there, a bundle's folders
+    # (triton/, ...) would shadow installed packages of the same name in a host process.
+    added = str(code) not in sys.path
+    if added:
+        sys.path.insert(0, str(code))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if added:
+            sys.path.remove(str(code))
     return module
 
 

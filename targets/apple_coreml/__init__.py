@@ -33,9 +33,11 @@ from packager.targets.apple_coreml.runtime import NOT_MAC, PROBS_OUTPUT, SCORES_
 from packager import __version__
 from packager.errors import UserError
 from packager.installed import missing
+from packager.metrics import flipped as flipped_decisions
 from packager.metrics import to_probabilities
 from packager.model import ModelInfo, load_model
 from packager.preprocess import Preprocess
+from packager.schema import typed
 from packager.shipped.predict import infer_all
 from packager.target import Availability, BuildContext, BuildOutput, Check, Proxy, Status, Target
 
@@ -50,7 +52,7 @@ PROXY_LABEL = (
 )
 
 
-@dataclass
+@typed
 class Options:
     # auto: packager.search tries fp16 and fp32, ships the best one passing every gate.
     precision: Literal["fp16", "fp32", "auto"] = "fp16"
@@ -456,7 +458,7 @@ def translation_check(
         proxy.close()
     pos, thr = cfg.labels.positive_index, cfg.labels.threshold
     diff = float(np.max(np.abs(ours - ref))) if len(x) else 0.0
-    flipped = [int(i) for i in np.flatnonzero((ours[:, pos] >= thr) != (ref[:, pos] >= thr))]
+    flipped = flipped_decisions(ours, ref, pos, thr)
     details = {"n": len(x), "max_abs_diff": diff, "flipped": flipped, "atol": opts.translation_atol}
     where = "PyTorch module vs ONNX Runtime on the validation split"
     return [

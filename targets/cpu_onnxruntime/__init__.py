@@ -4,16 +4,16 @@ every other target's sensitivity drop is measured against."""
 from __future__ import annotations
 
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 from packager.model import ModelInfo
 from packager.ort_support import ort_accepts
+from packager.schema import typed
 from packager.target import PRE_QUANTIZED, Availability, BuildContext, BuildOutput, Status, Target
 
 
-@dataclass
+@typed
 class Options:
     threads: int = 0  # 0: ONNX Runtime's default
     optimization: Literal["none", "basic", "extended", "all"] = "all"

@@ -10,7 +10,7 @@ import re
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import cache
 from pathlib import Path
 from typing import Any, Literal
@@ -21,6 +21,7 @@ from packager.errors import ConversionFailed, ModelRefused, Unavailable, UserErr
 from packager.installed import missing
 from packager.metrics import clinical, to_probabilities
 from packager.model import ModelInfo
+from packager.schema import typed
 from packager.target import (
     PRE_QUANTIZED,
     REEXPORT_QDQ,
@@ -57,7 +58,7 @@ WEIGHT_PATH_OPS = {
 OVMS_IMAGE = "openvino/model_server:latest"
 
 
-@dataclass
+@typed
 class Options:
     # auto: packager.search tries every candidate, ships the best one passing every gate.
     precision: Literal["fp32", "fp16", "bf16", "int8", "auto"] = "fp32"

@@ -11,7 +11,7 @@ import re
 import shutil
 import string
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,13 +29,15 @@ from packager.ort_quant import (
 )
 from packager.ort_support import ort_accepts
 from packager.preprocess import Preprocess
-from packager.runner import predict
+from packager.schema import typed
 from packager.target import (
     PRE_QUANTIZED,
     Availability,
     BuildContext,
     BuildOutput,
     Check,
+    CrossCheck,
+    CrossCheckResult,
     Status,
     Target,
 )
@@ -46,12 +48,14 @@ CONFIG = "required_operators.config"
 IMAGE_CONFIG = "required_operators_image.config"
 USABILITY = "mobile_usability.txt"
 IMAGE_REPORT = "image_model_validation.json"
+IMAGE_AGREEMENT = "image_model_agreement"  # the gate line
+IN_GRAPH_PREPROCESSING = "in-graph pre-processing"  # measured only
 # Resize's `antialias` (what PIL does when it shrinks an image) arrived in opset 18.
 IMAGE_OPSET = 18
 REPLAY = {"session.enable_saved_runtime_optimizations": "1"}
 
 
-@dataclass
+@typed
 class Options:
     # auto: packager.search tries every candidate, ships the best one passing every gate.
     quantize: Literal["none", "dynamic", "static", "auto"] = "none"
@@ -233,53 +237,52 @@ class EdgeOrt(Target):
     def requirements(self, options: dict[str, Any]) -> list[str]:
         return ["onnxruntime"] + (["onnxruntime-extensions"] if options.get("image_model") else [])
 
-    def checks(self, ctx: BuildContext, stage: Path, probs: np.ndarray) -> list[Check]:
-        """The image-bytes model against the tensor model, on the validation split as PNGs."""
-        if not ctx.options.embed_preprocessing:
+    def cross_checks(self, options: dict[str, Any]) -> list[CrossCheck]:
+        """The image-bytes model against the tensor model, on the validation split as PNGs
+        (no decision may differ), and the in-graph pre-processing alone, to measure it against
+        preprocess.py."""
+        if not options.get("image_model"):
             return []
-        options = json.loads((stage / "runtime.json").read_text())["runner_options"]
-        images = ctx.validation.images
-        timeout = ctx.config.bench.timeout_s
-        with ctx.progress.step(self.name, f"image model on {len(images)} PNGs"):
-            image_probs, _ = predict(
-                self.name, stage, options, images, None, timeout, "image-bytes"
-            )
-            with tempfile.TemporaryDirectory(prefix="packager-edge-") as tmp:
-                # The in-graph pre-processing alone, to measure it against preprocess.py.
-                onnx.save(preprocess_model(ctx.preprocess), str(Path(tmp) / "pre.onnx"))
-                tensors, _ = predict(
-                    self.name,
-                    Path(tmp),
-                    {"image_model": "pre.onnx"},
-                    images,
-                    None,
-                    timeout,
-                    "image-bytes",
-                    code=stage,  # the bundle's runtime.py on the in-graph preprocessing alone
-                )
-        pos, thr = ctx.config.labels.positive_index, ctx.config.labels.threshold
-        differ = [
-            int(i) for i in np.flatnonzero((image_probs[:, pos] >= thr) != (probs[:, pos] >= thr))
+        return [
+            CrossCheck(
+                IMAGE_AGREEMENT,
+                "image-bytes",
+                max_flips=0,
+                inputs="images",
+                output="probabilities",  # the image model ends in its own softmax
+                value="agreement",
+            ),
+            CrossCheck(IN_GRAPH_PREPROCESSING, "image-bytes", inputs="images", scratch=_pre_only),
         ]
-        reference = ctx.preprocess(images).reshape(len(images), -1).astype(np.float32)
-        summary = {
-            "n": len(images),
+
+    def cross_checked(
+        self, ctx: BuildContext, stage: Path, probs: np.ndarray, results: list[CrossCheckResult]
+    ) -> None:
+        """image_model_validation.json, and the in-graph pre-processing's input difference on
+        the agreement gate line."""
+        got = {r.check.name: r for r in results}
+        image, pre = got.get(IMAGE_AGREEMENT), got.get(IN_GRAPH_PREPROCESSING)
+        if image is None:
+            return
+        n = len(probs)
+        summary: dict[str, Any] = {
+            "n": n,
             "encoding": "PNG",
-            "agreeing_decisions": len(images) - len(differ),
-            "differing_indices": differ,
-            "max_abs_diff_probability": float(np.max(np.abs(image_probs[:, pos] - probs[:, pos]))),
-            "max_abs_diff_input_tensor": float(np.max(np.abs(tensors - reference))),
+            "agreeing_decisions": n - len(image.flipped),
+            "differing_indices": image.flipped,
+            "max_abs_diff_probability": image.max_abs_diff,
         }
+        if pre is not None:
+            reference = ctx.x.reshape(n, -1).astype(np.float32)
+            dx = float(np.max(np.abs(pre.outputs - reference)))
+            summary["max_abs_diff_input_tensor"] = dx
+            image.notes.append(f"in-graph vs preprocess.py input max |dx| {dx:.2e}")
         (stage / IMAGE_REPORT).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        agreement = summary["agreeing_decisions"] / len(images)
-        reason = (
-            f"{summary['agreeing_decisions']}/{len(images)} decisions agree; max |dp| "
-            f"{summary['max_abs_diff_probability']:.2e}; in-graph vs preprocess.py input max |dx| "
-            f"{summary['max_abs_diff_input_tensor']:.2e}"
-        )
-        if differ:
-            reason += f"; differ at indices {differ}"
-        return [Check("image_model_agreement", round(agreement, 6), 1.0, not differ, reason)]
+
+
+def _pre_only(ctx: BuildContext, folder: Path) -> dict[str, Any]:
+    onnx.save(preprocess_model(ctx.preprocess), str(folder / "pre.onnx"))
+    return {"image_model": "pre.onnx"}
 
 
 _NO_EXTENSIONS = (

@@ -11,8 +11,6 @@ says `not-validated` with the reason.
 
 from __future__ import annotations
 
-import json
-import math
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
@@ -24,7 +22,6 @@ from packager.targets.gpu_tensorrt.runtime import Gpu, cuda, cudart, current_gpu
 
 from packager.errors import ConversionFailed, Unavailable, UserError
 from packager.installed import missing
-from packager.metrics import to_probabilities
 from packager.model import (
     DEFAULT_DOMAINS,
     ModelInfo,
@@ -34,14 +31,14 @@ from packager.model import (
     split_op,
 )
 from packager.ort_quant import quantize_static_qdq
-from packager.runner import predict
+from packager.schema import typed
 from packager.target import (
     PRE_QUANTIZED,
     REEXPORT_QDQ,
     Availability,
     BuildContext,
     BuildOutput,
-    Check,
+    CrossCheck,
     Proxy,
     Status,
     Target,
@@ -51,7 +48,7 @@ from packager.triton import Accelerator, Tensor, TritonModel, serve_commands, wr
 DEFAULT_PREFERRED = (8, 16, 32)
 
 
-@dataclass
+@typed
 class Options:
     # auto: packager.search tries every candidate, ships the best one passing every gate.
     precision: Literal["fp16", "fp32", "int8", "auto"] = "fp16"
@@ -445,22 +442,24 @@ class GpuTensorRT(Target):
             "(not TensorRT, not a GPU)",
         )
 
-    def checks(self, ctx: BuildContext, stage: Path, probs: np.ndarray) -> list[Check]:
-        """With CUDA: ONNX Runtime's CUDA provider on the same ONNX must agree with TensorRT."""
-        if cuda_host()[0] is None:
+    def cross_checks(self, options: dict[str, Any]) -> list[CrossCheck]:
+        """With CUDA: ONNX Runtime's CUDA provider on the same ONNX must agree with TensorRT
+        (within 1% of the decisions)."""
+        if cuda_host()[0] is None:  # validated on the CPU proxy: there is no TensorRT to check
             return []
-        import onnxruntime as ort
+        return [
+            CrossCheck(
+                "decisions differing from ONNX Runtime CUDA",
+                "ort-cuda",
+                max_flip_rate=0.01,
+                available=_ort_cuda,
+            )
+        ]
 
-        name = "decisions differing from ONNX Runtime CUDA"
-        limit = math.ceil(0.01 * len(probs))
-        if "CUDAExecutionProvider" not in ort.get_available_providers():
-            return [Check(name, None, limit, False, "onnxruntime-gpu is not installed", ran=False)]
-        opts = json.loads((stage / "runtime.json").read_text())["runner_options"]
-        x = ctx.preprocess(ctx.validation.images)
-        scores, _ = predict(
-            self.name, stage, opts, x, ctx.model.fixed_batch, ctx.config.bench.timeout_s, "ort-cuda"
-        )
-        other = to_probabilities(scores, ctx.output_kind)
-        pos, thr = ctx.config.labels.positive_index, ctx.config.labels.threshold
-        flips = int(np.sum((probs[:, pos] >= thr) != (other[:, pos] >= thr)))
-        return [Check(name, flips, limit, flips <= limit)]
+
+def _ort_cuda() -> Status:
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        return Status(True)
+    return Status(False, "onnxruntime-gpu is not installed")

@@ -41,3 +41,24 @@ def test_validate_and_bench_an_existing_bundle(project, cli, data_path) -> None:
     assert [b["batch_size"] for b in r.json["batches"]] == [1, 2]
     # ONNX Runtime does not time its own calls: no runtime-clock column is invented for it.
     assert all("runtime_latency_ms" not in b for b in r.json["batches"])
+
+
+def test_loading_a_bundle_runtime_leaves_the_import_path_alone(default_build, tmp_path) -> None:
+    """A host process (the build, the tests) that loads a bundle's runtime.py keeps its own
+    sys.path: a bundle folder left on it made its triton/ folder shadow a real `triton`."""
+    import importlib.util
+    import shutil
+    import sys
+
+    from packager.shipped.predict import import_runtime
+    from tests.conftest import bundle_dir
+
+    root, _ = default_build("cpu-onnxruntime")
+    bundle = tmp_path / "bundle"
+    shutil.copytree(bundle_dir(root, "cpu-onnxruntime"), bundle)
+    (bundle / "tests_marker_pkg").mkdir(exist_ok=True)  # any folder in a bundle is importable
+    before = list(sys.path)
+    module = import_runtime(bundle)
+    assert hasattr(module, "open_runtime")
+    assert sys.path == before
+    assert importlib.util.find_spec("tests_marker_pkg") is None

@@ -15,6 +15,7 @@ import pytest
 from packager.targets.edge_ort import IMAGE_MODEL, MODEL, Options
 from PIL import Image
 
+from packager.build import run_cross_checks
 from packager.config import load_config
 from packager.progress import Progress
 from packager.registry import get
@@ -163,7 +164,8 @@ def test_a_disagreement_lists_the_images_and_fails_the_gate(embedded: Path) -> N
     with np.load(embedded / BUNDLE / "validation.npz") as v:
         probs = v["probs"].astype(np.float64)
     probs[[3, 10]] = 1 - probs[[3, 10]]  # a tensor model that decides otherwise on two images
-    [check] = get("edge-ort").checks(ctx, embedded / BUNDLE, probs)
+    options = json.loads((embedded / BUNDLE / "runtime.json").read_text())["runner_options"]
+    [check] = run_cross_checks(get("edge-ort"), ctx, embedded / BUNDLE, options, probs)
     assert not check.passed and check.value == pytest.approx(622 / 624, abs=1e-6)
     assert "differ at indices [3, 10]" in check.reason
 
