@@ -255,7 +255,9 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     }
     targets = data.get("targets", {})
     if not isinstance(targets, dict) or not all(isinstance(v, dict) for v in targets.values()):
-        raise UserError("[targets] must hold one table per target, e.g. [targets.cpu-openvino]")
+        raise UserError(
+            "[targets] must hold one table per target, e.g. [targets.<name>] (see `packager targets`)"
+        )
     cfg = Config(**sections, targets=targets, source=source)
     cfg.model.path = _resolve(base, cfg.model.path)
     cfg.data.path = _resolve(base, cfg.data.path)

@@ -177,7 +177,7 @@ class CrossCheckResult:
 class Target(ABC):
     name: ClassVar[str]
     summary: ClassVar[str]
-    Options: ClassVar[type]  # a dataclass; [targets.<name>] is validated against it
+    Options: ClassVar[type]  # a @packager.schema.typed dataclass: [targets.<name>] validates on it
     int8_option: ClassVar[tuple[str, Any] | None] = None  # what --int8 sets, if supported
     shipped: ClassVar[tuple[str, ...]] = ()  # packager/shipped modules runtime.py imports
     is_reference: ClassVar[bool] = False  # the one every other target is compared with

@@ -254,7 +254,7 @@ def _default_dist(
             with FileLock(str(shared / "default-all.lock")):
                 saved = shared / "default-all.json"
                 if not saved.is_file():
-                    root.mkdir()
+                    root.mkdir(exist_ok=True)  # a worker that died mid-build left it
                     toml = DEFAULT_TOML.format(model=tiny_model, data=data_path)
                     (root / "packager.toml").write_text(toml)
                     args = ["build", "--all", "--no-bench", "--json", "-q"]
