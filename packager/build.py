@@ -369,15 +369,14 @@ def _validate(
         + built.checks
         + run_cross_checks(t, ctx, bdir, built.runner_options, probs)
     )
-    failed = [c for c in checks if not c.passed]
-    steps.append(
-        Step(
-            "validate",
-            "failed" if failed else "ok",
-            "; ".join(f"{c.name} {c.value} vs {c.limit}" for c in failed)
-            or (f"proxy: {proxy_label}" if proxy_label else ""),
-        )
-    )
+    # A check that did not run is no failure here, nor a pass: finish_report's verdict makes
+    # the bundle not validated, and this step names it.
+    failed = [c for c in checks if c.ran and not c.passed]
+    why = [f"{c.name} {c.value} vs {c.limit}" for c in failed]
+    why += [f"{c.name} not run ({c.reason})" for c in checks if not c.ran]
+    if proxy_label and not failed:
+        why.append(f"proxy: {proxy_label}")
+    steps.append(Step("validate", StepStatus.failed if failed else StepStatus.ok, "; ".join(why)))
     save_validation(bdir, s.validation.labels, probs, reference)
     clinical = asdict(clin)
     clinical["split"] = s.validation.split

@@ -16,6 +16,7 @@ import onnx
 
 from packager.errors import UserError
 from packager.model import graph_inputs, upgrade_opset
+from packager.shipped.predict import batches
 
 # Per-channel QDQ weights need DequantizeLinear's `axis`, added in opset 13.
 QDQ_MIN_OPSET = 13
@@ -49,25 +50,20 @@ def _cache_path(prepared: Path, calibration: np.ndarray) -> Path | None:
 
 class CalibrationReader:
     """Feeds calibration images to the quantizer in the model's batch size (the last batch is
-    padded by repeating its last image when the batch size is fixed)."""
+    padded by repeating its last image)."""
 
     def __init__(self, x: np.ndarray, input_name: str, batch: int) -> None:
         self.x = x
         self.input_name = input_name
         self.batch = batch
-        self.pos = 0
+        self.rewind()
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        if self.pos >= len(self.x):
-            return None
-        chunk = self.x[self.pos : self.pos + self.batch]
-        self.pos += self.batch
-        if len(chunk) < self.batch:
-            chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - len(chunk), axis=0)])
-        return {self.input_name: np.ascontiguousarray(chunk)}
+        chunk, _ = next(self._batches, (None, 0))
+        return None if chunk is None else {self.input_name: np.ascontiguousarray(chunk)}
 
     def rewind(self) -> None:
-        self.pos = 0
+        self._batches = batches(self.x, self.batch, self.batch)
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:  # qdq_loss_debug iterates readers
         self.rewind()

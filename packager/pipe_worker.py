@@ -20,7 +20,8 @@ from packager.stream import peak_rss_mb, read_frame, write_frame
 
 def main(spec_path: str) -> None:
     job = json.loads(Path(spec_path).read_text())
-    # The protocol owns the real stdout; anything a runtime prints goes to stderr instead.
+    # The protocol owns the real stdout; anything a runtime prints goes to stderr instead (for
+    # the process's life, keeping fd 1 for the frames: not packager.quiet's scoped guard).
     out = os.fdopen(os.dup(1), "wb")
     os.dup2(2, 1)
     inp = sys.stdin.buffer

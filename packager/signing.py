@@ -5,8 +5,6 @@ every file too, so `packager verify` names each changed file with or without a k
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import re
 import tempfile
@@ -19,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from packager.bundle import LEGACY_SIGNATURE, SIGNATURE, make_tarball, safe_extract, verify
 from packager.errors import UserError
+from packager.quiet import stdout_to_stderr
 
 if TYPE_CHECKING:
     from model_signing import hashing
@@ -150,7 +149,7 @@ def check_signature(root: Path, pubkey: Path) -> str:
     try:
         # The library print()s warnings (e.g. about old signature formats): keep them off
         # stdout, which may be `verify --json`'s one JSON document.
-        with contextlib.redirect_stdout(io.StringIO()):
+        with stdout_to_stderr(show=False):
             model_signing.verifying.Config().use_elliptic_key_verifier(
                 public_key=pubkey
             ).set_hashing_config(_hashing()).verify(root, sig)

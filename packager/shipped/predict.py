@@ -19,6 +19,7 @@ import argparse
 import importlib.util
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -92,17 +93,26 @@ def probabilities(scores: np.ndarray, kind: str) -> np.ndarray:
     return e / e.sum(axis=1, keepdims=True)
 
 
-def infer_all(runtime: Any, x: np.ndarray, batch_size: int, fixed_batch: int | None) -> np.ndarray:
-    """Scores for every row of `x` in batches; a fixed-batch model gets its own batch size, the
-    last one padded by repeating its final row."""
+def batches(
+    x: np.ndarray, batch_size: int, fixed_batch: int | None
+) -> Iterator[tuple[np.ndarray, int]]:
+    """`x` in batches, each with its count of real rows; a fixed-batch model gets its own batch
+    size, the last one padded by repeating its final row."""
     bs = fixed_batch or batch_size
-    out = []
     for i in range(0, len(x), bs):
         chunk = x[i : i + bs]
         n = len(chunk)
         if fixed_batch and n < fixed_batch:
             chunk = np.concatenate([chunk, np.repeat(chunk[-1:], fixed_batch - n, axis=0)])
-        out.append(np.asarray(runtime.infer(chunk)).reshape(len(chunk), -1)[:n])
+        yield chunk, n
+
+
+def infer_all(runtime: Any, x: np.ndarray, batch_size: int, fixed_batch: int | None) -> np.ndarray:
+    """Scores for every row of `x` in batches (see `batches`)."""
+    out = [
+        np.asarray(runtime.infer(chunk)).reshape(len(chunk), -1)[:n]
+        for chunk, n in batches(x, batch_size, fixed_batch)
+    ]
     return np.concatenate(out).astype(np.float32)
 
 

@@ -168,6 +168,8 @@ NOISE = (
 def quiet(log: list[str]) -> Iterator[None]:
     """coremltools prints progress bars and import chatter on stderr; keep what matters (e.g.
     'Torch version ... has not been tested with coremltools') in `log` for the report."""
+    # Not packager.quiet: this captures stderr and warnings for the report; build.py's
+    # stdout_to_stderr already guards stdout around target.build.
     import warnings
 
     buf = io.StringIO()
@@ -444,7 +446,9 @@ def spec_checks(
 def translation_check(
     ctx: BuildContext, stage: Path, options: dict[str, Any]
 ) -> tuple[list[Check], dict[str, Any]]:
-    """The saved PyTorch module vs ONNX Runtime (the reference runtime) on the validation split."""
+    """The saved PyTorch module vs ONNX Runtime (the reference runtime) on the validation split.
+    Not a declared CrossCheck: those compare with the validated runner, which off macOS is this
+    same module (a gate that could not fail), and gate on flips only, not on max |dp|."""
     opts: Options = ctx.options
     cfg = ctx.config
     kind = options["scores"]
