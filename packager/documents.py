@@ -2,9 +2,10 @@
 in a bundle, selftest.json (the golden set's tolerance), and the acceptance record the bundle's
 own `predict.py --self-test --record` writes at a hospital.
 
-The models are the single source of truth for these files' shape and their status words: every
-producer in packager/ validates its document here right before writing it (`write`), so a build
-that would write a document outside its model fails instead. The bytes stay those of
+The models are the single source of truth for these files' shape (their status words are the
+enums of packager/status.py): every producer in packager/ validates its document here right
+before writing it (`write`, `checked_text`), so a build that would write a document outside its
+model fails instead. The bytes stay those of
 `json.dumps(data, indent=2, sort_keys=True)`, so readers that treat the files as plain JSON keep
 working. The JSON Schemas in docs/schemas/ are generated from these models
 (`python -m packager.documents docs/schemas`), so a hospital can check a file with standard
