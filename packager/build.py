@@ -27,13 +27,7 @@ from packager.bundle import (
     publish,
     write_manifest,
 )
-from packager.documents import (
-    BenchStatus,
-    RefusalStatus,
-    ReportStatus,
-    ResultStatus,
-    StepStatus,
-)
+from packager.documents import Step
 from packager.errors import ConversionFailed, ModelRefused, PackagerError, Unavailable, UserError
 from packager.evidence import for_build as clinical_evidence
 from packager.hostinfo import host_facts
@@ -46,6 +40,15 @@ from packager.schema import from_dict
 from packager.session import Session
 from packager.shipped import SHIPPED
 from packager.shipped.selftest import file_sha256
+from packager.status import (
+    BenchStatus,
+    CheckStatus,
+    ManifestStatus,
+    RefusalStatus,
+    ReportStatus,
+    ResultStatus,
+    StepStatus,
+)
 from packager.supply_chain import write_sbom_and_provenance
 from packager.target import (
     BuildContext,
@@ -61,7 +64,7 @@ from packager.validate import evaluate, gate_checks, save_validation
 PREPROCESS_SRC = Path(__file__).with_name("preprocess.py")
 BUNDLE_CODE = ("predict.py", "selftest.py")  # every bundle; runtime.py and its siblings besides
 # A target that cannot take this model: refused by its support check or its converter.
-REFUSED = tuple(str(s) for s in documents.RefusalStatus)
+REFUSED = tuple(RefusalStatus)
 CONVERSION_LOG = "conversion.log"
 # packager/ and targets/: an exception raised in their code is a bug, never a converter's refusal;
 # one raised in an installed library (LIBRARIES) during a conversion is that converter's failure.
@@ -73,16 +76,9 @@ LIBRARIES = tuple({Path(sysconfig.get_paths()[k]).resolve() for k in ("purelib",
 
 
 @dataclass
-class Step:
-    name: str
-    status: StepStatus | str  # a str: the self-test step carries its check's status
-    reason: str = ""  # step timings go to progress, not the report: reports are reproducible
-
-
-@dataclass
 class TargetResult:
     target: str
-    status: documents.ResultStatus | str
+    status: ResultStatus
     reason: str = ""
     bundle: str | None = None
     report: dict[str, Any] | None = field(default=None, repr=False)
@@ -217,7 +213,7 @@ def _build_one(
         documents.write(bdir / "report.json", documents.Report, report)
         render_bundle_docs(bdir, report, s)
         write_sbom_and_provenance(bdir, report, _manifest_meta(s, t, built, report))
-        write_manifest(bdir, _manifest_meta(s, t, built, report), documents.Manifest)
+        write_manifest(bdir, _manifest_meta(s, t, built, report))
         make_tarball(bdir, stage / f"{t.name}.tar.gz")
         root = bundle_root(s)
         with locked(out):
@@ -226,7 +222,9 @@ def _build_one(
             else:
                 final = publish(stage, root, t.name)
         s.progress.say(f"[{t.name}] {report['status']}: {final}")
-        return TargetResult(t.name, report["status"], report["reason"], str(final), report)
+        return TargetResult(
+            t.name, ResultStatus(report["status"]), report["reason"], str(final), report
+        )
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
@@ -256,7 +254,7 @@ def _converter_errors() -> Iterator[None]:
         ) from exc
 
 
-def _refused(s: Session, target: str, status: str, reason: str, log: str) -> TargetResult:
+def _refused(s: Session, target: str, status: RefusalStatus, reason: str, log: str) -> TargetResult:
     """A target that cannot take the model: its one-line reason, and the full log kept under
     DIR/.failed/<name>-<version>/<target>/ (published like a failed bundle; nothing else)."""
     reason = " ".join(reason.split())
@@ -285,7 +283,7 @@ def _refused(s: Session, target: str, status: str, reason: str, log: str) -> Tar
     except BaseException:
         shutil.rmtree(stage, ignore_errors=True)
         raise
-    return TargetResult(target, status, reason, None, log=str(final / CONVERSION_LOG))
+    return TargetResult(target, ResultStatus(status), reason, None, log=str(final / CONVERSION_LOG))
 
 
 def _artifact_mb(bdir: Path, built: BuildOutput) -> float:
@@ -353,7 +351,7 @@ def _validate(
     if not avail.validate.ok:
         proxy = t.proxy(built.runner_options)
         if proxy is None:
-            steps.append(Step("validate", "skipped", avail.validate.reason))
+            steps.append(Step("validate", StepStatus.skipped, avail.validate.reason))
             return _report_head(s, t, built, None, [], avail.validate.reason, None)
         kind, proxy_label = proxy.runner, proxy.label
     what = f"validating on {proxy_label or 'its runtime'} ({len(s.validation)} images)"
@@ -477,7 +475,7 @@ def _selftest(
     `predict.py --self-test` on the staged bundle, as a hospital will: a failure is a gate."""
     if report["clinical"] is None:
         reason = "neither the target's runtime nor a proxy runs on this host"
-        report["selftest"] = {"status": documents.CheckStatus.not_run, "reason": reason}
+        report["selftest"] = {"status": CheckStatus.not_run, "reason": reason}
         steps.append(Step("selftest", StepStatus.skipped, reason))
         return
     cfg, kind = s.cfg, report["validation"]["kind"]
@@ -522,12 +520,12 @@ def _selftest(
     summary["build_host"] = {"verdict": record.get("verdict"), "line": check.reason}
     report["selftest"] = summary
     report["gates"] = gates([*report["gates"]["checks"], check.to_dict()])
-    steps.append(Step("selftest", check.status, check.reason))
+    steps.append(Step("selftest", StepStatus(check.status), check.reason))
 
 
 def _run_selftest(bdir: Path, kind: str, meta: dict[str, Any]) -> tuple[Check, dict[str, Any]]:
     # the self-test checks hashes first; rewritten when complete
-    write_manifest(bdir, meta, documents.Manifest)
+    write_manifest(bdir, meta)
     with tempfile.TemporaryDirectory(prefix="packager-selftest-") as tmp:
         rec = Path(tmp) / "acceptance.json"
         cmd = [sys.executable, str(bdir / "predict.py"), "--self-test", "--record", str(rec)]
@@ -665,7 +663,7 @@ def finish_report(report: dict[str, Any], steps: list[dict[str, Any]]) -> None:
     checks = report["gates"]["checks"]
     # A check that did not run is never a pass, and not a failure either: it leaves the bundle
     # not validated, with the reason.
-    not_run = [c for c in checks if c.get("status") == documents.CheckStatus.not_run]
+    not_run = [c for c in checks if c.get("status") == CheckStatus.not_run]
     failed = [c for c in checks if not c["passed"] and c not in not_run]
     v = report["validation"]
     status: ReportStatus
@@ -691,7 +689,7 @@ def _manifest_meta(
     s: Session, t: Target, built: BuildOutput, report: dict[str, Any]
 ) -> dict[str, Any]:
     runtime = (report["validation"] or {}).get("runtime") or {}
-    status = report.get("status", documents.ManifestStatus.staged)
+    status = report.get("status", ManifestStatus.staged)
     return {
         "name": s.cfg.model.name,
         "version": s.cfg.model.version,

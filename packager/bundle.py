@@ -19,10 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel
-
+from packager import documents
 from packager.data import file_sha256
-from packager.documents import dumps
 from packager.errors import UserError
 
 MANIFEST = "manifest.json"
@@ -50,16 +48,11 @@ def bundle_files(root: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_manifest(
-    root: Path, meta: dict[str, Any], model: type[BaseModel] | None = None
-) -> dict[str, Any]:
-    """manifest.json: `meta` plus every file's sha256, checked against `model` (a build's and
-    `packager validate`'s: packager.documents.Manifest) before it is written."""
+def write_manifest(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
+    """manifest.json: `meta` plus every file's sha256, checked against packager.documents.Manifest
+    before it is written."""
     manifest = {"schema_version": SCHEMA_VERSION, **meta, "files": bundle_files(root)}
-    text = dumps(manifest)
-    if model is not None:
-        model.model_validate_json(text)
-    (root / MANIFEST).write_text(text)
+    (root / MANIFEST).write_text(documents.checked_text(documents.Manifest, manifest))
     return manifest
 
 

@@ -15,6 +15,7 @@ import click
 from packager import __version__
 from packager.errors import GateFailed, ModelRefused, PackagerError, Unavailable
 from packager.progress import Progress
+from packager.status import ReportStatus, ResultStatus
 
 if TYPE_CHECKING:  # pydantic loads only for commands that read a config (~0.1 s)
     from packager.config import Config
@@ -162,7 +163,7 @@ def build_exit(results: list[Any], explicit: bool) -> None:
     named with --target cannot run on this host; --all skips those) > 0."""
     from packager.build import REFUSED
 
-    failed = [r for r in results if r.status in ("failed", "error")]
+    failed = [r for r in results if r.status in (ResultStatus.failed, ResultStatus.error)]
     if failed:
         why = "; ".join(f"{r.target}: {r.reason}" for r in failed)
         kept = next((r.bundle for r in failed if r.bundle), None)
@@ -174,7 +175,7 @@ def build_exit(results: list[Any], explicit: bool) -> None:
             + "; ".join(f"{r.target} {r.status}" for r in refused)
             + " (reasons in the results; full logs under DIR/.failed/)"
         )
-    missing = [r for r in results if r.status == "unavailable"]
+    missing = [r for r in results if r.status == ResultStatus.unavailable]
     if explicit and missing:
         raise Unavailable("; ".join(r.reason for r in missing))
 
@@ -389,7 +390,7 @@ def validate(
     if report.get("files"):
         lines.append(f"report {report['files']['md']}")
     emit(report, as_json, "\n".join(lines))
-    if report["status"] == "failed":
+    if report["status"] == ReportStatus.failed:
         raise GateFailed(report["reason"])
 
 

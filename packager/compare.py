@@ -18,6 +18,7 @@ from packager.recommend import recommend
 from packager.release_diff import diff, host_text
 from packager.report import COLUMNS, cell
 from packager.sla import Sla, Tolerances, load_sla, scorecard
+from packager.status import ReportStatus
 
 FORMATS = ("md", "html", "json")
 
@@ -51,7 +52,7 @@ def _figures(rows: list[dict[str, Any]], sla: Sla | None) -> dict[str, Any]:
             names,
             own,
             [r["sensitivity_ci95"] for r in rows],
-            [r["status"] == "passed" for r in rows],
+            [r["status"] == ReportStatus.passed for r in rows],
             lines,
         )
     }

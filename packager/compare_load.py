@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
+from packager import documents
 from packager.errors import UserError
 from packager.report import summarize
 
@@ -27,23 +30,13 @@ class Loaded:
         )
 
 
-def _check_report(data: Any, where: Path) -> dict[str, Any]:
-    if not isinstance(data, dict) or "target" not in data or "schema_version" not in data:
-        raise UserError(f"{where} is not a packager report.json (no target / schema_version)")
-    if data["schema_version"] != 1:
-        raise UserError(
-            f"{where} has report schema_version {data['schema_version']}; this packager reads 1 "
-            "— compare with the packager version that wrote it"
-        )
-    return data
+FIX = "pass a bundle's report.json written by this packager version"
 
 
 def _read_json(path: Path) -> dict[str, Any]:
     try:
-        return _check_report(json.loads(path.read_text()), path)
-    except json.JSONDecodeError as exc:
-        raise UserError(f"{path} is not valid JSON ({exc}); pass a report.json") from None
-    except (OSError, UnicodeDecodeError) as exc:
+        return documents.load(path, documents.Report, FIX)
+    except OSError as exc:
         raise UserError(f"cannot read {path} ({exc})") from None
 
 
@@ -62,9 +55,15 @@ def _read_tarball(path: Path) -> dict[str, Any]:
                 raise UserError(f"{path} holds no <target>/report.json; pass a bundle tarball")
             f = tar.extractfile(member)
             assert f is not None  # a regular file member always has content
-            return _check_report(json.loads(f.read()), path)
-    except (tarfile.TarError, OSError, json.JSONDecodeError) as exc:
+            text = f.read()
+    except (tarfile.TarError, OSError) as exc:
         raise UserError(f"cannot read {path} as a bundle tarball ({exc})") from None
+    try:
+        documents.Report.model_validate_json(text)
+    except ValidationError as exc:
+        where = Path(f"{path}:{member.name}")
+        raise UserError(documents.mismatch(where, documents.Report, exc, FIX)) from None
+    return json.loads(text)
 
 
 def _visible(p: Path, root: Path) -> bool:

@@ -2,9 +2,10 @@
 in a bundle, selftest.json (the golden set's tolerance), and the acceptance record the bundle's
 own `predict.py --self-test --record` writes at a hospital.
 
-The models are the single source of truth for these files' shape and their status words: every
-producer in packager/ validates its document here right before writing it (`write`), so a build
-that would write a document outside its model fails instead. The bytes stay those of
+The models are the single source of truth for these files' shape (their status words are the
+enums of packager/status.py): every producer in packager/ validates its document here right
+before writing it (`write`, `checked_text`), so a build that would write a document outside its
+model fails instead. The bytes stay those of
 `json.dumps(data, indent=2, sort_keys=True)`, so readers that treat the files as plain JSON keep
 working. The JSON Schemas in docs/schemas/ are generated from these models
 (`python -m packager.documents docs/schemas`), so a hospital can check a file with standard
@@ -23,112 +24,44 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime
-from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, dataclass_transform
 
+import pydantic.dataclasses
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from packager.metrics import Clinical as Metrics
+from packager.status import (
+    BenchStatus,
+    CheckStatus,
+    ManifestStatus,
+    OutputKind,
+    RefusalStatus,
+    ReportStatus,
+    StepStatus,
+    Verdict,
+)
+
 SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+T = TypeVar("T")
 
 
 class _Closed(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+@dataclass_transform(field_specifiers=(Field,))
+def _part(cls: type[T]) -> type[T]:
+    """A closed section written as a dataclass (one that packager's own code builds, or one
+    extending such a dataclass), validated as laxly as the models above (a JSON string is a
+    status word)."""
+    return pydantic.dataclasses.dataclass(cls, config=ConfigDict(extra="forbid"))  # type: ignore[return-value]
+
+
 class _Open(BaseModel):
     """Keys beyond the declared ones are another component's (e.g. a runtime's own info)."""
 
     model_config = ConfigDict(extra="allow")
-
-
-class _Words(str, Enum):
-    """A status word: compares and serializes as its plain string."""
-
-    def __str__(self) -> str:
-        return str(self.value)
-
-    def __hash__(self) -> int:  # equal to its string, so it also finds dict keys and set members
-        return str.__hash__(self)
-
-
-# ---------------------------------------------------------------------------------------------
-# Status words
-
-
-class StepStatus(_Words):
-    """A build step's outcome (report.json steps[].status); the self-test step carries its
-    check's status (passed | failed | not-run)."""
-
-    ok = "ok"
-    failed = "failed"
-    skipped = "skipped"
-    passed = "passed"
-    not_run = "not-run"
-
-
-class CheckStatus(_Words):
-    """One gate line: a check that did not run is never counted as passed."""
-
-    passed = "passed"
-    failed = "failed"
-    not_run = "not-run"
-
-
-class ReportStatus(_Words):
-    """A bundle's verdict (report.json status)."""
-
-    passed = "passed"
-    failed = "failed"
-    not_validated = "not-validated"
-
-
-class ManifestStatus(_Words):
-    """report.json's status, or `staged` in the manifest the self-test checks before the
-    report is finished."""
-
-    passed = "passed"
-    failed = "failed"
-    not_validated = "not-validated"
-    staged = "staged"
-
-
-class RefusalStatus(_Words):
-    """A target that cannot take the model (refusal.json)."""
-
-    unsupported_model = "unsupported-model"
-    conversion_failed = "conversion-failed"
-
-
-class ResultStatus(_Words):
-    """One target's outcome of `packager build` (its --json results[].status)."""
-
-    passed = "passed"
-    failed = "failed"
-    not_validated = "not-validated"
-    unavailable = "unavailable"
-    error = "error"
-    unsupported_model = "unsupported-model"
-    conversion_failed = "conversion-failed"
-
-
-class BenchStatus(_Words):
-    ok = "ok"
-    skipped = "skipped"
-    failed = "failed"
-
-
-class Verdict(_Words):
-    """The acceptance record's verdict (exit codes 0, 1 and 3 of `predict.py --self-test`)."""
-
-    accepted = "accepted"
-    rejected = "rejected"
-    not_run = "not-run"
-
-
-class OutputKind(_Words):
-    logits = "logits"
-    probabilities = "probabilities"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -158,10 +91,13 @@ class Host(_Closed):
     python: str
 
 
-class Step(_Closed):
+@_part
+class Step:
+    """One build step in report.json (build.py, revalidate.py append them)."""
+
     name: str
     status: StepStatus
-    reason: str = ""
+    reason: str = ""  # step timings go to progress, not the report: reports are reproducible
 
 
 class CheckRecord(_Closed):
@@ -212,31 +148,21 @@ class Validation(_Closed):
     kind: str | None = Field(None, description="the runner kind used: main, or a proxy's")
 
 
-class ClinicalMetrics(_Closed):
+@_part
+class ClinicalMetrics(Metrics):
     """packager.metrics.Clinical at the decision threshold, on one split."""
 
-    n: int
-    positives: int
-    threshold: float
-    sensitivity: float
-    sensitivity_ci95: tuple[float, float]
-    specificity: float | None
-    accuracy: float
-    auc: float | None
-    confusion: dict[str, int]
-    finite: bool
-    reference_sensitivity: float | None = None
-    sensitivity_drop: float | None = None
-    flipped: list[int] | None = None
-    max_abs_diff: float | None = None
-    split: str
-    output: OutputKind
+    split: str = Field(kw_only=True)
+    output: OutputKind = Field(kw_only=True)
 
 
+@_part
 class Clinical(ClinicalMetrics):
     """The clinical metrics of a build, plus the evidence for its sign-off."""
 
-    evidence: dict[str, Any] = Field(description="packager/evidence.py: paired test, subgroups…")
+    evidence: dict[str, Any] = Field(
+        kw_only=True, description="packager/evidence.py: paired test, subgroups…"
+    )
 
 
 class SelftestMeasured(_Closed):
@@ -675,12 +601,17 @@ def dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, indent=2, sort_keys=True) + "\n"
 
 
-def write(path: Path, model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
-    """Validate `data` against `model` (a mismatch is packager's bug: pydantic's error, with its
-    traceback), then write it. Returns `data` unchanged."""
+def checked_text(model: type[BaseModel], data: dict[str, Any]) -> str:
+    """`data` in the one layout, validated against `model` (a mismatch is packager's bug:
+    pydantic's error, with its traceback). Every writer of a document goes through here."""
     text = dumps(data)
     model.model_validate_json(text)  # the text itself: keys are strings, tuples are arrays
-    path.write_text(text)
+    return text
+
+
+def write(path: Path, model: type[BaseModel], data: dict[str, Any]) -> dict[str, Any]:
+    """Validate `data` against `model`, then write it. Returns `data` unchanged."""
+    path.write_text(checked_text(model, data))
     return data
 
 
@@ -692,9 +623,15 @@ def read(path: Path, model: type[BaseModel]) -> dict[str, Any]:
     return json.loads(text)
 
 
+def schema_name(model: type[BaseModel]) -> str:
+    """The name of `model`'s published schema: NAME.schema.json."""
+    return next(k for k, m in SCHEMAS.items() if m is model)
+
+
 def load(path: Path, model: type[BaseModel], fix: str) -> dict[str, Any]:
     """A document handed to packager (a bundle's, a record): the plain dict, or a one-line
-    UserError naming the first mismatch with its model's published schema, and `fix`."""
+    UserError naming the first mismatch with its model, where to get its JSON Schema, and
+    `fix`."""
     from pydantic import ValidationError
 
     from packager.errors import UserError
@@ -702,17 +639,23 @@ def load(path: Path, model: type[BaseModel], fix: str) -> dict[str, Any]:
     try:
         return read(path, model)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        if first["type"] == "json_invalid":
-            raise UserError(f"{path} is not valid JSON ({first['msg']})") from None
-        where = ".".join(str(p) for p in first["loc"]) or "top level"
-        name = next(k for k, m in SCHEMAS.items() if m is model)
-        raise UserError(
-            f"{path} does not match docs/schemas/{name}.schema.json ({where}: {first['msg']}); "
-            f"{fix}"
-        ) from None
+        raise UserError(mismatch(path, model, exc, fix)) from None
     except UnicodeDecodeError as exc:
         raise UserError(f"{path} is not valid JSON ({exc})") from None
+
+
+def mismatch(where: Path, model: type[BaseModel], exc: Any, fix: str) -> str:
+    """The one line for a pydantic.ValidationError of `model` on the document at `where`."""
+    first = exc.errors()[0]
+    if first["type"] == "json_invalid":
+        return f"{where} is not valid JSON ({first['msg']}); {fix}"
+    at = ".".join(str(p) for p in first["loc"]) or "top level"
+    name = schema_name(model)
+    # docs/ is not installed: name the command that writes the schema instead of a repo path.
+    return (
+        f"{where} is not a packager {name} document ({at}: {first['msg']}; its JSON Schema: "
+        f"`python -m packager.documents DIR` writes DIR/{name}.schema.json); {fix}"
+    )
 
 
 def json_schema(model: type[BaseModel]) -> dict[str, Any]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from packager.status import RefusalStatus
+
 
 class PackagerError(Exception):
     """Base of every error the user should see as one line (never a traceback)."""
@@ -33,7 +35,7 @@ class ModelRefused(PackagerError):
     converter's own full report, kept under DIR/.failed/."""
 
     exit_code = 4
-    status = "unsupported-model"
+    status: RefusalStatus = RefusalStatus.unsupported_model
 
     def __init__(self, reason: str, log: str = "") -> None:
         super().__init__(reason)
@@ -43,4 +45,4 @@ class ModelRefused(PackagerError):
 class ConversionFailed(ModelRefused):
     """A target's converter failed on this model for another reason than a refused operator."""
 
-    status = "conversion-failed"
+    status = RefusalStatus.conversion_failed

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import numpy as np
 
+from packager.schema import typed
 from packager.shipped.predict import probabilities
 
 
@@ -65,8 +65,10 @@ def flipped(probs: np.ndarray, other: np.ndarray, positive: int, threshold: floa
     return [int(i) for i in np.flatnonzero(differ)]
 
 
-@dataclass
+@typed
 class Clinical:
+    """The metrics of one run; packager.documents types report.json's clinical section with it."""
+
     n: int
     positives: int
     threshold: float

@@ -16,6 +16,8 @@ from markupsafe import Markup, escape
 from matplotlib.figure import Figure
 from PIL import Image
 
+from packager.status import ReportStatus
+
 INK, GRID = "#1f2933", "#d9dee3"
 TARGET_C, REF_C, ALT_C = "#1f6fb2", "#8a94a0", "#c2571a"
 GOOD_C, BAD_C = "#1d7a3a", "#b3261e"
@@ -365,7 +367,9 @@ def precision_candidates(
                 continue
             lat = r.get("latency_p50_ms")
             y = lat if lat is not None else 0.0
-            ok = r["status"] == "passed" or (r["status"] == "not-validated" and r.get("gates_ok"))
+            ok = r["status"] == ReportStatus.passed or (
+                r["status"] == ReportStatus.not_validated and r.get("gates_ok")
+            )
             color = GOOD_C if ok else BAD_C
             if r["label"] == winner:
                 ax.plot(r["sensitivity"], y, "*", markersize=16, color=TARGET_C, zorder=3)

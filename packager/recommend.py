@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from packager.sla import Sla, sla_line
+from packager.status import ReportStatus
 
 
 @dataclass(frozen=True)
@@ -87,7 +88,7 @@ def recommend(rows: list[dict[str, Any]], sla: Sla | None) -> list[dict[str, Any
     for sc in SCENARIOS:
         ranked, excluded = [], []
         for r in rows:
-            if r["status"] != "passed":
+            if r["status"] != ReportStatus.passed:
                 excluded.append(f"{r['label']}: {r['status']} — {r['reason']}")
             elif sc.cpu_only and r["accelerator"]:
                 excluded.append(f"{r['label']}: runs on an accelerator, not the CPU")

@@ -7,6 +7,7 @@ from typing import Any
 
 from packager.report import COLUMNS, cell
 from packager.sla import Tolerances
+from packager.status import ReportStatus
 
 
 def _change(col_key: str, old: Any, new: Any) -> str:
@@ -30,7 +31,7 @@ def _change(col_key: str, old: Any, new: Any) -> str:
 
 def _flags(o: dict[str, Any], n: dict[str, Any], tol: Tolerances) -> list[str]:
     flags = []
-    if o["status"] == "passed" and n["status"] != "passed":
+    if o["status"] == ReportStatus.passed and n["status"] != ReportStatus.passed:
         flags.append(f"status {o['status']} → {n['status']}: {n['reason']}")
     if o["sensitivity"] is not None:
         if n["sensitivity"] is None:

@@ -13,15 +13,16 @@ from typing import Any
 import numpy as np
 
 from packager.metrics import roc_curve
+from packager.status import BenchStatus, CheckStatus
 
 FLIPS_SHOWN = 48  # thumbnails in report.html; the rest are counted
 
 
 def _gap_bench(b: dict[str, Any]) -> str | None:
     status = b.get("status")
-    if status == "ok" and b.get("batches"):
+    if status == BenchStatus.ok and b.get("batches"):
         return None
-    if status == "failed":
+    if status == BenchStatus.failed:
         return f"benchmark failed: {b.get('reason') or 'no reason given'}"
     return f"not benchmarked: {b.get('reason') or 'no benchmark in this report'}"
 
@@ -498,7 +499,7 @@ def signoff(
         if reach is None:
             why = (
                 f"the self-test did not run ({st.get('reason') or 'no reason given'})"
-                if st.get("status") == "not-run"
+                if st.get("status") == CheckStatus.not_run
                 else "no self-test result in this report"
             )
             missing.append(

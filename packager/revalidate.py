@@ -33,6 +33,7 @@ from packager.preprocess import Preprocess
 from packager.progress import Progress
 from packager.registry import get
 from packager.render import render_reports
+from packager.status import ReportStatus, StepStatus
 from packager.stream import StreamResult, stream_predict
 from packager.supply_chain import write_sbom_and_provenance
 from packager.target import Check
@@ -138,7 +139,7 @@ def _complete_in_place(
         "gates": gates(checks),
         "validation": {"runtime": res.runtime, "proxy": None, "not_validated": ""},
     }
-    steps = [*report.pop("steps", []), asdict(Step("revalidate", documents.StepStatus.ok))]
+    steps = [*report.pop("steps", []), asdict(Step("revalidate", StepStatus.ok))]
     finish_report(report, steps)
     documents.write(bundle / "report.json", documents.Report, report)
     save_validation(bundle, res.labels, probs, reference)
@@ -153,7 +154,7 @@ def _complete_in_place(
         "runtime": res.runtime,
     }
     write_sbom_and_provenance(bundle, report, meta)  # the SBOM's metrics are this host's now
-    write_manifest(bundle, meta, documents.Manifest)
+    write_manifest(bundle, meta)
     tar = bundle.with_name(bundle.name + ".tar.gz")
     if tar.exists():
         make_tarball(bundle, tar)
@@ -200,7 +201,7 @@ def site_acceptance(
     site = {
         "schema_version": 1,
         "kind": "site-validation",
-        "status": "failed" if failed else "passed",
+        "status": ReportStatus.failed if failed else ReportStatus.passed,
         "reason": (
             "gate failed: "
             + "; ".join(f"{c['name']} = {c['value']} (limit {c['limit']})" for c in failed)
@@ -251,8 +252,7 @@ def site_acceptance(
     arrays = {"labels": res.labels, "probs": probs.astype(np.float32)}
     arrays |= {f"meta_{k}": v for k, v in res.metadata.items()}
     _atomic(paths["npz"], lambda f: np.savez(f, **arrays))
-    text = documents.dumps(site)
-    documents.SiteValidation.model_validate_json(text)
+    text = documents.checked_text(documents.SiteValidation, site)
     _atomic(paths["json"], lambda f: f.write(text.encode()))
     _atomic(paths["md"], lambda f: f.write(site_markdown(site).encode()))
     site["files"] = {k: str(v) for k, v in paths.items()}

@@ -29,6 +29,7 @@ from packager.errors import PackagerError, Unavailable, UserError
 from packager.quiet import stdout_to_stderr
 from packager.registry import get
 from packager.session import Session
+from packager.status import CheckStatus, ReportStatus, ResultStatus
 from packager.target import BuildOutput, Target
 
 OBJECTIVES = ("latency", "throughput", "size")
@@ -80,10 +81,14 @@ def objective_key(objective: str) -> Any:
 def eligible(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Candidates that may ship: every gate passed on the target's runtime; where the runtime
     cannot run here, every gate that ran passed on its labelled proxy (and the row says so)."""
-    passed = [r for r in rows if r["status"] == "passed"]
+    passed = [r for r in rows if r["status"] == ReportStatus.passed]
     if passed:
         return passed
-    return [r for r in rows if r["status"] == "not-validated" and r.get("proxy") and r["gates_ok"]]
+    return [
+        r
+        for r in rows
+        if r["status"] == ReportStatus.not_validated and r.get("proxy") and r["gates_ok"]
+    ]
 
 
 METRIC = {"latency": "latency_p50_ms", "throughput": "throughput_sps", "size": "size_mb"}
@@ -174,10 +179,11 @@ def _candidate(
     checks = report["gates"]["checks"]
     row.update(
         status=report["status"],
-        reason=report["reason"] if report["status"] != "passed" else "",
+        reason=report["reason"] if report["status"] != ReportStatus.passed else "",
         proxy=report["validation"].get("proxy"),
         gates=[{k: ch[k] for k in ("name", "value", "limit", "status", "reason")} for ch in checks],
-        gates_ok=bool(checks) and all(ch["passed"] or ch["status"] == "not-run" for ch in checks),
+        gates_ok=bool(checks)
+        and all(ch["passed"] or ch["status"] == CheckStatus.not_run for ch in checks),
         sensitivity=c.get("sensitivity"),
         sensitivity_drop=c.get("sensitivity_drop"),
         flips=len(c["flipped"]) if c.get("flipped") is not None else None,
@@ -265,7 +271,7 @@ def run(s: Session, t: Target, opts: Any, reference: np.ndarray, bench: bool, in
                 rows.append(row)
                 if r is not None:
                     runs[label] = r
-                if r is None or row["status"] != "failed" or r.built.precision != "int8":
+                if r is None or row["status"] != ReportStatus.failed or r.built.precision != "int8":
                     continue
                 diagnose = getattr(t, "search_diagnose", None)
                 if diagnose is None:
@@ -323,7 +329,9 @@ def run(s: Session, t: Target, opts: Any, reference: np.ndarray, bench: bool, in
             s.progress.say(f"[{t.name}] {reason}")
             from packager.build import TargetResult
 
-            return TargetResult(t.name, "failed", reason, None, {"precision_search": table})
+            return TargetResult(
+                t.name, ResultStatus.failed, reason, None, {"precision_search": table}
+            )
         win = runs[winner["label"]]
         s.progress.say(f"[{t.name}] precision search: {winner['label']} wins on {objective}")
 

@@ -21,6 +21,7 @@ from typing import Any
 from packager import __version__
 from packager.bundle import bundle_files
 from packager.hostinfo import host_facts
+from packager.status import ReportStatus
 
 SBOM = "sbom.cdx.json"
 PROVENANCE = "provenance.intoto.json"
@@ -225,7 +226,7 @@ def model_card(report: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         for c in (report.get("gates") or {}).get("checks", [])
     ]
     description = meta["config"]["model"].get("description") or ""
-    limitations = [report["reason"]] if report.get("status") != "passed" else []
+    limitations = [report["reason"]] if report.get("status") != ReportStatus.passed else []
     limitations.append(
         "validated on the vendor's split only; re-validate on local images "
         "(packager validate BUNDLE --data LOCAL)"

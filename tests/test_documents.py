@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from packager import documents
-from tests.conftest import Result, assert_user_error
+from tests.conftest import Result, assert_user_error, must_have
 
 REPO = Path(__file__).resolve().parents[1]
 SCHEMAS = REPO / "docs" / "schemas"
@@ -26,7 +26,7 @@ def check_jsonschema(schema: str, *docs: Path) -> subprocess.CompletedProcess[st
     """check-jsonschema (python-jsonschema underneath, formats checked) against the committed
     schema file: nothing of packager's own code runs here."""
     if CHECK_JSONSCHEMA is None:
-        pytest.skip("not validated: the check-jsonschema CLI is not installed (packager[dev])")
+        must_have("not validated: the check-jsonschema CLI is not installed (packager[dev])")
     return subprocess.run(
         [CHECK_JSONSCHEMA, "--schemafile", str(SCHEMAS / f"{schema}.schema.json"), *map(str, docs)],
         capture_output=True,

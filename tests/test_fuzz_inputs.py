@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packager.bundle import make_tarball, verify, write_manifest
+from packager.bundle import bundle_files, make_tarball, verify
 from packager.data import load_dataset
 from packager.errors import UserError
 from tests.conftest import Result, _run, bundle_dir
@@ -42,7 +42,7 @@ def one_line(exc: UserError) -> str:
 
 
 def seed_bundle(root: Path) -> Path:
-    """A small bundle in the real format (manifest written by the product's writer)."""
+    """A small bundle in the real layout (its manifest lists every file's sha256 and size)."""
     b = root / "tiny-cpu"
     (b / "sub").mkdir(parents=True)
     (b / "model.onnx").write_bytes(bytes(range(256)) * 8)
@@ -50,7 +50,10 @@ def seed_bundle(root: Path) -> Path:
     (b / "sub" / "notes.txt").write_text("per-layer notes\n" * 20)
     (b / "predict.py").write_text("print('hello')\n")
     (b / "predict.py").chmod(0o755)
-    write_manifest(b, {"target": "cpu-onnxruntime"})
+    # A partial manifest (the tarball checks need only its file list), written directly: the
+    # product's write_manifest accepts whole manifests only.
+    manifest = {"schema_version": 1, "target": "cpu-onnxruntime", "files": bundle_files(b)}
+    (b / "manifest.json").write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
     make_tarball(b, root / "tiny-cpu.tar.gz")
     return root / "tiny-cpu.tar.gz"
 
