@@ -93,7 +93,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
     then its `check(where)`, the cross-field rules that name `where` in their messages."""
     if not pydantic.dataclasses.is_pydantic_dataclass(cls):  # a plain one would take any value
         raise TypeError(f"{cls.__qualname__} must be declared with @packager.schema.typed")
-    data = data or {}
+    data = {} if data is None else data  # "" or [] is a mistake, not an empty table
     if not isinstance(data, dict):
         raise UserError(f"[{where}] must be a table, got {data!r}")
     hints = typing.get_type_hints(cls)

@@ -584,6 +584,7 @@ CONFIGS: dict[str, tuple[str, tuple[str, ...]]] = {
     "inf_seconds": ("[bench]\nseconds = inf\n", ("bench.seconds", "finite")),
     "bad_literal": ("[preprocess]\nlayout = 'NHCW'\n", ("NHCW", "NCHW")),
     "section_not_table": ("gates = 3\n", ("[gates] must be a table",)),
+    "section_empty_string": ('gates = ""\n', ("[gates] must be a table",)),
     "target_typo": ("[targets.cpu-onnxrt]\nthreads = 1\n", ("cpu-onnxrt", "cpu-onnxruntime")),
     "target_option_typo": (
         "[targets.cpu-onnxruntime]\noptimisation = 'all'\n",
