@@ -81,6 +81,10 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=2, help="interleaved auto / INT8 build pairs")
     ap.add_argument("--bench-rounds", type=int, default=5, help="interleaved re-benchmarks")
     ap.add_argument("--seconds", type=float, default=0.5, help="per batch size, re-benchmarks")
+    ap.add_argument("--cost-only", action="store_true", help="only the wall-time ratio (part 1)")
+    ap.add_argument(
+        "--bench-seconds", type=float, help="[bench] seconds of the full benchmarks (a loaded host)"
+    )
     args = ap.parse_args()
 
     data = args.data or next((p for p in default_candidates() if p.is_file()), None)
@@ -100,6 +104,8 @@ def main() -> int:
     cfg["model"]["path"] = str(model.resolve())
     cfg.setdefault("data", {})["path"] = str(data.resolve())
     bench = {**{"batch_sizes": [1, 8, 16, 32, 64], "seconds": 2.0}, **cfg.get("bench", {})}
+    if args.bench_seconds is not None:
+        bench["seconds"] = args.bench_seconds
     cfg["bench"] = bench
     print(f"[bench] for full benchmarks: batch sizes {bench['batch_sizes']}, {bench['seconds']} s")
     print(f"work dir: {work}\n")
@@ -136,6 +142,9 @@ def main() -> int:
         report = json.loads((Path(winner["bundle"]) / "report.json").read_text())
         search = report["precision_search"]
         print(f"auto winner: {search['winner']} (objective {search['objective']})")
+        if args.cost_only:
+            print()
+            continue
 
         bundles: dict[str, Path] = {"auto": Path(winner["bundle"])}
         passed: dict[str, str] = {"auto": report["status"]}

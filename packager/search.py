@@ -2,7 +2,8 @@
 candidate precision the target offers, validates it on the target's runtime (every gate, the
 bundle's self-test included), times it briefly, and publishes the candidate that passes every
 gate and is best for the objective, through the one build path (packager.build._build_one),
-reusing the winner's conversion. Losers never get the full benchmark.
+reusing the winner's conversion and validation (the bundle's own self-test runs again on the
+bundle). Losers never get the full benchmark.
 
 What the candidates share: the session's cached reference predictions and preprocessed
 validation images, one calibration set (loaded once), ONNX Runtime's calibration ranges (one
@@ -112,8 +113,8 @@ class _Run:
     opts: Any
     built: BuildOutput
     folder: Path
-    files: list[Path]
     report: dict[str, Any]
+    validate_steps: list[Any]  # build.Step of the validation, reused for the winner
 
 
 def _row(label: str, overrides: dict[str, Any], status: str, reason: str) -> dict[str, Any]:
@@ -166,13 +167,13 @@ def _candidate(
         raise
     except Exception as exc:  # one candidate failing to convert does not end the search
         return _row(label, overrides, "error", f"{type(exc).__name__}: {exc}"), None
-    files = sorted(p.relative_to(folder) for p in folder.rglob("*") if p.is_file())
     row = _row(label, overrides, "pending", "")
     row["precision"] = built.precision
     row["size_mb"] = B._artifact_mb(folder, built)
     B._write_runtime(s, t, folder, built)
     steps: list[B.Step] = []
     report = B._validate(s, t, ctx, folder, built, reference, steps)
+    validate_steps = list(steps)
     B._selftest(s, t, folder, built, report, steps)
     B.finish_report(report, [])
     c = report.get("clinical") or {}
@@ -188,7 +189,7 @@ def _candidate(
         sensitivity_drop=c.get("sensitivity_drop"),
         flips=len(c["flipped"]) if c.get("flipped") is not None else None,
     )
-    return row, _Run(copts, built, folder, files, report)
+    return row, _Run(copts, built, folder, report, validate_steps)
 
 
 def _short_bench(s: Session, t: Target, timed: list[tuple[dict[str, Any], _Run]]) -> None:
@@ -318,8 +319,8 @@ def run(s: Session, t: Target, opts: Any, reference: np.ndarray, bench: bool, in
                     if ranked_by(rows, objective) != objective
                     else ""
                 )
-                + "; the winner's own conversion was reused, re-validated in the bundle and "
-                "fully benchmarked"
+                + "; the winner's own conversion and validation were reused, its bundle "
+                "self-tested again and fully benchmarked"
             ),
         }
         if winner is None:
@@ -336,17 +337,29 @@ def run(s: Session, t: Target, opts: Any, reference: np.ndarray, bench: bool, in
         s.progress.say(f"[{t.name}] precision search: {winner['label']} wins on {objective}")
 
         def reuse(ctx: Any, bdir: Path) -> BuildOutput:
-            for rel in win.files:
-                (bdir / rel).parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy2(win.folder / rel, bdir / rel)
+            # the winner's whole folder: its conversion, and what its validation wrote
+            # (validation.npz, the self-test golden set), so neither is redone
+            shutil.copytree(win.folder, bdir, dirs_exist_ok=True)
             win.built.notes.append(
                 f"Precision search ({objective}): {winner['label']} chosen among "
                 f"{len(rows)} candidates; see precision_search in report.json."
             )
             return win.built
 
+        # its validation is reused as measured (the bundle's files are byte-identical); the
+        # bundle's own predict.py --self-test runs again, on the bundle itself
+        drop = ("status", "reason", "steps")  # set again when the bundle's report is finished
+        validated = {k: v for k, v in win.report.items() if k not in drop}
         return B._build_one(
-            s, t, win.opts, reference, bench, int8, convert=reuse, extra={"precision_search": table}
+            s,
+            t,
+            win.opts,
+            reference,
+            bench,
+            int8,
+            convert=reuse,
+            extra={"precision_search": table},
+            validated=(validated, win.validate_steps),
         )
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -5,8 +5,12 @@ measured candidates table; never against speed itself."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -176,6 +180,25 @@ def test_auto_ships_the_best_candidate_passing_every_gate(
     assert flips == winner["flips"]
     assert sens >= 0.98 and drop <= 0.005 + 1e-9
     assert report["status"] == "passed" and report["precision"] == winner["precision"]
+    # The winner's validation was reused, not run twice; its golden set was replayed by the
+    # bundle's own self-test, and the published bundle passes it again here, run as a hospital
+    # would; the manifest covers the reused files byte for byte.
+    assert [st["name"] for st in report["steps"]] == [
+        "convert",
+        "validate",
+        "selftest",
+        "benchmark",
+    ]
+    assert [c["passed"] for c in report["gates"]["checks"] if c["name"] == "selftest"] == [True]
+    replay = subprocess.run(
+        [sys.executable, str(bundle / "predict.py"), "--self-test", "--record", os.devnull],
+        capture_output=True,
+        text=True,
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    files = json.loads((bundle / "manifest.json").read_text())["files"]
+    for name in ("validation.npz", "selftest.npz", "selftest.json"):
+        assert files[name]["sha256"] == hashlib.sha256((bundle / name).read_bytes()).hexdigest()
 
     if target == "cpu-openvino" and not _host_has_bf16():
         assert rows["bf16"]["status"] == "not-a-candidate"
