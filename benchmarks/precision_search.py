@@ -34,14 +34,13 @@ import tomllib
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from packager.examples.pneumonia.data import default_candidates  # noqa: E402
-
 from benchmarks.openvino_vs_reference import (  # noqa: E402
     EXAMPLE_TOML,
     demo_model,
     packager_bench,
     toml_text,
 )
+from packager.examples.pneumonia.data import default_candidates  # noqa: E402
 
 OPTION = {"cpu-openvino": "precision", "edge-ort": "quantize"}
 

@@ -83,6 +83,7 @@ def bundle(work: Path) -> Path:
     if found:
         return found[0]
     import tomllib
+
     from packager.examples.pneumonia.data import cache_dir, default_candidates
 
     trained = sorted((cache_dir() / "example").glob("*/model.onnx"))

@@ -15,13 +15,13 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from packager.targets.cpu_onnxruntime import CpuOnnxRuntime
 
 from packager.build import _build_one, target_options
 from packager.config import load_config
 from packager.progress import Progress
 from packager.session import Session
 from packager.target import BuildContext, BuildOutput, CrossCheck, Status
+from packager.targets.cpu_onnxruntime import CpuOnnxRuntime
 
 HALF = "decisions differing from a half-scale head"
 SAME = "decisions differing from the same model"

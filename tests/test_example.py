@@ -18,6 +18,9 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
+from packager.config import load_config
+from packager.errors import UserError
 from packager.examples.pneumonia.data import find_data
 from packager.examples.pneumonia.demo import run_demo
 from packager.examples.pneumonia.export import export_fp32, to_fp16
@@ -30,9 +33,6 @@ from packager.examples.pneumonia.train import (
     set_value,
     train,
 )
-
-from packager.config import load_config
-from packager.errors import UserError
 from packager.metrics import wilson
 from packager.model import inspect_model
 from packager.progress import Progress

@@ -11,6 +11,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
+
+from packager import registry
+from packager.build import TargetResult, build
+from packager.compare import write_comparison
+from packager.config import load_config
+from packager.data import file_sha256
+from packager.errors import GateFailed, UserError
 from packager.examples.pneumonia.data import cache_dir, find_data
 from packager.examples.pneumonia.train import (
     HERE,
@@ -20,13 +27,6 @@ from packager.examples.pneumonia.train import (
     train,
     write_config,
 )
-
-from packager import registry
-from packager.build import TargetResult, build
-from packager.compare import write_comparison
-from packager.config import load_config
-from packager.data import file_sha256
-from packager.errors import GateFailed, UserError
 from packager.progress import Progress
 from packager.session import Session
 

@@ -23,13 +23,13 @@ import numpy as np
 import tomllib
 import torch
 import torch.nn.functional as F
-from packager.examples.pneumonia.data import find_data
-from packager.examples.pneumonia.export import export_fp32, to_fp16
-from packager.examples.pneumonia.model import make_model
 
 from packager.config import Config, parse_config
 from packager.data import Dataset, load_dataset
 from packager.errors import PackagerError
+from packager.examples.pneumonia.data import find_data
+from packager.examples.pneumonia.export import export_fp32, to_fp16
+from packager.examples.pneumonia.model import make_model
 from packager.hostinfo import has_flag
 from packager.metrics import clinical, roc_auc, to_probabilities, wilson
 from packager.preprocess import Preprocess

@@ -28,7 +28,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-from packager.targets.apple_coreml.runtime import NOT_MAC, PROBS_OUTPUT, SCORES_OUTPUT, TorchProxy
 
 from packager import __version__
 from packager.errors import UserError
@@ -40,6 +39,7 @@ from packager.preprocess import Preprocess
 from packager.schema import typed
 from packager.shipped.predict import infer_all
 from packager.target import Availability, BuildContext, BuildOutput, Check, Proxy, Status, Target
+from packager.targets.apple_coreml.runtime import NOT_MAC, PROBS_OUTPUT, SCORES_OUTPUT, TorchProxy
 
 MODEL = "model.mlpackage"
 INTERMEDIATE = "intermediate/model.pt2"
@@ -538,6 +538,7 @@ class AppleCoreML(Target):
 
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
         import torch
+
         from packager.targets.apple_coreml.onnx_to_torch import to_torch
 
         opts: Options = ctx.options

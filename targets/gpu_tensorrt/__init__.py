@@ -18,7 +18,6 @@ from typing import Any, Literal
 
 import numpy as np
 import onnx
-from packager.targets.gpu_tensorrt.runtime import Gpu, cuda, cudart, current_gpu, dims
 
 from packager.errors import ConversionFailed, Unavailable, UserError
 from packager.installed import missing
@@ -43,6 +42,7 @@ from packager.target import (
     Status,
     Target,
 )
+from packager.targets.gpu_tensorrt.runtime import Gpu, cuda, cudart, current_gpu, dims
 from packager.triton import Accelerator, Tensor, TritonModel, serve_commands, write_repository
 
 DEFAULT_PREFERRED = (8, 16, 32)

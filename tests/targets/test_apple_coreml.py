@@ -10,11 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from packager.targets.apple_coreml import NOT_MAC, AppleCoreML, image_scale_bias, read_spec
-from packager.targets.apple_coreml.runtime import as_scores
 
 from packager.bundle import verify
 from packager.preprocess import Preprocess
+from packager.targets.apple_coreml import NOT_MAC, AppleCoreML, image_scale_bias, read_spec
+from packager.targets.apple_coreml.runtime import as_scores
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, run_predict
 
 pytest.importorskip("coremltools", reason="pip install 'packager[coreml]'")
@@ -315,12 +315,11 @@ def gray_model(path: Path) -> Path:
 @pytest.mark.slow
 def test_grayscale_model_gets_a_grayscale_image_input(tmp_path: Path, data_path: Path) -> None:
     """The conversion alone, in process: spec checks and the translation check must pass."""
-    from packager.targets.apple_coreml import Options
-
     from packager.config import parse_config
     from packager.progress import Progress
     from packager.schema import from_dict
     from packager.session import Session
+    from packager.targets.apple_coreml import Options
 
     model = gray_model(tmp_path / "gray.onnx")
     cfg = parse_config({"model": {"path": str(model)}, "data": {"path": str(data_path)}}, tmp_path)

@@ -17,9 +17,8 @@ from tests.test_recount import recount
 ov = pytest.importorskip("openvino", reason="needs openvino (pip install 'packager[openvino]')")
 pytest.importorskip("nncf", reason="needs nncf (pip install 'packager[openvino]')")
 
-from packager.targets.cpu_openvino import cpu_facts  # noqa: E402
-
 from packager.runner import ModuleRunner  # noqa: E402
+from packager.targets.cpu_openvino import cpu_facts  # noqa: E402
 
 TARGET = "cpu-openvino"
 BUNDLE = Path("dist/tiny-1.0.0/cpu-openvino")

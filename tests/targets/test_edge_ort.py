@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 import pytest
-from packager.targets.edge_ort import IMAGE_MODEL, MODEL, Options
 from PIL import Image
 
 from packager.build import run_cross_checks
@@ -20,6 +19,7 @@ from packager.config import load_config
 from packager.progress import Progress
 from packager.registry import get
 from packager.session import Session
+from packager.targets.edge_ort import IMAGE_MODEL, MODEL, Options
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, bundle_dir
 from tests.test_recount import recount
 

@@ -13,13 +13,13 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from packager.targets.gpu_tensorrt import GpuTensorRT, cuda_host
 
 from packager.config import load_config
 from packager.errors import Unavailable
 from packager.preprocess import Preprocess
 from packager.render import render
 from packager.runner import ModuleRunner
+from packager.targets.gpu_tensorrt import GpuTensorRT, cuda_host
 from packager.triton import check_repository, parse_config
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, run_predict
 from tests.test_recount import recount
