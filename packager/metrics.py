@@ -11,8 +11,9 @@ from packager.shipped.predict import probabilities
 
 
 def to_probabilities(scores: np.ndarray, kind: str) -> np.ndarray:
-    """(N, C) logits or probabilities -> float64 probabilities (the bundles' own predict.py)."""
-    return probabilities(scores, kind)
+    """(N, C) logits or probabilities (the bundles' own predict.py), rounded to the float32 that
+    validation.npz stores: every metric is then recountable exactly from the stored arrays."""
+    return probabilities(scores, kind).astype(np.float32).astype(np.float64)
 
 
 def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
