@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from packager.data import Dataset
     from packager.session import Session
 
-Z95 = 1.959963984540054
 ALPHA = 0.05  # two-sided, for McNemar and the detectable drop
 POWER = 0.80
 MARGINS = (0.01, 0.02, 0.05)  # probability-space distances from the threshold (fragility)
@@ -49,8 +48,8 @@ def newcombe_paired(n11: int, n12: int, n21: int, n22: int) -> tuple[float, floa
         return (-1.0, 1.0)
     a, b = n11 + n12, n11 + n21  # successes of the first and of the second
     p1, p2 = a / n, b / n
-    l1, u1 = wilson(a, n, Z95)
-    l2, u2 = wilson(b, n, Z95)
+    l1, u1 = wilson(a, n)
+    l2, u2 = wilson(b, n)
     phi = 0.0
     if min(a, n - a, b, n - b) > 0:
         prod = math.sqrt(a * (n - a) * b * (n - b))

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 from packager.schema import typed
@@ -16,42 +14,32 @@ def to_probabilities(scores: np.ndarray, kind: str) -> np.ndarray:
     return probabilities(scores, kind).astype(np.float32).astype(np.float64)
 
 
-def wilson(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
+def wilson(successes: int, n: int) -> tuple[float, float]:
+    """95% Wilson score interval (statsmodels); (0, 1) when there is nothing to count."""
     if n == 0:
         return (0.0, 1.0)
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    from statsmodels.stats.proportion import proportion_confint  # ~0.3 s: only when counting
+
+    lo, hi = proportion_confint(successes, n, alpha=0.05, method="wilson")
+    return (max(0.0, float(lo)), min(1.0, float(hi)))
 
 
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float | None:
-    """Mann-Whitney AUC with tie handling; None when one class is absent."""
+    """AUC (scikit-learn, ties counted half); None when one class is absent."""
     y = np.asarray(y, bool)
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
+    if y.all() or not y.any():
         return None
-    order = np.argsort(score, kind="mergesort")
-    ranks = np.empty(len(score), np.float64)
-    s = np.asarray(score)[order]
-    i = 0
-    while i < len(s):
-        j = i
-        while j + 1 < len(s) and s[j + 1] == s[i]:
-            j += 1
-        ranks[order[i : j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+    from sklearn.metrics import roc_auc_score
+
+    return float(roc_auc_score(y, score))
 
 
 def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """False- and true-positive rates over every threshold (for plots)."""
-    y = np.asarray(y, bool)
-    order = np.argsort(-np.asarray(score), kind="mergesort")
-    tp = np.concatenate([[0], np.cumsum(y[order])])
-    fp = np.concatenate([[0], np.cumsum(~y[order])])
-    return fp / max(1, (~y).sum()), tp / max(1, y.sum())
+    from sklearn.metrics import roc_curve as curve
+
+    fpr, tpr, _ = curve(np.asarray(y, bool), score, drop_intermediate=False)
+    return fpr, tpr
 
 
 def decisions(probs: np.ndarray, positive: int, threshold: float) -> np.ndarray:
