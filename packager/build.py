@@ -30,6 +30,7 @@ from packager.bundle import (
 from packager.documents import Step
 from packager.errors import ConversionFailed, ModelRefused, PackagerError, Unavailable, UserError
 from packager.evidence import for_build as clinical_evidence
+from packager.gates import check_custom, custom_gates, metric_gates
 from packager.hostinfo import host_facts
 from packager.metrics import flipped, to_probabilities
 from packager.quiet import stdout_to_stderr
@@ -116,6 +117,7 @@ def build(
     s: Session, names: list[str], force: bool, bench: bool, int8: bool, explicit: bool
 ) -> list[TargetResult]:
     check_targets(s.cfg.targets, names)
+    check_custom(s.cfg.gates)
     ensure_writable(Path(s.cfg.output.dir))
     root = bundle_root(s)
     if not force:
@@ -368,6 +370,8 @@ def _validate(
     evidence, evidence_checks = clinical_evidence(s, probs, reference)
     checks = (
         gate_checks(clin, s.cfg, has_reference=True)
+        + metric_gates(clin, evidence, s.cfg.gates)
+        + custom_gates(s.cfg.gates, s.validation.labels, probs, s.validation.metadata)
         + evidence_checks
         + built.checks
         + run_cross_checks(t, ctx, bdir, built.runner_options, probs)
@@ -375,7 +379,10 @@ def _validate(
     # A check that did not run is no failure here, nor a pass: finish_report's verdict makes
     # the bundle not validated, and this step names it.
     failed = [c for c in checks if c.ran and not c.passed]
-    why = [f"{c.name} {c.value} vs {c.limit}" for c in failed]
+    why = [
+        f"{c.name} {c.value} vs {c.limit}" if c.value is not None else f"{c.name} {c.reason}"
+        for c in failed
+    ]
     why += [f"{c.name} not run ({c.reason})" for c in checks if not c.ran]
     if proxy_label and not failed:
         why.append(f"proxy: {proxy_label}")
@@ -701,7 +708,10 @@ def finish_report(report: dict[str, Any], steps: list[dict[str, Any]]) -> None:
     if failed:
         status = ReportStatus.failed
         reason = "gate failed: " + "; ".join(
-            f"{c['name']} = {c['value']} (limit {c['limit']})" for c in failed
+            f"{c['name']} = {c['value']} (limit {c['limit']})"
+            if c["value"] is not None
+            else f"{c['name']} {c['reason']} (limit {c['limit']})"
+            for c in failed
         )
     elif v["not_validated"] or not_run:
         status = ReportStatus.not_validated

@@ -287,7 +287,10 @@ def targets(model: Path | None, as_json: bool) -> None:
             }
         )
         lines.append(f"{name:16} build:no validate:no bench:no  {reason}")
-    emit({"targets": rows}, as_json, "\n".join(lines))
+    from packager.config import GatesConfig
+
+    # [gates] is the same for every target: its schema once, beside the targets'.
+    emit({"targets": rows, "gates_schema": json_schema(GatesConfig)}, as_json, "\n".join(lines))
 
 
 @cli.command()

@@ -129,19 +129,58 @@ class GatesConfig:
     min_subgroup_sensitivity: float | None = None
     max_subgroup_sensitivity_drop: float | None = None
     min_subgroup_positives: int = 20
+    # Every other clinical metric (packager/gates.py), off unless set. PPV and NPV depend on the
+    # prevalence where the model is used, so they need it declared.
+    min_specificity: float | None = None
+    max_specificity_drop: float | None = None
+    min_auc: float | None = None
+    max_auc_drop: float | None = None
+    min_ppv: float | None = None
+    min_npv: float | None = None
+    prevalence: float | None = None
+    max_flip_rate: float | None = None
+    max_ece_increase: float | None = None
+    paired_alpha: float | None = None  # exact McNemar: the target significantly worse fails
+    # [gates.custom] name = {min = ..} / {max = ..}: a metric from a `packager.metrics` entry point
+    custom: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def check(self, where: str) -> None:
-        for key in (
-            "min_sensitivity",
-            "max_sensitivity_drop",
-            "min_subgroup_sensitivity",
-            "max_subgroup_sensitivity_drop",
-        ):
+        for key in FRACTION_GATES:
             value = getattr(self, key)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise UserError(f"{where}.{key} is a fraction between 0 and 1 (0.98, not 98)")
         if self.min_subgroup_positives < 1:
             raise UserError(f"{where}.min_subgroup_positives must be at least 1")
+        if (self.min_ppv is not None or self.min_npv is not None) and self.prevalence is None:
+            raise UserError(
+                f"{where}: min_ppv and min_npv depend on the prevalence; declare "
+                "prevalence = <fraction of positives where the model is used>"
+            )
+        if self.prevalence is not None and not 0.0 < self.prevalence < 1.0:
+            raise UserError(f"{where}.prevalence must lie strictly between 0 and 1")
+        if self.paired_alpha is not None and not 0.0 < self.paired_alpha < 1.0:
+            raise UserError(f"{where}.paired_alpha must lie strictly between 0 and 1 (e.g. 0.01)")
+        for name, bounds in self.custom.items():
+            if not bounds or set(bounds) - {"min", "max"}:
+                raise UserError(
+                    f"{where}.custom.{shown(name)} takes min and/or max, e.g. {{min = 0.9}}"
+                )
+
+
+FRACTION_GATES = (
+    "min_sensitivity",
+    "max_sensitivity_drop",
+    "min_subgroup_sensitivity",
+    "max_subgroup_sensitivity_drop",
+    "min_specificity",
+    "max_specificity_drop",
+    "min_auc",
+    "max_auc_drop",
+    "min_ppv",
+    "min_npv",
+    "max_flip_rate",
+    "max_ece_increase",
+)
 
 
 @typed

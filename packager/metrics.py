@@ -72,6 +72,10 @@ class Clinical:
     sensitivity_drop: float | None = None
     flipped: list[int] | None = None
     max_abs_diff: float | None = None
+    reference_specificity: float | None = None
+    specificity_drop: float | None = None
+    reference_auc: float | None = None
+    auc_drop: float | None = None
 
 
 def clinical(
@@ -103,9 +107,16 @@ def clinical(
     )
     if reference is not None:
         ref = reference[:, positive]
-        ref_tp = int((decisions(reference, positive, threshold) & y).sum())
+        ref_pred = decisions(reference, positive, threshold)
+        ref_tp, ref_tn = int((ref_pred & y).sum()), int((~ref_pred & ~y).sum())
         out.reference_sensitivity = ref_tp / n_pos if n_pos else 0.0
         out.sensitivity_drop = out.reference_sensitivity - out.sensitivity
+        if out.specificity is not None:
+            out.reference_specificity = ref_tn / n_neg
+            out.specificity_drop = out.reference_specificity - out.specificity
+        out.reference_auc = roc_auc(y, np.nan_to_num(ref, nan=0.0, posinf=1.0, neginf=0.0))
+        if out.auc is not None and out.reference_auc is not None:
+            out.auc_drop = out.reference_auc - out.auc
         out.flipped = flipped(probs, reference, positive, threshold)
         out.max_abs_diff = float(np.max(np.abs(p - ref))) if len(p) else 0.0
     return out

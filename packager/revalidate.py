@@ -28,6 +28,7 @@ from packager.config import Config, parse_config
 from packager.data import Dataset, open_dataset
 from packager.errors import Unavailable, UserError
 from packager.evidence import for_data
+from packager.gates import check_custom, custom_gates, metric_gates
 from packager.hostinfo import host_facts
 from packager.preprocess import Preprocess
 from packager.progress import Progress
@@ -73,6 +74,7 @@ def revalidate(
     if not avail.ok:
         raise Unavailable(f"{target.name} cannot be validated on this host: {avail.reason}")
     cfg = _bundle_config(bundle, manifest, runtime)
+    check_custom(cfg.gates)
     split = split or manifest["data"]["split"]
     if data is None:
         raise UserError(
@@ -128,7 +130,10 @@ def _complete_in_place(
     evidence, evidence_checks = _evidence(cfg, ds, probs, reference)
     checks = [
         c.to_dict()
-        for c in gate_checks(clin, cfg, has_reference=reference is not None) + evidence_checks
+        for c in gate_checks(clin, cfg, has_reference=reference is not None)
+        + metric_gates(clin, evidence, cfg.gates)
+        + custom_gates(cfg.gates, res.labels, probs, res.metadata)
+        + evidence_checks
     ]
     # The build's own checks (e.g. a converted model read back) still hold; the clinical gates
     # are this host's now (every name gate_checks can give counts as clinical).

@@ -51,18 +51,28 @@ def evaluate(
     )
 
 
-# A subgroup gate's name carries its subgroup: min_subgroup_sensitivity[site=B].
+# A subgroup gate's name carries its subgroup: min_subgroup_sensitivity[site=B]; a custom
+# metric's is custom:<name>:<min|max>.
 CLINICAL_GATES = (
     "finite_outputs",
     "min_sensitivity",
     "max_sensitivity_drop",
     "min_subgroup_sensitivity",
     "max_subgroup_sensitivity_drop",
+    "min_specificity",
+    "max_specificity_drop",
+    "min_auc",
+    "max_auc_drop",
+    "min_ppv",
+    "min_npv",
+    "max_flip_rate",
+    "max_ece_increase",
+    "paired_alpha",
 )
 
 
 def is_clinical_gate(name: str) -> bool:
-    return name.split("[", 1)[0] in CLINICAL_GATES
+    return name.split("[", 1)[0] in CLINICAL_GATES or name.startswith("custom:")
 
 
 def gate_checks(c: Clinical, cfg: Config, has_reference: bool) -> list[Check]:
