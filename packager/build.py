@@ -50,7 +50,7 @@ from packager.status import (
     ResultStatus,
     StepStatus,
 )
-from packager.supply_chain import write_sbom_and_provenance
+from packager.supply_chain import build_time, write_sbom_and_provenance
 from packager.target import (
     BuildContext,
     BuildOutput,
@@ -600,6 +600,7 @@ def _report_head(
         "target": t.name,
         "summary": t.summary,
         "precision": built.precision,
+        "built_at": build_time(),
         "model": {
             "name": s.cfg.model.name,
             "version": s.cfg.model.version,
@@ -607,8 +608,19 @@ def _report_head(
             "batch": s.info.batch,
             "gflops_per_sample": s.info.gflops_per_sample,
             "params": s.info.params,
+            "card": {
+                **asdict(s.cfg.model.card),
+                "author": s.cfg.model.author,
+                "license": s.cfg.model.license,
+                "threshold_rationale": s.cfg.labels.threshold_rationale,
+            },
         },
-        "validation": {"runtime": runtime, "proxy": None, "not_validated": not_validated},
+        "validation": {
+            "runtime": runtime,
+            "proxy": None,
+            "not_validated": not_validated,
+            "limitations": list(t.limitations),
+        },
         "clinical": clinical,
         "gates": gates([c.to_dict() for c in checks]),
         "details": built.details,

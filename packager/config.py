@@ -16,6 +16,15 @@ CONFIG_NAMES = ("packager.toml", "pyproject.toml")
 
 
 @typed
+class CardConfig:
+    """[model.card]: what the sign-off page and the SBOM's model card say the model is for."""
+
+    intended_use: str = ""
+    indications: list[str] = field(default_factory=list)
+    contraindications: list[str] = field(default_factory=list)
+
+
+@typed
 class ModelConfig:
     path: str | None = None
     name: str = "model"
@@ -23,6 +32,7 @@ class ModelConfig:
     author: str = ""
     license: str = ""
     description: str = ""
+    card: CardConfig = field(default_factory=CardConfig)
 
     def check(self, where: str) -> None:
         for key in ("name", "version"):
@@ -104,6 +114,8 @@ class LabelsConfig:
     threshold: float = 0.5
     # auto: probabilities when the graph ends in Softmax/Sigmoid, else logits.
     output: Literal["auto", "logits", "probabilities"] = "auto"
+    # Why this operating point: printed beside the threshold on the sign-off page.
+    threshold_rationale: str = ""
 
     def check(self, where: str) -> None:
         if len(self.names) < 2 or len(set(self.names)) != len(self.names):

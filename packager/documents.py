@@ -132,6 +132,17 @@ class Gates(_Closed):
 # report.json
 
 
+class ModelCard(_Closed):
+    """[model.card] plus [model] author and license and [labels] threshold_rationale."""
+
+    intended_use: str
+    indications: list[str]
+    contraindications: list[str]
+    author: str
+    license: str
+    threshold_rationale: str
+
+
 class ReportModel(_Closed):
     name: str
     version: str
@@ -139,6 +150,7 @@ class ReportModel(_Closed):
     batch: int | str = Field(description='the fixed batch size, or "dynamic"')
     gflops_per_sample: float | None
     params: int | None
+    card: ModelCard | None = Field(None, description="null: written by an older packager")
 
 
 class Validation(_Closed):
@@ -146,6 +158,9 @@ class Validation(_Closed):
     proxy: str | None = Field(description="the stand-in runtime's label, when one was used")
     not_validated: str = Field(description="why the target's own runtime did not validate it")
     kind: str | None = Field(None, description="the runner kind used: main, or a proxy's")
+    limitations: list[str] = Field(
+        default_factory=list, description="what validation here cannot show about the devices"
+    )
 
 
 @_part
@@ -270,6 +285,9 @@ class Report(_Closed):
     precision: str
     status: ReportStatus
     reason: str
+    built_at: str | None = Field(
+        None, description="SOURCE_DATE_EPOCH as ISO 8601 UTC; null when the build set none"
+    )
     model: ReportModel
     validation: Validation
     clinical: Clinical | None = Field(description="null: not validated on this host")

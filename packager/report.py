@@ -508,9 +508,58 @@ def signoff(
             )
     if row["bench_gap"]:
         missing.append(row["bench_gap"])
+    missing += v.get("limitations") or []
     return {
         "evidence": ev,
-        "checks": (report.get("gates") or {}).get("checks") or [],
+        "checks": verdicts((report.get("gates") or {}).get("checks") or [], ev),
         "not_validated": missing,
         "reach": reach,
+        "card": (report.get("model") or {}).get("card"),
+        "built_at": report.get("built_at"),
+        "threshold": f"{c['threshold']:.4g}" if c.get("threshold") is not None else None,
+        "changes": change_summary(ev, report.get("target", "this target")),
     }
+
+
+def verdicts(checks: list[dict[str, Any]], ev: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Each gate line with the verdict the page prints: a gate that passed on its point estimate
+    while the paired evidence cannot support its claim is "pass on the point estimate only",
+    never a plain pass; a value the data cannot give is "undefined"."""
+    unsupported = {
+        cl["gate"]
+        for cl in ((ev or {}).get("paired") or {}).get("claims", [])
+        if not cl["supported"]
+    }
+    out = []
+    for ch in checks:
+        if ch.get("status") == CheckStatus.not_run:
+            verdict = "not run"
+        elif ch["passed"]:
+            verdict = "pass on the point estimate only" if ch["name"] in unsupported else "pass"
+        elif ch["value"] is None:
+            verdict = "undefined"
+        else:
+            verdict = "FAIL"
+        out.append({**ch, "verdict": verdict})
+    return out
+
+
+def change_summary(ev: dict[str, Any] | None, target: str) -> str | None:
+    """One paragraph: the cases whose decision differs from the reference, in both classes."""
+    pr = (ev or {}).get("paired")
+    if not pr:
+        return None
+    parts = []
+    for cls, t in (("positive", pr["positives"]), ("negative", pr["negatives"])):
+        worse, better = t["reference_right_target_wrong"], t["reference_wrong_target_right"]
+        parts.append(
+            f"among {t['n']} {cls} cases, {worse} the reference got right are wrong on {target} "
+            f"and {better} the reference got wrong are right (exact McNemar p = "
+            f"{t['mcnemar_p']:.3g})"
+        )
+    if not any(
+        t["reference_right_target_wrong"] + t["reference_wrong_target_right"]
+        for t in (pr["positives"], pr["negatives"])
+    ):
+        return f"Against the reference: every decision of {target} equals the reference's."
+    return "Against the reference: " + "; ".join(parts) + "."

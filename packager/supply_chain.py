@@ -55,6 +55,12 @@ def _epoch() -> datetime | None:
     return datetime.fromtimestamp(int(raw), tz=timezone.utc) if raw else None
 
 
+def build_time() -> str | None:
+    """The build time as report.json records it (ISO 8601, UTC), or None (see _epoch)."""
+    when = _epoch()
+    return when.strftime("%Y-%m-%dT%H:%M:%SZ") if when else None
+
+
 def _canonical_sha256(obj: Any) -> str:
     return hashlib.sha256(
         json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
@@ -225,8 +231,12 @@ def model_card(report: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         }
         for c in (report.get("gates") or {}).get("checks", [])
     ]
-    description = meta["config"]["model"].get("description") or ""
+    card = (report.get("model") or {}).get("card") or {}
+    uses = [card["intended_use"]] if card.get("intended_use") else []
+    uses += [f"indication: {x}" for x in card.get("indications", [])]
     limitations = [report["reason"]] if report.get("status") != ReportStatus.passed else []
+    limitations += [f"contraindication: {x}" for x in card.get("contraindications", [])]
+    limitations += (report.get("validation") or {}).get("limitations", [])
     limitations.append(
         "validated on the vendor's split only; re-validate on local images "
         "(packager validate BUNDLE --data LOCAL)"
@@ -244,7 +254,7 @@ def model_card(report: dict[str, Any], meta: dict[str, Any]) -> dict[str, Any]:
         },
         "quantitativeAnalysis": {"performanceMetrics": metrics},
         "considerations": {
-            "useCases": [description] if description else [],
+            "useCases": uses,
             "technicalLimitations": limitations,
         },
         "properties": [
@@ -325,9 +335,8 @@ def provenance(files: dict[str, dict[str, Any]], meta: dict[str, Any]) -> dict[s
         packager_source(),
     ]
     run_metadata: dict[str, Any] = {}
-    when = _epoch()
-    if when is not None:
-        stamp = when.strftime("%Y-%m-%dT%H:%M:%SZ")
+    stamp = build_time()
+    if stamp is not None:
         run_metadata = {"startedOn": stamp, "finishedOn": stamp}
     runtimes = [
         {"name": str(p["dist"] or p["name"]), "annotations": {"version": p["version"] or ""}}

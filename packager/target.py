@@ -181,6 +181,9 @@ class Target(ABC):
     int8_option: ClassVar[tuple[str, Any] | None] = None  # what --int8 sets, if supported
     shipped: ClassVar[tuple[str, ...]] = ()  # packager/shipped modules runtime.py imports
     is_reference: ClassVar[bool] = False  # the one every other target is compared with
+    # What validation on a build host cannot show about the devices the bundle runs on: listed
+    # under "Not validated" on every sign-off page of this target.
+    limitations: ClassVar[tuple[str, ...]] = ()
 
     def source_options(self, model: Path) -> dict[str, Any]:
         """Runner options that run the source model itself (the reference target only)."""

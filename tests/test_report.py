@@ -68,12 +68,20 @@ def make_flipped(bundle: Path, dest: Path, n_flips: int = 3) -> tuple[Path, dict
 
 
 def build_bundle(
-    cwd: Path, model: Path, data: Path, *args: str, version: str = "1.0.0", extra: str = ""
+    cwd: Path,
+    model: Path,
+    data: Path,
+    *args: str,
+    version: str = "1.0.0",
+    extra: str = "",
+    labels: str = "",
 ) -> Path:
     """A real bundle of `model` built by the CLI in `cwd` (for module-scoped fixtures, which
-    cannot use the function-scoped `project` / `cli`); `extra` is appended to packager.toml."""
+    cannot use the function-scoped `project` / `cli`); `extra` is appended to packager.toml,
+    `labels` to its [labels] table."""
     cwd.mkdir(parents=True, exist_ok=True)
-    toml = DEFAULT_TOML.format(model=model, data=data) + extra
+    toml = DEFAULT_TOML.format(model=model, data=data).replace("[labels]\n", f"[labels]\n{labels}")
+    toml += extra
     (cwd / "packager.toml").write_text(toml.replace('version = "1.0.0"', f'version = "{version}"'))
     r = _run(["build", "--target", TARGET, "--quiet", *args], cwd)
     assert r.code in (0, 1), r.stderr  # 1: a gate failed, the bundle is kept under .failed/

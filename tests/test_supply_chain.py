@@ -19,6 +19,7 @@ from tests.conftest import DEFAULT_TOML, _run
 
 TARGET = "cpu-onnxruntime"
 DESCRIPTION = "Pneumonia triage on paediatric chest X-rays; a second reader, never the only one"
+NOT_FOR = "adults"
 OUT_OF_SUBJECTS = {"provenance.intoto.json", "manifest.json", "model.sig"}
 
 
@@ -26,7 +27,7 @@ OUT_OF_SUBJECTS = {"provenance.intoto.json", "manifest.json", "model.sig"}
 def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path) -> Path:
     root = tmp_path_factory.mktemp("supply")
     toml = DEFAULT_TOML.format(model=tiny_model, data=data_path)
-    toml = toml.replace('version = "1.0.0"', f'version = "1.0.0"\ndescription = "{DESCRIPTION}"')
+    toml += f'[model.card]\nintended_use = "{DESCRIPTION}"\ncontraindications = ["{NOT_FOR}"]\n'
     (root / "packager.toml").write_text(toml)
     r = _run(["build", "--target", TARGET, "--no-bench"], root)
     assert r.code == 0, r.stderr
@@ -103,7 +104,9 @@ def test_sbom_model_card(bundle: Path, tiny_model: Path, data_path: Path) -> Non
     model = by_ref["model"]
     assert model["hashes"][0]["content"] == sha256(tiny_model)
     card = model["modelCard"]
+    # [model.card]: the intended use, and each contraindication as a limitation.
     assert card["considerations"]["useCases"] == [DESCRIPTION]
+    assert f"contraindication: {NOT_FOR}" in card["considerations"]["technicalLimitations"]
     for ref in card["modelParameters"]["datasets"]:
         assert by_ref[ref["ref"]]["hashes"][0]["content"] == sha256(data_path)
     metrics = {m["type"]: m for m in card["quantitativeAnalysis"]["performanceMetrics"]}

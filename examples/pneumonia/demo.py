@@ -83,7 +83,7 @@ def run_demo(
     for name in MODEL_FILES:
         shutil.copyfile(cached / name, example / name)
     summary = json.loads((example / "training.json").read_text())
-    config = write_config(example, path, summary["threshold"]["value"])
+    config = write_config(example, path, summary["threshold"])
     sla = out / "sla.toml"
     shutil.copyfile(HERE / "sla.toml", sla)
 

@@ -228,11 +228,25 @@ def set_value(text: str, section: str, key: str, value: str) -> str:
     raise ValueError(f"{TEMPLATE} has no `{key} =` in [{section}]")
 
 
-def write_config(out: Path, data: Path, threshold: float) -> Path:
+def rationale(th: dict[str, Any], min_sensitivity: float) -> str:
+    """The selection rule behind the threshold, for the sign-off page."""
+    return (
+        f"chosen on the val split, never the gate split: the highest threshold whose val "
+        f"sensitivity has a 95% Wilson lower bound at or above the {min_sensitivity:.0%} gate "
+        f"(at most {th['allowed_misses']} val positives missed; lower bound "
+        f"{th['val_sensitivity_lower95']:.4f}), placed midway to the next lower val score"
+    )
+
+
+def write_config(out: Path, data: Path, threshold: dict[str, Any]) -> Path:
+    """The example's packager.toml with the model, data and the chosen threshold (a Threshold as
+    a dict) and its rationale filled in."""
     text = TEMPLATE.read_text()
+    gate = example_config().gates.min_sensitivity
     text = set_value(text, "model", "path", json.dumps("model.onnx"))
     text = set_value(text, "data", "path", json.dumps(str(data)))
-    text = set_value(text, "labels", "threshold", repr(threshold))
+    text = set_value(text, "labels", "threshold", repr(threshold["value"]))
+    text = set_value(text, "labels", "threshold_rationale", json.dumps(rationale(threshold, gate)))
     path = out / "packager.toml"
     path.write_text(text)
     parse_config(tomllib.loads(text), out, path)  # what packager will read must be valid
@@ -293,7 +307,7 @@ def train(data: Path, out: Path, s: Settings, progress: Progress) -> dict[str, A
         "source_sha256": source_hash(),
     }
     (out / "training.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_config(out, data, th.value)
+    write_config(out, data, asdict(th))
     return summary
 
 

@@ -488,6 +488,10 @@ def _macos_major() -> int:
 class AppleCoreML(Target):
     name = "apple-coreml"
     summary = "Core ML ML Program (.mlpackage) for iPhone, iPad and Mac"
+    limitations = (
+        "other Apple devices: Core ML picks the compute unit (CPU, GPU, Neural Engine) per "
+        "device; only the compute units benchmarked on the validating Mac were run",
+    )
     Options = Options
 
     def availability(self) -> Availability:

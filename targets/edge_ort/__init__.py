@@ -78,6 +78,11 @@ class Options:
 class EdgeOrt(Target):
     name = "edge-ort"
     summary = "ONNX Runtime mobile (.ort) for Android / iOS / ARM, reduced-build operator config"
+    limitations = (
+        "the device runtime: validated with the full ONNX Runtime on the build host's CPU, not "
+        "on ARM kernels, NNAPI or Core ML providers, nor on the reduced (mobile) build the "
+        "operator config targets",
+    )
     Options = Options
     int8_option = ("quantize", "static")
     shipped = ("ort_session.py",)

@@ -317,6 +317,10 @@ def parser_refusal(model: ModelInfo) -> str:
 class GpuTensorRT(Target):
     name = "gpu-tensorrt"
     summary = "TensorRT on NVIDIA GPUs, served by Triton (engine, or ONNX + TensorRT accelerator)"
+    limitations = (
+        "other GPUs: a TensorRT engine is validated on the GPU and TensorRT version that built it "
+        "only; the portable form's engine is built by Triton on the serving GPU, unvalidated",
+    )
     Options = Options
     int8_option = ("precision", "int8")
     shipped = ("ort_session.py",)
