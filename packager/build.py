@@ -658,6 +658,8 @@ def _bench(
         "warmup": b.warmup,
         "seconds": b.seconds,
         "min_iterations": b.min_iterations,
+        "stability": b.stability,
+        "max_seconds": b.max_seconds,
     }
     try:
         with s.progress.step(t.name, f"benchmarking batch sizes {sizes}"):

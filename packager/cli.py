@@ -427,7 +427,9 @@ def selftest(bundle: Path, record: Path | None, max_size_gb: float | None, as_js
 
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
-@click.option("--batch-sizes", default="1,8,16,32,64", help="Comma-separated batch sizes.")
+@click.option(
+    "--batch-sizes", default="1,8,16,32,64", show_default=True, help="Comma-separated batch sizes."
+)
 @click.option("--seconds", default=2.0, show_default=True, help="Seconds per batch size.")
 @json_option
 def bench(bundle: Path, batch_sizes: str, seconds: float, as_json: bool) -> None:
@@ -444,10 +446,19 @@ def bench(bundle: Path, batch_sizes: str, seconds: float, as_json: bool) -> None
     lines = [f"load {result['load_time_ms']:.1f} ms, peak RSS {result['peak_rss_mb']:.1f} MB"]
     for b in result["batches"]:
         runtime = b.get("runtime_latency_ms")  # the runtime's own timer, where it has one
+        lo, hi = b["latency_ms"]["p50_ci95"]
+        tlo, thi = b["throughput_ci95"]
         lines.append(
-            f"batch {b['batch_size']:4}  p50 {b['latency_ms']['p50']:8.3f} ms  "
-            f"{b['throughput_sps']:10.1f} samples/s"
+            f"batch {b['batch_size']:4}  p50 {b['latency_ms']['p50']:8.3f} ms [{lo:.3f}-{hi:.3f}]"
+            f"  {b['throughput_sps']:10.1f} samples/s [{tlo:.1f}-{thi:.1f}]"
+            f"  {b['windows']} windows{'' if b['stable'] else ', UNSTABLE'}"
             + (f"  (runtime's own timer p50 {runtime['p50']:.3f} ms)" if runtime else "")
+        )
+    state = result["host_state"]
+    if state["noisy"]:
+        lines.append(
+            f"measured on a busy host: other processes used {state['others_cpu_pct']:.0f}% of the "
+            f"CPU, steal {state['steal_pct']:.1f}%; rerun on an idle host before deciding"
         )
     emit(result, as_json, "\n".join(lines))
 

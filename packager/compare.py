@@ -138,6 +138,7 @@ def _side(rows: list[dict[str, Any]], sla: Sla | None, mode: str) -> dict[str, A
         "rows": rows,
         "table": _table(rows),
         "gaps": _gaps(rows),
+        "caveats": [f"{r['label']}: {c}" for r in rows for c in r["bench_caveats"]],
         "hosts": _hosts(rows),
         "sla": card,
         "recommendations": recs,

@@ -203,6 +203,10 @@ class BenchConfig:
     seconds: float = 2.0
     min_iterations: int = 20
     timeout_s: float = 600.0
+    # Windows of seconds/3 repeat until 3 in a row agree within ±stability (throughput and
+    # median latency), or max_seconds (default 4 x seconds) per batch size and mode is spent.
+    stability: float = 0.10
+    max_seconds: float | None = None
 
     def check(self, where: str) -> None:
         if not self.batch_sizes or any(b < 1 or b > 4096 for b in self.batch_sizes):
@@ -211,6 +215,10 @@ class BenchConfig:
             raise UserError(
                 f"{where}: seconds > 0, min_iterations >= 1, warmup >= 0, timeout_s > 0"
             )
+        if not 0.0 < self.stability < 1.0:
+            raise UserError(f"{where}.stability is a fraction between 0 and 1 (0.10 = ±10%)")
+        if self.max_seconds is not None and self.max_seconds < self.seconds:
+            raise UserError(f"{where}.max_seconds must be at least seconds ({self.seconds})")
 
 
 @typed

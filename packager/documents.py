@@ -219,13 +219,34 @@ class Latency(_Closed):
     p95: float
     p99: float
     mean: float
+    p50_ci95: list[float] | None = Field(None, description="bootstrap over windows")
+    p95_ci95: list[float] | None = Field(None, description="bootstrap over windows")
+
+
+class HostState(_Closed):
+    """packager.hostinfo.host_state(): what else the host did during the benchmark."""
+
+    loadavg_before: float | None
+    loadavg_after: float | None
+    steal_pct: float | None
+    iowait_pct: float | None
+    others_cpu_pct: float | None = Field(description="other processes' share of all cores")
+    governor: str | None
+    isa_flags: list[str]
+    noisy: bool = Field(description="others_cpu_pct or steal_pct past its limit")
+    limits: dict[str, float]
 
 
 class BenchRow(_Closed):
     batch_size: int
     iterations: int
+    windows: int | None = Field(None, description="measurement windows (null: older packager)")
+    stable: bool | None = Field(
+        None, description="the last 3 windows agreed within [bench] stability"
+    )
     latency_ms: Latency
     throughput_sps: float
+    throughput_ci95: list[float] | None = Field(None, description="bootstrap over windows")
     throughput_mode: Literal["sync", "async"]
     runtime_latency_ms: Latency | None = None
     latency_samples_ms: list[float] | None = None
@@ -243,6 +264,7 @@ class BenchRun(_Closed):
     serving_memory_mb: float
     runtime: RuntimeInfo
     batches: list[BenchRow]
+    host_state: HostState | None = Field(None, description="null: older packager")
 
 
 class BenchVariant(BenchRun):

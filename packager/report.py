@@ -128,7 +128,23 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "variants": b.get("variants") or [],
         "host": {k: host.get(k) for k in ("cpu", "cores", "flags")} if not bench_gap else None,
         "accelerator": runs_on_accelerator(report),
+        "bench_caveats": [] if bench_gap else bench_caveats(b),
     }
+
+
+def bench_caveats(b: dict[str, Any]) -> list[str]:
+    """What makes a benchmark's numbers shaky: a busy host, windows that never agreed."""
+    out = []
+    state = b.get("host_state") or {}
+    if state.get("noisy"):
+        out.append(
+            f"measured on a busy host (other processes {state['others_cpu_pct']:.0f}% of the CPU, "
+            f"steal {state['steal_pct']:.1f}%)"
+        )
+    unstable = [str(r["batch_size"]) for r in b.get("batches") or [] if r.get("stable") is False]
+    if unstable:
+        out.append(f"unstable at batch {', '.join(unstable)}: its windows never agreed")
+    return out
 
 
 def _precision_choice(report: dict[str, Any]) -> str | None:

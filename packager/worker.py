@@ -49,7 +49,14 @@ def _run(job: dict, runner: ModuleRunner, work: Path, x: np.ndarray) -> dict:
     elif job["job"] == "bench":
         b = job["bench"]
         result = measure(
-            runner, x, b["batch_sizes"], b["warmup"], b["seconds"], b["min_iterations"]
+            runner,
+            x,
+            b["batch_sizes"],
+            b["warmup"],
+            b["seconds"],
+            b["min_iterations"],
+            b.get("stability", 0.10),
+            b.get("max_seconds"),
         )
     return result
 
