@@ -670,6 +670,13 @@ def _bench(
                     t, bdir, {**built.runner_options, **override}, spec, sample, b.timeout_s
                 )
                 variants.append({"label": label, **r})
+        if b.open_loop.enabled:
+            o = asdict(b.open_loop)
+            what = f"open-loop load, p95 <= {o['sla_ms']} ms"
+            with s.progress.step(t.name, what):
+                main["open_loop"] = open_loop_run(
+                    t, bdir, built.runner_options, o, s.x, s.info.fixed_batch, b.timeout_s
+                )
     except PackagerError as exc:
         steps.append(Step("benchmark", StepStatus.failed, str(exc)))
         return {"status": BenchStatus.failed, "reason": str(exc), "host": host_facts()}
@@ -702,6 +709,27 @@ def bench_run(
 ) -> dict[str, Any]:
     job = {"job": "bench", "target": t.name, "bundle": str(bdir), "options": options, "bench": spec}
     return run_worker(job, timeout, {"x": sample})
+
+
+def open_loop_run(
+    t: Target,
+    bdir: Path,
+    options: dict[str, Any],
+    spec: dict[str, Any],
+    x: np.ndarray,
+    fixed_batch: int | None,
+    timeout: float,
+) -> dict[str, Any]:
+    """packager.openloop.search on the bundle's runtime, in the worker ([bench.open_loop])."""
+    job = {
+        "job": "openloop",
+        "target": t.name,
+        "bundle": str(bdir),
+        "options": options,
+        "open_loop": spec,
+        "fixed_batch": fixed_batch,
+    }
+    return run_worker(job, timeout, {"x": x[: fixed_batch or spec["max_batch"]]})
 
 
 def gates(checks: list[dict[str, Any]]) -> dict[str, Any]:

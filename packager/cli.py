@@ -7,6 +7,7 @@ import functools
 import json
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -425,15 +426,63 @@ def selftest(bundle: Path, record: Path | None, max_size_gb: float | None, as_js
         raise PackagerError(f"the self-test ended with exit code {code}: {line}")
 
 
+def open_loop_text(ol: dict[str, Any]) -> str:
+    head = (
+        f"open loop (Poisson, dynamic batching up to {ol['max_batch']} within "
+        f"{ol['max_delay_ms']:g} ms): "
+    )
+    if ol["max_rate"] is None:
+        head += f"no rate tried meets p95 <= {ol['sla_ms']:g} ms"
+    else:
+        head += (
+            f"max rate {ol['max_rate']:,.0f}/s at p95 {ol['p95_ms_at_max_rate']:.3f} ms "
+            f"(SLA {ol['sla_ms']:g} ms) = {ol['share_of_saturation']:.0%} of closed-loop "
+            f"saturation {ol['saturation_sps']:,.0f}/s"
+        )
+    rows = [
+        f"  offered {p['rate']:10,.0f}/s  served {p['achieved_rate']:10,.0f}/s  p95 "
+        + (f"{p['p95_ms']:8.3f} ms" if p["p95_ms"] is not None else "     n/a")
+        + (f"  dropped {p['dropped']}" if p["dropped"] else "")
+        for p in ol["points"]
+    ]
+    return "\n".join([head, *rows])
+
+
 @cli.command()
 @click.argument("bundle", type=click.Path(path_type=Path))
 @click.option(
     "--batch-sizes", default="1,8,16,32,64", show_default=True, help="Comma-separated batch sizes."
 )
 @click.option("--seconds", default=2.0, show_default=True, help="Seconds per batch size.")
+@click.option(
+    "--open-loop",
+    is_flag=True,
+    help="Also: latency under Poisson arrivals, and the highest rate whose p95 meets --sla-ms.",
+)
+@click.option(
+    "--sla-ms",
+    type=click.FloatRange(min=0, min_open=True),
+    default=3.0,
+    show_default=True,
+    help="Open loop: the p95 latency a rate must meet.",
+)
+@click.option(
+    "--rates",
+    default=None,
+    help="Open loop: offered rates (requests/s, comma-separated) instead of the search.",
+)
 @json_option
-def bench(bundle: Path, batch_sizes: str, seconds: float, as_json: bool) -> None:
+def bench(
+    bundle: Path,
+    batch_sizes: str,
+    seconds: float,
+    open_loop: bool,
+    sla_ms: float,
+    rates: str | None,
+    as_json: bool,
+) -> None:
     """Benchmark a bundle on this host (fresh subprocess, synthetic input)."""
+    from packager.config import OpenLoopConfig
     from packager.revalidate import rebench
 
     try:
@@ -442,7 +491,18 @@ def bench(bundle: Path, batch_sizes: str, seconds: float, as_json: bool) -> None
         raise click.BadParameter(
             "use comma-separated integers, e.g. 1,8,32", param_hint="--batch-sizes"
         ) from None
-    result = rebench(bundle, sizes, seconds)
+    spec = None
+    if open_loop:
+        spec = asdict(OpenLoopConfig(enabled=True, sla_ms=sla_ms))
+        try:
+            spec["rates"] = [float(r) for r in rates.split(",") if r.strip()] if rates else None
+        except ValueError:
+            raise click.BadParameter(
+                "use comma-separated requests/s, e.g. 500,1000", param_hint="--rates"
+            ) from None
+        if spec["rates"] is not None and (not spec["rates"] or min(spec["rates"]) <= 0):
+            raise click.BadParameter("rates must be positive, e.g. 500,1000", param_hint="--rates")
+    result = rebench(bundle, sizes, seconds, spec)
     lines = [f"load {result['load_time_ms']:.1f} ms, peak RSS {result['peak_rss_mb']:.1f} MB"]
     for b in result["batches"]:
         runtime = b.get("runtime_latency_ms")  # the runtime's own timer, where it has one
@@ -454,6 +514,9 @@ def bench(bundle: Path, batch_sizes: str, seconds: float, as_json: bool) -> None
             f"  {b['windows']} windows{'' if b['stable'] else ', UNSTABLE'}"
             + (f"  (runtime's own timer p50 {runtime['p50']:.3f} ms)" if runtime else "")
         )
+    ol = result.get("open_loop")
+    if ol:
+        lines.append(open_loop_text(ol))
     state = result["host_state"]
     if state["noisy"]:
         lines.append(

@@ -196,6 +196,23 @@ FRACTION_GATES = (
 
 
 @typed
+class OpenLoopConfig:
+    """[bench.open_loop]: latency under Poisson arrivals (packager/openloop.py)."""
+
+    enabled: bool = False
+    sla_ms: float = 3.0  # max_rate is the highest rate whose p95 meets this
+    max_batch: int = 16  # the dynamic batcher's largest batch
+    max_delay_ms: float = 1.0  # how long it waits after the oldest request for more
+    seconds: float = 1.0  # per offered rate
+
+    def check(self, where: str) -> None:
+        if self.sla_ms <= 0 or self.seconds <= 0 or self.max_delay_ms < 0:
+            raise UserError(f"{where}: sla_ms > 0, seconds > 0, max_delay_ms >= 0")
+        if not 1 <= self.max_batch <= 4096:
+            raise UserError(f"{where}.max_batch must be 1..4096")
+
+
+@typed
 class BenchConfig:
     batch_sizes: list[int] = field(default_factory=lambda: [1, 8, 16, 32, 64])
     warmup: int = 10
@@ -207,6 +224,7 @@ class BenchConfig:
     # median latency), or max_seconds (default 4 x seconds) per batch size and mode is spent.
     stability: float = 0.10
     max_seconds: float | None = None
+    open_loop: OpenLoopConfig = field(default_factory=OpenLoopConfig)
 
     def check(self, where: str) -> None:
         if not self.batch_sizes or any(b < 1 or b > 4096 for b in self.batch_sizes):

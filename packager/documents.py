@@ -280,8 +280,34 @@ class Best(_Closed):
     throughput_sps: float
 
 
+class OpenLoopPoint(_Closed):
+    rate: float = Field(description="offered requests/s (Poisson)")
+    requests: int
+    achieved_rate: float = Field(description="requests served per second of the schedule")
+    p50_ms: float | None
+    p95_ms: float | None
+    p99_ms: float | None
+    dropped: int = Field(description="still unserved when the run was cut off")
+
+
+class OpenLoop(_Closed):
+    """packager.openloop.search(): latency from each request's scheduled arrival."""
+
+    sla_ms: float
+    max_batch: int
+    max_delay_ms: float
+    seconds_per_rate: float
+    saturation_sps: float = Field(description="closed-loop samples/s at max_batch")
+    max_rate: float | None = Field(description="highest achieved rate with p95 <= sla_ms")
+    p95_ms_at_max_rate: float | None
+    share_of_saturation: float | None
+    points: list[OpenLoopPoint]
+    runtime: RuntimeInfo | None = None
+
+
 class Benchmark(BenchRun):
     status: Literal[BenchStatus.ok]
+    open_loop: OpenLoop | None = Field(None, description="[bench.open_loop] enabled only")
     reason: str
     host: BenchHost
     best: Best | None

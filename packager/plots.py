@@ -145,6 +145,26 @@ def batch_sweep(series: list[tuple[str, list[dict[str, Any]]]]) -> Markup:
     return to_svg(fig, "sweep", "throughput and latency against batch size")
 
 
+def open_loop(ol: dict[str, Any]) -> Markup:
+    """p50/p95/p99 latency against the achieved Poisson rate, with the SLA line and max_rate."""
+    fig, ax = _figure(5.2, 2.9)
+    with matplotlib.rc_context(RC):
+        pts = [p for p in sorted(ol["points"], key=lambda p: p["achieved_rate"]) if p["p95_ms"]]
+        rate = [p["achieved_rate"] for p in pts]
+        for key, style in (("p50_ms", "o-"), ("p95_ms", "s-"), ("p99_ms", "^--")):
+            ax.plot(rate, [p[key] for p in pts], style, color=PALETTE[0], label=key[:3])
+        ax.axhline(ol["sla_ms"], color=PALETTE[1], linestyle=":", label=f"SLA {ol['sla_ms']:g} ms")
+        if ol["max_rate"] is not None:
+            _limit_line(ax, ol["max_rate"], f"max rate {ol['max_rate']:,.0f}/s", ":")
+        ax.set_yscale("log")
+        ax.set_xlabel("requests / s served (Poisson arrivals)")
+        ax.set_ylabel("ms from scheduled arrival")
+        ax.set_title("Latency under open-loop load", loc="left")
+        ax.legend(fontsize=7, frameon=False)
+        fig.tight_layout()
+    return to_svg(fig, "open-loop", "latency against offered rate under open-loop load")
+
+
 def confusion_matrix(conf: dict[str, int], positive: str, negative: str) -> Markup:
     """2x2 counts at the decision threshold: rows the truth, columns the decision."""
     cells = np.array([[conf["tp"], conf["fn"]], [conf["fp"], conf["tn"]]])

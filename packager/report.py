@@ -75,6 +75,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
     host = b.get("host") or {}
     cal = (c.get("evidence") or {}).get("calibration") or {}
     tcal, rcal = cal.get("target"), cal.get("reference")
+    ol = b.get("open_loop")
     return {
         "target": report.get("target", "?"),
         "name": m.get("name"),
@@ -129,6 +130,16 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "host": {k: host.get(k) for k in ("cpu", "cores", "flags")} if not bench_gap else None,
         "accelerator": runs_on_accelerator(report),
         "bench_caveats": [] if bench_gap else bench_caveats(b),
+        "open_loop": ol,
+        "open_loop_sps": (ol or {}).get("max_rate"),
+        "open_loop_gap": bench_gap
+        or (
+            "not measured: set [bench.open_loop] enabled = true or run packager bench --open-loop"
+            if ol is None
+            else f"no rate met p95 <= {ol['sla_ms']:g} ms"
+            if ol["max_rate"] is None
+            else None
+        ),
     }
 
 
@@ -353,6 +364,8 @@ def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None
             (v["label"], v["batches"]) for v in row["variants"] if v.get("batches")
         ]
         figures["sweep"] = plots.batch_sweep(series)
+        if row["open_loop"] and any(p["p95_ms"] for p in row["open_loop"]["points"]):
+            figures["open-loop"] = plots.open_loop(row["open_loop"])
     search = report.get("precision_search")
     if search and any(r.get("sensitivity") is not None for r in search["candidates"]):
         figures["candidates"] = plots.precision_candidates(

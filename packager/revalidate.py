@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from packager import __version__, documents
-from packager.build import Step, bench_run, finish_report, gates
+from packager.build import Step, bench_run, finish_report, gates, open_loop_run
 from packager.bundle import LEGACY_SIGNATURE, MANIFEST, SIGNATURE, make_tarball, write_manifest
 from packager.config import Config, parse_config
 from packager.data import Dataset, open_dataset
@@ -345,7 +345,9 @@ def site_markdown(site: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def rebench(bundle: Path, batch_sizes: list[int], seconds: float) -> dict[str, Any]:
+def rebench(
+    bundle: Path, batch_sizes: list[int], seconds: float, open_loop: dict[str, Any] | None = None
+) -> dict[str, Any]:
     runtime = _read(bundle, "runtime.json")
     target = get(runtime["target"])
     avail = target.availability().bench
@@ -360,4 +362,9 @@ def rebench(bundle: Path, batch_sizes: list[int], seconds: float) -> dict[str, A
     sample = pre(rng.integers(0, 256, (max(batch_sizes), pre.size, pre.size), dtype=np.uint8))
     spec = {"batch_sizes": batch_sizes, "warmup": 10, "seconds": seconds, "min_iterations": 20}
     result = bench_run(target, bundle, runtime["runner_options"], spec, sample, 600)
+    if open_loop is not None:
+        rows = pre(rng.integers(0, 256, (open_loop["max_batch"], pre.size, pre.size), np.uint8))
+        result["open_loop"] = open_loop_run(
+            target, bundle, runtime["runner_options"], open_loop, rows, runtime["fixed_batch"], 900
+        )
     return result | {"host": host_facts(), "input": "synthetic"}

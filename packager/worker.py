@@ -46,6 +46,22 @@ def _run(job: dict, runner: ModuleRunner, work: Path, x: np.ndarray) -> dict:
         for key in ("x", "probs", "kinds"):
             np.save(work / f"golden_{key}.npy", golden.pop(key), allow_pickle=False)
         result |= golden | {"arrays": ["golden_x", "golden_probs", "golden_kinds"]}
+    elif job["job"] == "openloop":
+        from packager.openloop import search
+
+        o = job["open_loop"]
+        with runner:
+            result = search(
+                runner,
+                x,
+                o["sla_ms"],
+                o["max_batch"],
+                o["max_delay_ms"],
+                o["seconds"],
+                o.get("rates"),
+                job.get("fixed_batch"),
+            )
+            result["runtime"] = runner.info()
     elif job["job"] == "bench":
         b = job["bench"]
         result = measure(

@@ -1,0 +1,164 @@
+"""Open-loop load (packager/openloop.py): the serving loop on a virtual clock against an
+independent queue simulation (Lindley's recursion, with the batcher's rule written out in plain
+Python), Poisson arrivals against their known mean, and `packager bench --open-loop` on a real
+bundle, whose max_rate is recounted from its own points."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from packager.openloop import MAX_DROP_SHARE, arrivals, serve
+from tests.conftest import Result, bundle_dir
+
+
+class VirtualClock:
+    """Time that moves only when the loop sleeps or the 'runtime' works."""
+
+    def __init__(self, service: Callable[[int], float]) -> None:
+        self.now, self.service, self.batches = 0.0, service, []
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, s: float) -> None:
+        self.now += s
+
+    def infer(self, b: int) -> None:
+        self.batches.append(b)
+        self.now += self.service(b)
+
+
+def simulate(
+    schedule: list[float], service: Callable[[int], float], max_batch: int, delay: float
+) -> tuple[list[float], list[int]]:
+    """The same server written as a queue: when free at `free`, the next batch starts at
+    max(free, first arrival), waits until the batch is full or `delay` after its first
+    arrival, and takes everyone who has arrived by then."""
+    lat, batches, free, i = [0.0] * len(schedule), [], 0.0, 0
+    while i < len(schedule):
+        start = max(free, schedule[i])
+        last = min(i + max_batch, len(schedule)) - 1
+        if schedule[last] > start:
+            start = max(start, min(schedule[i] + delay, schedule[last]))
+        j = i
+        while j < len(schedule) and j - i < max_batch and schedule[j] <= start:
+            j += 1
+        free = start + service(j - i)
+        for k in range(i, j):
+            lat[k] = free - schedule[k]
+        batches.append(j - i)
+        i = j
+    return lat, batches
+
+
+@pytest.mark.parametrize(
+    ("gap", "max_batch", "delay"),
+    [(1e-3, 1, 0.0), (0.5e-3, 1, 0.0), (0.5e-3, 4, 0.0), (0.3e-3, 8, 1e-3)],
+)
+def test_latency_runs_from_the_scheduled_arrival_through_the_queue(
+    gap: float, max_batch: int, delay: float
+) -> None:
+    """Requests every `gap` s, 1 ms + 0.1 ms per extra sample of service: past capacity the
+    queue grows and every request's latency includes its wait (no coordinated omission)."""
+    schedule = np.arange(200) * gap
+
+    def service(b: int) -> float:
+        return 1e-3 + 1e-4 * (b - 1)
+
+    vc = VirtualClock(service)
+    lat, dropped = serve(vc.infer, schedule, max_batch, delay, 1e9, vc.clock, vc.sleep)
+    want, batches = simulate(list(schedule), service, max_batch, delay)
+    assert dropped == 0 and vc.batches == batches
+    np.testing.assert_allclose(lat, want, atol=1e-9)
+    if max_batch == 1 and gap < 1e-3:  # overloaded: the last request waited for all before it
+        assert lat[-1] == pytest.approx(200 * 1e-3 - 199 * gap, abs=1e-9)
+
+
+def test_requests_still_queued_at_the_cutoff_are_dropped() -> None:
+    schedule = np.arange(100) * 1e-4  # 10,000/s against a 1 ms server
+
+    vc = VirtualClock(lambda b: 1e-3)
+    lat, dropped = serve(vc.infer, schedule, 1, 0.0, 0.02, vc.clock, vc.sleep)
+    assert len(lat) + dropped == 100 and dropped > 0
+    assert len(lat) == pytest.approx(21, abs=1)  # ~one per ms until 20 ms
+
+
+def test_arrivals_are_poisson_at_the_rate() -> None:
+    """Count in [0, T) ~ Poisson(rate T): mean and variance both rate T (2,000 runs)."""
+    counts = np.array([len(arrivals(500.0, 0.2, seed)) for seed in range(2000)])
+    assert counts.mean() == pytest.approx(100, rel=0.02)
+    assert counts.var() == pytest.approx(100, rel=0.15)
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path) -> Path:
+    from tests.conftest import DEFAULT_TOML, _run
+
+    root = tmp_path_factory.mktemp("openloop")
+    (root / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
+    r = _run(["build", "-t", "cpu-onnxruntime", "--no-bench", "-q"], root)
+    assert r.code == 0, r.stderr
+    return bundle_dir(root, "cpu-onnxruntime")
+
+
+def test_bench_open_loop_on_a_real_bundle(bundle: Path, cli: Callable[..., Result]) -> None:
+    r = cli(
+        "bench",
+        bundle,
+        "--batch-sizes",
+        "1",
+        "--seconds",
+        "0.3",
+        "--open-loop",
+        "--rates",
+        "50,200",
+        "--sla-ms",
+        "50",
+        "--json",
+        cwd=bundle,
+    )
+    assert r.code == 0, r.stderr
+    ol = r.json["open_loop"]
+    assert [p["rate"] for p in ol["points"]] == [50.0, 200.0]
+    for p in ol["points"]:
+        assert p["requests"] > 0 and p["p50_ms"] <= p["p95_ms"] <= p["p99_ms"]
+    passing = [
+        p
+        for p in ol["points"]
+        if p["p95_ms"] <= ol["sla_ms"] and p["dropped"] <= MAX_DROP_SHARE * p["requests"]
+    ]
+    best = max((p["achieved_rate"] for p in passing), default=None)
+    assert ol["max_rate"] == best
+    if best is not None:
+        assert ol["share_of_saturation"] == pytest.approx(best / ol["saturation_sps"])
+
+
+def test_bad_rates_are_one_line(bundle: Path, cli: Callable[..., Result]) -> None:
+    r = cli("bench", bundle, "--open-loop", "--rates", "fast", cwd=bundle)
+    assert r.code == 2 and "--rates" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_build_with_open_loop_reports_it_and_the_sla_scores_it(
+    project: Callable[..., Path], cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    """[bench.open_loop] in a real build: report.json carries the search, report.md says it,
+    and `compare --sla` scores the open-loop line from the report's own max_rate."""
+    root = project("[bench.open_loop]\nenabled = true\nsla_ms = 50\nseconds = 0.3\nmax_batch = 4\n")
+    r = cli("build", "-t", "cpu-onnxruntime", "-q", cwd=root)
+    assert r.code == 0, r.stderr
+    bundle = bundle_dir(root, "cpu-onnxruntime")
+    import json
+
+    ol = json.loads((bundle / "report.json").read_text())["benchmark"]["open_loop"]
+    assert ol["sla_ms"] == 50 and ol["max_batch"] == 4 and ol["points"]
+    assert "Open loop (Poisson arrivals" in (bundle / "report.md").read_text()
+    limit = 1.0 if ol["max_rate"] is None else ol["max_rate"] / 2
+    (tmp_path / "sla.toml").write_text(f"[sla]\nopen_loop_sps = {limit}\n")
+    c = cli("compare", bundle, "--sla", tmp_path / "sla.toml", "--format", "json", cwd=root)
+    assert c.code == 0, c.stderr
+    line = c.json["sla"]["rows"][0]["lines"]["open_loop_sps"]
+    assert line["value"] == ol["max_rate"] and line["met"] is (ol["max_rate"] is not None)
