@@ -317,11 +317,11 @@ def _raw_forms(top16: int) -> list[tuple[str, str, Any, int]]:
         return np.rint(f * top).astype(np.uint16)
 
     return [
-        ("png 8-bit", "png", lambda f, _: _encoded(u8(f), "PNG"), 1),
-        ("png 8-bit", "png", lambda f, _: _encoded(u8(f), "PNG"), 1),
-        ("png 16-bit", "png", lambda f, _: _encoded(u16(f, top16), "PNG"), 1),
-        ("png 16-bit", "png", lambda f, _: _encoded(u16(f, top16), "PNG"), 1),
-        ("png rgb", "png", lambda f, _: _encoded(u8(f), "PNG"), 3),
+        ("png 8-bit", "png", lambda f, _: _encoded(u8(f), "PNG", compress_level=1), 1),
+        ("png 8-bit", "png", lambda f, _: _encoded(u8(f), "PNG", compress_level=1), 1),
+        ("png 16-bit", "png", lambda f, _: _encoded(u16(f, top16), "PNG", compress_level=1), 1),
+        ("png 16-bit", "png", lambda f, _: _encoded(u16(f, top16), "PNG", compress_level=1), 1),
+        ("png rgb", "png", lambda f, _: _encoded(u8(f), "PNG", compress_level=1), 3),
         ("jpeg 8-bit", "jpeg", lambda f, _: _encoded(u8(f), "JPEG", quality=90), 1),
         (
             "tiff 16-bit",

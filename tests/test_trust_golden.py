@@ -430,3 +430,50 @@ def test_a_slightly_perturbed_model(png_bundle: Path, tmp_path: Path, times: flo
         assert f"(|dp| {probs['max_abs_diff']:.2e})" in out.stdout
     else:
         assert out.returncode == 0 and record["verdict"] == "accepted", out.stdout
+
+
+# --- how a bundle declares the formats it reads ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("data", "words"),
+    [
+        ({"preprocess": {"formats": []}}, ["preprocess.formats", "empty"]),
+        ({"preprocess": {"formats": ["gif"]}}, ["preprocess.formats[0]", "'dicom'"]),
+    ],
+)
+def test_bad_formats_name_the_key(data: dict, words: list[str]) -> None:
+    from packager.config import parse_config
+    from packager.errors import UserError
+
+    with pytest.raises(UserError) as err:
+        parse_config(data, Path("/tmp"))
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+
+
+def test_dicom_is_declared_by_the_data_or_the_window(tmp_path: Path) -> None:
+    from packager.config import parse_config
+    from packager.data import holds_dicom, scan_folder
+    from packager.errors import UserError
+    from packager.session import resolve_formats
+    from tests.dicom_files import write_dicom
+
+    for label in ("normal", "pneumonia"):
+        (tmp_path / label).mkdir()
+        Image.fromarray(np.zeros((8, 8), np.uint8)).save(tmp_path / label / "a.png")
+    names = ["normal", "pneumonia"]
+    assert not holds_dicom(scan_folder(tmp_path, "test", names))
+    write_dicom(tmp_path / "pneumonia" / "IM0001", np.zeros((8, 8), np.uint8))  # no suffix
+    assert holds_dicom(scan_folder(tmp_path, "test", names))
+
+    pillow = ("png", "jpeg", "tiff", "bmp")
+    assert resolve_formats(parse_config({}, tmp_path), False) == pillow
+    assert resolve_formats(parse_config({}, tmp_path), True) == (*pillow, "dicom")
+    window = parse_config({"data": {"dicom": {"window": [40.0, 400.0]}}}, tmp_path)
+    assert resolve_formats(window, False) == (*pillow, "dicom")
+    listed = parse_config({"preprocess": {"formats": ["dicom", "png"]}}, tmp_path)
+    assert resolve_formats(listed, True) == ("png", "dicom")
+    only_png = parse_config({"preprocess": {"formats": ["png"]}}, tmp_path)
+    with pytest.raises(UserError, match='does not list "dicom"'):
+        resolve_formats(only_png, True)
