@@ -38,6 +38,11 @@ NEAR_MARGINS = (3.0, 10.0)  # near-threshold cases sit this many tolerance floor
 SEARCH_ROUNDS, SEARCH_POINTS = 5, 9
 TENSOR_KINDS = ("synthetic", "near-threshold", "validation")
 RAW_SEED = 1
+RAW_MAX_SIDE = 256  # raw files of a larger model are this big (its resize scales them up)
+RAW_BUDGET = 2**22  # model-input values per form across its candidates (16 MB as float32)
+# (mean level, contrast) of each candidate of a raw form, on the 0..1 display range
+RAW_VARIANTS = ((0.5, 1.0), (0.3, 0.6), (0.7, 0.6), (0.5, 0.3), (0.15, 0.3), (0.85, 0.3))
+_SUFFIX = {"png": "png", "jpeg": "jpg", "tiff": "tif", "bmp": "bmp", "dicom": "dcm"}
 
 
 def floor_for(precision: str, proxy: bool) -> float:
@@ -271,17 +276,21 @@ def raw_cases(pre: Preprocess, seed: int = RAW_SEED) -> dict[str, np.ndarray]:
     """Candidate raw image files for each form of each format `pre.formats` declares, a little
     larger than the model's input (so the resize runs): per form, one seeded image at each of
     RAW_VARIANTS' brightness and contrast (`raw_group` numbers the form; the recording keeps the
-    candidate nearest the threshold, where a change in the preprocessing shows most). Arrays
+    candidate nearest the threshold, where a change in the preprocessing shows most). The
+    forms alternate smooth blobs and ramps, so the two 8-bit and 16-bit PNGs differ. Arrays
     as selftest.npz stores them (shipped selftest.RAW)."""
     rng = np.random.default_rng(seed)
-    h, w = pre.size + pre.size // 4 + 1, pre.size + pre.size // 8 + 1
+    side = min(pre.size, RAW_MAX_SIDE)
+    h, w = side + side // 4 + 1, side + side // 8 + 1
     top16 = 2**pre.uint16_bits - 1
     forms = [form for form in _raw_forms(top16) if form[1] in pre.formats]
+    # fewer candidates for a large model input: they are all decoded and run once
+    variants = max(1, min(len(RAW_VARIANTS), RAW_BUDGET // (pre.size**2 * pre.channels)))
     names, kinds, groups, files = [], [], [], []
     for group, (kind, fmt, encode, channels) in enumerate(forms):
         gradient = channels == 1 and group % 2 == 1  # smooth blobs and ramps in turn
         field = _gradient(rng, h, w) if gradient else _smooth(rng, h, w, channels)
-        for v, (level, contrast) in enumerate(RAW_VARIANTS):
+        for v, (level, contrast) in enumerate(RAW_VARIANTS[:variants]):
             varied = np.clip(level + contrast * (field - 0.5), 0.0, 1.0)
             files.append(encode(varied, f"{kind} {v}"))
             names.append(f"{group:02d}-{v}.{_SUFFIX[fmt]}")
@@ -294,17 +303,6 @@ def raw_cases(pre: Preprocess, seed: int = RAW_SEED) -> dict[str, np.ndarray]:
         "raw_kinds": np.array(kinds),
         "raw_group": np.array(groups, np.int64),
     }
-
-
-RAW_VARIANTS = (
-    (0.5, 1.0),
-    (0.3, 0.6),
-    (0.7, 0.6),
-    (0.5, 0.3),
-    (0.15, 0.3),
-    (0.85, 0.3),
-)  # (level, contrast)
-_SUFFIX = {"png": "png", "jpeg": "jpg", "tiff": "tif", "bmp": "bmp", "dicom": "dcm"}
 
 
 def _raw_forms(top16: int) -> list[tuple[str, str, Any, int]]:
