@@ -166,6 +166,15 @@ def replay(bundle: Path, runtime: Any, config: dict[str, Any]) -> list[dict[str,
             raise Refused(f"{GOLDEN} has no raw image cases; rebuild the bundle", EXIT_USAGE)
         x, golden, kinds = g["x"], g["probs"], g["kinds"]
         raw = {k: g[k] for k in RAW}
+    n = len(raw["raw_names"])
+    ends = raw["raw_ends"]
+    if not (
+        len(golden) == len(kinds) == len(x)
+        and len(raw["raw_kinds"]) == len(raw["raw_probs"]) == len(ends) == n
+        and (np.diff(ends, prepend=0) >= 0).all()
+        and (n == 0 or ends[-1] == len(raw["raw_bytes"]))
+    ):
+        raise Refused(f"{GOLDEN}: its arrays do not fit together; rebuild the bundle", EXIT_USAGE)
     pre = shipped_preprocess(bundle)
     tensors, errors = decode_raw(
         pre, raw["raw_names"], raw_files(raw["raw_bytes"], raw["raw_ends"])
