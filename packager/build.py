@@ -312,12 +312,14 @@ def install_code(t: Target, dest: Path) -> dict[str, str]:
     return {name: file_sha256(dest / name) for name in sorted(sources)}
 
 
-def requirements(t: Target, runner_options: dict[str, Any]) -> str:
-    """requirements.txt: what predict.py needs, at the versions the bundle was validated with."""
+def requirements(t: Target, runner_options: dict[str, Any], formats: tuple[str, ...] = ()) -> str:
+    """requirements.txt: what predict.py needs, at the versions the bundle was validated with
+    (pydicom where the bundle reads DICOM: its self-test decodes DICOM files)."""
     from importlib.metadata import PackageNotFoundError, version
 
     lines = []
-    for dist in ("numpy", "pillow", *t.requirements(runner_options)):
+    dicom = ["pydicom"] if "dicom" in formats else []
+    for dist in ("numpy", "pillow", *dicom, *t.requirements(runner_options)):
         try:
             lines.append(f"{dist}=={version(dist)}")
         except PackageNotFoundError:  # not installed on the build host (e.g. tensorrt)
@@ -328,7 +330,8 @@ def requirements(t: Target, runner_options: dict[str, Any]) -> str:
 def _write_runtime(s: Session, t: Target, bdir: Path, built: BuildOutput) -> dict[str, str]:
     code = install_code(t, bdir)
     (bdir / "preprocess.json").write_text(s.preprocess.to_json())
-    (bdir / "requirements.txt").write_text(requirements(t, built.runner_options))
+    reqs = requirements(t, built.runner_options, s.preprocess.formats)
+    (bdir / "requirements.txt").write_text(reqs)
     runtime = {
         "target": t.name,
         "precision": built.precision,
@@ -527,19 +530,24 @@ def _selftest(
         "spec": spec,
     }
     x = selftest.synthetic_inputs(s.preprocess, cfg.selftest.synthetic)
+    candidates = selftest.raw_cases(s.preprocess)
+    spec["raw_group"] = candidates["raw_group"].tolist()
+    arrays = {"x": x, "samples": samples, "raw": selftest.raw_inputs(bdir, candidates)}
     with s.progress.step(t.name, "recording the self-test golden set"):
-        result = run_worker(job, cfg.bench.timeout_s, {"x": x, "samples": samples})
-    golden = {k: result.pop(f"golden_{k}") for k in ("x", "probs", "kinds")}
+        result = run_worker(job, cfg.bench.timeout_s, arrays)
+    golden = {k: result.pop(f"golden_{k}") for k in ("x", "probs", "kinds", "raw_probs")}
+    raw = selftest.pick_raw(candidates, result.pop("golden_raw_chosen"))
     meta = {
         "precision": built.precision,
         "positive_index": pos,
         "threshold": thr,
         "floor": spec["floor"],
+        "formats": list(s.preprocess.formats),
         "recorded_on": kind,
         "proxy": report["validation"]["proxy"],
         "runtime": result["runtime"],
     }
-    summary = selftest.write_golden(bdir, result | golden, meta)
+    summary = selftest.write_golden(bdir, result | golden, raw, meta)
     _replay_selftest(s, t, bdir, built, report, summary, steps)
 
 

@@ -93,6 +93,10 @@ class PreprocessConfig:
     # The bit depth of 16-bit PNG/TIFF data (12 for 12-bit values in 16-bit files): that range
     # maps onto 0..255 before `scale`; a value above it is refused, never clipped.
     uint16_bits: int = 16
+    # The file formats the bundle reads, each replayed by its self-test (docs/selftest.md).
+    # None: png, jpeg, tiff, bmp, plus dicom when the data holds DICOM or [data.dicom] sets a
+    # window. dicom pins pydicom in the bundle's requirements.txt.
+    formats: list[Literal["png", "jpeg", "tiff", "bmp", "dicom"]] | None = None
 
     def check(self, where: str) -> None:
         if not 9 <= self.uint16_bits <= 16:
@@ -105,6 +109,8 @@ class PreprocessConfig:
             raise UserError(f"{where}.std must not contain 0")
         if len(self.mean) not in (1, 3) or len(self.std) not in (1, 3):
             raise UserError(f"{where}.mean and .std take 1 or 3 values (one per channel)")
+        if self.formats is not None and not self.formats:
+            raise UserError(f'{where}.formats is empty; list at least one, e.g. ["png"]')
 
 
 @typed

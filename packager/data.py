@@ -254,6 +254,20 @@ def _is_image_file(f: Path) -> bool:
         return is_dicom(f, fh.read(132))
 
 
+def holds_dicom(files: FileList) -> bool:
+    """Whether any file of the list is DICOM: its suffix, or the DICM magic where the suffix
+    names no image format (DICOM files often have none)."""
+    for i, name in enumerate(files.names):
+        suffix = Path(name).suffix.lower()
+        if suffix in DICOM_SUFFIXES:
+            return True
+        if suffix not in IMAGE_SUFFIXES:
+            with open(files.path(i), "rb") as fh:
+                if is_dicom(name, fh.read(132)):
+                    return True
+    return False
+
+
 def scan_folder(
     root: Path, split: str, class_names: list[str], labels_csv: str | Path | None = None
 ) -> FileList:

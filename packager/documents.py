@@ -198,13 +198,20 @@ class SelftestSummary(_Closed):
     positive_index: int
     threshold: float
     floor: float
+    formats: list[str] = Field(
+        description="the file formats the bundle reads; selftest.npz holds an encoded image file "
+        "of each, replayed through the shipped preprocess.py"
+    )
     recorded_on: str
     proxy: str | None
     runtime: RuntimeInfo
     batch_size: int
     tolerance: float
     measured: SelftestMeasured
-    cases: dict[str, int]
+    cases: dict[str, int] = Field(
+        description="cases per kind: synthetic, near-threshold, validation (model inputs) and "
+        "one kind per raw image file form (png 8-bit, dicom MONOCHROME1 16-bit window, ...)"
+    )
     build_host: BuildHostSelftest | None = None
 
 
@@ -594,6 +601,22 @@ class WorstCase(_Closed):
     got: float
 
 
+class UnreadableCase(_Closed):
+    case: int
+    kind: str
+    error: str
+
+
+class PreprocessingCheck(_Closed):
+    """The raw image files of selftest.npz through the bundle's preprocess.py."""
+
+    name: Literal["preprocessing"]
+    status: Literal[CheckStatus.passed, CheckStatus.failed]
+    cases: int
+    formats: list[str]
+    unreadable: list[UnreadableCase]
+
+
 class ProbabilitiesCheck(_Closed):
     name: Literal["probabilities"]
     status: Literal[CheckStatus.passed, CheckStatus.failed]
@@ -614,7 +637,7 @@ class DecisionsCheck(_Closed):
 
 
 AcceptanceCheck = Annotated[
-    ManifestCheck | RuntimeCheck | ProbabilitiesCheck | DecisionsCheck,
+    ManifestCheck | RuntimeCheck | PreprocessingCheck | ProbabilitiesCheck | DecisionsCheck,
     Field(discriminator="name"),
 ]
 

@@ -11,6 +11,10 @@ configured `scale`/`mean`/`std` mean the same thing for every bit depth):
   range is an error, never clipped silently; set uint16_bits = 12 for 12-bit data in 16-bit files);
 - float32: DICOM after its modality LUT, VOI LUT or window and MONOCHROME1 inversion, already on
   0..255 (the window's output range mapped linearly; see load_dicom).
+
+File formats: `formats` lists the ones a bundle reads (preprocess.json; [preprocess] formats).
+Its self-test replays an encoded file of each through this module, and `load` refuses any other,
+so a hospital never feeds the bundle a format its self-test did not cover.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 DICOM_DECODERS = "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
 _MONO = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")  # decoded to RGB by pydicom
+# Every file format load_image reads: Pillow's (lower-cased Image.format) and DICOM.
+PILLOW_FORMATS = ("png", "jpeg", "tiff", "bmp")
+FORMATS = (*PILLOW_FORMATS, "dicom")
+_PILLOW_ALIASES = {"MPO": "jpeg"}  # a camera JPEG with a second picture is still a JPEG
 
 
 class ImageError(ValueError):
@@ -50,6 +58,7 @@ class Preprocess:
     resize: str = "bilinear"
     uint16_bits: int = 16  # the bit depth of uint16 images (see the module docstring)
     dicom_window: tuple[float, float] | None = None  # [center, width]; None: the file's own
+    formats: tuple[str, ...] = FORMATS  # the file formats `load` reads (module docstring)
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Images (N, H, W) or (N, H, W, C) of one dtype (see the module docstring) -> the
@@ -106,8 +115,9 @@ class Preprocess:
         return img.astype(np.float32)
 
     def load(self, path: str | Path, data: bytes | None = None) -> np.ndarray:
-        """One image file as this bundle reads it (DICOM with its window override)."""
-        return load_image(path, self.dicom_window, data)
+        """One image file as this bundle reads it (DICOM with its window override); a format
+        outside `formats` is refused."""
+        return load_image(path, self.dicom_window, data, self.formats)
 
     def _resize(self, img: np.ndarray) -> np.ndarray:
         # Float ("F") mode per channel keeps resize exact regardless of the source bit depth.
@@ -135,6 +145,8 @@ class Preprocess:
         data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
         if data.get("dicom_window") is not None:
             data["dicom_window"] = tuple(data["dicom_window"])
+        if "formats" in data:
+            data["formats"] = tuple(data["formats"])
         return cls(**data)
 
 
@@ -144,15 +156,21 @@ def is_dicom(name: str | Path, head: bytes) -> bool:
 
 
 def load_image(
-    path: str | Path, window: tuple[float, float] | None = None, data: bytes | None = None
+    path: str | Path,
+    window: tuple[float, float] | None = None,
+    data: bytes | None = None,
+    formats: tuple[str, ...] | None = None,
 ) -> np.ndarray:
     """An image file in its own range (module docstring): uint8 or uint16 (H, W) for grayscale,
-    uint8 (H, W, 3) for colour, float32 (H, W) for DICOM. `data`: the file's bytes, if read."""
+    uint8 (H, W, 3) for colour, float32 (H, W) for DICOM. `data`: the file's bytes, if read;
+    `formats`: the file formats accepted (see FORMATS); None: any."""
     if data is None:
         data = Path(path).read_bytes()
     if is_dicom(path, data[:132]):
+        _declared("dicom", formats)
         return load_dicom(data, window)
     with Image.open(io.BytesIO(data)) as img:
+        _declared(_PILLOW_ALIASES.get(str(img.format), str(img.format).lower()), formats)
         if img.mode.startswith("I;16"):
             return np.asarray(img).astype(np.uint16)
         if img.mode == "I":  # 32-bit integer: only a 16-bit range is defined
@@ -164,6 +182,15 @@ def load_image(
             raise ImageError("floating-point image has no defined range; export 8- or 16-bit")
         gray = img.mode in ("1", "L", "LA")
         return np.asarray(img.convert("L" if gray else "RGB"))
+
+
+def _declared(fmt: str, formats: tuple[str, ...] | None) -> None:
+    if formats is not None and fmt not in formats:
+        raise ImageError(
+            f"this bundle does not read {fmt.upper()} files: it reads {', '.join(formats)} "
+            f"(what its self-test covers); convert the image, or rebuild with [preprocess] "
+            f'formats listing "{fmt}"'
+        )
 
 
 def load_dicom(data: bytes, window: tuple[float, float] | None = None) -> np.ndarray:

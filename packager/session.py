@@ -7,7 +7,7 @@ import hashlib
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -15,11 +15,11 @@ from typing import Any
 import numpy as np
 
 from packager.config import Config
-from packager.data import Dataset, load_dataset
+from packager.data import Dataset, FileList, holds_dicom, load_dataset, open_dataset, read_files
 from packager.errors import UserError
 from packager.metrics import to_probabilities
 from packager.model import ModelInfo, inspect_model
-from packager.preprocess import Preprocess
+from packager.preprocess import FORMATS, PILLOW_FORMATS, Preprocess
 from packager.progress import Progress
 from packager.registry import reference
 from packager.runner import predict
@@ -75,6 +75,20 @@ def resolve_preprocess(cfg: Config, info: ModelInfo) -> Preprocess:
     )
 
 
+def resolve_formats(cfg: Config, data_holds_dicom: bool) -> tuple[str, ...]:
+    """The file formats the bundle reads (config.PreprocessConfig.formats), in FORMATS order."""
+    listed = cfg.preprocess.formats
+    if listed is None:
+        dicom = data_holds_dicom or cfg.data.dicom.window is not None
+        return (*PILLOW_FORMATS, *(("dicom",) if dicom else ()))
+    if data_holds_dicom and "dicom" not in listed:
+        raise UserError(
+            'the validation data holds DICOM files but [preprocess] formats does not list "dicom"; '
+            "add it (the bundle reads what it was validated on)"
+        )
+    return tuple(f for f in FORMATS if f in listed)
+
+
 @dataclass
 class Session:
     cfg: Config
@@ -101,9 +115,10 @@ class Session:
             )
         pre = resolve_preprocess(cfg, info)
         with progress.step("data", f"loading split '{cfg.data.split}'"):
-            val = load_dataset(
-                cfg.data.path, cfg.data.split, cfg.labels.names, pre, cfg.data.labels
-            )
+            source = open_dataset(cfg.data.path, cfg.data.split, cfg.labels.names, cfg.data.labels)
+            dicom = isinstance(source, FileList) and holds_dicom(source)
+            pre = replace(pre, formats=resolve_formats(cfg, dicom))
+            val = source if isinstance(source, Dataset) else read_files(source, pre)
         return cls(cfg, model_path, info, pre, val, progress, Path(cfg.output.dir) / ".cache")
 
     @property

@@ -40,12 +40,14 @@ def _run(job: dict, runner: ModuleRunner, work: Path, x: np.ndarray) -> dict:
     elif job["job"] == "golden":
         from packager.selftest import record
 
+        samples, raw = np.load(work / "samples.npy"), np.load(work / "raw.npy")
         with runner:
-            golden = record(runner, x, np.load(work / "samples.npy"), job["spec"])
+            golden = record(runner, x, samples, raw, job["spec"])
             result["runtime"] = runner.info()
-        for key in ("x", "probs", "kinds"):
+        keys = ("x", "probs", "kinds", "raw_probs", "raw_chosen")
+        for key in keys:
             np.save(work / f"golden_{key}.npy", golden.pop(key), allow_pickle=False)
-        result |= golden | {"arrays": ["golden_x", "golden_probs", "golden_kinds"]}
+        result |= golden | {"arrays": [f"golden_{key}" for key in keys]}
     elif job["job"] == "openloop":
         from packager.openloop import search
 

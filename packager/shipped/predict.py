@@ -147,9 +147,23 @@ def classify(paths: list[str], kind: str = "main") -> int:
     return EXIT_OK
 
 
+def formats_read() -> str:
+    """The file formats preprocess.json declares, for --help."""
+    try:
+        formats = json.loads((HERE / "preprocess.json").read_text())["formats"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return "the formats preprocess.json lists (unreadable here)"
+    return ", ".join(str(f).upper() for f in formats)
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("images", nargs="*", help="PNG/JPEG/TIFF images to classify")
+    parser.add_argument(
+        "images",
+        nargs="*",
+        help=f"image files to classify: this bundle reads {formats_read()} (preprocess.json "
+        "formats, each replayed by --self-test); other formats are refused",
+    )
     parser.add_argument("--self-test", action="store_true", help="replay the golden set here")
     parser.add_argument("--record", type=Path, help="acceptance record path (self-test)")
     parser.add_argument(

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime
 import hashlib
+import importlib.util
 import json
 import os
 import platform
@@ -30,6 +31,9 @@ from predict import (
 
 SCHEMA_VERSION = 1
 GOLDEN, GOLDEN_META = "selftest.npz", "selftest.json"
+# The raw image files in selftest.npz: their bytes end to end, where each ends, file name, case
+# kind and golden probabilities. They go through the bundle's preprocess.py like any image.
+RAW = ("raw_bytes", "raw_ends", "raw_names", "raw_kinds", "raw_probs")
 # Written after the manifest, so it cannot list them.
 UNLISTED = {"manifest.json", "manifest.sig", "model.sig"}
 ISA_FLAGS = (
@@ -116,31 +120,102 @@ def check_manifest(bundle: Path) -> dict[str, Any]:
     }
 
 
+def shipped_preprocess(bundle: Path) -> Any:
+    """The bundle's preprocess.py, loaded by file path under a private name, with its
+    preprocess.json: exactly what `predict.py IMAGE` classifies with."""
+    path = bundle / "preprocess.py"
+    spec = importlib.util.spec_from_file_location("_bundle_preprocess", path)
+    if spec is None or spec.loader is None:
+        raise Refused(f"cannot import {path}", EXIT_USAGE)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclass looks its module up there
+    spec.loader.exec_module(module)
+    return module.Preprocess.from_json(bundle / "preprocess.json")
+
+
+def raw_files(data: np.ndarray, ends: np.ndarray) -> list[bytes]:
+    """The files stored end to end in `data` (uint8), split at `ends`."""
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    return [data[a:b].tobytes() for a, b in zip(starts, ends, strict=True)]
+
+
+def decode_raw(
+    pre: Any, names: np.ndarray, files: list[bytes]
+) -> tuple[list[np.ndarray | None], list[str]]:
+    """Each file through pre.load and pre(): the model input (1, ...), or None and the reason."""
+    tensors: list[np.ndarray | None] = []
+    errors: list[str] = []
+    for name, data in zip(names, files, strict=True):
+        try:
+            tensors.append(pre(pre.load(str(name), data)[None]))
+            errors.append("")
+        except (OSError, ValueError) as exc:  # the preprocessing's ImageError is a ValueError
+            tensors.append(None)
+            errors.append(" ".join(str(exc).split())[:300])
+    return tensors, errors
+
+
 def replay(bundle: Path, runtime: Any, config: dict[str, Any]) -> list[dict[str, Any]]:
-    """The golden inputs on this host: probabilities within the recorded tolerance, and the
-    same decision for every case farther than the tolerance from the threshold."""
+    """The golden set on this host: the raw image files through the shipped preprocessing, then
+    every input through the runtime. Probabilities within the recorded tolerance, and, for every
+    case farther than the tolerance from the threshold it was recorded at, the decision at
+    runtime.json's threshold equal to the recorded one."""
     meta = read_json(bundle / GOLDEN_META)
     with np.load(bundle / GOLDEN, allow_pickle=False) as g:
+        if not set(RAW) <= set(g.files):
+            raise Refused(f"{GOLDEN} has no raw image cases; rebuild the bundle", EXIT_USAGE)
         x, golden, kinds = g["x"], g["probs"], g["kinds"]
-    scores = infer_all(runtime, x, meta["batch_size"], config["fixed_batch"])
+        raw = {k: g[k] for k in RAW}
+    n = len(raw["raw_names"])
+    ends = raw["raw_ends"]
+    if not (
+        len(golden) == len(kinds) == len(x)
+        and len(raw["raw_kinds"]) == len(raw["raw_probs"]) == len(ends) == n
+        and (np.diff(ends, prepend=0) >= 0).all()
+        and (n == 0 or ends[-1] == len(raw["raw_bytes"]))
+    ):
+        raise Refused(f"{GOLDEN}: its arrays do not fit together; rebuild the bundle", EXIT_USAGE)
+    pre = shipped_preprocess(bundle)
+    tensors, errors = decode_raw(
+        pre, raw["raw_names"], raw_files(raw["raw_bytes"], raw["raw_ends"])
+    )
+    readable = [j for j, t in enumerate(tensors) if t is not None]
+    rows = np.concatenate([np.arange(len(x)), len(x) + np.array(readable, np.int64)])
+    inputs = np.concatenate([x, *(tensors[j] for j in readable)]).astype(x.dtype)
+    golden = np.concatenate([golden, raw["raw_probs"]])[rows]
+    kinds = np.concatenate([kinds, raw["raw_kinds"]])[rows]
+    scores = infer_all(runtime, inputs, meta["batch_size"], config["fixed_batch"])
     got = probabilities(scores, config["output"])
-    tol, thr, pos = meta["tolerance"], config["threshold"], meta["positive_index"]
+    tol, pos = meta["tolerance"], meta["positive_index"]
+    recorded, thr = meta["threshold"], config["threshold"]
     diff = np.abs(got - golden).max(axis=1)
     worst = int(np.argmax(diff))
-    failing = np.flatnonzero(diff > tol)
-    decided = np.abs(golden[:, pos] - thr) > tol  # cases the tolerance cannot carry across
-    flips = np.flatnonzero(decided & ((got[:, pos] >= thr) != (golden[:, pos] >= thr)))
+    failing = rows[diff > tol]
+    decided = np.abs(golden[:, pos] - recorded) > tol  # cases the tolerance cannot carry across
+    flips = rows[decided & ((got[:, pos] >= thr) != (golden[:, pos] >= recorded))]
+    unreadable = [
+        {"case": len(x) + j, "kind": str(raw["raw_kinds"][j]), "error": e}
+        for j, e in enumerate(errors)
+        if e
+    ]
     return [
+        {
+            "name": "preprocessing",
+            "status": "failed" if unreadable else "passed",
+            "cases": len(tensors),
+            "formats": list(pre.formats),
+            "unreadable": unreadable,
+        },
         {
             "name": "probabilities",
             "status": "failed" if len(failing) else "passed",
-            "cases": len(x),
+            "cases": len(rows),
             "failing": len(failing),
             "failing_cases": [int(i) for i in failing],
             "tolerance": tol,
             "max_abs_diff": float(diff[worst]),
             "worst": {
-                "case": worst,
+                "case": int(rows[worst]),
                 "kind": str(kinds[worst]),
                 "golden": float(golden[worst, pos]),
                 "got": float(got[worst, pos]),
@@ -159,9 +234,10 @@ def replay(bundle: Path, runtime: Any, config: dict[str, Any]) -> list[dict[str,
 def _summary(record: dict[str, Any]) -> str:
     checks = {c["name"]: c for c in record["checks"]}
     if record["verdict"] == "accepted":
-        p = checks["probabilities"]
+        p, r = checks["probabilities"], checks["preprocessing"]
         return (
-            f"self-test passed: {p['cases']} golden cases, max |dp| {p['max_abs_diff']:.2e} "
+            f"self-test passed: {p['cases']} golden cases ({r['cases']} image files through "
+            f"preprocess.py: {', '.join(r['formats'])}), max |dp| {p['max_abs_diff']:.2e} "
             f"(tolerance {p['tolerance']:.1e}), decisions identical"
         )
     if checks["manifest"]["status"] == "failed":
@@ -170,10 +246,17 @@ def _summary(record: dict[str, Any]) -> str:
         )
     if record["verdict"] == "not-run":
         return f"self-test not run: {checks['runtime']['reason']}"
-    p, d = checks["probabilities"], checks["decisions"]
+    p, d, r = checks["probabilities"], checks["decisions"], checks["preprocessing"]
     w = p["worst"]
+    unreadable = (
+        f"{len(r['unreadable'])} of {r['cases']} image files unreadable through preprocess.py "
+        f"({r['unreadable'][0]['kind']}: {r['unreadable'][0]['error']}); "
+        if r["unreadable"]
+        else ""
+    )
     return (
-        f"self-test FAILED: {p['failing']} of {p['cases']} cases differ beyond the tolerance "
+        f"self-test FAILED: {unreadable}"
+        f"{p['failing']} of {p['cases']} cases differ beyond the tolerance "
         f"{p['tolerance']:.1e} and {len(d['differing_cases'])} decisions differ; worst case "
         f"#{w['case']} ({w['kind']}): p = {w['got']:.6f} here, {w['golden']:.6f} when validated "
         f"(|dp| {p['max_abs_diff']:.2e})"
