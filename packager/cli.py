@@ -96,7 +96,39 @@ def config_options(fn: Callable) -> Callable:
     return wrapper
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class Workflow(click.Group):
+    """`packager --help` lists the commands in the order a release uses them, each summary
+    whole."""
+
+    ORDER = (
+        "inspect",
+        "targets",
+        "build",
+        "compare",
+        "verify",
+        "keygen",
+        "sign",
+        "selftest",
+        "validate",
+        "bench",
+        "demo",
+    )
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        names = super().list_commands(ctx)
+        return sorted(names, key=lambda n: (self.ORDER.index(n) if n in self.ORDER else 99, n))
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [
+            (name, cmd.get_short_help_str(limit=200))
+            for name in self.list_commands(ctx)
+            if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden
+        ]
+        with formatter.section("Commands, in workflow order"):
+            formatter.write_dl(rows)
+
+
+@click.group(cls=Workflow, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="packager")
 def cli() -> None:
     """Package one ONNX medical-imaging classifier for many runtimes.
@@ -140,6 +172,7 @@ def build(
     """Convert, validate, benchmark and bundle the model for each target."""
     from packager import registry
     from packager.build import build as run_build
+    from packager.build import check_targets
     from packager.config import override
     from packager.session import Session
 
@@ -151,6 +184,7 @@ def build(
         from packager.search import apply_flag
 
         apply_flag(cfg, [n for n in names if n in registry.names()])
+    check_targets(cfg.targets, names)  # a misspelt target before any model or data is read
     session = Session.open(cfg, Progress(False if quiet else None))
     results = run_build(session, names, force, not no_bench, int8, explicit=not all_targets)
     lines = [f"{r.target:16} {r.status:17} {r.bundle or r.reason}" for r in results]
@@ -186,8 +220,11 @@ def build_exit(results: list[Any], explicit: bool) -> None:
 @json_option
 def inspect(model: Path, as_json: bool) -> None:
     """Check an ONNX model and show its signature, batch mode, FLOPs and operators."""
+    from packager.errors import UserError
     from packager.model import inspect_model
 
+    if not model.exists():
+        raise UserError(f"model {model} does not exist; check the MODEL argument")
     info = inspect_model(model)
     gf = info.gflops_per_sample
     text = "\n".join(
@@ -536,13 +573,19 @@ def bench(
     "--out", type=click.Path(path_type=Path), default=None, help="Write to FILE instead of stdout."
 )
 @click.option("--fail-on-sla", is_flag=True, help="Exit 1 when any SLA line is missed.")
+@click.option("--json", "as_json", is_flag=True, help="Same as --format json.")
 def compare(
-    paths: tuple[Path, ...], sla: Path | None, fmt: str, out: Path | None, fail_on_sla: bool
+    paths: tuple[Path, ...],
+    sla: Path | None,
+    fmt: str,
+    out: Path | None,
+    fail_on_sla: bool,
+    as_json: bool,
 ) -> None:
     """Compare bundles or reports side by side (and against an SLA)."""
     from packager.compare import compare as run_compare
 
-    text, missed = run_compare(list(paths), sla, fmt)
+    text, missed = run_compare(list(paths), sla, "json" if as_json else fmt)
     if out:
         out.write_text(text)
         click.echo(f"wrote {out}", err=True)
