@@ -31,6 +31,9 @@ DICOM_SUFFIXES = {".dcm", ".dicom", ".dic"}
 DICOM_DECODERS = "pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg"
 _MONO = ("MONOCHROME1", "MONOCHROME2")
 _COLOUR = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT")  # decoded to RGB by pydicom
+# Pillow warns between its limit and twice it; check_pixels refuses all of those images itself
+# (a warning would be a second line after the one-line refusal).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 
 class ImageError(ValueError):
@@ -152,7 +155,12 @@ def load_image(
         data = Path(path).read_bytes()
     if is_dicom(path, data[:132]):
         return load_dicom(data, window)
-    with Image.open(io.BytesIO(data)) as img:
+    try:
+        img = Image.open(io.BytesIO(data))  # reads the header only: no pixel decoded yet
+    except Image.DecompressionBombError:
+        raise ImageError(_too_many_pixels("the image declares too many pixels")) from None
+    with img:
+        check_pixels("the image", *img.size)
         if img.mode.startswith("I;16"):
             return np.asarray(img).astype(np.uint16)
         if img.mode == "I":  # 32-bit integer: only a 16-bit range is defined
@@ -164,6 +172,20 @@ def load_image(
             raise ImageError("floating-point image has no defined range; export 8- or 16-bit")
         gray = img.mode in ("1", "L", "LA")
         return np.asarray(img.convert("L" if gray else "RGB"))
+
+
+def check_pixels(kind: str, width: int, height: int) -> None:
+    """One pixel limit for every format (Pillow's, ~89 Mpx), checked against the size the
+    header declares before any pixel is decoded: a 13000x13000 16-bit PNG would take ~2 GB."""
+    if width * height > (Image.MAX_IMAGE_PIXELS or 2**31):
+        raise ImageError(_too_many_pixels(f"{kind} declares {height}x{width} pixels"))
+
+
+def _too_many_pixels(what: str) -> str:
+    return (
+        f"{what}, more than the {Image.MAX_IMAGE_PIXELS or 2**31:,} pixel limit (a decompression "
+        "bomb or a mis-written header); downsample it before export"
+    )
 
 
 def load_dicom(data: bytes, window: tuple[float, float] | None = None) -> np.ndarray:
@@ -265,12 +287,7 @@ def _check_dicom(ds: Any) -> None:
         raise ImageError("DICOM Rows/Columns missing or zero; re-export it")
     if not isinstance(bits, int) or not 1 <= bits <= 16:
         raise ImageError(f"DICOM Bits Stored {bits} is not 1..16; re-export it")
-    limit = Image.MAX_IMAGE_PIXELS or 2**31
-    if rows * cols > limit:
-        raise ImageError(
-            f"DICOM declares {rows}x{cols} pixels, more than the {limit:,} pixel limit "
-            "(a decompression bomb or a mis-written header)"
-        )
+    check_pixels("DICOM", cols, rows)
 
 
 def _dicom_display(

@@ -102,7 +102,12 @@ class Session:
         pre = resolve_preprocess(cfg, info)
         with progress.step("data", f"loading split '{cfg.data.split}'"):
             val = load_dataset(
-                cfg.data.path, cfg.data.split, cfg.labels.names, pre, cfg.data.labels
+                cfg.data.path,
+                cfg.data.split,
+                cfg.labels.names,
+                pre,
+                cfg.data.labels,
+                cfg.data.group_by,
             )
         return cls(cfg, model_path, info, pre, val, progress, Path(cfg.output.dir) / ".cache")
 
@@ -150,7 +155,9 @@ class Session:
     def dataset(self, split: str) -> Dataset:
         """Another split of the configured data, read as the validation split was."""
         d = self.cfg.data
-        return load_dataset(d.path, split, self.cfg.labels.names, self.preprocess, d.labels)
+        return load_dataset(
+            d.path, split, self.cfg.labels.names, self.preprocess, d.labels, d.group_by
+        )
 
     def reference_scores(self) -> np.ndarray:
         """Scores of the source model on ONNX Runtime CPU FP32, cached by content hash."""
