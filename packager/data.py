@@ -275,6 +275,11 @@ def scan_folder(
         labels_csv = _within(top, root / LABELS_CSV)
     if labels_csv is not None:
         return _scan_csv(root, Path(labels_csv), split, class_names, columns, missing_ok)
+    if columns and not missing_ok:
+        raise UserError(
+            f"group columns {list(columns)} need a {LABELS_CSV} with those columns; {root} is "
+            "labelled by class folders (pass --labels CSV)"
+        )
     # root/<split>/<class>/ when a split folder exists, else root/<class>/.
     base = _within(top, root / split) if (root / split).is_dir() else root
     folders = sorted(

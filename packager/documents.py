@@ -456,7 +456,9 @@ class SubgroupRow(_Closed):
     n: int
     positives: int
     sensitivity: float | None
+    sensitivity_ci95: tuple[float, float] | None = Field(description="95% Wilson interval")
     specificity: float | None
+    specificity_ci95: tuple[float, float] | None = Field(description="95% Wilson interval")
 
 
 SiteVerdict = Literal["pass", "fail", "insufficient evidence", "undefined"]

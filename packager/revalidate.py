@@ -14,9 +14,7 @@ Either way the images are streamed (packager.stream): read, preprocessed and inf
 from __future__ import annotations
 
 import hashlib
-import html
 import os
-import re
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -29,11 +27,12 @@ from packager.bundle import LEGACY_SIGNATURE, MANIFEST, SIGNATURE, make_tarball,
 from packager.config import Config, parse_config
 from packager.data import Dataset, open_dataset
 from packager.errors import Unavailable, UserError
-from packager.evidence import for_data
+from packager.evidence import check_categories, for_data
 from packager.hostinfo import host_facts
 from packager.preprocess import Preprocess
 from packager.progress import Progress
 from packager.registry import get
+from packager.render import md_escape as md
 from packager.render import render_reports
 from packager.site_gates import PASS, rate, site_gates, site_verdict
 from packager.status import ReportStatus, StepStatus
@@ -90,6 +89,8 @@ def revalidate(
     pre = Preprocess.from_json(bundle / "preprocess.json")
     columns = list(group_by) if group_by else cfg.data.group_by
     source = open_dataset(data, split, runtime["labels"], labels_csv, columns, not group_by)
+    for name, values in source.metadata.items():  # before any image is read or written
+        check_categories(name, values)
     with progress.step(target.name, f"validating on this host ({len(source)} images, streamed)"):
         res = stream_predict(
             target.name,
@@ -302,7 +303,7 @@ def _atomic(path: Path, write: Any) -> None:
 def _subgroups(
     metadata: dict[str, np.ndarray], y: np.ndarray, p: np.ndarray, cfg: Config
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Counts and rates per metadata value (the subgroup analysis builds on these)."""
+    """Counts and rates, with 95% Wilson intervals, per value of each group column."""
     pred = p >= cfg.labels.threshold
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for col, values in metadata.items():
@@ -311,25 +312,17 @@ def _subgroups(
             m = values == v
             tp, pos = int((pred & y & m).sum()), int((y & m).sum())
             tn, neg = int((~pred & ~y & m).sum()), int((~y & m).sum())
+            sens, spec = rate(tp, pos), rate(tn, neg)
             rows[v] = {
                 "n": int(m.sum()),
                 "positives": pos,
-                "sensitivity": tp / pos if pos else None,
-                "specificity": tn / neg if neg else None,
+                "sensitivity": sens["value"],
+                "sensitivity_ci95": sens["ci95"],
+                "specificity": spec["value"],
+                "specificity_ci95": spec["ci95"],
             }
         out[col] = rows
     return out
-
-
-# ASCII punctuation but & ; < > (those become or end HTML entities below).
-_PUNCTUATION = re.compile(r"""([!"#$%'()*+,\-./:=?@\[\\\]^_`{|}~])""")
-
-
-def md(value: Any) -> str:
-    """A value from the site's data (a metadata value, a column name, a path) as inert Markdown
-    text: punctuation is backslash-escaped and <, > and & become entities, so no tag, link,
-    autolink, emphasis or table cell can come out of it."""
-    return html.escape(_PUNCTUATION.sub(r"\\\1", str(value)), quote=False)
 
 
 def site_markdown(site: dict[str, Any]) -> str:
@@ -337,6 +330,9 @@ def site_markdown(site: dict[str, Any]) -> str:
 
     def f(v: Any) -> str:
         return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
+
+    def ci(v: float | None, bounds: list[float] | None) -> str:
+        return "n/a" if v is None or bounds is None else f"{f(v)} ({f(bounds[0])}–{f(bounds[1])})"
 
     def with_ci(x: dict[str, Any], of: str) -> str:
         if x["value"] is None:
@@ -379,16 +375,13 @@ def site_markdown(site: dict[str, Any]) -> str:
     for g in site["gates"]["not_applied"]:
         lines += ["", f"Not applied: {g['name']} (limit {g['limit']}): {md(g['reason'])}."]
     for col, rows in site["subgroups"].items():
-        lines += [
-            "",
-            f"## By {md(col)}",
-            "",
-            "| value | n | positives | sensitivity | specificity |",
-        ]
+        lines += ["", f"## By {md(col)}", ""]
+        lines += ["| value | n | positives | sensitivity (95% CI) | specificity (95% CI) |"]
         lines += ["| --- | --- | --- | --- | --- |"]
         lines += [
-            f"| {md(v)} | {r['n']} | {r['positives']} | {f(r['sensitivity'])} | "
-            f"{f(r['specificity'])} |"
+            f"| {md(v)} | {r['n']} | {r['positives']} | "
+            f"{ci(r['sensitivity'], r['sensitivity_ci95'])} | "
+            f"{ci(r['specificity'], r['specificity_ci95'])} |"
             for v, r in rows.items()
         ]
     t = site["throughput"]

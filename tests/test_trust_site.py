@@ -218,7 +218,15 @@ def test_only_named_columns_are_read_and_nothing_else_is_written(
         for column, value in LEAKS.items():
             assert value not in text and column not in text, (path.name, column)
     assert set(report["subgroups"]["site"]) == {"A", "B"}
-    assert report["subgroups"]["site"]["A"]["n"] == 20
+    a = report["subgroups"]["site"]["A"]
+    in_a = np.arange(40) % 2 == 0
+    y = labels[:40] == 1
+    decided = build_probs(bundles["default"])[:40] >= THRESHOLD
+    tp, pos = int((decided & y & in_a).sum()), int((y & in_a).sum())
+    tn, neg = int((~decided & ~y & in_a).sum()), int((~y & in_a).sum())
+    assert a["n"] == 20 and a["positives"] == pos
+    assert a["sensitivity_ci95"] == pytest.approx(proportion_confint(tp, pos, method="wilson"))
+    assert a["specificity_ci95"] == pytest.approx(proportion_confint(tn, neg, method="wilson"))
 
 
 @pytest.mark.parametrize(
@@ -293,3 +301,25 @@ def test_site_markdown_is_inert(bundles: dict[str, Path], test_split, tmp_path: 
     assert "<script" not in page and "<img" not in page and "href" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown as text
     assert "[x](javascript:alert(1))" in page
+
+
+@pytest.mark.parametrize("case", ["free-text column", "missing column", "class folders"])
+def test_a_group_column_that_cannot_be_a_subgroup_is_refused_before_anything_is_written(
+    case: str, bundles: dict[str, Path], test_split, tmp_path: Path
+) -> None:
+    images, labels = test_split
+    if case == "class folders":
+        data = tmp_path / "d"
+        for k in range(6):
+            (data / ("normal", "pneumonia")[labels[k]]).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[k]).save(data / ("normal", "pneumonia")[labels[k]] / f"{k}.png")
+        words = ("needs a labels.csv", "site")
+    elif case == "missing column":
+        data = site(tmp_path / "d", images, labels, np.arange(6), {"view": "PA"})
+        words = ("'site' is not in its header", "path, label, view")
+    else:  # 60 distinct values: one per image, an identifier in all but name
+        data = site(tmp_path / "d", images, labels, np.arange(60), {"site": lambda k: f"s{k}"})
+        words = ("60 distinct values", "not identifiers")
+    r, _ = validate(bundles["default"], data, tmp_path / "out", "--group-by", "site")
+    assert_user_error(r, *words)
+    assert not (tmp_path / "out").exists()
