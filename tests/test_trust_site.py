@@ -313,7 +313,7 @@ def test_a_group_column_that_cannot_be_a_subgroup_is_refused_before_anything_is_
         for k in range(6):
             (data / ("normal", "pneumonia")[labels[k]]).mkdir(parents=True, exist_ok=True)
             Image.fromarray(images[k]).save(data / ("normal", "pneumonia")[labels[k]] / f"{k}.png")
-        words = ("needs a labels.csv", "site")
+        words = ("need a labels.csv", "site")
     elif case == "missing column":
         data = site(tmp_path / "d", images, labels, np.arange(6), {"view": "PA"})
         words = ("'site' is not in its header", "path, label, view")
