@@ -20,6 +20,7 @@ from typing import Any
 from statsmodels.stats.proportion import confint_proportions_2indep
 
 from packager.config import Config
+from packager.evidence import SUBGROUP_GATES
 from packager.metrics import Clinical, wilson
 from packager.status import CheckStatus
 
@@ -150,6 +151,16 @@ def site_gates(
                 "positives",
             )
         )
+    not_applied += [
+        {
+            "name": name,
+            "limit": getattr(g, name),
+            "reason": "subgroup gates are not applied to site data; the report gives each "
+            "--group-by value's counts and 95% intervals instead",
+        }
+        for name in SUBGROUP_GATES
+        if getattr(g, name) is not None
+    ]
     return checks, not_applied
 
 

@@ -193,11 +193,12 @@ def test_a_bundle_without_a_reference_lists_the_drop_gate_as_not_applied() -> No
 
     probs = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     clin = clinical(probs, np.array([1, 0, 1]), 1, 0.5)
-    cfg = parse_config({}, Path("."))
+    cfg = parse_config({"gates": {"min_subgroup_sensitivity": 0.9}}, Path("."))
     checks, not_applied = site_gates(clin, cfg, {"positives": 390, "reference_sensitivity": None})
     assert [c["name"] for c in checks] == ["finite_outputs", "min_sensitivity"]
-    assert [g["name"] for g in not_applied] == ["max_sensitivity_drop"]
+    assert [g["name"] for g in not_applied] == ["max_sensitivity_drop", "min_subgroup_sensitivity"]
     assert "no build-time reference" in not_applied[0]["reason"]
+    assert not any(c["passed"] for c in checks if c["name"] == "min_sensitivity")  # 2 positives
 
 
 def test_only_named_columns_are_read_and_nothing_else_is_written(
