@@ -397,6 +397,14 @@ def sign(bundle: Path, key: Path, max_size_gb: float | None) -> None:
     default=None,
     help="Folder for the site validation report (default: next to the bundle).",
 )
+@click.option(
+    "--group-by",
+    "group_by",
+    multiple=True,
+    metavar="COL",
+    help="A labels.csv column to report subgroups by (repeatable); only these columns are read "
+    "(default: the bundle's [data] group_by). Identifier-like columns are refused.",
+)
 @json_option
 @quiet_option
 def validate(
@@ -405,6 +413,7 @@ def validate(
     split: str | None,
     labels_csv: Path | None,
     out: Path | None,
+    group_by: tuple[str, ...],
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -417,15 +426,29 @@ def validate(
     """
     from packager.revalidate import revalidate
 
-    report = revalidate(bundle, data, split, Progress(False if quiet else None), labels_csv, out)
+    report = revalidate(
+        bundle,
+        data,
+        split,
+        Progress(False if quiet else None),
+        labels_csv,
+        out,
+        list(group_by) or None,
+    )
     c = report.get("clinical") or {}
+    site = report.get("kind") == "site-validation"
     head = (
-        f"site validation of {report['bundle']['target']}: {report['status']} — {report['reason']}"
-        if report.get("kind") == "site-validation"
+        f"site validation of {report['bundle']['target']}: {report['verdict']} — {report['reason']}"
+        if site
         else f"{report['target']}: {report['status']} — {report['reason']}"
     )
     lines = [head]
-    if c:
+    if site:
+        lines.append(
+            "  ".join(f"{k} {_rate_text(r)}" for k, r in report["rates"].items())
+            + f"  ({c['n']} images)"
+        )
+    elif c:
         spec = "n/a" if c.get("specificity") is None else f"{c['specificity']:.4f}"
         lines.append(f"sensitivity {c['sensitivity']:.4f}  specificity {spec}  ({c['n']} images)")
     if report.get("files"):
@@ -433,6 +456,13 @@ def validate(
     emit(report, as_json, "\n".join(lines))
     if report["status"] == ReportStatus.failed:
         raise GateFailed(report["reason"])
+
+
+def _rate_text(r: dict[str, Any]) -> str:
+    if r["value"] is None:
+        return "undefined"
+    lo, hi = r["ci95"]
+    return f"{r['value']:.4f} (95% CI {lo:.4f}-{hi:.4f})"
 
 
 @cli.command()

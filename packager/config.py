@@ -5,14 +5,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import tomllib
+from pydantic import Field
 
 from packager.errors import UserError
+from packager.identifiers import refuse_identifier
 from packager.schema import from_dict, hint, shown, typed
 
 CONFIG_NAMES = ("packager.toml", "pyproject.toml")
+# Golden-set sizes: each entry is an image stored in every bundle and replayed at every arrival.
+GOLDEN_MAX = 1000
 
 
 @typed
@@ -37,9 +41,19 @@ class ModelConfig:
     def check(self, where: str) -> None:
         for key in ("name", "version"):
             value = getattr(self, key)
-            control = any(ord(c) < 32 or ord(c) == 127 for c in value)
-            if not value or "/" in value or "\\" in value or value in (".", "..") or control:
-                raise UserError(f"{where}.{key} = {value!r} must be a plain non-empty name")
+            # isprintable() is False for control characters and for Unicode format characters,
+            # the bidi overrides (U+202E) among them: those spoof the bundle folder's name.
+            if (
+                not value
+                or "/" in value
+                or "\\" in value
+                or value in (".", "..")
+                or (not value.isprintable())
+            ):
+                raise UserError(
+                    f"{where}.{key} = {value!r} must be a plain non-empty name (no slashes, "
+                    "control or bidi characters)"
+                )
             if len(value.encode()) > 100:
                 raise UserError(f"{where}.{key} is longer than 100 bytes; shorten it")
 
@@ -79,6 +93,10 @@ class DataConfig:
             raise UserError(f"{where}.calibration_size must be at least 1")
         if self.seed < 0:
             raise UserError(f"{where}.seed = {self.seed} must be 0 or more")
+        for name in self.group_by:
+            refuse_identifier(name, f"{where}.group_by names column")
+        for name in self.groups:
+            refuse_identifier(name, f"[{where}.groups] names group")
 
 
 @typed
@@ -252,13 +270,12 @@ class OutputConfig:
 
 @typed
 class SelftestConfig:
-    synthetic: int = 16  # seeded synthetic inputs in the golden set
-    near_threshold: int = 4  # synthetic blends placed just either side of the threshold
-    samples: int = 0  # validation images nearest the threshold; needs [data] shareable = true
-
-    def check(self, where: str) -> None:
-        if self.synthetic < 1 or self.near_threshold < 0 or self.samples < 0:
-            raise UserError(f"{where} needs synthetic >= 1, near_threshold >= 0 and samples >= 0")
+    # Sizes of the golden set shipped in every bundle (ranges checked by pydantic, see schema).
+    synthetic: Annotated[int, Field(ge=1, le=GOLDEN_MAX)] = 16  # seeded synthetic inputs
+    # Synthetic blends placed just either side of the threshold.
+    near_threshold: Annotated[int, Field(ge=0, le=GOLDEN_MAX)] = 4
+    # Validation images nearest the threshold; needs [data] shareable = true.
+    samples: Annotated[int, Field(ge=0, le=GOLDEN_MAX)] = 0
 
 
 SECTIONS: dict[str, type] = {
@@ -304,7 +321,7 @@ def find_config(cwd: Path) -> Path | None:
 def _has_tool_section(path: Path) -> bool:
     try:
         return "packager" in tomllib.loads(path.read_text()).get("tool", {})
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError):
         return False
 
 
@@ -315,6 +332,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise UserError(f"config file {path} does not exist; check --config") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid TOML: {exc}") from None
+    except RecursionError:  # tomllib recurses once per nested array or inline table
+        raise UserError(
+            f"{path} nests arrays or tables too deeply to be a config; flatten it"
+        ) from None
     if path.name == "pyproject.toml":
         data = data.get("tool", {}).get("packager", {})
     return data

@@ -2,7 +2,12 @@
 class subfolders (root/<class>/*) or by a CSV (path,label[,split][,metadata columns...]).
 
 A folder is first scanned into a FileList (paths, labels, metadata: no pixel read), which can be
-streamed (packager.stream) or read whole into a Dataset; both hash the same way."""
+streamed (packager.stream) or read whole into a Dataset; both hash the same way.
+
+Metadata by allowlist: of a CSV's other columns only those named as group columns ([data]
+group_by, `validate --group-by`) are read, and a named column that looks like a patient
+identifier is refused (packager.identifiers); every other column is dropped as the CSV is read.
+Every file, in every layout, must lie inside the data folder: a symlink out of it is refused."""
 
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import os
 import re
 import zipfile
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,24 +28,12 @@ import numpy as np
 import psutil
 
 from packager.errors import UserError
+from packager.identifiers import refuse_identifier
 from packager.preprocess import DICOM_SUFFIXES, ImageError, Preprocess, is_dicom, load_image
+from packager.schema import shown
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES}
 LABELS_CSV = "labels.csv"
-# Metadata columns that would put patient identifiers into reports (compared lower-case, no _).
-IDENTIFIER_COLUMNS = {
-    "name",
-    "patientname",
-    "patientid",
-    "mrn",
-    "birthdate",
-    "patientbirthdate",
-    "dob",
-    "accession",
-    "accessionnumber",
-    "studydate",
-    "ssn",
-}
 _COLUMN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
 T = TypeVar("T")
 R = TypeVar("R")
@@ -145,11 +138,13 @@ def load_dataset(
     class_names: list[str],
     pre: Preprocess | None = None,
     labels_csv: str | Path | None = None,
+    columns: Sequence[str] = (),
 ) -> Dataset:
     """The whole split in memory. With `pre` (the model's preprocessing), images that are not
     all 8-bit of one size (16-bit, DICOM, mixed sizes) are resized to the model's size one by
-    one as they load, on the display scale, so memory is bounded by the model's input size."""
-    source = open_dataset(path, split, class_names, labels_csv)
+    one as they load, on the display scale, so memory is bounded by the model's input size.
+    `columns`: the CSV metadata columns to keep (the module docstring)."""
+    source = open_dataset(path, split, class_names, labels_csv, columns)
     return source if isinstance(source, Dataset) else read_files(source, pre)
 
 
@@ -158,13 +153,16 @@ def open_dataset(
     split: str,
     class_names: list[str],
     labels_csv: str | Path | None = None,
+    columns: Sequence[str] = (),
+    missing_ok: bool = False,
 ) -> Dataset | FileList:
-    """An npz as a Dataset (it is one array anyway), a folder as a FileList (nothing read)."""
+    """An npz as a Dataset (it is one array anyway), a folder as a FileList (nothing read).
+    `columns` must be in the CSV's header unless `missing_ok` (then only those present are)."""
     if path is None:
         raise UserError("no dataset given; pass --data PATH or set [data] path in packager.toml")
     p = Path(path)
     if p.is_dir():
-        return scan_folder(p, split, class_names, labels_csv)
+        return scan_folder(p, split, class_names, labels_csv, columns, missing_ok)
     if labels_csv is not None:
         raise UserError(f"--labels / [data] labels needs an image folder, but {p} is not one")
     if not p.exists():
@@ -268,16 +266,39 @@ def holds_dicom(files: FileList) -> bool:
     return False
 
 
+def _within(top: Path, p: Path) -> Path:
+    """`p` itself, when it (through any symlink) lies inside the data folder `top`."""
+    if not p.resolve().is_relative_to(top):
+        raise UserError(
+            f"{shown(str(p))} leads out of the data folder {shown(str(top))} (a symlink); "
+            "copy the images into the data folder instead"
+        )
+    return p
+
+
 def scan_folder(
-    root: Path, split: str, class_names: list[str], labels_csv: str | Path | None = None
+    root: Path,
+    split: str,
+    class_names: list[str],
+    labels_csv: str | Path | None = None,
+    columns: Sequence[str] = (),
+    missing_ok: bool = False,
 ) -> FileList:
+    top = root.resolve()
     if labels_csv is None and (root / LABELS_CSV).is_file():
-        labels_csv = root / LABELS_CSV
+        labels_csv = _within(top, root / LABELS_CSV)
     if labels_csv is not None:
-        return _scan_csv(root, Path(labels_csv), split, class_names)
+        return _scan_csv(root, Path(labels_csv), split, class_names, columns, missing_ok)
+    if columns and not missing_ok:
+        raise UserError(
+            f"group columns {list(columns)} need a {LABELS_CSV} with those columns; {root} is "
+            "labelled by class folders (pass --labels CSV)"
+        )
     # root/<split>/<class>/ when a split folder exists, else root/<class>/.
-    base = root / split if (root / split).is_dir() else root
-    folders = sorted(d for d in base.iterdir() if d.is_dir() and not d.name.startswith("."))
+    base = _within(top, root / split) if (root / split).is_dir() else root
+    folders = sorted(
+        _within(top, d) for d in base.iterdir() if d.is_dir() and not d.name.startswith(".")
+    )
     if not folders:
         raise UserError(
             f"{base} has no class folders; expected {base}/<class>/*.png|*.dcm, or a "
@@ -292,7 +313,7 @@ def scan_folder(
     names, labels = [], []
     for d in folders:
         for f in sorted(d.iterdir()):
-            if _is_image_file(f):
+            if not f.name.startswith(".") and _is_image_file(_within(top, f)):
                 names.append(f"{d.name}/{f.name}")
                 labels.append(class_names.index(d.name))
     if not names:
@@ -300,7 +321,14 @@ def scan_folder(
     return FileList(base, names, np.asarray(labels, np.int64), split)
 
 
-def _scan_csv(root: Path, csv_path: Path, split: str, class_names: list[str]) -> FileList:
+def _scan_csv(
+    root: Path,
+    csv_path: Path,
+    split: str,
+    class_names: list[str],
+    columns: Sequence[str],
+    missing_ok: bool,
+) -> FileList:
     try:
         raw = csv_path.read_bytes()
         text = raw.decode("utf-8-sig")
@@ -326,17 +354,7 @@ def _scan_csv(root: Path, csv_path: Path, split: str, class_names: list[str]) ->
         )
     if len(set(header)) != len(header):
         raise UserError(f"{csv_path}: the header repeats a column name; name each once")
-    extra = [c for c in header if c not in ("path", "label", "split")]
-    for c in extra:
-        if not _COLUMN.match(c):
-            raise UserError(
-                f"{csv_path}: column name {c!r} must be letters, digits and _ (e.g. age_band)"
-            )
-        if c.lower().replace("_", "") in IDENTIFIER_COLUMNS:
-            raise UserError(
-                f"{csv_path}: column '{c}' is a patient identifier; remove it (reports never "
-                "carry identifiers; use de-identified groups such as site or age_band)"
-            )
+    extra = _group_columns(csv_path, header, columns, missing_ok)
     col = {c: i for i, c in enumerate(header)}
     base = root.resolve()
     names: list[str] = []
@@ -353,6 +371,8 @@ def _scan_csv(root: Path, csv_path: Path, split: str, class_names: list[str]) ->
             if row[col["split"]].strip() != split:
                 continue
         rel = row[col["path"]].strip()
+        if not rel.isprintable():  # a NUL byte would reach the OS as a truncated path
+            raise UserError(f"{where}: the path holds a control character; fix the path")
         name = _inside(base, rel, where).relative_to(base).as_posix()
         if name in seen:
             raise UserError(f"{where}: '{rel}' is listed twice; list each image once")
@@ -377,6 +397,26 @@ def _scan_csv(root: Path, csv_path: Path, split: str, class_names: list[str]) ->
         {c: np.asarray(v, dtype=str) for c, v in meta.items()},
         hashlib.sha256(raw).hexdigest(),
     )
+
+
+def _group_columns(
+    csv_path: Path, header: list[str], columns: Sequence[str], missing_ok: bool
+) -> list[str]:
+    """The named group columns this CSV has, each checked by name before any value is read."""
+    wanted = list(dict.fromkeys(columns))
+    for c in wanted:
+        refuse_identifier(c, f"{csv_path}: group column")
+        if not _COLUMN.match(c) or c in ("path", "label", "split"):
+            raise UserError(
+                f"{csv_path}: group column {shown(c)!r} must be a metadata column named with "
+                "letters, digits and _ (e.g. age_band)"
+            )
+        if c not in header and not missing_ok:
+            raise UserError(
+                f"{csv_path}: group column '{c}' is not in its header "
+                f"({', '.join(shown(h) for h in header)}); name a column it has"
+            )
+    return [c for c in wanted if c in header]
 
 
 def _csv_rows(

@@ -478,8 +478,12 @@ class Refusal(_Closed):
 
 
 class BuildClinical(_Closed):
+    """The bundle's report.json clinical numbers (the reference for the site's drop gates)."""
+
     n: int | None
+    positives: int | None
     sensitivity: float | None
+    reference_sensitivity: float | None
     specificity: float | None
     split: str | None
 
@@ -496,6 +500,12 @@ class SiteBundle(_Closed):
     build_clinical: BuildClinical
 
 
+class SiteGrouping(_Closed):
+    source: Literal["--group-by", "the bundle's [data] group_by"]
+    columns: list[str]
+    not_found: list[str] = Field(description="the bundle's group columns this data lacks")
+
+
 class SiteData(_Closed):
     path: str
     split: str
@@ -503,7 +513,10 @@ class SiteData(_Closed):
     positives: int
     sha256: str
     same_as_build: bool
-    metadata_columns: list[str]
+    metadata_columns: list[str] = Field(
+        description="the labels.csv columns read (only the group columns; the rest are dropped)"
+    )
+    group_by: SiteGrouping
 
 
 class Decision(_Closed):
@@ -516,7 +529,59 @@ class SubgroupRow(_Closed):
     n: int
     positives: int
     sensitivity: float | None
+    sensitivity_ci95: tuple[float, float] | None = Field(description="95% Wilson interval")
     specificity: float | None
+    specificity_ci95: tuple[float, float] | None = Field(description="95% Wilson interval")
+
+
+SiteVerdict = Literal["pass", "fail", "insufficient evidence", "undefined"]
+
+
+class SiteCheck(CheckRecord):
+    """A site gate line: `passed` is true only for the verdict `pass`."""
+
+    verdict: SiteVerdict
+    decided_on: Literal["95% lower bound", "95% upper bound", "every output"]
+    ci95: tuple[float, float] | None
+
+    @model_validator(mode="after")
+    def _passed_is_pass(self) -> SiteCheck:
+        if self.passed != (self.verdict == "pass"):
+            raise ValueError(f"check {self.name}: passed={self.passed} but verdict {self.verdict}")
+        return self
+
+
+class NotApplied(_Closed):
+    name: str
+    limit: Any
+    reason: str
+
+
+class SiteGates(_Closed):
+    passed: bool
+    decided_on: Literal["the 95% interval"]
+    checks: list[SiteCheck]
+    not_applied: list[NotApplied] = Field(description="the bundle's gates this data cannot test")
+
+    @model_validator(mode="after")
+    def _all_passed(self) -> SiteGates:
+        if self.passed and not (self.checks and all(c.passed for c in self.checks)):
+            raise ValueError("gates.passed must be false when a check does not pass")
+        return self
+
+
+class SiteRate(_Closed):
+    """A proportion with its 95% Wilson interval; null value and interval when n is 0."""
+
+    value: float | None
+    ci95: tuple[float, float] | None
+    hits: int
+    n: int
+
+
+class SiteRates(_Closed):
+    sensitivity: SiteRate
+    specificity: SiteRate
 
 
 class Throughput(_Closed):
@@ -535,17 +600,26 @@ class SiteValidation(_Closed):
     schema_version: Literal[1]
     kind: Literal["site-validation"]
     status: Literal[ReportStatus.passed, ReportStatus.failed]
+    verdict: SiteVerdict = Field(description="the worst verdict of the gates; passed only if pass")
     reason: str
     bundle: SiteBundle
     data: SiteData
     decision: Decision
     clinical: ClinicalMetrics
-    subgroups: dict[str, dict[str, SubgroupRow]] = Field(description="per metadata column, value")
-    gates: Gates
+    rates: SiteRates
+    subgroups: dict[str, dict[str, SubgroupRow]] = Field(description="per group column, value")
+    gates: SiteGates
     runtime: RuntimeInfo
     host: Host
     throughput: Throughput
     tool: Tool
+
+    @model_validator(mode="after")
+    def _passed_only_on_pass(self) -> SiteValidation:
+        passed = self.status == ReportStatus.passed
+        if passed != (self.verdict == "pass") or passed != self.gates.passed:
+            raise ValueError(f"status {self.status} with verdict {self.verdict}")
+        return self
 
 
 # ---------------------------------------------------------------------------------------------

@@ -478,13 +478,18 @@ def load_groups(
             )
         out[col] = np.asarray(metadata[col], dtype=object).reshape(-1)
     for name, values in out.items():
-        distinct = len({_label_text(v) for v in values})
-        if distinct > MAX_SUBGROUPS:
-            raise UserError(
-                f"group '{shown(name)}' has {distinct} distinct values; a subgroup column holds "
-                f"a few categories (site, sex, age band), at most {MAX_SUBGROUPS}, not identifiers"
-            )
+        check_categories(name, values)
     return out
+
+
+def check_categories(name: str, values: np.ndarray) -> None:
+    """A group holds a few categories; more distinct values than that is an identifier."""
+    distinct = len({_label_text(v) for v in values})
+    if distinct > MAX_SUBGROUPS:
+        raise UserError(
+            f"group '{shown(name)}' has {distinct} distinct values; a subgroup column holds "
+            f"a few categories (site, sex, age band), at most {MAX_SUBGROUPS}, not identifiers"
+        )
 
 
 def for_data(

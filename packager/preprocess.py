@@ -40,6 +40,10 @@ PILLOW_FORMATS = ("png", "jpeg", "tiff", "bmp")
 FORMATS = (*PILLOW_FORMATS, "dicom")
 _PILLOW_ALIASES = {"MPO": "jpeg"}  # a camera JPEG with a second picture is still a JPEG
 
+# Pillow warns between its limit and twice it; check_pixels refuses all of those images itself
+# (a warning would be a second line after the one-line refusal).
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+
 
 class ImageError(ValueError):
     """A file this preprocessing refuses. The message names the problem and the fix, and never
@@ -169,8 +173,13 @@ def load_image(
     if is_dicom(path, data[:132]):
         _declared("dicom", formats)
         return load_dicom(data, window)
-    with Image.open(io.BytesIO(data)) as img:
+    try:
+        img = Image.open(io.BytesIO(data))  # reads the header only: no pixel decoded yet
+    except Image.DecompressionBombError:
+        raise ImageError(_too_many_pixels("the image declares too many pixels")) from None
+    with img:
         _declared(_PILLOW_ALIASES.get(str(img.format), str(img.format).lower()), formats)
+        check_pixels("the image", *img.size)
         if img.mode.startswith("I;16"):
             return np.asarray(img).astype(np.uint16)
         if img.mode == "I":  # 32-bit integer: only a 16-bit range is defined
@@ -191,6 +200,20 @@ def _declared(fmt: str, formats: tuple[str, ...] | None) -> None:
             f"(what its self-test covers); convert the image, or rebuild with [preprocess] "
             f'formats listing "{fmt}"'
         )
+
+
+def check_pixels(kind: str, width: int, height: int) -> None:
+    """One pixel limit for every format (Pillow's, ~89 Mpx), checked against the size the
+    header declares before any pixel is decoded: a 13000x13000 16-bit PNG would take ~2 GB."""
+    if width * height > (Image.MAX_IMAGE_PIXELS or 2**31):
+        raise ImageError(_too_many_pixels(f"{kind} declares {height}x{width} pixels"))
+
+
+def _too_many_pixels(what: str) -> str:
+    return (
+        f"{what}, more than the {Image.MAX_IMAGE_PIXELS or 2**31:,} pixel limit (a decompression "
+        "bomb or a mis-written header); downsample it before export"
+    )
 
 
 def load_dicom(data: bytes, window: tuple[float, float] | None = None) -> np.ndarray:
@@ -292,12 +315,7 @@ def _check_dicom(ds: Any) -> None:
         raise ImageError("DICOM Rows/Columns missing or zero; re-export it")
     if not isinstance(bits, int) or not 1 <= bits <= 16:
         raise ImageError(f"DICOM Bits Stored {bits} is not 1..16; re-export it")
-    limit = Image.MAX_IMAGE_PIXELS or 2**31
-    if rows * cols > limit:
-        raise ImageError(
-            f"DICOM declares {rows}x{cols} pixels, more than the {limit:,} pixel limit "
-            "(a decompression bomb or a mis-written header)"
-        )
+    check_pixels("DICOM", cols, rows)
 
 
 def _dicom_display(

@@ -27,13 +27,15 @@ from packager.bundle import LEGACY_SIGNATURE, MANIFEST, SIGNATURE, make_tarball,
 from packager.config import Config, parse_config
 from packager.data import Dataset, open_dataset
 from packager.errors import Unavailable, UserError
-from packager.evidence import for_data
+from packager.evidence import check_categories, for_data
 from packager.gates import check_custom, custom_gates, metric_gates
 from packager.hostinfo import host_facts
 from packager.preprocess import Preprocess
 from packager.progress import Progress
 from packager.registry import get
+from packager.render import md_escape as md
 from packager.render import render_reports
+from packager.site_gates import PASS, rate, site_gates, site_verdict
 from packager.status import ReportStatus, StepStatus
 from packager.stream import StreamResult, stream_predict
 from packager.supply_chain import write_sbom_and_provenance
@@ -63,7 +65,10 @@ def revalidate(
     progress: Progress,
     labels_csv: Path | None = None,
     out: Path | None = None,
+    group_by: list[str] | None = None,
 ) -> dict[str, Any]:
+    """`group_by`: the labels.csv columns to group by (--group-by); None: the bundle's own
+    [data] group_by, those of its columns this data has."""
     if not bundle.is_dir():
         raise UserError(f"{bundle} is not a bundle directory; extract the tarball first")
     runtime, report, manifest = (
@@ -84,7 +89,10 @@ def revalidate(
     if out is not None and out.resolve().is_relative_to(bundle.resolve()):
         raise UserError(f"--out {out} is inside the bundle; write the site report elsewhere")
     pre = Preprocess.from_json(bundle / "preprocess.json")
-    source = open_dataset(data, split, runtime["labels"], labels_csv)
+    columns = list(group_by) if group_by else cfg.data.group_by
+    source = open_dataset(data, split, runtime["labels"], labels_csv, columns, not group_by)
+    for name, values in source.metadata.items():  # before any image is read or written
+        check_categories(name, values)
     with progress.step(target.name, f"validating on this host ({len(source)} images, streamed)"):
         res = stream_predict(
             target.name,
@@ -96,10 +104,15 @@ def revalidate(
             cfg.bench.timeout_s,
         )
     same_data = res.sha256 == manifest["data"]["sha256"] and split == manifest["data"]["split"]
-    if same_data and out is None and labels_csv is None:
+    if same_data and out is None and labels_csv is None and not group_by:
         images = source.images if isinstance(source, Dataset) else None
         return _complete_in_place(bundle, report, manifest, runtime, cfg, res, split, images)
-    return site_acceptance(bundle, report, manifest, runtime, cfg, res, data, split, out)
+    grouping = {
+        "source": "--group-by" if group_by else "the bundle's [data] group_by",
+        "columns": sorted(res.metadata),
+        "not_found": [c for c in columns if c not in res.metadata],
+    }
+    return site_acceptance(bundle, report, manifest, runtime, cfg, res, data, split, out, grouping)
 
 
 def _bundle_config(bundle: Path, manifest: dict[str, Any], runtime: dict[str, Any]) -> Config:
@@ -196,23 +209,27 @@ def site_acceptance(
     data: Path,
     split: str,
     out: Path | None,
+    grouping: dict[str, Any],
 ) -> dict[str, Any]:
-    """The site validation report: this site's data through the shipped bundle, gated."""
+    """The site validation report: this site's data through the shipped bundle, gated on what
+    the data can support (packager.site_gates)."""
     probs, clin = evaluate(res.scores, res.labels, cfg, runtime["output"], None)
-    checks = [c.to_dict() for c in gate_checks(clin, cfg, has_reference=False)]
-    failed = [c for c in checks if not c["passed"]]
+    build_clinical = report.get("clinical") or {}
+    checks, not_applied = site_gates(clin, cfg, build_clinical)
+    c = clin.confusion
+    rates = {
+        "sensitivity": rate(c["tp"], c["tp"] + c["fn"]),
+        "specificity": rate(c["tn"], c["tn"] + c["fp"]),
+    }
+    verdict, reason = site_verdict(checks, rates["specificity"])
     pos = cfg.labels.positive_index
     n = len(res.labels)
     site = {
         "schema_version": 1,
         "kind": "site-validation",
-        "status": ReportStatus.failed if failed else ReportStatus.passed,
-        "reason": (
-            "gate failed: "
-            + "; ".join(f"{c['name']} = {c['value']} (limit {c['limit']})" for c in failed)
-            if failed
-            else "every clinical gate passed on this site's data and runtime"
-        ),
+        "status": ReportStatus.passed if verdict == PASS else ReportStatus.failed,
+        "verdict": verdict,
+        "reason": reason,
         "bundle": {
             "path": str(bundle.resolve()),
             "name": manifest["name"],
@@ -223,8 +240,15 @@ def site_acceptance(
             "signed": (bundle / SIGNATURE).exists(),
             "build_status": report.get("status"),
             "build_clinical": {
-                k: (report.get("clinical") or {}).get(k)
-                for k in ("n", "sensitivity", "specificity", "split")
+                k: build_clinical.get(k)
+                for k in (
+                    "n",
+                    "positives",
+                    "sensitivity",
+                    "reference_sensitivity",
+                    "specificity",
+                    "split",
+                )
             },
         },
         "data": {
@@ -235,6 +259,7 @@ def site_acceptance(
             "sha256": res.sha256,
             "same_as_build": res.sha256 == manifest["data"]["sha256"],
             "metadata_columns": sorted(res.metadata),
+            "group_by": grouping,
         },
         "decision": {
             "positive": cfg.labels.positive,
@@ -242,8 +267,14 @@ def site_acceptance(
             "output": runtime["output"],
         },
         "clinical": asdict(clin) | {"split": split, "output": runtime["output"]},
+        "rates": rates,
         "subgroups": _subgroups(res.metadata, res.labels == pos, probs[:, pos], cfg),
-        "gates": {"passed": not failed, "checks": checks},
+        "gates": {
+            "passed": verdict == PASS,
+            "decided_on": "the 95% interval",
+            "checks": checks,
+            "not_applied": not_applied,
+        },
         "runtime": res.runtime,
         "host": host_facts(),
         "throughput": {
@@ -277,7 +308,7 @@ def _atomic(path: Path, write: Any) -> None:
 def _subgroups(
     metadata: dict[str, np.ndarray], y: np.ndarray, p: np.ndarray, cfg: Config
 ) -> dict[str, dict[str, dict[str, Any]]]:
-    """Counts and rates per metadata value (the subgroup analysis builds on these)."""
+    """Counts and rates, with 95% Wilson intervals, per value of each group column."""
     pred = p >= cfg.labels.threshold
     out: dict[str, dict[str, dict[str, Any]]] = {}
     for col, values in metadata.items():
@@ -286,59 +317,82 @@ def _subgroups(
             m = values == v
             tp, pos = int((pred & y & m).sum()), int((y & m).sum())
             tn, neg = int((~pred & ~y & m).sum()), int((~y & m).sum())
+            sens, spec = rate(tp, pos), rate(tn, neg)
             rows[v] = {
                 "n": int(m.sum()),
                 "positives": pos,
-                "sensitivity": tp / pos if pos else None,
-                "specificity": tn / neg if neg else None,
+                "sensitivity": sens["value"],
+                "sensitivity_ci95": sens["ci95"],
+                "specificity": spec["value"],
+                "specificity_ci95": spec["ci95"],
             }
         out[col] = rows
     return out
 
 
 def site_markdown(site: dict[str, Any]) -> str:
-    c, b, d = site["clinical"], site["bundle"], site["data"]
+    c, b, d, r = site["clinical"], site["bundle"], site["data"], site["rates"]
 
     def f(v: Any) -> str:
         return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
 
+    def ci(v: float | None, bounds: list[float] | None) -> str:
+        return "n/a" if v is None or bounds is None else f"{f(v)} ({f(bounds[0])}–{f(bounds[1])})"
+
+    def with_ci(x: dict[str, Any], of: str) -> str:
+        if x["value"] is None:
+            return f"undefined (no {of})"
+        lo, hi = x["ci95"]
+        return f"{f(x['value'])} ({x['hits']}/{x['n']}; 95% CI {f(lo)}–{f(hi)})"
+
+    bc = b["build_clinical"]
     lines = [
-        f"# Site validation: {b['name']} {b['version']} ({b['target']}, {b['precision']})",
+        f"# Site validation: {md(b['name'])} {md(b['version'])} ({md(b['target'])}, "
+        f"{md(b['precision'])})",
         "",
-        f"**{site['status'].upper()}** — {site['reason']}",
+        f"**{site['verdict'].upper()}** — {md(site['reason'])}",
         "",
-        f"- data: `{d['path']}` split `{d['split']}`, {d['n']} images, {d['positives']} positive,"
-        f" sha256 `{d['sha256'][:16]}…`",
-        f"- decision: {site['decision']['positive']} when p >= {site['decision']['threshold']}",
-        f"- bundle manifest sha256 `{b['manifest_sha256'][:16]}…` (left unchanged), "
+        f"- data: {md(d['path'])} split {md(d['split'])}, {d['n']} images, {d['positives']} "
+        f"positive, sha256 {d['sha256'][:16]}…",
+        f"- decision: {md(site['decision']['positive'])} when p >= {site['decision']['threshold']}",
+        f"- bundle manifest sha256 {b['manifest_sha256'][:16]}… (left unchanged), "
         f"signed: {'yes' if b['signed'] else 'no'}",
         "",
         "| metric | this site | at build |",
         "| --- | --- | --- |",
-        f"| sensitivity | {f(c['sensitivity'])} (95% CI {f(c['sensitivity_ci95'][0])}–"
-        f"{f(c['sensitivity_ci95'][1])}) | {f(b['build_clinical']['sensitivity'])} |",
-        f"| specificity | {f(c['specificity'])} | {f(b['build_clinical']['specificity'])} |",
+        f"| sensitivity | {with_ci(r['sensitivity'], 'positives')} | {f(bc['sensitivity'])} |",
+        f"| specificity | {with_ci(r['specificity'], 'negatives')} | {f(bc['specificity'])} |",
         f"| AUC | {f(c['auc'])} | |",
-        f"| images | {c['n']} | {f(b['build_clinical']['n'])} |",
+        f"| images | {c['n']} | {f(bc['n'])} |",
         "",
-        "| gate | value | limit | passed |",
-        "| --- | --- | --- | --- |",
+        f"Gates decide on {site['gates']['decided_on']}: a gate the data cannot support reads "
+        "`insufficient evidence`, a metric with no cases `undefined`; neither is a pass.",
+        "",
+        "| gate | value | 95% CI | limit | decided on | verdict |",
+        "| --- | --- | --- | --- | --- | --- |",
         *(
-            f"| {g['name']} | {g['value']} | {g['limit']} | {'yes' if g['passed'] else 'NO'} |"
+            f"| {g['name']} | {f(g['value'])} | "
+            f"{'' if g['ci95'] is None else f(g['ci95'][0]) + '–' + f(g['ci95'][1])} | "
+            f"{g['limit']} | {g['decided_on']} | {g['verdict'].upper()} |"
             for g in site["gates"]["checks"]
         ),
     ]
+    for g in site["gates"]["not_applied"]:
+        lines += ["", f"Not applied: {g['name']} (limit {g['limit']}): {md(g['reason'])}."]
     for col, rows in site["subgroups"].items():
-        lines += ["", f"## By {col}", "", "| value | n | positives | sensitivity | specificity |"]
+        lines += ["", f"## By {md(col)}", ""]
+        lines += ["| value | n | positives | sensitivity (95% CI) | specificity (95% CI) |"]
         lines += ["| --- | --- | --- | --- | --- |"]
         lines += [
-            f"| {v} | {r['n']} | {r['positives']} | {f(r['sensitivity'])} | {f(r['specificity'])} |"
+            f"| {md(v)} | {r['n']} | {r['positives']} | "
+            f"{ci(r['sensitivity'], r['sensitivity_ci95'])} | "
+            f"{ci(r['specificity'], r['specificity_ci95'])} |"
             for v, r in rows.items()
         ]
     t = site["throughput"]
     lines += [
         "",
-        f"Runtime {site['runtime'].get('runtime', '?')} {site['runtime'].get('version', '')}; "
+        f"Runtime {md(site['runtime'].get('runtime', '?'))} {md(site['runtime'].get('version', ''))}; "
         f"{f(t['images_per_s'])} images/s end to end (streamed).",
         "",
     ]

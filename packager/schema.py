@@ -21,6 +21,10 @@ T = TypeVar("T")
 # Strict: no str -> int; ints pass as floats, bools never pass as numbers; NaN/Inf refused.
 STRICT = ConfigDict(strict=True, extra="forbid", allow_inf_nan=False, defer_build=True)
 NonNegative = Annotated[float, Field(ge=0)]
+# A runtime's thread count; 0 is the runtime's own default. A billion threads is an allocation
+# failure in the runtime (std::bad_alloc), not a setting.
+MAX_THREADS = 1024
+Threads = Annotated[int, Field(ge=0, le=MAX_THREADS)]
 
 
 @dataclass_transform(field_specifiers=(dataclasses.field,))
@@ -78,11 +82,40 @@ def first_error(exc: ValidationError) -> ErrorDetails:
     return next((e for e in errors if e["type"] in unknown), errors[0])
 
 
+def range_text(tp: Any) -> str:
+    """The bounds an Annotated[..., Field(ge=..., le=...)] declares, e.g. `between 1 and 1000`."""
+    bounds: dict[str, Any] = {}
+    for meta in get_args(tp)[1:] if get_origin(tp) is Annotated else ():
+        for m in getattr(meta, "metadata", [meta]):
+            for key in ("ge", "gt", "le", "lt"):
+                if getattr(m, key, None) is not None:
+                    bounds[key] = getattr(m, key)
+    low = (
+        f"{bounds['ge']}"
+        if "ge" in bounds
+        else f"more than {bounds['gt']}"
+        if "gt" in bounds
+        else ""
+    )
+    high = (
+        f"{bounds['le']}"
+        if "le" in bounds
+        else f"less than {bounds['lt']}"
+        if "lt" in bounds
+        else ""
+    )
+    if low and high:
+        return f"between {low} and {high}"
+    return f"at least {low}" if low else f"at most {high}" if high else "in range"
+
+
 def _value_problem(err: ErrorDetails, tp: Any, where: str) -> str:
     """The message for a value pydantic refused at `where` (annotation `tp`)."""
     value = err["input"]
     if err["type"] == "finite_number":
         return f"{where} = {value!r} must be a finite number"
+    if err["type"] in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        return f"{where} = {value!r} is out of range; it must be {range_text(tp)}"
     if err["type"] == "literal_error" and not _is_union(tp):
         return f"{where} = {value!r} is not allowed; use one of {type_text(tp)}"
     return f"{where} must be {type_text(tp)}, got {value!r}"

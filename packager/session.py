@@ -115,7 +115,9 @@ class Session:
             )
         pre = resolve_preprocess(cfg, info)
         with progress.step("data", f"loading split '{cfg.data.split}'"):
-            source = open_dataset(cfg.data.path, cfg.data.split, cfg.labels.names, cfg.data.labels)
+            source = open_dataset(
+                cfg.data.path, cfg.data.split, cfg.labels.names, cfg.data.labels, cfg.data.group_by
+            )
             dicom = isinstance(source, FileList) and holds_dicom(source)
             pre = replace(pre, formats=resolve_formats(cfg, dicom))
             val = source if isinstance(source, Dataset) else read_files(source, pre)
@@ -165,7 +167,9 @@ class Session:
     def dataset(self, split: str) -> Dataset:
         """Another split of the configured data, read as the validation split was."""
         d = self.cfg.data
-        return load_dataset(d.path, split, self.cfg.labels.names, self.preprocess, d.labels)
+        return load_dataset(
+            d.path, split, self.cfg.labels.names, self.preprocess, d.labels, d.group_by
+        )
 
     def reference_scores(self) -> np.ndarray:
         """Scores of the source model on ONNX Runtime CPU FP32, cached by content hash."""

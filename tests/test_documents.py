@@ -154,7 +154,8 @@ def test_validate_writes_a_site_report_the_schema_accepts_and_refuses_a_bundle_o
 ) -> None:
     out = tmp_path / "site"
     r = cli("validate", built[0], "--data", data_path, "--out", out, "--json", cwd=tmp_path)
-    assert r.code == 0, r.stderr
+    # 386/390 positives: the 95% lower bound (0.974) cannot clear min_sensitivity 0.98.
+    assert r.code == 1 and r.json["verdict"] == "insufficient evidence", r.stderr
     [site] = out.glob("site-validation-*.json")
     ok = check_jsonschema("site-validation", site)
     assert ok.returncode == 0, (ok.stdout, ok.stderr)

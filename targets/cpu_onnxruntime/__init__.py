@@ -9,13 +9,13 @@ from typing import Any, Literal
 
 from packager.model import ModelInfo
 from packager.ort_support import ort_accepts
-from packager.schema import typed
+from packager.schema import Threads, typed
 from packager.target import PRE_QUANTIZED, Availability, BuildContext, BuildOutput, Status, Target
 
 
 @typed
 class Options:
-    threads: int = 0  # 0: ONNX Runtime's default
+    threads: Threads = 0  # 0: ONNX Runtime's default
     optimization: Literal["none", "basic", "extended", "all"] = "all"
 
 

@@ -21,7 +21,7 @@ from packager.errors import ConversionFailed, ModelRefused, Unavailable, UserErr
 from packager.installed import missing
 from packager.metrics import clinical, to_probabilities
 from packager.model import ModelInfo
-from packager.schema import typed
+from packager.schema import Threads, typed
 from packager.target import (
     PRE_QUANTIZED,
     REEXPORT_QDQ,
@@ -69,13 +69,11 @@ class Options:
     control_split: str = "val"
     control_size: int = 1000  # images drawn from control_split (all of them when fewer)
     preset: Literal["performance", "mixed"] = "performance"
-    threads: int = 0  # 0: OpenVINO's default (every core)
+    threads: Threads = 0  # 0: OpenVINO's default (every core)
 
     def check(self, where: str) -> None:
         if self.control_size < 1:
             raise UserError(f"{where}.control_size must be at least 1")
-        if self.threads < 0:
-            raise UserError(f"{where}.threads must be 0 (OpenVINO's default) or more")
 
 
 # ---------------------------------------------------------------------------------- availability

@@ -29,7 +29,7 @@ from packager.ort_quant import (
 )
 from packager.ort_support import ort_accepts
 from packager.preprocess import Preprocess
-from packager.schema import typed
+from packager.schema import Threads, typed
 from packager.target import (
     PRE_QUANTIZED,
     Availability,
@@ -66,13 +66,11 @@ class Options:
     target_platform: Literal["arm", "amd64"] = "arm"
     max_size_mb: float | None = None  # gate on each shipped .ort file
     embed_preprocessing: bool = False
-    threads: int = 0  # 0: ONNX Runtime's default
+    threads: Threads = 0  # 0: ONNX Runtime's default
 
     def check(self, where: str) -> None:
         if self.max_size_mb is not None and self.max_size_mb <= 0:
             raise UserError(f"{where}.max_size_mb = {self.max_size_mb} must be above 0")
-        if self.threads < 0:
-            raise UserError(f"{where}.threads = {self.threads} must be 0 (default) or more")
 
 
 class EdgeOrt(Target):
