@@ -16,12 +16,17 @@ demo: $(STAMP)
 	$(BIN)/packager demo
 
 # On CI (CI=true) a failed browser install fails here; elsewhere the HTML test skips with why.
+# zizmor audits the release workflow offline: any finding fails. pytest-randomly shuffles the
+# test order with a seed printed first; `make test SEED=N` replays that order.
 test: $(STAMP)
 	sh scripts/install-browser.sh || test "$$CI" != true
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/zizmor --offline .github/workflows/
 	sh scripts/typecheck.sh $(BIN)/python
-	$(BIN)/python -m pytest -q -rsx -n 2 --dist loadscope
+	seed="$(SEED)"; test -n "$$seed" || seed=$$($(BIN)/python -c 'import random; print(random.randrange(10**9))'); \
+	echo "pytest-randomly seed $$seed (same order again: make test SEED=$$seed)"; \
+	$(BIN)/python -m pytest -q -rsx -n 2 --dist loadscope -p randomly --randomly-seed=$$seed
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
