@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format bench clean
+.PHONY: demo test lint format bench mutate clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -28,6 +28,13 @@ test: $(STAMP)
 	echo "pytest-randomly seed $$seed (same order again: make test SEED=$$seed)"; \
 	$(BIN)/python -m pytest -q -rsx -n 2 --dist loadscope -p randomly --randomly-seed=$$seed
 
+# Mutation testing of the trust core (mutmut 3, [tool.mutmut] in pyproject.toml; scores and
+# survivors in docs/mutation.md). `make mutate MUTANTS='packager.metrics.*'` runs a subset.
+mutate: $(STAMP)
+	PACKAGER_TEST_DATA="$${PACKAGER_TEST_DATA:-$(CURDIR)/../shared/data/pneumoniamnist.npz}" \
+	  nice -n 10 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
+	$(BIN)/mutmut results
+
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
@@ -38,4 +45,4 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/openvino_vs_reference.py
 
 clean:
-	rm -rf dist .pytest_cache .ruff_cache
+	rm -rf dist .pytest_cache .ruff_cache mutants

@@ -5,6 +5,8 @@ whose data has no FP and no FN)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from sklearn.metrics import (
@@ -16,7 +18,9 @@ from sklearn.metrics import (
 from sklearn.metrics import roc_curve as sk_roc_curve
 from statsmodels.stats.proportion import proportion_confint
 
-from packager.metrics import clinical, roc_auc, roc_curve, wilson
+from packager.config import parse_config
+from packager.metrics import clinical, roc_auc, roc_curve, to_probabilities, wilson
+from packager.validate import gate_checks
 
 
 def _overlapping(
@@ -110,3 +114,52 @@ def test_roc_curve_equals_sklearn() -> None:
 def test_wilson_equals_statsmodels(k: int, n: int) -> None:
     lo, hi = proportion_confint(k, n, alpha=0.05, method="wilson")
     assert wilson(k, n) == pytest.approx((lo, hi), abs=1e-12)
+
+
+def test_to_probabilities_rounds_to_the_stored_float32_and_softmaxes_only_logits() -> None:
+    rng = np.random.default_rng(9)
+    raw = rng.random((50, 3))
+    p = raw / raw.sum(1, keepdims=True)
+    got = to_probabilities(p, "probabilities")
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, p.astype(np.float32).astype(np.float64))
+    assert not np.array_equal(got, p)  # the float32 rounding really happened
+    logits = rng.normal(0, 3, (50, 3))
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    expected = (e / e.sum(1, keepdims=True)).astype(np.float32).astype(np.float64)
+    np.testing.assert_array_equal(to_probabilities(logits, "logits"), expected)
+
+
+@pytest.mark.parametrize(("n_pos", "n_neg"), [(1, 9), (9, 1), (1, 1)])
+def test_roc_with_a_single_case_of_a_class_equals_sklearn(n_pos: int, n_neg: int) -> None:
+    y = np.array([1] * n_pos + [0] * n_neg)  # integer labels, as a caller may pass them
+    s = np.linspace(0.05, 0.95, len(y))[np.random.default_rng(n_pos).permutation(len(y))]
+    assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    fpr, tpr = roc_curve(y, s)
+    sk_fpr, sk_tpr, _ = sk_roc_curve(y, s, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, sk_fpr, atol=1e-15)
+    np.testing.assert_allclose(tpr, sk_tpr, atol=1e-15)
+
+
+def test_non_finite_scores_count_as_documented() -> None:
+    # NaN and -inf count as p = 0, +inf as p = 1 (metrics.clinical's rule), next to scores that
+    # are exactly 0 and 1, so any other replacement value changes the ranks.
+    y = np.array([1, 1, 1, 0, 0, 0, 1, 0, 1, 0])
+    p = np.array([np.nan, np.inf, -np.inf, 0.0, 1.0, 0.3, 0.7, np.nan, 0.0, np.inf])
+    ref_p = np.array([0.2, 0.9, 0.1, 0.1, 0.8, 0.3, 0.6, 0.4, 0.1, 0.7])
+    c = clinical(np.stack([1 - p, p], 1), y, 1, 0.5, reference=np.stack([1 - ref_p, ref_p], 1))
+    counted = np.array([0.0, 1.0, 0.0, 0.0, 1.0, 0.3, 0.7, 0.0, 0.0, 1.0])
+    assert not c.finite
+    assert c.auc == pytest.approx(roc_auc_score(y, counted), abs=1e-12)
+    assert c.max_abs_diff == pytest.approx(np.abs(counted - ref_p).max(), abs=1e-15)
+    assert c.confusion == {"tp": 2, "fn": 3, "tn": 3, "fp": 2}
+
+
+def test_no_positives_fails_the_sensitivity_gate_closed() -> None:
+    y = np.zeros(20, int)
+    p = np.linspace(0.0, 0.4, 20)
+    two = np.stack([1 - p, p], 1)
+    c = clinical(two, y, 1, 0.5, reference=two)  # no ZeroDivisionError either
+    assert c.positives == 0 and c.auc is None
+    checks = {ch.name: ch for ch in gate_checks(c, parse_config({}, Path.cwd()), False)}
+    assert not checks["min_sensitivity"].passed, "no positive was seen: it cannot pass"
