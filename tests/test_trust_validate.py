@@ -63,6 +63,7 @@ def test_gate_lines_record_value_limit_and_reason() -> None:
 def test_is_clinical_gate_names() -> None:
     for name in CLINICAL_GATES:
         assert is_clinical_gate(name) and is_clinical_gate(f"{name}[site=B]")
+    assert is_clinical_gate("min_subgroup_sensitivity[ward=A[2]]")  # a value holding "["
     for name in ("latency_p50_ms", "selftest", "min_sensitivity_x", "[min_sensitivity]", ""):
         assert not is_clinical_gate(name)
 
@@ -92,6 +93,13 @@ def test_evaluate_softmaxes_logits_and_counts_on_the_positive_class() -> None:
     pred = expected[:, 2] >= 0.4
     assert c.confusion["tp"] == int((pred & (labels == 2)).sum())
     assert c.threshold == 0.4 and c.positives == int((labels == 2).sum())
+    # probabilities pass through (float32-rounded, no softmax), with the reference compared
+    p = e / e.sum(1, keepdims=True)
+    ref = np.roll(p, 1, axis=0)
+    probs, c = evaluate(p, labels, cfg, "probabilities", ref)
+    np.testing.assert_array_equal(probs, p.astype(np.float32).astype(np.float64))
+    flips = np.flatnonzero((probs[:, 2] >= 0.4) != (ref[:, 2] >= 0.4)).tolist()
+    assert flips and c.flipped == flips
     with pytest.raises(UserError, match="gives 3 scores but \\[labels\\] names lists 2"):
         evaluate(logits, labels, _cfg(), "logits", None)
 
