@@ -45,12 +45,12 @@ def newcombe_reference(a: int, b: int, c: int, d: int) -> tuple[float, float]:
 TABLES = [
     (59, 6, 16, 80),  # Cavo et al. 2012 (Fagerland, Lydersen & Laake 2017): -0.1186 to -0.0046
     (386, 0, 0, 4),  # no discordant pair
-    (380, 9, 1, 0),  # asymmetric, an empty margin (phi = 0)
+    (380, 9, 1, 0),  # asymmetric, no pair both wrong: ad < bc, negative phi
     (50, 12, 3, 35),  # asymmetric, strong agreement (phi reduced by n/2)
     (5, 1, 9, 2),  # small, target mostly better
     (2, 7, 1, 0),  # ad < bc: negative phi
     (10, 4, 4, 2),  # 0 < ad - bc <= n/2: phi reduced to 0
-    (0, 3, 0, 0),  # every first success discordant
+    (0, 3, 0, 0),  # an empty margin (phi = 0)
     (1, 0, 0, 0),  # n = 1
     (300, 2, 9, 79),
 ]
