@@ -39,7 +39,7 @@ from packager.runner import WorkerFailed, predict, run_worker
 from packager.schema import from_dict
 from packager.session import Session
 from packager.shipped import SHIPPED
-from packager.shipped.selftest import file_sha256
+from packager.shipped.integrity import file_sha256
 from packager.status import (
     BenchStatus,
     CheckStatus,
@@ -62,7 +62,8 @@ from packager.target import (
 from packager.validate import evaluate, gate_checks, save_validation
 
 PREPROCESS_SRC = Path(__file__).with_name("preprocess.py")
-BUNDLE_CODE = ("predict.py", "selftest.py")  # every bundle; runtime.py and its siblings besides
+# every bundle; runtime.py and its siblings besides
+BUNDLE_CODE = ("predict.py", "selftest.py", "integrity.py")
 # A target that cannot take this model: refused by its support check or its converter.
 REFUSED = tuple(RefusalStatus)
 CONVERSION_LOG = "conversion.log"
@@ -298,7 +299,8 @@ def _artifact_mb(bdir: Path, built: BuildOutput) -> float:
 
 def install_code(t: Target, dest: Path) -> dict[str, str]:
     """Copy the code a bundle runs into `dest`, verbatim: the target's runtime.py, the shipped
-    modules it imports, preprocess.py, predict.py and selftest.py. Returns {file: sha256}."""
+    modules it imports, preprocess.py, predict.py, selftest.py and integrity.py. Returns {file:
+    sha256}."""
     sources = {
         "runtime.py": t.runtime_source(),
         "preprocess.py": PREPROCESS_SRC,
