@@ -2,7 +2,9 @@
 validate`). A bundle's self-test is its own code checking itself; this is packager checking it:
 
 - every file against manifest.json (missing, changed, added; links and refused names);
-- the signature, always when a public key is given (a missing model.sig then fails too);
+- the signature: with a public key, model-signing checks it (a missing model.sig then fails
+  too); without one, a model.sig there must still list exactly the files as they are (it cannot
+  show who signed, but a file changed and re-hashed into the manifest after signing shows);
 - report.json's `code` hashes against the code files, and no Python file besides them;
 - the manifest's recorded config (labels, threshold, gates) against runtime.json, selftest.json
   and report.json, so a gate or threshold edited in one place only is caught.
@@ -11,11 +13,14 @@ Nothing here imports or executes a file from the bundle: JSON is parsed, files a
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from packager.bundle import SIGNATURE
 from packager.shipped import integrity
 from packager.shipped.selftest import integrity_basis
 
@@ -50,6 +55,8 @@ def check_bundle(bundle: Path, pubkey: Path | None = None) -> Checked:
             checked.fingerprint = key_fingerprint(pubkey)
         else:
             problems.append(f"signature: {status}")
+    elif (bundle / SIGNATURE).is_file() and manifest:
+        problems += _unkeyed_signature_problems(bundle)
     if not manifest:
         return checked
     docs = {name: _json_object(bundle / name) for name in ("runtime.json", "report.json")}
@@ -63,6 +70,24 @@ def check_bundle(bundle: Path, pubkey: Path | None = None) -> Checked:
     if checked.ok:
         checked.manifest_sha256 = integrity.file_sha256(bundle / integrity.MANIFEST)
     return checked
+
+
+def _unkeyed_signature_problems(bundle: Path) -> list[str]:
+    """model.sig's signed statement (an in-toto statement in a DSSE envelope, model-signing's
+    v1.0 predicate: every file's sha256) against the files, without checking who signed it."""
+    try:
+        envelope = json.loads((bundle / SIGNATURE).read_bytes())["dsseEnvelope"]
+        statement = json.loads(base64.b64decode(envelope["payload"], validate=True))
+        signed = {
+            r["name"]: {"sha256": r["digest"]}
+            for r in statement["predicate"]["resources"]
+            if r["algorithm"] == "sha256"
+        }
+    except (ValueError, RecursionError, KeyError, TypeError, binascii.Error):
+        return [f"{SIGNATURE}: unreadable (not a model-signing signature)"]
+    # Signed too, though the manifest cannot list itself.
+    actual = integrity.listing(bundle) | {integrity.MANIFEST: bundle / integrity.MANIFEST}
+    return [f"{SIGNATURE}: {p} since it was signed" for p in integrity.compare(signed, actual)]
 
 
 def _json_object(path: Path) -> dict[str, Any] | str:

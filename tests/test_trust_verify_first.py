@@ -139,7 +139,7 @@ def test_validate_checks_before_running(bundle: Path, tmp_path: Path, data_path:
     """Before: `packager validate` ran the bundle's runtime.py without checking a single hash."""
     marker = tmp_path / "MARKER"
     runtime = bundle / "runtime.py"
-    runtime.write_text(marker_code(marker) + runtime.read_text())
+    runtime.write_text(runtime.read_text() + marker_code(marker))  # still valid Python
     out = tmp_path / "site"
     r = packager("validate", bundle, "--data", data_path, "--out", out, cwd=tmp_path)
     assert r.code == 1, (r.code, r.stderr)
@@ -333,6 +333,25 @@ def test_signature_is_checked_with_the_key(bundle: Path, tmp_path: Path) -> None
     r = packager("validate", bundle, "--data", "x.npz", "--pubkey", other, cwd=tmp_path)
     assert r.code == 1 and "signature: invalid" in r.stderr, r.stderr
     assert not marker.exists()
+
+
+def test_a_signed_bundle_rehashed_after_signing_fails_without_a_key(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """No key at hand: model.sig cannot show who signed, but it still lists every file as it was
+    signed, so preprocess.py edited with the manifest and report.json re-hashed is caught (the
+    manifest and the code hashes alone agree)."""
+    assert packager("keygen", "--out", tmp_path / "k", cwd=tmp_path).code == 0
+    assert packager("sign", bundle, "--key", tmp_path / "k", cwd=tmp_path).code == 0
+    pre = bundle / "preprocess.py"
+    pre.write_text(pre.read_text().replace("0.299, 0.587, 0.114", "0.2, 0.7, 0.1"))
+    rehash(bundle, "preprocess.py", code=True)
+    rec = tmp_path / "record.json"
+    r = packager("selftest", bundle, "--record", rec, cwd=tmp_path)
+    assert r.code == 1, r.stderr
+    problems = record_of(r, rec)["checks"][0]["problems"]
+    assert "model.sig: changed: preprocess.py since it was signed" in problems, problems
+    assert "model.sig: changed: manifest.json since it was signed" in problems, problems
 
 
 def test_verify_says_unsigned_first(bundle: Path, tmp_path: Path) -> None:
