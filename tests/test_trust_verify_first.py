@@ -135,6 +135,26 @@ def test_replaced_code_with_a_rehashed_manifest_fails_the_code_hashes(
     assert not marker.exists() and not out.exists()
 
 
+@pytest.mark.parametrize("name", ["integrity.py", "predict.py", "selftest.py", "ort_session.py"])
+def test_run_from_inside_the_bundle_folder_nothing_of_it_runs(
+    name: str, bundle: Path, tmp_path: Path, data_path: Path
+) -> None:
+    """`python -m packager` puts the working directory first on sys.path: run from inside a
+    bundle folder, packager's own bare-name imports of its shipped modules (`from integrity
+    import ...`) found the bundle's files and ran them before checking anything."""
+    marker = tmp_path / "MARKER"
+    (bundle / name).write_text((bundle / name).read_text() + marker_code(marker))
+    rec = tmp_path / "record.json"
+    for args in (
+        ("verify", "."),
+        ("selftest", ".", "--record", rec),
+        ("validate", ".", "--data", data_path, "--out", tmp_path / "site"),
+    ):
+        r = packager(*args, cwd=bundle)
+        assert r.code == 1 and f"changed: {name}" in r.stdout + r.stderr, (args, r)
+        assert not marker.exists(), f"packager {args[0]} ran the bundle's {name}"
+
+
 def test_validate_checks_before_running(bundle: Path, tmp_path: Path, data_path: Path) -> None:
     """Before: `packager validate` ran the bundle's runtime.py without checking a single hash."""
     marker = tmp_path / "MARKER"
