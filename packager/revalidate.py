@@ -26,7 +26,7 @@ from packager.build import Step, bench_run, finish_report, gates
 from packager.bundle import LEGACY_SIGNATURE, MANIFEST, SIGNATURE, make_tarball, write_manifest
 from packager.config import Config, parse_config
 from packager.data import Dataset, open_dataset
-from packager.errors import GateFailed, Unavailable, UserError
+from packager.errors import Unavailable, UserError
 from packager.evidence import for_data
 from packager.hostinfo import host_facts
 from packager.preprocess import Preprocess
@@ -37,7 +37,7 @@ from packager.status import ReportStatus, StepStatus
 from packager.stream import StreamResult, stream_predict
 from packager.supply_chain import write_sbom_and_provenance
 from packager.target import Check
-from packager.trust import check_bundle
+from packager.trust import require
 from packager.validate import evaluate, gate_checks, is_clinical_gate, save_validation
 
 # What `validate` and `bench` read from a bundle, checked against the model it was written with.
@@ -67,13 +67,7 @@ def revalidate(
 ) -> dict[str, Any]:
     if not bundle.is_dir():
         raise UserError(f"{bundle} is not a bundle directory; extract the tarball first")
-    checked = check_bundle(bundle, pubkey)  # before anything reads, imports or runs its files
-    if not checked.ok:
-        more = f" (and {len(checked.problems) - 3} more)" if len(checked.problems) > 3 else ""
-        raise GateFailed(
-            f"{bundle} does not verify, so none of its code was run: "
-            f"{'; '.join(checked.problems[:3])}{more}"
-        )
+    require(bundle, pubkey)  # before anything reads, imports or runs its files
     runtime, report, manifest = (
         _read(bundle, n) for n in ("runtime.json", "report.json", MANIFEST)
     )
@@ -350,6 +344,9 @@ def site_markdown(site: dict[str, Any]) -> str:
 
 
 def rebench(bundle: Path, batch_sizes: list[int], seconds: float) -> dict[str, Any]:
+    if not bundle.is_dir():
+        raise UserError(f"{bundle} is not a bundle directory; extract the tarball first")
+    require(bundle)  # its runtime.py runs below
     runtime = _read(bundle, "runtime.json")
     target = get(runtime["target"])
     avail = target.availability().bench

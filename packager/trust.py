@@ -72,6 +72,21 @@ def check_bundle(bundle: Path, pubkey: Path | None = None) -> Checked:
     return checked
 
 
+def require(bundle: Path, pubkey: Path | None = None) -> Checked:
+    """check_bundle, for commands that then run the bundle's code (`validate`, `bench`): a
+    problem is one line and exit 1 (GateFailed), before anything of the bundle ran."""
+    from packager.errors import GateFailed
+
+    checked = check_bundle(bundle, pubkey)
+    if not checked.ok:
+        more = f" (and {len(checked.problems) - 3} more)" if len(checked.problems) > 3 else ""
+        raise GateFailed(
+            f"{bundle} does not verify, so none of its code was run: "
+            f"{'; '.join(checked.problems[:3])}{more}"
+        )
+    return checked
+
+
 def _unkeyed_signature_problems(bundle: Path) -> list[str]:
     """model.sig's signed statement (an in-toto statement in a DSSE envelope, model-signing's
     v1.0 predicate: every file's sha256) against the files, without checking who signed it."""

@@ -155,16 +155,24 @@ def test_run_from_inside_the_bundle_folder_nothing_of_it_runs(
         assert not marker.exists(), f"packager {args[0]} ran the bundle's {name}"
 
 
-def test_validate_checks_before_running(bundle: Path, tmp_path: Path, data_path: Path) -> None:
-    """Before: `packager validate` ran the bundle's runtime.py without checking a single hash."""
+def test_validate_and_bench_check_before_running(
+    bundle: Path, tmp_path: Path, data_path: Path
+) -> None:
+    """Before: `packager validate` (and `bench`) ran the bundle's runtime.py without checking a
+    single hash."""
     marker = tmp_path / "MARKER"
     runtime = bundle / "runtime.py"
     runtime.write_text(runtime.read_text() + marker_code(marker))  # still valid Python
     out = tmp_path / "site"
-    r = packager("validate", bundle, "--data", data_path, "--out", out, cwd=tmp_path)
-    assert r.code == 1, (r.code, r.stderr)
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "changed: runtime.py" in lines[0], r.stderr
+    for args in (
+        ("validate", bundle, "--data", data_path, "--out", out),
+        ("bench", bundle, "--batch-sizes", "1", "--seconds", "0.05"),
+    ):
+        r = packager(*args, cwd=tmp_path)
+        assert r.code == 1, (args, r.code, r.stderr)
+        lines = r.stderr.strip().splitlines()
+        assert len(lines) == 1 and "changed: runtime.py" in lines[0], r.stderr
+        assert "none of its code was run" in lines[0]
     assert not marker.exists() and not out.exists()
 
 

@@ -5,12 +5,17 @@ the bundle was validated with.
     python predict.py IMAGE [IMAGE ...]             # one JSON line per image
     python predict.py --self-test [--record PATH]    # golden set on this host + acceptance record
 
+The self-test is this bundle's code checking itself: its line and record state what the verdict
+rests on (the manifest sha256, to compare with the one the release published). For a check
+independent of the bundle's code, run `packager selftest BUNDLE --pubkey KEY.pub` first.
+
 runtime.py (load, infer), preprocess.py + preprocess.json are the exact code and parameters that
 produced this bundle's validation numbers (report.json records their sha256); runtime.json holds
 the threshold, labels and pinned precision. Needs only what requirements.txt lists.
 
-Exit codes: 0 ok · 1 the self-test found outputs that differ · 2 bad usage or input ·
-3 this host lacks the runtime, or cannot run it at the precision the bundle was validated at.
+Exit codes: 0 ok · 1 the self-test rejected the bundle (a file or outputs differ) · 2 bad usage ·
+or input · 3 this host lacks the runtime, or cannot run it at the precision the bundle was
+validated at.
 """
 
 import sys
