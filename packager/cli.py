@@ -309,10 +309,9 @@ def verify(path: Path, pubkey: Path | None, max_size_gb: float | None, as_json: 
     from packager.bundle import verify as run_verify
 
     result = run_verify(path, pubkey, max_size_gb)
+    files = len(result.manifest.get("files", {}))
     lines = (
-        [
-            f"OK: {path} ({len(result.manifest.get('files', {}))} files, signature {result.signature})"
-        ]
+        [f"OK: {path} ({files} files, signature {result.signature})"]
         if result.ok
         else [f"FAILED: {path}", *(f"  {p}" for p in result.problems)]
     )

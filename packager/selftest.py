@@ -197,6 +197,7 @@ def arrival(
             # predict.py's first line takes it off.
             safe = ["-P"] if sys.version_info >= (3, 11) else []
             cmd = [sys.executable, *safe, str(bundle / "predict.py"), "--self-test"]
+            rec.unlink(missing_ok=True)  # an earlier run's record is not this run's
             proc = subprocess.run([*cmd, "--record", str(rec)], capture_output=True, text=True)
             if not rec.exists():
                 lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines() or ["no output"]
