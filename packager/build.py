@@ -566,7 +566,9 @@ def _run_selftest(bdir: Path, kind: str, meta: dict[str, Any]) -> tuple[Check, d
         # the bundle's own selftest.py wrote it: a record outside its model is a bug in what ships
         record = documents.read(rec, documents.Acceptance) if rec.exists() else {}
     line = (proc.stdout.strip() or proc.stderr.strip()).splitlines()[-1:] or ["no output"]
-    reason = line[0].split("; record: ")[0]
+    # Without the integrity part: it names the staged manifest's sha256, which the final
+    # manifest (written after the report) replaces.
+    reason = line[0].split("; integrity: ")[0].split("; record: ")[0]
     label = "golden set replayed on the staged bundle" + (f" ({kind})" if kind != "main" else "")
     if proc.returncode not in (0, 1, 3):
         reason = f"predict.py --self-test exited {proc.returncode}: {reason}"
