@@ -259,8 +259,8 @@ assert sys.path == before, (before, sys.path)
 assert "ort_session" not in sys.modules and "runtime" not in sys.modules
 print(sys.modules["numpy"].__file__)
 """
-    # `-c` puts the current folder (the bundle) first on sys.path: the loader must not need it,
-    # and numpy is imported here before the bundle's numpy.py could be.
+    # Run from outside the folder: `-c` puts the working directory first on sys.path, and the
+    # loader must find the siblings without any path entry for the bundle.
     r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert Path(r.stdout.strip()).parent.name == "numpy"  # the installed package, not numpy.py
