@@ -179,7 +179,7 @@ def arrival(
             bundle = safe_extract(path, Path(tmp), max_gb)
             default = path.with_name(path.name.removesuffix(".gz").removesuffix(".tar"))
         elif path.is_dir():
-            bundle, default = path, path
+            bundle, default = path, path.resolve()  # `packager selftest .` names its folder
         else:
             raise UserError(f"{path} is neither a bundle directory nor a .tar.gz; pass one")
         rec = (record or default.with_name(default.name + ".acceptance.json")).resolve()

@@ -153,6 +153,12 @@ def test_run_from_inside_the_bundle_folder_nothing_of_it_runs(
         r = packager(*args, cwd=bundle)
         assert r.code == 1 and f"changed: {name}" in r.stdout + r.stderr, (args, r)
         assert not marker.exists(), f"packager {args[0]} ran the bundle's {name}"
+    # `packager selftest .`, as the bundle's README says: the record goes next to the folder
+    # (before: a ValueError traceback, '.' has an empty name).
+    (bundle / name).write_text((REPO / "packager" / "shipped" / name).read_text())
+    r = packager("selftest", ".", cwd=bundle)
+    assert r.code == 0, r.stderr
+    assert json.loads((tmp_path / f"{TARGET}.acceptance.json").read_text())["verdict"] == "accepted"
 
 
 def test_validate_and_bench_check_before_running(
