@@ -40,7 +40,7 @@ from packager.runner import WorkerFailed, predict, run_worker
 from packager.schema import from_dict
 from packager.session import Session
 from packager.shipped import SHIPPED
-from packager.shipped.selftest import file_sha256
+from packager.shipped.integrity import file_sha256
 from packager.status import (
     BenchStatus,
     CheckStatus,
@@ -63,7 +63,8 @@ from packager.target import (
 from packager.validate import evaluate, gate_checks, save_validation
 
 PREPROCESS_SRC = Path(__file__).with_name("preprocess.py")
-BUNDLE_CODE = ("predict.py", "selftest.py")  # every bundle; runtime.py and its siblings besides
+# every bundle; runtime.py and its siblings besides
+BUNDLE_CODE = ("predict.py", "selftest.py", "integrity.py")
 # A target that cannot take this model: refused by its support check or its converter.
 REFUSED = tuple(RefusalStatus)
 CONVERSION_LOG = "conversion.log"
@@ -300,7 +301,8 @@ def _artifact_mb(bdir: Path, built: BuildOutput) -> float:
 
 def install_code(t: Target, dest: Path) -> dict[str, str]:
     """Copy the code a bundle runs into `dest`, verbatim: the target's runtime.py, the shipped
-    modules it imports, preprocess.py, predict.py and selftest.py. Returns {file: sha256}."""
+    modules it imports, preprocess.py, predict.py, selftest.py and integrity.py. Returns {file:
+    sha256}."""
     sources = {
         "runtime.py": t.runtime_source(),
         "preprocess.py": PREPROCESS_SRC,
@@ -579,7 +581,9 @@ def _run_selftest(bdir: Path, kind: str, meta: dict[str, Any]) -> tuple[Check, d
         # the bundle's own selftest.py wrote it: a record outside its model is a bug in what ships
         record = documents.read(rec, documents.Acceptance) if rec.exists() else {}
     line = (proc.stdout.strip() or proc.stderr.strip()).splitlines()[-1:] or ["no output"]
-    reason = line[0].split("; record: ")[0]
+    # Without the integrity part: it names the staged manifest's sha256, which the final
+    # manifest (written after the report) replaces.
+    reason = line[0].split("; integrity: ")[0].split("; record: ")[0]
     label = "golden set replayed on the staged bundle" + (f" ({kind})" if kind != "main" else "")
     if proc.returncode not in (0, 1, 3):
         reason = f"predict.py --self-test exited {proc.returncode}: {reason}"

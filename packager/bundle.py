@@ -5,7 +5,6 @@ from __future__ import annotations
 import fcntl
 import gzip
 import io
-import json
 import os
 import shutil
 import signal
@@ -20,13 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from packager import documents
-from packager.data import file_sha256
 from packager.errors import UserError
+from packager.shipped import integrity
+from packager.shipped.integrity import MANIFEST, file_sha256
 
-MANIFEST = "manifest.json"
 SIGNATURE = "model.sig"  # OpenSSF model-signing (sigstore bundle), over every other file
 LEGACY_SIGNATURE = "manifest.sig"  # packager <= 0.1.0: Ed25519 over manifest.json
-UNCOVERED = {MANIFEST, SIGNATURE, LEGACY_SIGNATURE}
 SCHEMA_VERSION = 1
 
 
@@ -34,18 +32,20 @@ def _mtime() -> int:
     return int(os.environ.get("SOURCE_DATE_EPOCH", "0"))
 
 
+def listing(root: Path) -> dict[str, Path]:
+    """integrity.listing, its refusals (a link, a device, a refused name) one-line errors."""
+    try:
+        return integrity.listing(root)
+    except integrity.BadBundle as exc:
+        raise UserError(str(exc)) from None
+
+
 def bundle_files(root: Path) -> dict[str, dict[str, Any]]:
     """sha256 and size of every file under `root` except the manifest and its signature."""
-    out = {}
-    for path in sorted(root.rglob("*")):
-        rel = path.relative_to(root).as_posix()
-        if path.is_symlink():
-            raise UserError(f"{path} is a link; bundles hold plain files only")
-        if not (path.is_file() or path.is_dir()):
-            raise UserError(f"{path} is a device, pipe or socket; bundles hold plain files only")
-        if path.is_file() and rel not in UNCOVERED:
-            out[rel] = {"sha256": file_sha256(path), "size": path.stat().st_size}
-    return out
+    return {
+        rel: {"sha256": file_sha256(path), "size": path.stat().st_size}
+        for rel, path in listing(root).items()
+    }
 
 
 def write_manifest(root: Path, meta: dict[str, Any]) -> dict[str, Any]:
@@ -219,6 +219,7 @@ class VerifyResult:
     ok: bool = True
     problems: list[str] = field(default_factory=list)
     signature: str = "not checked"
+    signed: bool = False  # a model.sig is there (whether it was checked or not)
     manifest: dict[str, Any] = field(default_factory=dict)
 
     def fail(self, msg: str) -> None:
@@ -231,12 +232,51 @@ class VerifyResult:
             "ok": self.ok,
             "problems": self.problems,
             "signature": self.signature,
+            "signed": self.signed,
             "target": self.manifest.get("target"),
             "files": len(self.manifest.get("files", {})),
         }
 
 
 MAX_EXTRACT_GB = 16.0  # a bundle expanding past this is refused unless the caller allows more
+# A bundle holds tens of files: a tarball of many more is refused after this many headers, before
+# anything is extracted (300,000 empty entries cost 53 s and as many lines of output before).
+MAX_MEMBERS = 10_000
+
+
+def _checked_members(tar: tarfile.TarFile, tar_path: Path, limit: int, too_big: str) -> set[str]:
+    """The top folders of a tarball whose every entry is a plain file or folder inside it, with
+    an acceptable name, at most MAX_MEMBERS of them, declaring at most `limit` bytes in all: a
+    sparse entry counts the size it declares, not the few bytes it stores."""
+    roots, declared, count = set(), 0, 0
+    try:
+        for m in tar:
+            count += 1
+            if count > MAX_MEMBERS:
+                raise UserError(
+                    f"{tar_path} holds more than {MAX_MEMBERS:,} entries; a bundle holds tens, "
+                    "so this is not one"
+                )
+            name = f"'{integrity.printable(m.name)}'"
+            why = integrity.name_problem(m.name)
+            if why:
+                raise UserError(f"{tar_path}: refusing entry {name} (the name {why})")
+            parts = Path(m.name).parts
+            if not parts or m.name.startswith(("/", "\\")) or Path(m.name).is_absolute():
+                raise UserError(f"{tar_path}: refusing entry {name} (path escapes the bundle)")
+            if ".." in parts:
+                raise UserError(f"{tar_path}: refusing entry {name} (path escapes the bundle)")
+            if not (m.isfile() or m.isdir()):
+                raise UserError(
+                    f"{tar_path}: refusing entry {name} (links and devices are not allowed)"
+                )
+            declared += m.size
+            if declared > limit:
+                raise UserError(too_big)
+            roots.add(parts[0])
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        raise UserError(f"{tar_path} is truncated or corrupt ({exc})") from None
+    return roots
 
 
 def safe_extract(tar_path: Path, into: Path, max_gb: float | None = None) -> Path:
@@ -269,22 +309,7 @@ def safe_extract(tar_path: Path, into: Path, max_gb: float | None = None) -> Pat
     except (tarfile.TarError, OSError, EOFError) as exc:
         raise UserError(f"{tar_path} is not a readable .tar.gz ({exc})") from None
     with tar:
-        try:
-            members = tar.getmembers()
-        except (tarfile.TarError, OSError, EOFError) as exc:
-            raise UserError(f"{tar_path} is truncated or corrupt ({exc})") from None
-        roots = set()
-        for m in members:
-            parts = Path(m.name).parts
-            if not parts or m.name.startswith(("/", "\\")) or Path(m.name).is_absolute():
-                raise UserError(f"{tar_path}: refusing entry {m.name!r} (path escapes the bundle)")
-            if ".." in parts:
-                raise UserError(f"{tar_path}: refusing entry {m.name!r} (path escapes the bundle)")
-            if not (m.isfile() or m.isdir()):
-                raise UserError(
-                    f"{tar_path}: refusing entry {m.name!r} (links and devices are not allowed)"
-                )
-            roots.add(parts[0])
+        roots = _checked_members(tar, tar_path, limit, too_big)
         if len(roots) != 1:
             raise UserError(
                 f"{tar_path}: a bundle tarball holds one top folder, found {sorted(roots)}"
@@ -304,27 +329,17 @@ def verify(path: Path, pubkey: Path | None = None, max_gb: float | None = None) 
             return result
     if not path.is_dir():
         raise UserError(f"{path} is neither a bundle directory nor a .tar.gz; pass one of them")
-    result = VerifyResult(str(path))
-    mpath = path / MANIFEST
+    result = VerifyResult(str(path), signed=(path / SIGNATURE).is_file())
     try:
-        manifest = json.loads(mpath.read_text())
-        listed = manifest["files"]
-        if not isinstance(listed, dict) or not all(isinstance(m, dict) for m in listed.values()):
-            raise TypeError
+        manifest = integrity.read_manifest(path)
     except FileNotFoundError:
         raise UserError(f"{path} has no {MANIFEST}; is it a packager bundle?") from None
-    except (json.JSONDecodeError, KeyError, TypeError, UnicodeDecodeError):
-        result.fail(f"{MANIFEST}: unreadable or without a file list")
+    except integrity.BadBundle as exc:
+        result.fail(str(exc))
         return result
     result.manifest = manifest
-    actual = bundle_files(path)
-    for rel, meta in sorted(listed.items()):
-        if rel not in actual:
-            result.fail(f"missing: {rel}")
-        elif actual[rel]["sha256"] != meta.get("sha256"):
-            result.fail(f"changed: {rel}")
-    for rel in sorted(set(actual) - set(listed)):
-        result.fail(f"added: {rel}")
+    for problem in integrity.compare(manifest["files"], listing(path)):
+        result.fail(problem)
     if pubkey is not None:
         from packager.signing import check_signature
 

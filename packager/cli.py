@@ -331,14 +331,18 @@ def targets(model: Path | None, as_json: bool) -> None:
     emit({"targets": rows, "gates_schema": json_schema(GatesConfig)}, as_json, "\n".join(lines))
 
 
+def pubkey_option(fn: Callable) -> Callable:
+    return click.option(
+        "--pubkey",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="Also check the OpenSSF model signature (model.sig) with this EC public key.",
+    )(fn)
+
+
 @cli.command()
 @click.argument("path", type=click.Path(path_type=Path))
-@click.option(
-    "--pubkey",
-    type=click.Path(path_type=Path),
-    default=None,
-    help="Also check the OpenSSF model signature (model.sig) with this EC public key.",
-)
+@pubkey_option
 @max_size_option
 @json_option
 def verify(path: Path, pubkey: Path | None, max_size_gb: float | None, as_json: bool) -> None:
@@ -346,12 +350,19 @@ def verify(path: Path, pubkey: Path | None, max_size_gb: float | None, as_json: 
     from packager.bundle import verify as run_verify
 
     result = run_verify(path, pubkey, max_size_gb)
-    text = (
-        f"OK: {path} ({len(result.manifest.get('files', {}))} files, signature {result.signature})"
+    files = len(result.manifest.get("files", {}))
+    lines = (
+        [f"OK: {path} ({files} files, signature {result.signature})"]
         if result.ok
-        else "\n".join([f"FAILED: {path}", *(f"  {p}" for p in result.problems)])
+        else [f"FAILED: {path}", *(f"  {p}" for p in result.problems)]
     )
-    emit(result.to_dict(), as_json, text)
+    if not result.signed:  # first, where nobody can miss it
+        lines.insert(
+            0,
+            f"UNSIGNED: {path} has no model.sig; its files match only its own manifest, and "
+            "nothing shows who made it (sign with `packager sign --key KEY`)",
+        )
+    emit(result.to_dict(), as_json, "\n".join(lines))
     if not result.ok:
         raise GateFailed(f"{path} does not verify: {'; '.join(result.problems[:3])}")
 
@@ -405,6 +416,7 @@ def sign(bundle: Path, key: Path, max_size_gb: float | None) -> None:
     help="A labels.csv column to report subgroups by (repeatable); only these columns are read "
     "(default: the bundle's [data] group_by). Identifier-like columns are refused.",
 )
+@pubkey_option
 @json_option
 @quiet_option
 def validate(
@@ -414,6 +426,7 @@ def validate(
     labels_csv: Path | None,
     out: Path | None,
     group_by: tuple[str, ...],
+    pubkey: Path | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -423,6 +436,9 @@ def validate(
     Mac). On a site's own data (or with --labels/--out) this is site acceptance: a site
     validation report with the gates is written next to the bundle or in --out, and the bundle
     is left unchanged. Needs only the bundle: neither the config nor the original model.
+    Before any of the bundle's code runs, packager checks it with its own code (every file
+    against the manifest, the signature, report.json's code hashes, the recorded config): a
+    mismatch exits 1 naming the file.
     """
     from packager.revalidate import revalidate
 
@@ -434,6 +450,7 @@ def validate(
         labels_csv,
         out,
         list(group_by) or None,
+        pubkey,
     )
     c = report.get("clinical") or {}
     site = report.get("kind") == "site-validation"
@@ -473,24 +490,27 @@ def _rate_text(r: dict[str, Any]) -> str:
     default=None,
     help="Acceptance record path (default: BUNDLE.acceptance.json next to the bundle).",
 )
+@pubkey_option
 @max_size_option
 @json_option
-def selftest(bundle: Path, record: Path | None, max_size_gb: float | None, as_json: bool) -> None:
-    """At the hospital: check every file, replay the golden set on this host's runtime and write
-    an acceptance record (the same as `python predict.py --self-test` in the bundle).
-    Exit 0 accepted, 1 outputs differ, 2 bad usage, 3 the runtime cannot run here."""
-    from packager.errors import Unavailable
+def selftest(
+    bundle: Path, record: Path | None, pubkey: Path | None, max_size_gb: float | None, as_json: bool
+) -> None:
+    """At the hospital: check the bundle with packager's own code (every file against the
+    manifest, the signature, the code hashes in report.json, the recorded config), and only then
+    replay the golden set on this host's runtime with the bundle's own `predict.py --self-test`;
+    the acceptance record states what the verdict rests on.
+    Exit 0 accepted, 1 rejected (files or outputs differ), 2 bad usage, 3 the runtime cannot run
+    here."""
     from packager.selftest import arrival
 
-    code, line, rec = arrival(bundle, record, max_size_gb)
+    code, line, rec = arrival(bundle, record, max_size_gb, pubkey)
     if as_json or code == 0:
         emit(rec, as_json, line)
     if code == 1:
         raise GateFailed(line)
     if code == 3:
         raise Unavailable(line)
-    if code != 0:
-        raise PackagerError(f"the self-test ended with exit code {code}: {line}")
 
 
 def open_loop_text(ol: dict[str, Any]) -> str:

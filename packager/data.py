@@ -31,6 +31,7 @@ from packager.errors import UserError
 from packager.identifiers import refuse_identifier
 from packager.preprocess import DICOM_SUFFIXES, ImageError, Preprocess, is_dicom, load_image
 from packager.schema import shown
+from packager.shipped.integrity import file_sha256
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", *DICOM_SUFFIXES}
 LABELS_CSV = "labels.csv"
@@ -94,14 +95,6 @@ class FolderHash:
 
     def hexdigest(self) -> str:
         return self.h.hexdigest()
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def imap_ordered(fn: Callable[[T], R], items: Iterable[T], workers: int, ahead: int) -> Iterator[R]:

@@ -631,7 +631,7 @@ class AcceptedBundle(_Closed):
     version: str | None
     target: str | None
     precision: str | None
-    manifest_sha256: str
+    manifest_sha256: str | None = Field(description="null: the bundle has no manifest.json")
 
 
 class HostRuntime(_Closed):
@@ -652,6 +652,32 @@ class AcceptanceHost(_Closed):
     numpy: str
     runtime: HostRuntime
     gpu: Any = Field(description="the runtime's GPU description, if it gives one")
+
+
+class IntegrityCheck(_Closed):
+    """packager's own check of the bundle, before any of its code ran (`packager selftest`):
+    every file against the manifest, the signature (when there is one, or a key was given),
+    report.json's code hashes, and the manifest's config against runtime.json and report.json."""
+
+    name: Literal["integrity"]
+    status: Literal[CheckStatus.passed, CheckStatus.failed]
+    checked_by: Literal["packager"]
+    problems: list[str]
+
+
+class Integrity(_Closed):
+    """What the verdict rests on. A self-test run from the bundle is its own code checking
+    itself: only a signature checked with the vendor's key, or the manifest sha256 compared with
+    the one the release published, ties the bundle to its vendor."""
+
+    basis: Literal["signature", "manifest", "unverified"]
+    statement: str = Field(
+        description="`signature verified (key fingerprint sha256:…)`, `manifest sha256 …, "
+        "compare with the release notes`, or `unverified`"
+    )
+    checked_by: Literal["bundle", "packager"] = Field(
+        description="whose code made the statement: the bundle's own selftest.py, or packager"
+    )
 
 
 class ManifestCheck(_Closed):
@@ -711,7 +737,12 @@ class DecisionsCheck(_Closed):
 
 
 AcceptanceCheck = Annotated[
-    ManifestCheck | RuntimeCheck | PreprocessingCheck | ProbabilitiesCheck | DecisionsCheck,
+    IntegrityCheck
+    | ManifestCheck
+    | RuntimeCheck
+    | PreprocessingCheck
+    | ProbabilitiesCheck
+    | DecisionsCheck,
     Field(discriminator="name"),
 ]
 
@@ -728,6 +759,7 @@ class Acceptance(_Closed):
     runtime: RuntimeInfo | None
     checks: list[AcceptanceCheck]
     verdict: Verdict
+    integrity: Integrity
     checked_at: datetime
 
     @model_validator(mode="after")
@@ -742,6 +774,8 @@ class Acceptance(_Closed):
         )
         if self.verdict != expected:
             raise ValueError(f"verdict {self.verdict} does not follow its checks ({expected})")
+        if self.verdict == Verdict.accepted and self.integrity.basis == "unverified":
+            raise ValueError("an accepted bundle rests on a signature or a manifest sha256")
         return self
 
 

@@ -40,6 +40,7 @@ from packager.status import ReportStatus, StepStatus
 from packager.stream import StreamResult, stream_predict
 from packager.supply_chain import write_sbom_and_provenance
 from packager.target import Check
+from packager.trust import require
 from packager.validate import evaluate, gate_checks, is_clinical_gate, save_validation
 
 # What `validate` and `bench` read from a bundle, checked against the model it was written with.
@@ -66,11 +67,13 @@ def revalidate(
     labels_csv: Path | None = None,
     out: Path | None = None,
     group_by: list[str] | None = None,
+    pubkey: Path | None = None,
 ) -> dict[str, Any]:
     """`group_by`: the labels.csv columns to group by (--group-by); None: the bundle's own
     [data] group_by, those of its columns this data has."""
     if not bundle.is_dir():
         raise UserError(f"{bundle} is not a bundle directory; extract the tarball first")
+    require(bundle, pubkey)  # before anything reads, imports or runs its files
     runtime, report, manifest = (
         _read(bundle, n) for n in ("runtime.json", "report.json", MANIFEST)
     )
@@ -402,6 +405,9 @@ def site_markdown(site: dict[str, Any]) -> str:
 def rebench(
     bundle: Path, batch_sizes: list[int], seconds: float, open_loop: dict[str, Any] | None = None
 ) -> dict[str, Any]:
+    if not bundle.is_dir():
+        raise UserError(f"{bundle} is not a bundle directory; extract the tarball first")
+    require(bundle)  # its runtime.py runs below
     runtime = _read(bundle, "runtime.json")
     target = get(runtime["target"])
     avail = target.availability().bench

@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from packager.errors import PackagerError
 from packager.preprocess import Preprocess
 from packager.runner import Runner
+from packager.shipped import selftest as shipped
 from packager.shipped.predict import infer_all, probabilities
 from packager.shipped.selftest import (
     GOLDEN,
@@ -374,38 +376,62 @@ def raw_inputs(bundle: Path, raw: dict[str, np.ndarray]) -> np.ndarray:
     return np.concatenate([t for t in tensors if t is not None])
 
 
-def arrival(path: Path, record: Path | None, max_gb: float | None) -> tuple[int, str, dict]:
-    """`packager selftest BUNDLE`: the bundle's own `predict.py --self-test` in a fresh
-    interpreter (a tarball is extracted safely first). Returns (exit code, summary line, the
-    acceptance record)."""
+def arrival(
+    path: Path, record: Path | None, max_gb: float | None, pubkey: Path | None = None
+) -> tuple[int, str, dict]:
+    """`packager selftest BUNDLE`: packager's own check of the bundle first (packager.trust:
+    files, signature, code hashes, config), then, only if it passes, the bundle's own
+    `predict.py --self-test` in a fresh interpreter (a tarball is extracted safely first).
+    Returns (exit code, summary line, the acceptance record, which states what the verdict rests
+    on: the signature checked with `pubkey`, or the manifest sha256 to compare with the
+    release's)."""
     import subprocess
     import sys
     import tempfile
 
     from packager.bundle import safe_extract
     from packager.errors import UserError
+    from packager.trust import check_bundle
 
     with tempfile.TemporaryDirectory(prefix="packager-selftest-") as tmp:
         if path.is_file() and path.name.endswith((".tar.gz", ".tgz")):
             bundle = safe_extract(path, Path(tmp), max_gb)
             default = path.with_name(path.name.removesuffix(".gz").removesuffix(".tar"))
         elif path.is_dir():
-            bundle, default = path, path
+            bundle, default = path, path.resolve()  # `packager selftest .` names its folder
         else:
             raise UserError(f"{path} is neither a bundle directory nor a .tar.gz; pass one")
-        if not (bundle / "predict.py").is_file():
-            raise UserError(f"{path} has no predict.py; rebuild it with this packager version")
         rec = (record or default.with_name(default.name + ".acceptance.json")).resolve()
-        proc = subprocess.run(
-            [sys.executable, str(bundle / "predict.py"), "--self-test", "--record", str(rec)],
-            capture_output=True,
-            text=True,
-        )
-    lines = (proc.stdout.strip() or proc.stderr.strip()).splitlines() or ["no output"]
-    line = lines[-1].removeprefix("error: ")
-    if proc.returncode == 2:
-        raise UserError(line)
-    return proc.returncode, line, read_record(rec) if rec.exists() else {}
+        checked = check_bundle(bundle, pubkey)
+        first = {
+            "name": "integrity",
+            "status": "passed" if checked.ok else "failed",
+            "checked_by": "packager",
+            "problems": checked.problems,
+        }
+        if not checked.ok:  # no file of the bundle runs: the record is packager's alone
+            result = shipped.new_record(bundle, checked.manifest, [first], checked.integrity())
+        else:
+            # -P (Python >= 3.11): the bundle folder is not put on sys.path even before
+            # predict.py's first line takes it off.
+            safe = ["-P"] if sys.version_info >= (3, 11) else []
+            cmd = [sys.executable, *safe, str(bundle / "predict.py"), "--self-test"]
+            rec.unlink(missing_ok=True)  # an earlier run's record is not this run's
+            proc = subprocess.run([*cmd, "--record", str(rec)], capture_output=True, text=True)
+            if not rec.exists():
+                lines = (proc.stderr.strip() or proc.stdout.strip()).splitlines() or ["no output"]
+                line = lines[-1].removeprefix("error: ")
+                if proc.returncode == 2:
+                    raise UserError(line)
+                raise PackagerError(f"the self-test ended with exit code {proc.returncode}: {line}")
+            result = read_record(rec)
+            result["checks"].insert(0, first)
+            result["integrity"] = checked.integrity()
+    from packager import documents
+
+    rec.write_text(documents.checked_text(documents.Acceptance, result))
+    code = {"accepted": 0, "rejected": 1}.get(result["verdict"], 3)
+    return code, shipped.summary_line(result, rec), result
 
 
 def read_record(path: Path) -> dict[str, Any]:

@@ -5,6 +5,7 @@ every file too, so `packager verify` names each changed file with or without a k
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import tempfile
@@ -129,6 +130,17 @@ def _mismatch(message: str) -> str:
     ):
         parts.append(f"{'added' if kind == 'Extra' else 'missing'} {names}")
     return "; ".join(parts) or message[:200]
+
+
+def key_fingerprint(pubkey: Path) -> str:
+    """sha256 of the public key's DER SubjectPublicKeyInfo, as anyone can recompute it:
+    `openssl pkey -pubin -in KEY.pub -outform DER | sha256sum`."""
+    _check_key(pubkey, private=False)
+    key = serialization.load_pem_public_key(pubkey.read_bytes())
+    der = key.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return "sha256:" + hashlib.sha256(der).hexdigest()
 
 
 def check_signature(root: Path, pubkey: Path) -> str:

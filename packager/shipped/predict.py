@@ -5,25 +5,38 @@ the bundle was validated with.
     python predict.py IMAGE [IMAGE ...]             # one JSON line per image
     python predict.py --self-test [--record PATH]    # golden set on this host + acceptance record
 
+The self-test is this bundle's code checking itself: its line and record state what the verdict
+rests on (the manifest sha256, to compare with the one the release published). For a check
+independent of the bundle's code, run `packager selftest BUNDLE --pubkey KEY.pub` first.
+
 runtime.py (load, infer), preprocess.py + preprocess.json are the exact code and parameters that
 produced this bundle's validation numbers (report.json records their sha256); runtime.json holds
 the threshold, labels and pinned precision. Needs only what requirements.txt lists.
 
-Exit codes: 0 ok · 1 the self-test found outputs that differ · 2 bad usage or input ·
-3 this host lacks the runtime, or cannot run it at the precision the bundle was validated at.
+Exit codes: 0 ok · 1 the self-test rejected the bundle (a file or outputs differ) · 2 bad usage ·
+or input · 3 this host lacks the runtime, or cannot run it at the precision the bundle was
+validated at.
 """
 
-from __future__ import annotations
-
-import argparse
-import importlib.util
-import json
 import sys
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import numpy as np
+# Python put this script's folder first on sys.path, so any file dropped beside predict.py
+# (numpy.py, argparse.py, ...) would shadow the standard library and installed packages and run
+# on import. It goes before the first import; the bundle's own modules are loaded by path below.
+# (No `from __future__` here: that statement is itself an import from the script's folder.)
+if __name__ == "__main__" and not (getattr(sys.flags, "safe_path", 0) or sys.flags.isolated):
+    del sys.path[0]
+
+import argparse  # noqa: E402 - after the line above, on purpose
+import hashlib  # noqa: E402
+import importlib.util  # noqa: E402
+import json  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from types import ModuleType  # noqa: E402
+from typing import Any  # noqa: E402
+
+import numpy as np  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 EXIT_OK, EXIT_MISMATCH, EXIT_USAGE, EXIT_UNAVAILABLE = 0, 1, 2, 3
@@ -37,39 +50,65 @@ class Refused(Exception):
         self.code = code
 
 
-def import_runtime(code: Path) -> Any:
-    """Import `code/runtime.py`; its sibling modules (ort_session.py, preprocess.py) resolve from
-    the same folder."""
-    path = code / "runtime.py"
+# Shipped modules a runtime.py imports by bare name (`from ort_session import OrtSession`).
+RUNTIME_SIBLINGS = ("ort_session",)
+
+
+def load_module(
+    folder: Path, name: str, siblings: dict[str, ModuleType] | None = None
+) -> ModuleType:
+    """`folder/name.py`, executed under a private module name. The folder never goes on
+    sys.path, so nothing else in it is ever imported: the only bare names the module can import
+    from the bundle are those in `siblings` (modules already loaded by path), bound while it
+    executes."""
+    path = folder / f"{name}.py"
     if not path.is_file():
-        raise Refused(f"{code} has no runtime.py; is it a packager bundle?", EXIT_USAGE)
-    spec = importlib.util.spec_from_file_location("bundle_runtime", path)
+        raise Refused(f"{folder} has no {name}.py; is it a packager bundle?", EXIT_USAGE)
+    tag = hashlib.sha256(str(folder.resolve()).encode(errors="replace")).hexdigest()[:12]
+    spec = importlib.util.spec_from_file_location(f"_packager_bundle_{tag}_{name}", path)
     if spec is None or spec.loader is None:
         raise Refused(f"cannot import {path}", EXIT_USAGE)
     module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses in runtime.py look their module up there
-    # The folder is on the path only while runtime.py imports: left there, a bundle's folders
-    # (triton/, ...) would shadow installed packages of the same name in a host process.
-    added = str(code) not in sys.path
-    if added:
-        sys.path.insert(0, str(code))
+    siblings = siblings or {}
+    saved = {n: sys.modules.get(n) for n in siblings}
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    sys.modules.update(siblings)
     try:
         spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]
+        raise
     finally:
-        if added:
-            sys.path.remove(str(code))
+        for n, before in saved.items():
+            if before is None:
+                sys.modules.pop(n, None)
+            else:
+                sys.modules[n] = before
     return module
 
 
+def import_runtime(code: Path) -> ModuleType:
+    """`code/runtime.py`, with the shipped siblings it imports (ort_session.py) from the same
+    folder, each loaded by path (see `load_module`)."""
+    if not (code / "runtime.py").is_file():
+        raise Refused(f"{code} has no runtime.py; is it a packager bundle?", EXIT_USAGE)
+    siblings = {n: load_module(code, n) for n in RUNTIME_SIBLINGS if (code / f"{n}.py").is_file()}
+    return load_module(code, "runtime", siblings)
+
+
 def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from the bundle; anything else is a one-line refusal (exit 2)."""
     try:
-        return json.loads(path.read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         raise Refused(
             f"{path.parent} has no {path.name}; is it a packager bundle?", EXIT_USAGE
         ) from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise Refused(f"{path} is not valid JSON ({exc})", EXIT_USAGE) from None
+    except (ValueError, RecursionError) as exc:  # also not UTF-8, or nested past the parser
+        raise Refused(f"{path} is not valid JSON ({type(exc).__name__})", EXIT_USAGE) from None
+    if not isinstance(data, dict):
+        raise Refused(f"{path} is not a JSON object; is it a packager bundle?", EXIT_USAGE)
+    return data
 
 
 def open_runtime(bundle: Path, kind: str = "main") -> tuple[Any, dict[str, Any]]:
@@ -117,10 +156,8 @@ def infer_all(runtime: Any, x: np.ndarray, batch_size: int, fixed_batch: int | N
 
 
 def classify(paths: list[str], kind: str = "main") -> int:
-    from preprocess import Preprocess
-
+    pre = load_module(HERE, "preprocess").Preprocess.from_json(HERE / "preprocess.json")
     runtime, config = open_runtime(HERE, kind)
-    pre = Preprocess.from_json(HERE / "preprocess.json")
     labels, positive = config["labels"], config["positive"]
     pos = labels.index(positive)
     try:
@@ -175,9 +212,11 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     try:
         if args.self_test:
-            from selftest import self_test
-
-            return self_test(HERE, args.record, args.kind)
+            siblings = {
+                "predict": sys.modules[__name__],
+                "integrity": load_module(HERE, "integrity"),
+            }
+            return load_module(HERE, "selftest", siblings).self_test(HERE, args.record, args.kind)
         if not args.images:
             print(__doc__, file=sys.stderr)
             return EXIT_USAGE

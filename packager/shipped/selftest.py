@@ -1,13 +1,16 @@
 """Arrival self-test: check every file against manifest.json, replay the golden set recorded at
 build time on this host's runtime, and write an acceptance record. Shipped verbatim; standard
 library and numpy only (plus the bundle's own runtime.py). Run it as
-`python predict.py --self-test` or `packager selftest BUNDLE`."""
+`python predict.py --self-test` or `packager selftest BUNDLE`.
+
+Run from the bundle, this is the bundle's code checking itself: a bundle whose code was replaced
+can claim anything. The record says so (`integrity`): its basis is the manifest's sha256, to be
+compared with the one the release published, unless packager checked the bundle first with its
+own code (`packager selftest --pubkey KEY`: the signature)."""
 
 from __future__ import annotations
 
 import datetime
-import hashlib
-import importlib.util
 import json
 import os
 import platform
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from integrity import check, file_sha256
 from predict import (
     EXIT_MISMATCH,
     EXIT_OK,
@@ -24,6 +28,7 @@ from predict import (
     EXIT_USAGE,
     Refused,
     infer_all,
+    load_module,
     open_runtime,
     probabilities,
     read_json,
@@ -34,8 +39,6 @@ GOLDEN, GOLDEN_META = "selftest.npz", "selftest.json"
 # The raw image files in selftest.npz: their bytes end to end, where each ends, file name, case
 # kind and golden probabilities. They go through the bundle's preprocess.py like any image.
 RAW = ("raw_bytes", "raw_ends", "raw_names", "raw_kinds", "raw_probs")
-# Written after the manifest, so it cannot list them.
-UNLISTED = {"manifest.json", "manifest.sig", "model.sig"}
 ISA_FLAGS = (
     "avx2",
     "fma",
@@ -50,14 +53,6 @@ ISA_FLAGS = (
     "neon",
     "asimd",
 )
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def cpu_model_and_flags() -> tuple[str, frozenset[str]]:
@@ -97,25 +92,14 @@ def host_fingerprint(runtime_info: dict[str, Any] | None) -> dict[str, Any]:
     }
 
 
-def check_manifest(bundle: Path) -> dict[str, Any]:
-    """Every file listed with its sha256, nothing missing, nothing added."""
-    listed = read_json(bundle / "manifest.json").get("files", {})
-    actual = {
-        p.relative_to(bundle).as_posix(): p
-        for p in sorted(bundle.rglob("*"))
-        if p.is_file() and p.relative_to(bundle).as_posix() not in UNLISTED
-    }
-    problems = [f"missing: {rel}" for rel in sorted(set(listed) - set(actual))]
-    problems += [
-        f"changed: {rel}"
-        for rel, meta in sorted(listed.items())
-        if rel in actual and file_sha256(actual[rel]) != meta.get("sha256")
-    ]
-    problems += [f"added: {rel}" for rel in sorted(set(actual) - set(listed))]
-    return {
+def check_manifest(bundle: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the manifest, or {} when unreadable; the check: every file listed with its sha256,
+    nothing missing, nothing added: integrity.check)."""
+    manifest, problems = check(bundle)
+    return manifest, {
         "name": "manifest",
         "status": "failed" if problems else "passed",
-        "files": len(listed),
+        "files": len(manifest.get("files", {})),
         "problems": problems,
     }
 
@@ -123,14 +107,7 @@ def check_manifest(bundle: Path) -> dict[str, Any]:
 def shipped_preprocess(bundle: Path) -> Any:
     """The bundle's preprocess.py, loaded by file path under a private name, with its
     preprocess.json: exactly what `predict.py IMAGE` classifies with."""
-    path = bundle / "preprocess.py"
-    spec = importlib.util.spec_from_file_location("_bundle_preprocess", path)
-    if spec is None or spec.loader is None:
-        raise Refused(f"cannot import {path}", EXIT_USAGE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up there
-    spec.loader.exec_module(module)
-    return module.Preprocess.from_json(bundle / "preprocess.json")
+    return load_module(bundle, "preprocess").Preprocess.from_json(bundle / "preprocess.json")
 
 
 def raw_files(data: np.ndarray, ends: np.ndarray) -> list[bytes]:
@@ -153,6 +130,21 @@ def decode_raw(
             tensors.append(None)
             errors.append(" ".join(str(exc).split())[:300])
     return tensors, errors
+
+
+def integrity_basis(
+    manifest_sha256: str | None, fingerprint: str | None = None, checked_by: str = "bundle"
+) -> dict[str, Any]:
+    """What the verdict rests on: a signature checked with a key, the manifest's sha256 (worth
+    only as much as its comparison with the published one), or nothing (`unverified`)."""
+    if fingerprint is not None:
+        basis, statement = "signature", f"signature verified (key fingerprint {fingerprint})"
+    elif manifest_sha256 is not None:
+        basis = "manifest"
+        statement = f"manifest sha256 {manifest_sha256}, compare with the release notes"
+    else:
+        basis, statement = "unverified", "unverified"
+    return {"basis": basis, "statement": statement, "checked_by": checked_by}
 
 
 def replay(bundle: Path, runtime: Any, config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -240,6 +232,10 @@ def _summary(record: dict[str, Any]) -> str:
             f"preprocess.py: {', '.join(r['formats'])}), max |dp| {p['max_abs_diff']:.2e} "
             f"(tolerance {p['tolerance']:.1e}), decisions identical"
         )
+    if "integrity" in checks and checks["integrity"]["status"] == "failed":
+        return "self-test FAILED: packager's check failed, so no bundle code ran: " + ", ".join(
+            checks["integrity"]["problems"][:5]
+        )
     if checks["manifest"]["status"] == "failed":
         return "self-test FAILED: the bundle differs from its manifest: " + ", ".join(
             checks["manifest"]["problems"][:5]
@@ -263,15 +259,66 @@ def _summary(record: dict[str, Any]) -> str:
     )
 
 
+def summary_line(record: dict[str, Any], path: Path) -> str:
+    """The one line a self-test prints: the verdict, what it rests on, where the record is."""
+    integrity = record["integrity"]
+    by = "the bundle's own code" if integrity["checked_by"] == "bundle" else "packager"
+    return (
+        f"{_summary(record)}; integrity: {integrity['statement']} (checked by {by}); record: {path}"
+    )
+
+
+def new_record(
+    bundle: Path,
+    manifest: dict[str, Any],
+    checks: list[dict[str, Any]],
+    integrity: dict[str, Any],
+    runtime_info: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """An acceptance record; its verdict follows its checks."""
+    statuses = {c["status"] for c in checks}
+    verdict = (
+        "rejected" if "failed" in statuses else "not-run" if "not-run" in statuses else "accepted"
+    )
+    mpath = bundle / "manifest.json"
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "record": "packager acceptance",
+        "bundle": {
+            "name": manifest.get("name"),
+            "version": manifest.get("version"),
+            "target": manifest.get("target"),
+            "precision": manifest.get("precision"),
+            "manifest_sha256": file_sha256(mpath) if mpath.is_file() else None,
+        },
+        "host": host_fingerprint(runtime_info),
+        "runtime": runtime_info,
+        "checks": checks,
+        "verdict": verdict,
+        "integrity": integrity,
+        "checked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def write_record(record: dict[str, Any], path: Path) -> None:
+    try:
+        path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    except OSError as exc:
+        raise Refused(
+            f"cannot write the acceptance record {path} ({exc}); pass --record PATH", EXIT_USAGE
+        ) from None
+
+
 def self_test(bundle: Path, record_path: Path | None = None, kind: str = "main") -> int:
     bundle = bundle.resolve()
-    manifest = read_json(bundle / "manifest.json")
-    if not (bundle / GOLDEN).is_file():
-        raise Refused(f"{bundle} has no {GOLDEN}; rebuild it with packager build", EXIT_USAGE)
-    checks = [check_manifest(bundle)]
+    path = record_path or bundle.with_name(bundle.name + ".acceptance.json")
+    manifest, first = check_manifest(bundle)  # first: a missing selftest.npz is a missing file
+    checks = [first]
     runtime_info, code = None, EXIT_OK
-    if checks[0]["status"] == "failed":
+    if first["status"] == "failed":
         code = EXIT_MISMATCH
+    elif not (bundle / GOLDEN).is_file():  # and not listed: the manifest was rewritten without it
+        raise Refused(f"{bundle} has no {GOLDEN}; rebuild it with packager build", EXIT_USAGE)
     else:
         try:
             runtime, config = open_runtime(bundle, kind)
@@ -289,29 +336,8 @@ def self_test(bundle: Path, record_path: Path | None = None, kind: str = "main")
                 runtime.close()
             if any(c["status"] == "failed" for c in checks):
                 code = EXIT_MISMATCH
-    verdict = {EXIT_OK: "accepted", EXIT_MISMATCH: "rejected"}.get(code, "not-run")
-    record = {
-        "schema_version": SCHEMA_VERSION,
-        "record": "packager acceptance",
-        "bundle": {
-            "name": manifest.get("name"),
-            "version": manifest.get("version"),
-            "target": manifest.get("target"),
-            "precision": manifest.get("precision"),
-            "manifest_sha256": file_sha256(bundle / "manifest.json"),
-        },
-        "host": host_fingerprint(runtime_info),
-        "runtime": runtime_info,
-        "checks": checks,
-        "verdict": verdict,
-        "checked_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-    }
-    path = record_path or bundle.with_name(bundle.name + ".acceptance.json")
-    try:
-        path.write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-    except OSError as exc:
-        raise Refused(
-            f"cannot write the acceptance record {path} ({exc}); pass --record PATH", EXIT_USAGE
-        ) from None
-    print(_summary(record) + f"; record: {path}")
+    sha = file_sha256(bundle / "manifest.json") if first["status"] == "passed" else None
+    record = new_record(bundle, manifest, checks, integrity_basis(sha), runtime_info)
+    write_record(record, path)
+    print(summary_line(record, path))
     return code
