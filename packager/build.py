@@ -33,6 +33,7 @@ from packager.evidence import for_build as clinical_evidence
 from packager.gates import check_custom, custom_gates, metric_gates
 from packager.hostinfo import host_facts
 from packager.metrics import flipped, to_probabilities
+from packager.profile import CALLS, RAW, top_operators
 from packager.quiet import stdout_to_stderr
 from packager.registry import get
 from packager.render import render_bundle_docs
@@ -682,6 +683,8 @@ def _bench(
                     t, bdir, {**built.runner_options, **override}, spec, sample, b.timeout_s
                 )
                 variants.append({"label": label, **r})
+        with s.progress.step(t.name, "profiling operators at batch 1"):
+            main["profile"] = profile_run(t, bdir, built.runner_options, sample, b.timeout_s)
         if b.open_loop.enabled:
             o = asdict(b.open_loop)
             what = f"open-loop load, p95 <= {o['sla_ms']} ms"
@@ -721,6 +724,17 @@ def bench_run(
 ) -> dict[str, Any]:
     job = {"job": "bench", "target": t.name, "bundle": str(bdir), "options": options, "bench": spec}
     return run_worker(job, timeout, {"x": sample})
+
+
+def profile_run(
+    t: Target, bdir: Path, options: dict[str, Any], x: np.ndarray, timeout: float
+) -> dict[str, Any]:
+    """The runtime's own per-operator profile (packager.profile), its raw form written into
+    the bundle as profile.json."""
+    job = {"job": "profile", "target": t.name, "bundle": str(bdir), "options": options}
+    job["calls"] = CALLS
+    result = run_worker(job, timeout, {"x": x[:1]}, {RAW: bdir / RAW})
+    return top_operators(result["profile"])
 
 
 def open_loop_run(

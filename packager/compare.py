@@ -139,6 +139,11 @@ def _side(rows: list[dict[str, Any]], sla: Sla | None, mode: str) -> dict[str, A
         "table": _table(rows),
         "gaps": _gaps(rows),
         "caveats": [f"{r['label']}: {c}" for r in rows for c in r["bench_caveats"]],
+        "profiles": [
+            {"label": r["label"], "top": r["profile"]["top"]}
+            for r in rows
+            if r["profile"] and r["profile"]["status"] == "ok"
+        ],
         "hosts": _hosts(rows),
         "sla": card,
         "recommendations": recs,

@@ -312,8 +312,33 @@ class OpenLoop(_Closed):
     runtime: RuntimeInfo | None = None
 
 
+class ProfileOp(_Closed):
+    name: str
+    type: str
+    ms_per_call: float
+    share: float = Field(description="of the profiled total")
+
+
+class Profile(_Closed):
+    """packager.profile.top_operators(): the runtime's own profiler at batch 1."""
+
+    status: Literal["ok"]
+    calls: int
+    batch_size: int
+    nodes: int
+    total_ms_per_call: float
+    top: list[ProfileOp]
+    file: str = Field(description="the raw profile in the bundle")
+
+
+class ProfileNotRun(_Closed):
+    status: Literal["not-run"]
+    reason: str
+
+
 class Benchmark(BenchRun):
     status: Literal[BenchStatus.ok]
+    profile: Annotated[Profile | ProfileNotRun, Field(discriminator="status")] | None = None
     open_loop: OpenLoop | None = Field(None, description="[bench.open_loop] enabled only")
     reason: str
     host: BenchHost

@@ -130,6 +130,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "host": {k: host.get(k) for k in ("cpu", "cores", "flags")} if not bench_gap else None,
         "accelerator": runs_on_accelerator(report),
         "bench_caveats": [] if bench_gap else bench_caveats(b),
+        "profile": b.get("profile") if not bench_gap else None,
         "open_loop": ol,
         "open_loop_sps": (ol or {}).get("max_rate"),
         "open_loop_gap": bench_gap

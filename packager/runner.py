@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -122,6 +123,12 @@ class ModuleRunner(Runner):
         fn = getattr(self.runtime, "runtime_latency_s", None)
         return fn() if fn else None
 
+    def profile(self, x: np.ndarray, calls: int) -> dict[str, Any] | None:
+        """The runtime's own per-operator profile (runtime.py's profile()), or None where its
+        runtime.py has no profiler hook."""
+        fn = getattr(self.runtime, "profile", None)
+        return fn(x, calls) if fn else None
+
 
 class WorkerFailed(PackagerError):
     """The runtime crashed or timed out in its subprocess; it is reported, not hidden."""
@@ -137,8 +144,14 @@ def _die_with_parent() -> None:
     ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGKILL)
 
 
-def run_worker(job: dict[str, Any], timeout_s: float, arrays: dict[str, np.ndarray]) -> dict:
-    """Run packager.worker on `job` in a fresh interpreter; arrays travel as .npy files."""
+def run_worker(
+    job: dict[str, Any],
+    timeout_s: float,
+    arrays: dict[str, np.ndarray],
+    files: dict[str, Path] | None = None,
+) -> dict:
+    """Run packager.worker on `job` in a fresh interpreter; arrays travel as .npy files, and
+    `files` the worker wrote into its work folder are copied to where they map."""
     with tempfile.TemporaryDirectory(prefix="packager-worker-") as tmp:
         for key, arr in arrays.items():
             np.save(Path(tmp) / f"{key}.npy", arr, allow_pickle=False)
@@ -172,6 +185,9 @@ def run_worker(job: dict[str, Any], timeout_s: float, arrays: dict[str, np.ndarr
         result = json.loads(result_path.read_text())
         for key in result.pop("arrays", []):
             result[key] = np.load(Path(tmp) / f"{key}.npy", allow_pickle=False)
+        for name, dest in (files or {}).items():
+            if (Path(tmp) / name).is_file():
+                shutil.copyfile(Path(tmp) / name, dest)
         return result
 
 

@@ -64,6 +64,13 @@ def _run(job: dict, runner: ModuleRunner, work: Path, x: np.ndarray) -> dict:
                 job.get("fixed_batch"),
             )
             result["runtime"] = runner.info()
+    elif job["job"] == "profile":
+        with runner:
+            raw = runner.profile(x[:1], job["calls"])
+            result["runtime"] = runner.info()
+        if raw is not None:
+            (work / "profile.json").write_text(json.dumps(raw.pop("raw")))
+        result["profile"] = raw
     elif job["job"] == "bench":
         b = job["bench"]
         result = measure(

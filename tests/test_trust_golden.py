@@ -66,7 +66,8 @@ def _rehash(bundle: Path) -> None:
     """What an attacker or a careless re-packager does: every manifest entry agrees again."""
     manifest = json.loads((bundle / "manifest.json").read_text())
     for name, meta in manifest["files"].items():
-        meta["sha256"] = hashlib.sha256((bundle / name).read_bytes()).hexdigest()
+        data = (bundle / name).read_bytes()
+        meta["sha256"], meta["size"] = hashlib.sha256(data).hexdigest(), len(data)
     (bundle / "manifest.json").write_text(json.dumps(manifest))
 
 

@@ -102,6 +102,40 @@ class OpenVinoRuntime:
         queue.wait_all()
         return started * len(x), time.perf_counter() - start
 
+    def profile(self, x: np.ndarray, calls: int) -> dict[str, Any]:
+        """OpenVINO's performance counters (PERF_COUNT, as benchmark_app -pc) on a second
+        compilation at the pinned precision: `calls` runs of `x`; per executed node, its real
+        time (us, summed over the calls) and layer type, plus the counters of the last call."""
+        config = {
+            "INFERENCE_PRECISION_HINT": self.precision,
+            "PERFORMANCE_HINT": "LATENCY",
+            "PERF_COUNT": True,
+        }
+        if self.threads:
+            config["INFERENCE_NUM_THREADS"] = self.threads
+        request = self.core.compile_model(self.model, "CPU", config).create_infer_request()
+        data = np.ascontiguousarray(x, self.dtype)
+        nodes: dict[str, list[Any]] = {}
+        raw: list[dict[str, Any]] = []
+        for _ in range(calls):
+            request.infer({0: data})
+            raw = []
+            for info in request.get_profiling_info():
+                us = info.real_time.total_seconds() * 1e6
+                raw.append(
+                    {
+                        "node_name": info.node_name,
+                        "node_type": info.node_type,
+                        "exec_type": info.exec_type,
+                        "status": str(info.status),
+                        "real_time_us": us,
+                        "cpu_time_us": info.cpu_time.total_seconds() * 1e6,
+                    }
+                )
+                row = nodes.setdefault(info.node_name, [info.node_name, info.node_type, 0.0])
+                row[2] += us
+        return {"nodes": list(nodes.values()), "calls": calls, "raw": raw}
+
     def close(self) -> None:
         self.request = self.compiled = self.async_model = self.model = self.core = None
         self.input = None
