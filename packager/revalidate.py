@@ -150,7 +150,12 @@ def _revalidate(
     same_data = res.sha256 == manifest["data"]["sha256"] and split == manifest["data"]["split"]
     if same_data and out is None and labels_csv is None:
         images = source.images if isinstance(source, Dataset) else None
-        return report, manifest, runtime, cfg, res, split, images
+        reference = None  # read now: once the lock is released, a publish may delete it
+        if (bundle / "validation.npz").exists():
+            with np.load(bundle / "validation.npz") as v:
+                reference = v["reference"] if "reference" in v.files else None
+        signed = is_signed(bundle)
+        return report, manifest, runtime, cfg, res, split, images, reference, signed
     return site_acceptance(bundle, report, manifest, runtime, cfg, res, data, split, out)
 
 
@@ -174,15 +179,13 @@ def _complete_in_place(
     res: StreamResult,
     split: str,
     images: np.ndarray | None,
+    reference: np.ndarray | None,
+    signed: bool,
 ) -> dict[str, Any]:
     """The completed report, published as a new generation of the bundle (copied, completed,
     re-signed when a key is given, then swapped in atomically); never written into the
     published one. A signed bundle without the key stays published as it was: a new
     generation would carry no valid signature."""
-    reference = None
-    if (generation / "validation.npz").exists():
-        with np.load(generation / "validation.npz") as v:
-            reference = v["reference"] if "reference" in v.files else None
     probs, clin = evaluate(res.scores, res.labels, cfg, runtime["output"], reference)
     ds = Dataset(images, res.labels, split, res.sha256, metadata=res.metadata)
     evidence, evidence_checks = _evidence(cfg, ds, probs, reference)
@@ -203,7 +206,7 @@ def _complete_in_place(
     finish_report(report, steps)
     dest_dir, name = published_home(bundle)
     sign_key = sign_key or _configured_key()
-    if sign_key is None and is_signed(generation):
+    if sign_key is None and signed:
         return report | {
             "publication": {
                 "published": False,
