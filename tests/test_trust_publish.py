@@ -16,6 +16,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import venv
 from pathlib import Path
 
 import numpy as np
@@ -124,20 +125,21 @@ def arrival_commands(readme: str) -> list[str]:
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
-def test_readme_arrival_commands_work_verbatim(
-    signed_project: Path, keys: tuple[Path, Path], data_path: Path, tmp_path: Path
-) -> None:
-    """The hospital's steps, exactly as the bundle README writes them: extracted tarball, the
-    vendor's public key saved next to the folder, an image in ~/images; run in the folder with
-    only the environment's tools (model_signing, python) on PATH."""
-    hospital = tmp_path / "hospital"
-    folder = extract(signed_project / "dist" / "tiny-1.0.0" / f"{TARGET}.tar.gz", hospital)
-    shutil.copy(keys[1], hospital / keys[1].name)
-    home = tmp_path / "home"
-    (home / "images").mkdir(parents=True)
+def hospital_copy(signed_project: Path, keys: tuple[Path, Path], data_path: Path, at: Path) -> Path:
+    """The extracted tarball with the vendor's public key saved next to it, and ~/images."""
+    folder = extract(signed_project / "dist" / "tiny-1.0.0" / f"{TARGET}.tar.gz", at / "hospital")
+    shutil.copy(keys[1], folder.parent / keys[1].name)
+    (at / "home" / "images").mkdir(parents=True)
     with np.load(data_path) as d:
-        Image.fromarray(d["test_images"][0]).save(home / "images" / "chest_xray.png")
-    env = {"PATH": f"{BIN}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
+        Image.fromarray(d["test_images"][0]).save(at / "home" / "images" / "chest_xray.png")
+    return folder
+
+
+def run_arrival(folder: Path, bin_dir: Path, home: Path, fingerprint: str) -> list[str]:
+    """Each command line of the arrival steps, verbatim, in the bundle folder, with only
+    `bin_dir` (then /usr/bin, /bin) on PATH and no other environment (no
+    PYTHONDONTWRITEBYTECODE: a hospital's shell has none)."""
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", "HOME": str(home), "LANG": "C.UTF-8"}
     commands = arrival_commands((folder / "README.md").read_text())
     assert commands[0].startswith("openssl pkey") and "model_signing verify key" in commands[1]
     outputs = []
@@ -152,13 +154,52 @@ def test_readme_arrival_commands_work_verbatim(
         )
         assert p.returncode == 0, (line, p.stdout, p.stderr)
         outputs.append(p.stdout)
-    assert outputs[0].split()[0] == openssl_fingerprint(keys[1])
+    assert outputs[0].split()[0] == fingerprint
     assert "Verification succeeded" in outputs[1]
     assert json.loads(outputs[-1].splitlines()[-1])  # predict.py: one JSON line per image
     # The same step fails on a changed file: the check is real.
     (folder / "preprocess.json").write_text((folder / "preprocess.json").read_text() + " ")
     p = subprocess.run(["bash", "-c", commands[1]], cwd=folder, env=env, capture_output=True)
     assert p.returncode == 1 and b"preprocess.json" in p.stderr
+    return commands
+
+
+def test_readme_arrival_commands_work_verbatim(
+    signed_project: Path, keys: tuple[Path, Path], data_path: Path, tmp_path: Path
+) -> None:
+    """The hospital's steps, exactly as the bundle README writes them, with this environment's
+    tools (model_signing, python). Old README: `model_signing verify ... --signature model.sig`
+    on a bundle with no model.sig."""
+    folder = hospital_copy(signed_project, keys, data_path, tmp_path)
+    run_arrival(folder, BIN, tmp_path / "home", openssl_fingerprint(keys[1]))
+
+
+@pytest.mark.slow
+def test_readme_arrival_steps_in_a_fresh_venv(
+    signed_project: Path, keys: tuple[Path, Path], data_path: Path, tmp_path: Path
+) -> None:
+    """The same in a new venv holding only what the README's pip line installs (found this
+    way: model-signing 1.1.1 needs pyopenssl without declaring it)."""
+    folder = hospital_copy(signed_project, keys, data_path, tmp_path)
+    pip_line = re.search(
+        r"`(pip install -r requirements.txt [^`]+)`", (folder / "README.md").read_text()
+    )
+    assert pip_line, "the README names what to install"
+    where = tmp_path / "venv"
+    venv.create(where, with_pip=True)
+    pip = subprocess.run(
+        [str(where / "bin" / "python"), "-m", *pip_line.group(1).split(), "-q"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    if pip.returncode != 0:
+        must_have(
+            f"not validated: pip could not install the README's packages: {pip.stderr[-300:]}"
+        )
+    assert not (where / "bin" / "packager").exists()  # nothing of packager in it
+    run_arrival(folder, where / "bin", tmp_path / "home", openssl_fingerprint(keys[1]))
 
 
 def test_unsigned_bundle_readme_says_so(tmp_path: Path, tiny_model: Path, data_path: Path) -> None:
