@@ -12,6 +12,8 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[all,dev]'
 	touch $(STAMP)
 
+# Trains the example, builds every target here and signs each bundle before it is published,
+# with a demo key made once in dist/example/ (demo-signing.key, .pub for the hospital steps).
 demo: $(STAMP)
 	$(BIN)/packager demo
 

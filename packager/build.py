@@ -42,6 +42,7 @@ from packager.schema import from_dict
 from packager.session import Session
 from packager.shipped import SHIPPED
 from packager.shipped.integrity import file_sha256
+from packager.signing import check_private_key, sign_dir
 from packager.status import (
     BenchStatus,
     CheckStatus,
@@ -120,6 +121,8 @@ def build(
 ) -> list[TargetResult]:
     check_targets(s.cfg.targets, names)
     check_custom(s.cfg.gates)
+    if s.cfg.sign.key:  # a bad key fails here, before any conversion and before dist/ exists
+        check_private_key(Path(s.cfg.sign.key))
     ensure_writable(Path(s.cfg.output.dir))
     root = bundle_root(s)
     if not force:
@@ -223,6 +226,8 @@ def _build_one(
         render_bundle_docs(bdir, report, s)
         write_sbom_and_provenance(bdir, report, _manifest_meta(s, t, built, report))
         write_manifest(bdir, _manifest_meta(s, t, built, report))
+        if s.cfg.sign.key and report["status"] != ReportStatus.failed:
+            sign_dir(bdir, Path(s.cfg.sign.key))  # before publish: published already signed
         make_tarball(bdir, stage / f"{t.name}.tar.gz")
         root = bundle_root(s)
         with locked(out):
@@ -811,7 +816,7 @@ def _manifest_meta(
             "split": s.validation.split,
             "n": len(s.validation),
         },
-        "config": {k: v for k, v in s.cfg.to_dict().items() if k not in ("output",)}
+        "config": {k: v for k, v in s.cfg.to_dict().items() if k not in ("output", "sign")}
         | {
             "model": {k: v for k, v in s.cfg.to_dict()["model"].items() if k != "path"},
             "data": {k: v for k, v in s.cfg.to_dict()["data"].items() if k != "path"},

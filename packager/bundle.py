@@ -72,8 +72,6 @@ def make_tarball(root: Path, dest: Path) -> None:
                 info.mode = 0o755 if os.access(path, os.X_OK) else 0o644
                 with open(path, "rb") as f:
                     tar.addfile(info, f)
-    if dest.is_symlink():  # a published tarball: rewrite it inside its generation
-        dest = dest.resolve()
     tmp = dest.with_name(dest.name + ".part")
     with (
         open(tmp, "wb") as raw,
@@ -93,6 +91,64 @@ def locked(out: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(f, fcntl.LOCK_UN)
+
+
+_HELD: dict[Path, int] = {}  # bundle locks this process holds, and how (LOCK_SH or LOCK_EX)
+
+
+def bundle_lock_path(dest_dir: Path, name: str) -> Path:
+    # Beside .generations/<name>/, never inside it: publish() clears that folder, and a lock
+    # file unlinked while held no longer excludes anyone.
+    return dest_dir / GENERATIONS / f".{name}.lock"
+
+
+@contextmanager
+def bundle_lock(dest_dir: Path, name: str, exclusive: bool = True) -> Iterator[None]:
+    """The per-bundle lock. Publishing a generation of DIR/<name> holds it exclusively; reading
+    a bundle for a validation holds it shared, so no publish swaps or deletes the generation
+    being read. Waits for the lock (concurrent runs queue). Re-entrant within a process."""
+    path = bundle_lock_path(dest_dir, name)
+    mode = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+    held = _HELD.get(path)
+    if held is not None:
+        if mode == fcntl.LOCK_EX and held != mode:
+            raise RuntimeError(f"{path}: upgrade a shared bundle lock by releasing it first")
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, mode)
+        _HELD[path] = mode
+        try:
+            yield
+        finally:
+            del _HELD[path]
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def published_home(bundle: Path) -> tuple[Path, str]:
+    """(DIR, name) of DIR/<name>, the path a bundle is published at. A path into a generation
+    (DIR/.generations/<name>/<id>/<name>, e.g. a shell's resolved working directory) maps back
+    to the link that publishes it."""
+    path = Path(os.path.abspath(bundle))
+    parts = path.parts
+    if GENERATIONS in parts[:-1]:
+        at = len(parts) - 1 - parts[::-1].index(GENERATIONS)
+        return Path(*parts[:at]), path.name
+    return path.parent, path.name
+
+
+def stage_copy(bundle: Path) -> Path:
+    """A new stage holding a copy of the bundle's current generation (folder only), to be
+    completed there and published as the next generation."""
+    dest_dir, name = published_home(bundle)
+    stage = new_stage(dest_dir, name)
+    try:
+        shutil.copytree(bundle.resolve(), stage / name, dirs_exist_ok=True)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    return stage
 
 
 def ensure_writable(out: Path) -> None:
@@ -185,7 +241,13 @@ def publish(stage: Path, dest_dir: Path, target: str) -> Path:
     tarball; `current` points at one generation, and DIR/<target> and DIR/<target>.tar.gz are
     fixed links through it. Publishing renames a new `current` link over the old one: a reader,
     or a build killed at any instant (even by SIGKILL), sees wholly the old or wholly the new
-    bundle, folder and tarball alike."""
+    bundle, folder and tarball alike. It holds the per-bundle lock (bundle_lock), so it waits
+    for validations reading the old generation before it deletes it."""
+    with bundle_lock(dest_dir, target):
+        return _publish(stage, dest_dir, target)
+
+
+def _publish(stage: Path, dest_dir: Path, target: str) -> Path:
     gens = dest_dir / GENERATIONS / target
     gens.mkdir(parents=True, exist_ok=True)
     _adopt_legacy(gens, dest_dir, target)

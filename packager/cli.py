@@ -42,6 +42,16 @@ def json_option(fn: Callable) -> Callable:
     )(fn)
 
 
+def sign_option(fn: Callable) -> Callable:
+    return click.option(
+        "--sign",
+        type=click.Path(path_type=Path),
+        default=None,
+        help="EC private key (PEM, `packager keygen`) that signs every bundle before it is "
+        "published (default: [sign] key in packager.toml).",
+    )(fn)
+
+
 def quiet_option(fn: Callable) -> Callable:
     return click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")(fn)
 
@@ -155,6 +165,7 @@ def cli() -> None:
 )
 @click.option("--force", is_flag=True, help="Replace bundles that already exist.")
 @click.option("--no-bench", is_flag=True, help="Skip benchmarks (validation still runs).")
+@sign_option
 @json_option
 @quiet_option
 def build(
@@ -166,10 +177,12 @@ def build(
     precision: str | None,
     force: bool,
     no_bench: bool,
+    sign: Path | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
-    """Convert, validate, benchmark and bundle the model for each target."""
+    """Convert, validate, benchmark and bundle the model for each target; with --sign (or
+    [sign] key) each bundle is signed before it is published."""
     from packager import registry
     from packager.build import build as run_build
     from packager.build import check_targets
@@ -179,6 +192,11 @@ def build(
     if bool(target_names) == all_targets:
         raise click.UsageError("name targets with --target NAME (repeatable) or pass --all")
     override(cfg, "output", "dir", str(out.resolve()) if out else None)
+    override(cfg, "sign", "key", str(sign.resolve()) if sign else None)
+    if cfg.sign.key:  # a bad key is one line, before the model or data are read
+        from packager.signing import check_private_key
+
+        check_private_key(Path(cfg.sign.key))
     names = registry.names() if all_targets else list(dict.fromkeys(target_names))
     if precision == "auto":
         from packager.search import apply_flag
@@ -406,7 +424,8 @@ def sign(bundle: Path, key: Path, max_size_gb: float | None) -> None:
     "--out",
     type=click.Path(path_type=Path),
     default=None,
-    help="Folder for the site validation report (default: next to the bundle).",
+    help="Folder for the site validation report (default: "
+    "DIR/site-validation/<bundle>/<utc-time>/ beside the bundle).",
 )
 @click.option(
     "--group-by",
@@ -417,6 +436,7 @@ def sign(bundle: Path, key: Path, max_size_gb: float | None) -> None:
     "(default: the bundle's [data] group_by). Identifier-like columns are refused.",
 )
 @pubkey_option
+@sign_option
 @json_option
 @quiet_option
 def validate(
@@ -427,15 +447,18 @@ def validate(
     out: Path | None,
     group_by: tuple[str, ...],
     pubkey: Path | None,
+    sign: Path | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
     """Re-validate a bundle on this host's runtime.
 
-    On the bundle's own validation data its report is completed in place (e.g. Core ML on a
-    Mac). On a site's own data (or with --labels/--out) this is site acceptance: a site
-    validation report with the gates is written next to the bundle or in --out, and the bundle
-    is left unchanged. Needs only the bundle: neither the config nor the original model.
+    On the bundle's own validation data its report is completed (e.g. Core ML on a Mac) in a
+    new generation, published atomically and signed with --sign KEY (or [sign] key in
+    ./packager.toml); a signed bundle without the key is left published as it was (exit 1).
+    On a site's own data (or with --labels/--out) this is site acceptance: a site validation
+    report with the gates is written to --out or DIR/site-validation/<bundle>/<utc-time>/, and
+    the bundle is left unchanged. Needs only the bundle: neither the config nor the model.
     Before any of the bundle's code runs, packager checks it with its own code (every file
     against the manifest, the signature, report.json's code hashes, the recorded config): a
     mismatch exits 1 naming the file.
@@ -451,6 +474,7 @@ def validate(
         out,
         list(group_by) or None,
         pubkey,
+        sign,
     )
     c = report.get("clinical") or {}
     site = report.get("kind") == "site-validation"
@@ -470,9 +494,15 @@ def validate(
         lines.append(f"sensitivity {c['sensitivity']:.4f}  specificity {spec}  ({c['n']} images)")
     if report.get("files"):
         lines.append(f"report {report['files']['md']}")
+    publication = report.get("publication") or {}
+    if publication.get("published"):
+        lines.append(publication["reason"])
     emit(report, as_json, "\n".join(lines))
-    if report["status"] == ReportStatus.failed:
-        raise GateFailed(report["reason"])
+    problems = [report["reason"]] if report["status"] == ReportStatus.failed else []
+    if publication and not publication["published"]:
+        problems.append(publication["reason"])
+    if problems:
+        raise GateFailed("; ".join(problems))
 
 
 def _rate_text(r: dict[str, Any]) -> str:

@@ -278,6 +278,13 @@ class SelftestConfig:
     samples: Annotated[int, Field(ge=0, le=GOLDEN_MAX)] = 0
 
 
+@typed
+class SignConfig:
+    # EC private key (PEM, `packager keygen`) that signs every bundle before it is published;
+    # relative to this file. Never recorded in a bundle (the manifest leaves [sign] out).
+    key: str | None = None
+
+
 SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -287,6 +294,7 @@ SECTIONS: dict[str, type] = {
     "bench": BenchConfig,
     "output": OutputConfig,
     "selftest": SelftestConfig,
+    "sign": SignConfig,
 }
 
 
@@ -300,6 +308,7 @@ class Config:
     bench: BenchConfig = field(default_factory=BenchConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
     selftest: SelftestConfig = field(default_factory=SelftestConfig)
+    sign: SignConfig = field(default_factory=SignConfig)
     # Raw per-target tables; each target validates its own with its Options schema.
     targets: dict[str, dict[str, Any]] = field(default_factory=dict)
     source: Path | None = None
@@ -368,6 +377,7 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
     cfg.data.groups = {k: str(_resolve(base, v)) for k, v in cfg.data.groups.items()}
     cfg.data.labels = _resolve(base, cfg.data.labels)
     cfg.output.dir = str(_resolve(base, cfg.output.dir))
+    cfg.sign.key = _resolve(base, cfg.sign.key)
     return cfg
 
 

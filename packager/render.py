@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 import jinja2
 
 from packager import templates
+from packager.status import ReportStatus
 
 if TYPE_CHECKING:
     import numpy as np
@@ -105,6 +106,17 @@ def render_bundle_docs(bdir: Path, report: dict[str, Any], s: Session) -> None:
         "pre": s.preprocess,
         "info": s.info,
         "target_readme": target_template(t, "README.md.j2"),
+        "signing": _signing(s.cfg.sign.key, report),
     }
     (bdir / "README.md").write_text(render("bundle/README.md.j2", **ctx))
     render_reports(bdir, report, s.validation.images)
+
+
+def _signing(key: str | None, report: dict[str, Any]) -> dict[str, str] | None:
+    """What the README tells a hospital about the key that signs this bundle (build signs
+    every bundle it publishes when [sign] key or --sign is set; a failed one is not signed)."""
+    if not key or report["status"] == ReportStatus.failed:
+        return None
+    from packager.signing import check_private_key
+
+    return {"fingerprint": check_private_key(Path(key)), "pubkey": Path(key).name + ".pub"}

@@ -2,11 +2,18 @@
 
 Two uses of `validate`, told apart by the data:
 - on the bundle's own validation data (e.g. a Core ML bundle built on Linux, validated later on
-  a Mac): the report, manifest and tarball are completed in place;
+  a Mac): the report, manifest and tarball are completed in a copy of the published generation,
+  which is published atomically as the next generation (re-signed with the release key when
+  one is given; a signed bundle without the key is left as published). The published bundle
+  itself is never changed in place;
 - on any other data, or with --labels/--out: site acceptance. A hospital re-validates the bundle
   on its own images with only what the bundle ships (preprocess.py/.json, runtime.json's labels
-  and threshold, the gates in its manifest): a site validation report is written next to the
-  bundle or in --out, and the bundle itself is left byte for byte as shipped.
+  and threshold, the gates in its manifest): a site validation report is written to --out or to
+  DIR/site-validation/<bundle>/<utc-time>/, and the bundle itself is left byte for byte as
+  shipped.
+
+Every run holds the per-bundle lock (bundle.bundle_lock) shared while it reads the bundle, so no
+publish swaps or deletes the generation being read; completing in place takes it exclusively.
 
 Either way the images are streamed (packager.stream): read, preprocessed and inferred in chunks.
 """
@@ -15,7 +22,12 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import asdict
+from datetime import UTC, datetime
+from itertools import count
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +35,18 @@ import numpy as np
 
 from packager import __version__, documents
 from packager.build import Step, bench_run, finish_report, gates, open_loop_run
-from packager.bundle import LEGACY_SIGNATURE, MANIFEST, SIGNATURE, make_tarball, write_manifest
-from packager.config import Config, parse_config
+from packager.bundle import (
+    LEGACY_SIGNATURE,
+    MANIFEST,
+    SIGNATURE,
+    bundle_lock,
+    make_tarball,
+    publish,
+    published_home,
+    stage_copy,
+    write_manifest,
+)
+from packager.config import Config, find_config, load_config, parse_config
 from packager.data import Dataset, open_dataset
 from packager.errors import Unavailable, UserError
 from packager.evidence import check_categories, for_data
@@ -35,6 +57,7 @@ from packager.progress import Progress
 from packager.registry import get
 from packager.render import md_escape as md
 from packager.render import render_reports
+from packager.signing import check_private_key, check_same_key, is_signed, sign_dir
 from packager.site_gates import PASS, rate, site_gates, site_verdict
 from packager.status import ReportStatus, StepStatus
 from packager.stream import StreamResult, stream_predict
@@ -68,12 +91,44 @@ def revalidate(
     out: Path | None = None,
     group_by: list[str] | None = None,
     pubkey: Path | None = None,
+    sign_key: Path | None = None,
 ) -> dict[str, Any]:
     """`group_by`: the labels.csv columns to group by (--group-by); None: the bundle's own
     [data] group_by, those of its columns this data has."""
     if not bundle.is_dir():
         raise UserError(f"{bundle} is not a bundle directory; extract the tarball first")
-    require(bundle, pubkey)  # before anything reads, imports or runs its files
+    if sign_key is not None:
+        check_private_key(sign_key)  # before any work
+    with _reading(bundle):
+        require(bundle, pubkey)  # before anything reads, imports or runs its files
+        generation = bundle.resolve()  # what this run reads; publishing waits for the lock
+        result = _revalidate(bundle, data, split, progress, labels_csv, out, group_by)
+    if isinstance(result, dict):
+        return result
+    return _complete_in_place(bundle, generation, sign_key, *result)
+
+
+@contextmanager
+def _reading(bundle: Path) -> Iterator[None]:
+    """The per-bundle lock, shared: no build, sign or validate publishes a new generation of
+    this bundle (and deletes the one read here) until this run has read it."""
+    with ExitStack() as stack:
+        with suppress(OSError):  # a read-only folder: nothing can publish into it either
+            stack.enter_context(bundle_lock(*published_home(bundle), exclusive=False))
+        yield
+
+
+def _revalidate(
+    bundle: Path,
+    data: Path | None,
+    split: str | None,
+    progress: Progress,
+    labels_csv: Path | None,
+    out: Path | None,
+    group_by: list[str] | None,
+) -> dict[str, Any] | tuple[Any, ...]:
+    """The site report, or what completing the bundle in place needs (done once the shared
+    lock is released)."""
     runtime, report, manifest = (
         _read(bundle, n) for n in ("runtime.json", "report.json", MANIFEST)
     )
@@ -109,7 +164,12 @@ def revalidate(
     same_data = res.sha256 == manifest["data"]["sha256"] and split == manifest["data"]["split"]
     if same_data and out is None and labels_csv is None and not group_by:
         images = source.images if isinstance(source, Dataset) else None
-        return _complete_in_place(bundle, report, manifest, runtime, cfg, res, split, images)
+        reference = None  # read now: once the lock is released, a publish may delete it
+        if (bundle / "validation.npz").exists():
+            with np.load(bundle / "validation.npz") as v:
+                reference = v["reference"] if "reference" in v.files else None
+        signed = is_signed(bundle)
+        return report, manifest, runtime, cfg, res, split, images, reference, signed
     grouping = {
         "source": "--group-by" if group_by else "the bundle's [data] group_by",
         "columns": sorted(res.metadata),
@@ -129,6 +189,8 @@ def _bundle_config(bundle: Path, manifest: dict[str, Any], runtime: dict[str, An
 
 def _complete_in_place(
     bundle: Path,
+    generation: Path,
+    sign_key: Path | None,
     report: dict[str, Any],
     manifest: dict[str, Any],
     runtime: dict[str, Any],
@@ -136,11 +198,13 @@ def _complete_in_place(
     res: StreamResult,
     split: str,
     images: np.ndarray | None,
+    reference: np.ndarray | None,
+    signed: bool,
 ) -> dict[str, Any]:
-    reference = None
-    if (bundle / "validation.npz").exists():
-        with np.load(bundle / "validation.npz") as v:
-            reference = v["reference"] if "reference" in v.files else None
+    """The completed report, published as a new generation of the bundle (copied, completed,
+    re-signed when a key is given, then swapped in atomically); never written into the
+    published one. A signed bundle without the key stays published as it was: a new
+    generation would carry no valid signature."""
     probs, clin = evaluate(res.scores, res.labels, cfg, runtime["output"], reference)
     ds = Dataset(images, res.labels, split, res.sha256, metadata=res.metadata)
     evidence, evidence_checks = _evidence(cfg, ds, probs, reference)
@@ -162,24 +226,71 @@ def _complete_in_place(
     }
     steps = [*report.pop("steps", []), asdict(Step("revalidate", StepStatus.ok))]
     finish_report(report, steps)
-    documents.write(bundle / "report.json", documents.Report, report)
-    save_validation(bundle, res.labels, probs, reference)
-    render_reports(bundle, report, images)
-    for sig in (SIGNATURE, LEGACY_SIGNATURE):  # the old signature no longer matches
-        (bundle / sig).unlink(missing_ok=True)
-    meta = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
-    meta["status"] = report["status"]
-    meta["validated_by"] = {
-        "host": host_facts(),
-        "status": report["status"],
-        "runtime": res.runtime,
+    dest_dir, name = published_home(bundle)
+    sign_key = sign_key or _configured_key()
+    if sign_key is None and signed:
+        return report | {
+            "publication": {
+                "published": False,
+                "signed": False,
+                "reason": (
+                    f"not published: {name} is signed, and a completed report would make "
+                    f"{SIGNATURE} no longer cover the bundle; the signed generation stays "
+                    "published unchanged. Pass --sign KEY (the release key), or set [sign] key "
+                    "in ./packager.toml, to publish a re-signed new generation"
+                ),
+            }
+        }
+    with bundle_lock(dest_dir, name):
+        if bundle.resolve() != generation:
+            raise UserError(
+                f"{bundle} changed while it was validated (another validate, sign or build "
+                "published a new generation); nothing was written: run validate again"
+            )
+        if sign_key is not None:
+            check_same_key(generation, sign_key)
+        stage = stage_copy(bundle)
+        try:
+            root = stage / name
+            for sig in (SIGNATURE, LEGACY_SIGNATURE):  # the old signature no longer matches
+                (root / sig).unlink(missing_ok=True)
+            documents.write(root / "report.json", documents.Report, report)
+            save_validation(root, res.labels, probs, reference)
+            render_reports(root, report, images)
+            meta = {k: v for k, v in manifest.items() if k not in ("files", "schema_version")}
+            meta["status"] = report["status"]
+            meta["validated_by"] = {
+                "host": host_facts(),
+                "status": report["status"],
+                "runtime": res.runtime,
+            }
+            write_sbom_and_provenance(root, report, meta)  # the SBOM's metrics are this host's
+            write_manifest(root, meta)
+            if sign_key is not None:
+                sign_dir(root, sign_key)  # before publishing: published already signed
+            make_tarball(root, stage / f"{name}.tar.gz")
+            publish(stage, dest_dir, name)
+        except BaseException:
+            shutil.rmtree(stage, ignore_errors=True)
+            raise
+    return report | {
+        "publication": {
+            "published": True,
+            "signed": sign_key is not None,
+            "reason": f"published as a new generation of {dest_dir / name}"
+            + (", signed" if sign_key is not None else ", unsigned"),
+        }
     }
-    write_sbom_and_provenance(bundle, report, meta)  # the SBOM's metrics are this host's now
-    write_manifest(bundle, meta)
-    tar = bundle.with_name(bundle.name + ".tar.gz")
-    if tar.exists():
-        make_tarball(bundle, tar)
-    return report
+
+
+def _configured_key() -> Path | None:
+    """[sign] key of ./packager.toml (or [tool.packager] in ./pyproject.toml), if any: the one
+    part of a build config that completing a bundle in place uses."""
+    path = find_config(Path.cwd())
+    if path is None:
+        return None
+    key = load_config(path).sign.key
+    return Path(key) if key else None
 
 
 def _evidence(
@@ -197,9 +308,31 @@ def _evidence(
 
 
 def site_report_paths(bundle: Path, manifest: dict[str, Any], out: Path | None) -> dict[str, Path]:
+    """Where this run's site report goes, never where another run's is: --out (file names with
+    the UTC time, claimed by creating the .json exclusively), else a new folder
+    DIR/site-validation/<bundle>/<utc-time>/ beside the published bundle: never inside a
+    generation, which the next build deletes."""
     stem = f"site-validation-{manifest['name']}-{manifest['version']}-{manifest['target']}"
-    where = out if out is not None else bundle.resolve().parent
-    return {ext: where / f"{stem}.{ext}" for ext in ("json", "md", "npz")}
+    now = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    if out is None:
+        dest_dir, name = published_home(bundle)
+        base = dest_dir / "site-validation" / name
+        base.mkdir(parents=True, exist_ok=True)
+    else:
+        out.mkdir(parents=True, exist_ok=True)
+    for n in count():
+        stamp = now if n == 0 else f"{now}-{n}"
+        try:
+            if out is None:
+                where = base / stamp
+                where.mkdir()
+                return {ext: where / f"{stem}.{ext}" for ext in ("json", "md", "npz")}
+            paths = {ext: out / f"{stem}-{stamp}.{ext}" for ext in ("json", "md", "npz")}
+            os.close(os.open(paths["json"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+            return paths
+        except FileExistsError:
+            continue
+    raise AssertionError("unreachable")
 
 
 def site_acceptance(

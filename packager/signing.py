@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +17,18 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from packager.bundle import LEGACY_SIGNATURE, SIGNATURE, make_tarball, safe_extract, verify
+from packager.bundle import (
+    GENERATIONS,
+    LEGACY_SIGNATURE,
+    SIGNATURE,
+    bundle_lock,
+    make_tarball,
+    publish,
+    published_home,
+    safe_extract,
+    stage_copy,
+    verify,
+)
 from packager.errors import UserError
 from packager.quiet import stdout_to_stderr
 
@@ -52,8 +64,8 @@ def keygen(out: Path) -> tuple[Path, Path]:
     return out, pub
 
 
-def _check_key(path: Path, private: bool) -> None:
-    """Refuse, in one line, what model-signing would refuse with a traceback."""
+def _check_key(path: Path, private: bool) -> ec.EllipticCurvePublicKey:
+    """Refuse, in one line, what model-signing would refuse with a traceback; the public key."""
     what = "private" if private else "public"
     try:
         data = path.read_bytes()
@@ -76,18 +88,71 @@ def _check_key(path: Path, private: bool) -> None:
             f"{path} is not an EC P-256/P-384/P-521 {what} key (model-signing refuses others, "
             "e.g. Ed25519 keys of packager <= 0.1.0); make one with `packager keygen`"
         )
+    return key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+
+
+def check_private_key(path: Path) -> str:
+    """A usable signing key, checked before any work: its fingerprint (else a UserError)."""
+    return _fingerprint(_check_key(path, private=True))
+
+
+def _fingerprint(public: ec.EllipticCurvePublicKey) -> str:
+    """sha256 of the public key's DER SubjectPublicKeyInfo, what
+    `openssl pkey -pubin -in KEY.pub -outform DER | sha256sum` prints."""
+    der = public.public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    return hashlib.sha256(der).hexdigest()
+
+
+def is_signed(root: Path) -> bool:
+    return (root / SIGNATURE).exists() or (root / LEGACY_SIGNATURE).exists()
+
+
+def check_same_key(root: Path, key_path: Path) -> None:
+    """Re-signing a signed bundle takes the key it was signed with: a hospital holds that
+    key's public half, and another key's signature would fail there."""
+    public = _check_key(key_path, private=True)
+    if not (root / SIGNATURE).exists():
+        return  # unsigned, or in the retired format: any release key may sign it
+    with tempfile.TemporaryDirectory(prefix="packager-key-") as tmp:
+        pub = Path(tmp) / "key.pub"
+        pub.write_bytes(
+            public.public_bytes(
+                serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+            )
+        )
+        status = check_signature(root, pub)
+    if status != "valid":
+        raise UserError(
+            f"{root.name} is signed with another key than {key_path} (fingerprint "
+            f"{_fingerprint(public)[:16]}…): {status}; pass the key it was signed with"
+        )
 
 
 def sign(bundle: Path, key_path: Path, max_gb: float | None = None) -> Path:
-    """Sign a bundle directory (its tarball beside it is re-made) or a tarball in place."""
+    """Sign a bundle directory (its tarball beside it is re-made) or a tarball in place. A
+    published bundle (a link into DIR/.generations) gets a new signed generation, published
+    atomically: it is never changed in place."""
     _check_key(key_path, private=True)
     if bundle.is_file():
         with tempfile.TemporaryDirectory(prefix="packager-sign-") as tmp:
             root = safe_extract(bundle, Path(tmp), max_gb)
-            _sign_dir(root, key_path)
+            sign_dir(root, key_path)
             make_tarball(root, bundle)
         return bundle
-    _sign_dir(bundle, key_path)
+    if bundle.is_symlink() or GENERATIONS in bundle.resolve().parts:
+        dest_dir, name = published_home(bundle)
+        with bundle_lock(dest_dir, name):
+            stage = stage_copy(bundle)
+            try:
+                sign_dir(stage / name, key_path)
+                make_tarball(stage / name, stage / f"{name}.tar.gz")
+                return publish(stage, dest_dir, name)
+            except BaseException:
+                shutil.rmtree(stage, ignore_errors=True)
+                raise
+    sign_dir(bundle, key_path)
     tar = bundle.with_name(bundle.name + ".tar.gz")
     if tar.exists():
         make_tarball(bundle, tar)
@@ -102,7 +167,8 @@ def _hashing() -> hashing.Config:
     return hashing.Config().set_ignored_paths(paths=[SIGNATURE], ignore_git_paths=False)
 
 
-def _sign_dir(root: Path, key_path: Path) -> None:
+def sign_dir(root: Path, key_path: Path) -> None:
+    """Write model.sig into the bundle folder `root` (a stage, or an unpublished copy)."""
     import model_signing
 
     root = root.resolve()  # a published bundle is a link into its generation

@@ -472,17 +472,17 @@ def test_site_acceptance_needs_only_the_bundle(split, npz_build, tmp_path: Path)
     )
     # 386/390 positives: sensitivity 0.9897, whose 95% lower bound 0.974 cannot clear 0.98.
     assert r.code == 1, r.stderr
-    report = json.loads(
-        (work / "reports/site-validation-tiny-1.0.0-cpu-onnxruntime.json").read_text()
-    )
-    assert (work / "reports/site-validation-tiny-1.0.0-cpu-onnxruntime.md").is_file()
+    files = {k: Path(v) for k, v in r.json["files"].items()}  # names carry the UTC time
+    assert {f.parent for f in files.values()} == {work / "reports"}
+    report = json.loads(files["json"].read_text())
+    assert files["md"].is_file()
     assert report["status"] == "failed" and report["verdict"] == "insufficient evidence"
     # Independent recount: the build's own npz probabilities on the same pixels.
     pos = labels == 1
     decided = npz_probs >= 0.2
     assert report["clinical"]["sensitivity"] == pytest.approx(decided[pos].mean())
     assert report["clinical"]["specificity"] == pytest.approx((~decided[~pos]).mean())
-    with np.load(work / "reports/site-validation-tiny-1.0.0-cpu-onnxruntime.npz") as v:
+    with np.load(files["npz"]) as v:
         assert np.array_equal(v["probs"][:, 1] >= 0.2, decided)
         assert v["meta_site"].tolist() == ["AB"[i % 2] for i in range(len(labels))]
     a = report["subgroups"]["site"]["A"]

@@ -241,6 +241,25 @@ def test_demo_builds_compares_and_reuses_the_trained_model(
         assert str(out / name) in first.out
     assert str(bundle) in first.out and "reusing" not in first.err
 
+    # Signed by default: with the demo key made once beside the bundles, never in one.
+    key = out / "example" / "demo-signing.key"
+    pub = key.with_name(key.name + ".pub")
+    verified = subprocess.run(
+        [sys.executable, "-m", "packager.cli", "verify", str(bundle), "--pubkey", str(pub)],
+        capture_output=True,
+        text=True,
+    )
+    assert verified.returncode == 0 and "signature valid" in verified.stdout, verified.stderr
+    der = subprocess.run(
+        ["openssl", "pkey", "-pubin", "-in", str(pub), "-outform", "DER"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    assert hashlib.sha256(der).hexdigest() in (bundle / "README.md").read_text()
+    assert not any("demo-signing" in p.name for p in bundle.resolve().rglob("*"))
+    key_bytes = key.read_bytes()
+
     run_demo(data_path, out, 1, Progress(True), **kw)
     second = capsys.readouterr()
     assert "reusing the trained model" in second.err and "[train] epoch" not in second.err
+    assert key.read_bytes() == key_bytes  # made once, kept

@@ -29,8 +29,26 @@ from packager.examples.pneumonia.train import (
 )
 from packager.progress import Progress
 from packager.session import Session
+from packager.signing import check_private_key, keygen
 
 MODEL_FILES = ("model.onnx", "model_fp16.onnx", "training.json")
+# The demo's signing key, made once in the example folder (beside the bundles, never in one).
+# A real release keeps its key in a secret store (docs/signing.md).
+DEMO_KEY = "demo-signing.key"
+
+
+SIGN_SECTION = f"""
+# Every bundle is signed before it is published, with the demo's key (made once).
+[sign]
+key = "{DEMO_KEY}"
+"""
+
+
+def demo_key(example: Path) -> Path:
+    key = example / DEMO_KEY
+    if not key.exists():
+        keygen(key)
+    return key
 
 
 def cache_key(data: Path, s: Settings) -> str:
@@ -84,6 +102,9 @@ def run_demo(
         shutil.copyfile(cached / name, example / name)
     summary = json.loads((example / "training.json").read_text())
     config = write_config(example, path, summary["threshold"])
+    key = demo_key(example)
+    with config.open("a") as f:  # the rebuild command below signs with it too
+        f.write(SIGN_SECTION)
     sla = out / "sla.toml"
     shutil.copyfile(HERE / "sla.toml", sla)
 
@@ -95,20 +116,27 @@ def run_demo(
     names = targets or registry.names()
     results = build(session, names, True, True, False, explicit=targets is not None)
     comparison = write_comparison(out, sla)
-    click.echo("\n".join(_report(summary, results, config, comparison, sla)))
+    click.echo("\n".join(_report(summary, results, config, key, comparison, sla)))
     failed = [r.target for r in results if r.status in ("failed", "error")]
     if failed:
         raise GateFailed(f"gate failed for {', '.join(failed)}; see {comparison[0]}")
 
 
 def _report(
-    summary: dict, results: list[TargetResult], config: Path, comparison: list[Path], sla: Path
+    summary: dict,
+    results: list[TargetResult],
+    config: Path,
+    key: Path,
+    comparison: list[Path],
+    sla: Path,
 ) -> list[str]:
+    fingerprint = check_private_key(key)
     lines = ["example model:", *(f"  {line}" for line in summary_lines(summary))]
     lines += ["targets:"]
     lines += [f"  {r.target:16} {r.status:14} {r.bundle or r.reason}" for r in results]
     lines += [
         f"project     {config}  (rebuild: packager build --config {config} --all --force)",
+        f"signed with {key}  (give hospitals {key.name}.pub; fingerprint {fingerprint})",
         f"sla         {sla}",
         *(f"comparison  {p}" for p in comparison),
     ]
