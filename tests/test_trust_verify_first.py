@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -233,7 +234,9 @@ def test_an_added_module_is_never_imported(bundle: Path, tmp_path: Path, data_pa
         runs[f"packager {args[0]}"] = packager(*args, cwd=tmp_path)  # type: ignore[assignment]
     for what, r in runs.items():
         code = r.returncode if isinstance(r, subprocess.CompletedProcess) else r.code
-        assert code == 0, (what, r.stdout, r.stderr)
+        # site acceptance on the split the bundle was built on ends "insufficient evidence" (1)
+        assert code in ((0, 1) if what == "packager validate" else (0,)), (what, r.stderr)
+        assert "Traceback" not in r.stderr
         assert not marker.exists(), f"{what} imported the bundle's numpy.py or argparse.py"
     assert json.loads(runs["predict.py IMAGE"].stdout)["decision"]  # type: ignore[union-attr]
 
@@ -397,3 +400,38 @@ def test_verify_says_unsigned_first(bundle: Path, tmp_path: Path) -> None:
     r = packager("verify", bundle, "--json", cwd=tmp_path)
     assert r.code == 0 and r.json["signed"] is True
     assert "UNSIGNED" not in packager("verify", bundle, cwd=tmp_path).stdout
+
+
+def test_no_bytecode_is_written_into_a_bundle(
+    bundle: Path, tmp_path: Path, data_path: Path
+) -> None:
+    """Without PYTHONDONTWRITEBYTECODE (a hospital's normal shell), importing the bundle's
+    modules must not leave __pycache__/ in it: the self-test would then reject its own bundle
+    ("added: __pycache__/..."), and a validated or benchmarked bundle would stop verifying."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(bundle / "predict.py"),
+            "--self-test",
+            "--record",
+            str(tmp_path / "r"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    for args in (("bench", bundle, "--batch-sizes", "1", "--seconds", "0.1"),):
+        r = subprocess.run(
+            [sys.executable, "-m", "packager.cli", *map(str, args)],
+            capture_output=True,
+            text=True,
+            env=env,
+        )
+        assert r.returncode == 0, r.stderr
+    assert not list(bundle.rglob("__pycache__"))
+    v = subprocess.run(
+        [sys.executable, "-m", "packager.cli", "verify", str(bundle)], capture_output=True, env=env
+    )
+    assert v.returncode == 0, v.stdout

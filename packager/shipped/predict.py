@@ -26,6 +26,9 @@ import sys
 # (No `from __future__` here: that statement is itself an import from the script's folder.)
 if __name__ == "__main__" and not (getattr(sys.flags, "safe_path", 0) or sys.flags.isolated):
     del sys.path[0]
+# Importing the bundle's modules would write __pycache__/ into the bundle, which its own
+# manifest check then reports as an added file: a bundle is read, never written.
+sys.dont_write_bytecode = True
 
 import argparse  # noqa: E402 - after the line above, on purpose
 import hashlib  # noqa: E402
@@ -73,12 +76,14 @@ def load_module(
     saved = {n: sys.modules.get(n) for n in siblings}
     sys.modules[spec.name] = module  # dataclasses look their module up there
     sys.modules.update(siblings)
+    writes, sys.dont_write_bytecode = sys.dont_write_bytecode, True  # no __pycache__ in bundles
     try:
         spec.loader.exec_module(module)
     except BaseException:
         del sys.modules[spec.name]
         raise
     finally:
+        sys.dont_write_bytecode = writes
         for n, before in saved.items():
             if before is None:
                 sys.modules.pop(n, None)
