@@ -365,7 +365,8 @@ def test_two_site_validations_into_one_out_keep_both(
         )
         for _ in range(2)
     ]
-    assert all(r.code == 0 for r in runs), [r.stderr for r in runs]
+    # exit 1: the build's own split cannot clear the default gates on their 95% bounds
+    assert all(r.code in (0, 1) and r.json["files"] for r in runs), [r.stderr for r in runs]
     files = [Path(r.json["files"]["json"]) for r in runs]
     assert files[0] != files[1] and sorted(out.glob("*.json")) == sorted(files)
     assert all(json.loads(f.read_text())["kind"] == "site-validation" for f in files)

@@ -79,10 +79,15 @@ def validate(bundle: Path, data: Path, out: Path, *more: object) -> tuple[Result
         ["validate", str(bundle), "--data", str(data), "--out", str(out), *map(str, more)],
         out.parent,
     )
-    report = (
-        json.loads((out / f"{STEM}.json").read_text()) if (out / f"{STEM}.json").exists() else {}
-    )
+    found = sorted(out.glob(f"{STEM}-*.json"))  # one run per fresh --out: its time in the name
+    report = json.loads(found[-1].read_text()) if found else {}
     return r, report
+
+
+def written(out: Path, ext: str) -> Path:
+    """The one site report file of this extension a run wrote into a fresh --out."""
+    (path,) = out.glob(f"{STEM}-*.{ext}")
+    return path
 
 
 def build_probs(bundle: Path) -> np.ndarray:
@@ -112,7 +117,7 @@ def test_one_positive_image_is_insufficient_evidence(
     assert sens["ci95"] == pytest.approx(proportion_confint(1, 1, method="wilson"), abs=1e-12)
     # One image, no negatives: specificity is undefined, never a number.
     assert report["rates"]["specificity"]["value"] is None
-    assert "undefined (no negatives)" in (tmp_path / "out" / f"{STEM}.md").read_text()
+    assert "undefined (no negatives)" in written(tmp_path / "out", "md").read_text()
 
 
 def test_no_positives_is_undefined_and_fails_closed(
@@ -211,11 +216,11 @@ def test_only_named_columns_are_read_and_nothing_else_is_written(
     assert r.code == 1, r.stderr
     assert report["data"]["metadata_columns"] == ["site"]
     assert report["data"]["group_by"]["source"] == "--group-by"
-    with np.load(tmp_path / "out" / f"{STEM}.npz") as v:
+    with np.load(written(tmp_path / "out", "npz")) as v:
         assert sorted(v.files) == ["labels", "meta_site", "probs"]
-        written = " ".join(str(v[k].tolist()) for k in v.files)
+        arrays = " ".join(str(v[k].tolist()) for k in v.files)
     for path in (tmp_path / "out").iterdir():
-        text = path.read_bytes().decode("latin-1") if path.suffix != ".npz" else written
+        text = path.read_bytes().decode("latin-1") if path.suffix != ".npz" else arrays
         for column, value in LEAKS.items():
             assert value not in text and column not in text, (path.name, column)
     assert set(report["subgroups"]["site"]) == {"A", "B"}
@@ -297,7 +302,7 @@ def test_site_markdown_is_inert(bundles: dict[str, Path], test_split, tmp_path: 
     r, report = validate(bundles["default"], data, tmp_path / "out", "--group-by", "site")
     assert r.code == 1, r.stderr
     assert set(report["subgroups"]["site"]) == set(hostile.values())  # the JSON keeps the data
-    text = (tmp_path / "out" / f"{STEM}.md").read_text()
+    text = written(tmp_path / "out", "md").read_text()
     page = MarkdownIt("commonmark").enable("table").render(text)
     assert "<script" not in page and "<img" not in page and "href" not in page
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page  # shown as text
