@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from packager import __version__, documents, registry, search, selftest
-from packager.bench import best_throughput
+from packager.bench import batch_of, best_throughput
 from packager.bundle import (
     ensure_writable,
     locked,
@@ -689,7 +689,13 @@ def _bench(
                 )
                 variants.append({"label": label, **r})
         with s.progress.step(t.name, "profiling operators at batch 1"):
-            main["profile"] = profile_run(t, bdir, built.runner_options, sample, b.timeout_s)
+            main["profile"] = profile_run(
+                t,
+                bdir,
+                built.runner_options,
+                batch_of(sample, s.info.fixed_batch or 1),
+                b.timeout_s,
+            )
         if b.open_loop.enabled:
             o = asdict(b.open_loop)
             what = f"open-loop load, p95 <= {o['sla_ms']} ms"
@@ -734,12 +740,16 @@ def bench_run(
 def profile_run(
     t: Target, bdir: Path, options: dict[str, Any], x: np.ndarray, timeout: float
 ) -> dict[str, Any]:
-    """The runtime's own per-operator profile (packager.profile), its raw form written into
-    the bundle as profile.json."""
+    """The runtime's own per-operator profile of `x` (packager.profile), its raw form written
+    into the bundle as profile.json. A profiler that fails leaves the benchmark standing: the
+    profile says it did not run, and why."""
     job = {"job": "profile", "target": t.name, "bundle": str(bdir), "options": options}
     job["calls"] = CALLS
-    result = run_worker(job, timeout, {"x": x[:1]}, {RAW: bdir / RAW})
-    return top_operators(result["profile"])
+    try:
+        result = run_worker(job, timeout, {"x": x}, {RAW: bdir / RAW})
+    except PackagerError as exc:
+        return top_operators(None, f"the profiler failed: {exc}")
+    return top_operators(result["profile"], batch=len(x))
 
 
 def open_loop_run(

@@ -130,7 +130,7 @@ class Workflow(click.Group):
 
     def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
         rows = [
-            (name, cmd.get_short_help_str(limit=200))
+            (name, cmd.get_short_help_str(limit=1000))
             for name in self.list_commands(ctx)
             if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden
         ]

@@ -24,6 +24,11 @@ def wilson(successes: int, n: int) -> tuple[float, float]:
     return (max(0.0, float(lo)), min(1.0, float(hi)))
 
 
+def _finite(score: np.ndarray) -> np.ndarray:
+    """Scores as the decisions read them: NaN is 0 (decides negative), +/-Inf are 1 / 0."""
+    return np.nan_to_num(np.asarray(score, np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+
+
 def roc_auc(y: np.ndarray, score: np.ndarray) -> float | None:
     """AUC (scikit-learn, ties counted half); None when one class is absent."""
     y = np.asarray(y, bool)
@@ -31,14 +36,14 @@ def roc_auc(y: np.ndarray, score: np.ndarray) -> float | None:
         return None
     from sklearn.metrics import roc_auc_score
 
-    return float(roc_auc_score(y, score))
+    return float(roc_auc_score(y, _finite(score)))
 
 
 def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """False- and true-positive rates over every threshold (for plots)."""
     from sklearn.metrics import roc_curve as curve
 
-    fpr, tpr, _ = curve(np.asarray(y, bool), score, drop_intermediate=False)
+    fpr, tpr, _ = curve(np.asarray(y, bool), _finite(score), drop_intermediate=False)
     return fpr, tpr
 
 

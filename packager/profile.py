@@ -1,6 +1,7 @@
 """Per-operator profiles: the runtime's own profiler (ONNX Runtime's trace, OpenVINO's
 performance counters; runtime.py's profile()) at batch 1, reduced to the operators that cost
-the most. The raw profile ships in the bundle as profile.json."""
+the most (batch 1, or a fixed-batch model's batch). The raw profile ships in the bundle as
+profile.json."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ CALLS = 20
 RAW = "profile.json"
 
 
-def top_operators(result: dict[str, Any] | None, why_not: str = "") -> dict[str, Any]:
+def top_operators(
+    result: dict[str, Any] | None, why_not: str = "", batch: int = 1
+) -> dict[str, Any]:
     """The TOP nodes by time per call, each with its share of the profiled total."""
     if result is None:
         return {"status": "not-run", "reason": why_not or "this runtime.py has no profiler hook"}
@@ -22,7 +25,7 @@ def top_operators(result: dict[str, Any] | None, why_not: str = "") -> dict[str,
     return {
         "status": "ok",
         "calls": calls,
-        "batch_size": 1,
+        "batch_size": batch,
         "nodes": len(nodes),
         "total_ms_per_call": total / calls / 1e3,
         "top": [

@@ -66,7 +66,7 @@ def _run(job: dict, runner: ModuleRunner, work: Path, x: np.ndarray) -> dict:
             result["runtime"] = runner.info()
     elif job["job"] == "profile":
         with runner:
-            raw = runner.profile(x[:1], job["calls"])
+            raw = runner.profile(x, job["calls"])
             result["runtime"] = runner.info()
         if raw is not None:
             (work / "profile.json").write_text(json.dumps(raw.pop("raw")))

@@ -47,6 +47,17 @@ def as_earlier(data: bytes, later: int) -> bytes:
     return data.replace(str(later).encode(), str(EPOCH).encode())
 
 
+def sbom_without_time(data: bytes) -> dict:
+    """The SBOM with the hashes of the files that record the build time (report.json and the
+    reports rendered from it) left out, and the serial number derived from those hashes."""
+    doc = json.loads(data)
+    doc.pop("serialNumber")
+    for comp in doc["components"]:
+        if comp.get("name", "").startswith("report."):
+            comp.pop("hashes")
+    return doc
+
+
 def members(tar_gz: Path) -> dict[str, tuple[tarfile.TarInfo, bytes]]:
     with tarfile.open(tar_gz, "r:gz") as t:
         return {m.name: (m, t.extractfile(m).read() if m.isfile() else b"") for m in t}
@@ -84,8 +95,8 @@ def test_every_target_rebuilds_byte_identical_whatever_the_host_settings(
         if ta.read_bytes() != tb.read_bytes():
             differ[target] = differing(ta, tb)
     assert {t: d for t, d in differ.items() if t not in KNOWN} == {}
-    fixed = sorted(set(KNOWN) & set(published) - set(differ))
-    assert not fixed, f"{fixed} now rebuild byte-identical: remove them from KNOWN"
+    # A KNOWN target may also come out identical: edge-ort's serialisation order differs only
+    # in some runs (seen both ways on one host), so a match proves no fix and fails nothing.
     if differ:
         pytest.xfail("; ".join(f"{t}: {KNOWN[t]} (differs: {differ[t]})" for t in differ))
 
@@ -104,8 +115,11 @@ def test_source_date_epoch_sets_only_the_timestamps(default_dist: tuple[Path, Re
     for name, (info, data) in m2.items():
         assert m1[name][0].mtime == EPOCH and info.mtime == later, name  # SOURCE_DATE_EPOCH
         # The same bytes as the earlier build, once the build time is written as the earlier
-        # one (the SBOM records it). The manifest and the provenance list the SBOM's hash, so
-        # they differ as it does; everything else must be identical.
-        if not name.endswith(("/manifest.json", ".intoto.json")):
+        # one (the SBOM and report.json record it). The SBOM lists report.json/md/html's hashes,
+        # and the manifest and the provenance list the SBOM's, so those differ as they do;
+        # everything else must be identical.
+        if name.endswith("/sbom.cdx.json"):
+            assert sbom_without_time(as_earlier(data, later)) == sbom_without_time(m1[name][1])
+        elif not name.endswith(("/manifest.json", ".intoto.json")):
             assert as_earlier(data, later) == m1[name][1], name
     assert struct.unpack("<I", t2.read_bytes()[4:8])[0] == later  # gzip header MTIME

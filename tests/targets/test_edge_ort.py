@@ -157,15 +157,20 @@ def test_image_model_takes_png_and_rgb_jpeg_and_refuses_grayscale_jpeg(
         session.run(None, {"image": _encoded(image, "JPEG", "L")})
 
 
-def test_a_disagreement_lists_the_images_and_fails_the_gate(embedded: Path) -> None:
+def test_a_disagreement_lists_the_images_and_fails_the_gate(embedded: Path, tmp_path: Path) -> None:
+    """On a copy: the cross-check writes image_model_validation.json into the bundle it runs on,
+    and the shared bundle's own must stay as built (pytest-randomly found the other order)."""
+    import shutil
+
+    bundle = Path(shutil.copytree(embedded / BUNDLE, tmp_path / "bundle"))
     cfg = load_config(None, embedded)
     s = Session.open(cfg, Progress(False))
     ctx = s.context(Options(embed_preprocessing=True))
-    with np.load(embedded / BUNDLE / "validation.npz") as v:
+    with np.load(bundle / "validation.npz") as v:
         probs = v["probs"].astype(np.float64)
     probs[[3, 10]] = 1 - probs[[3, 10]]  # a tensor model that decides otherwise on two images
-    options = json.loads((embedded / BUNDLE / "runtime.json").read_text())["runner_options"]
-    [check] = run_cross_checks(get("edge-ort"), ctx, embedded / BUNDLE, options, probs)
+    options = json.loads((bundle / "runtime.json").read_text())["runner_options"]
+    [check] = run_cross_checks(get("edge-ort"), ctx, bundle, options, probs)
     assert not check.passed and check.value == pytest.approx(622 / 624, abs=1e-6)
     assert "differ at indices [3, 10]" in check.reason
 
