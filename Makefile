@@ -28,7 +28,7 @@ test: $(STAMP)
 	sh scripts/typecheck.sh $(BIN)/python
 	seed="$(SEED)"; test -n "$$seed" || seed=$$($(BIN)/python -c 'import random; print(random.randrange(10**9))'); \
 	echo "pytest-randomly seed $$seed (same order again: make test SEED=$$seed)"; \
-	$(BIN)/python -m pytest -q -rsx -n 2 --dist loadscope -p randomly --randomly-seed=$$seed
+	$(BIN)/python -m pytest -q -rsx -n 2 --dist loadscope -p randomly --randomly-seed=$$seed --durations=15
 
 # Mutation testing of the trust core (mutmut 3, [tool.mutmut] in pyproject.toml; scores and
 # survivors in docs/mutation.md). `make mutate MUTANTS='packager.metrics.*'` runs a subset.

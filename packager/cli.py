@@ -733,7 +733,24 @@ def main(argv: list[str] | None = None) -> None:
             err=True,
         )
         sys.exit(2)
+    except Exception as exc:
+        if not _caused_by_interrupt(exc):
+            raise
+        click.echo("packager: interrupted", err=True)
+        sys.exit(130)
     sys.exit(0)
+
+
+def _caused_by_interrupt(exc: BaseException) -> bool:
+    """Ctrl-C inside a C extension's import (onnxruntime, openvino) comes back as the
+    extension's ImportError "initialization failed", caused by the KeyboardInterrupt."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        if isinstance(exc, KeyboardInterrupt):
+            return True
+        seen.add(id(exc))
+        exc = exc.__cause__ or exc.__context__  # type: ignore[assignment]
+    return False
 
 
 if __name__ == "__main__":

@@ -54,3 +54,18 @@ def test_compare_json_flag_equals_format_json(
     b = cli("compare", root / "dist", "--format", "json", cwd=root)
     assert a.code == b.code == 0, a.stderr + b.stderr
     assert json.loads(a.stdout) == json.loads(b.stdout)
+
+
+def test_ctrl_c_inside_an_extension_import_counts_as_an_interrupt() -> None:
+    """What onnxruntime's pybind11 init raises when Ctrl-C lands inside it (seen in the
+    interrupt test): an ImportError caused by the KeyboardInterrupt. Any other error is not."""
+    from packager.cli import _caused_by_interrupt
+
+    try:
+        try:
+            raise KeyboardInterrupt
+        except KeyboardInterrupt as ki:
+            raise ImportError("initialization failed") from ki
+    except ImportError as exc:
+        assert _caused_by_interrupt(exc)
+    assert not _caused_by_interrupt(ImportError("initialization failed"))

@@ -321,7 +321,7 @@ def test_sign_publishes_a_new_generation(
     assert v.code == 0, v.stdout + v.stderr
 
 
-ROUNDS = int(os.environ.get("PACKAGER_CONCURRENT_ROUNDS", "3"))
+ROUNDS = int(os.environ.get("PACKAGER_CONCURRENT_ROUNDS", "2"))
 
 
 def test_concurrent_in_place_validates_never_corrupt(
