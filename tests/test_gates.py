@@ -264,3 +264,32 @@ def test_every_gate_is_in_the_targets_json_schema(
     jsonschema.validate(table, schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"min_specificty": 0.5}, schema)
+
+
+def test_non_finite_scores_rank_as_the_decisions_read_them() -> None:
+    """NaN ranks as 0 and +Inf as 1, -Inf as 0 (a NaN decides negative), in the AUC and the
+    curve; checked against scikit-learn on the scores replaced by hand."""
+    from sklearn.metrics import roc_curve as sk_curve
+
+    from packager.metrics import roc_auc, roc_curve
+
+    y = np.array([1, 1, 1, 0, 0, 0, 1, 0])
+    s = np.array([0.9, np.nan, np.inf, 0.2, -np.inf, 0.95, 0.6, np.nan])
+    by_hand = np.array([0.9, 0.0, 1.0, 0.2, 0.0, 0.95, 0.6, 0.0])
+    assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, by_hand), abs=1e-12)
+    fpr, tpr = roc_curve(y, s)
+    want_fpr, want_tpr, _ = sk_curve(y, by_hand, drop_intermediate=False)
+    np.testing.assert_allclose(fpr, want_fpr)
+    np.testing.assert_allclose(tpr, want_tpr)
+
+
+def test_reference_metrics_equal_an_independent_count() -> None:
+    """Reference specificity and AUC, and their drops, as clinical() records them."""
+    y = np.array(LABELS)
+    c = clinical(two_class(np.array(TGT)), y, 1, THRESHOLD, two_class(np.array(REF)))
+    r, p = np.array(REF), np.array(TGT)
+    ref_spec = np.sum((r < THRESHOLD) & (y == 0)) / np.sum(y == 0)
+    assert c.reference_specificity == pytest.approx(ref_spec, abs=1e-12)
+    assert c.specificity_drop == pytest.approx(ref_spec - c.specificity, abs=1e-12)
+    assert c.reference_auc == pytest.approx(roc_auc_score(y, r), abs=1e-12)
+    assert c.auc_drop == pytest.approx(roc_auc_score(y, r) - roc_auc_score(y, p), abs=1e-12)
