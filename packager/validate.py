@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from packager.config import Config
+from packager.config import FRACTION_GATES, Config
 from packager.errors import UserError
 from packager.metrics import Clinical, clinical, to_probabilities
 from packager.runner import Infers
@@ -53,22 +53,7 @@ def evaluate(
 
 # A subgroup gate's name carries its subgroup: min_subgroup_sensitivity[site=B]; a custom
 # metric's is custom:<name>:<min|max>.
-CLINICAL_GATES = (
-    "finite_outputs",
-    "min_sensitivity",
-    "max_sensitivity_drop",
-    "min_subgroup_sensitivity",
-    "max_subgroup_sensitivity_drop",
-    "min_specificity",
-    "max_specificity_drop",
-    "min_auc",
-    "max_auc_drop",
-    "min_ppv",
-    "min_npv",
-    "max_flip_rate",
-    "max_ece_increase",
-    "paired_alpha",
-)
+CLINICAL_GATES = ("finite_outputs", *FRACTION_GATES, "paired_alpha")
 
 
 def is_clinical_gate(name: str) -> bool:
