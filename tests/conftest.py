@@ -290,3 +290,16 @@ def default_build(
         return root, r
 
     return get
+
+
+@pytest.fixture(scope="session")
+def reference_bundle(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path
+) -> Path:
+    """One published cpu-onnxruntime bundle of the tiny model (`--no-bench`), shared read-only
+    by the tests of one worker; copy it before changing anything in it."""
+    root = tmp_path_factory.mktemp("reference-bundle")
+    (root / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
+    r = _run(["build", "--target", "cpu-onnxruntime", "--no-bench", "--quiet"], root)
+    assert r.code == 0, r.stderr
+    return (root / "dist" / "tiny-1.0.0" / "cpu-onnxruntime").resolve()

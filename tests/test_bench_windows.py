@@ -16,7 +16,7 @@ import pytest
 
 from packager.bench import STABLE_WINDOWS, Window, ci95, pooled_throughput, repeat_windows
 from packager.hostinfo import NOISY_OTHERS_PCT
-from tests.conftest import Result, bundle_dir
+from tests.conftest import Result
 
 
 def windows_of(rates: list[float]) -> Callable[[], Window]:
@@ -59,14 +59,8 @@ def test_interval_brackets_the_pooled_throughput_and_collapses_when_windows_agre
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path) -> Path:
-    from tests.conftest import DEFAULT_TOML, _run
-
-    root = tmp_path_factory.mktemp("windows")
-    (root / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
-    r = _run(["build", "-t", "cpu-onnxruntime", "--no-bench", "-q"], root)
-    assert r.code == 0, r.stderr
-    return bundle_dir(root, "cpu-onnxruntime")
+def bundle(reference_bundle: Path) -> Path:
+    return reference_bundle
 
 
 def bench(cli: Callable[..., Result], bundle: Path) -> dict:

@@ -95,14 +95,8 @@ def test_arrivals_are_poisson_at_the_rate() -> None:
 
 
 @pytest.fixture(scope="module")
-def bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path) -> Path:
-    from tests.conftest import DEFAULT_TOML, _run
-
-    root = tmp_path_factory.mktemp("openloop")
-    (root / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
-    r = _run(["build", "-t", "cpu-onnxruntime", "--no-bench", "-q"], root)
-    assert r.code == 0, r.stderr
-    return bundle_dir(root, "cpu-onnxruntime")
+def bundle(reference_bundle: Path) -> Path:
+    return reference_bundle
 
 
 def test_bench_open_loop_on_a_real_bundle(bundle: Path, cli: Callable[..., Result]) -> None:

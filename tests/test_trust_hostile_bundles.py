@@ -16,19 +16,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error
+from tests.conftest import Result, _run, assert_user_error
 
 TARGET = "cpu-onnxruntime"
 BIDI = "\u202e"  # RIGHT-TO-LEFT OVERRIDE: `evil\u202etxt.py` prints as `evilyp.txt`
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path) -> Path:
-    root = tmp_path_factory.mktemp("hostile")
-    (root / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
-    r = _run(["build", "--target", TARGET, "--no-bench", "--quiet"], root)
-    assert r.code == 0, r.stderr
-    return (root / "dist" / "tiny-1.0.0" / TARGET).resolve()
+def built(reference_bundle: Path) -> Path:
+    return reference_bundle
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import DEFAULT_TOML, REPO, Result, _run
+from tests.conftest import REPO, Result, _run
 
 TARGET = "cpu-onnxruntime"
 
@@ -30,12 +30,8 @@ def sha256(path: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path) -> Path:
-    root = tmp_path_factory.mktemp("trust")
-    (root / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
-    r = _run(["build", "--target", TARGET, "--no-bench", "--quiet"], root)
-    assert r.code == 0, r.stderr
-    return (root / "dist" / "tiny-1.0.0" / TARGET).resolve()
+def built(reference_bundle: Path) -> Path:
+    return reference_bundle
 
 
 @pytest.fixture
