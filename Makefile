@@ -25,13 +25,14 @@ test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/zizmor --offline .github/workflows/
+	$(BIN)/lint-imports
 	sh scripts/typecheck.sh $(BIN)/python
 	seed="$(SEED)"; test -n "$$seed" || seed=$$($(BIN)/python -c 'import random; print(random.randrange(10**9))'); \
 	echo "pytest-randomly seed $$seed (same order again: make test SEED=$$seed)"; \
 	$(BIN)/python -m pytest -q -rsx -n 2 --dist loadscope -p randomly --randomly-seed=$$seed --durations=15
 
 # Mutation testing of the trust core (mutmut 3, [tool.mutmut] in pyproject.toml; scores and
-# survivors in docs/mutation.md). `make mutate MUTANTS='packager.metrics.*'` runs a subset.
+# survivors in docs/mutation.md). `make mutate MUTANTS='packager.core.metrics.*'` runs a subset.
 mutate: $(STAMP)
 	PACKAGER_TEST_DATA="$${PACKAGER_TEST_DATA:-$(CURDIR)/../shared/data/pneumoniamnist.npz}" \
 	  nice -n 10 $(BIN)/mutmut run --max-children 2 $(MUTANTS)

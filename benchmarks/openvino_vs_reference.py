@@ -4,7 +4,7 @@
     python benchmarks/openvino_vs_reference.py [--model model.onnx] [--data pneumoniamnist.npz]
 
 Every bundle is built, validated and benchmarked by `packager build` itself (the CLI a release
-pipeline runs), from the packager.toml beside the model (else examples/pneumonia/packager.toml).
+pipeline runs), from the packager.toml beside the model (else packager/example/packager.toml).
 The goals are then judged over interleaved rounds: each round re-benchmarks the reference and the
 INT8 bundle with `packager bench` and runs OpenVINO's own benchmark_app on the INT8 IR with the
 same performance hint and precision (the harness must not lose what the runtime gives), so every
@@ -13,7 +13,7 @@ result.
 Numbers come from this machine and are printed, never asserted: on a shared CPU they are noisy.
 
 Model: --model, else the trained demo model in the packager cache (`packager demo` makes it),
-else a freshly initialised ResNet-18 from examples/pneumonia/model.py (speed only: its
+else a freshly initialised ResNet-18 from packager/example/model.py (speed only: its
 sensitivity is meaningless, so the clinical gates are relaxed and the run says so).
 """
 
@@ -36,7 +36,7 @@ import tomllib
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from packager.examples.pneumonia.data import cache_dir, default_candidates  # noqa: E402
+from packager.example.data import cache_dir, default_candidates  # noqa: E402
 
 EXAMPLE_TOML = REPO / "examples" / "pneumonia" / "packager.toml"
 WITHIN = 0.10  # the harness must be within 10% of benchmark_app
@@ -49,8 +49,8 @@ def demo_model() -> Path | None:
 
 
 def untrained_model(dest: Path) -> Path:
-    from packager.examples.pneumonia.export import export_fp32
-    from packager.examples.pneumonia.model import make_model
+    from packager.example.export import export_fp32
+    from packager.example.model import make_model
 
     return export_fp32(make_model(), dest / "model.onnx", size=64, channels=3)
 

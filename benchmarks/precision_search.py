@@ -40,7 +40,7 @@ from benchmarks.openvino_vs_reference import (  # noqa: E402
     packager_bench,
     toml_text,
 )
-from packager.examples.pneumonia.data import default_candidates  # noqa: E402
+from packager.example.data import default_candidates  # noqa: E402
 
 OPTION = {"cpu-openvino": "precision", "edge-ort": "quantize"}
 
@@ -109,7 +109,7 @@ def main() -> int:
     print(f"[bench] for full benchmarks: batch sizes {bench['batch_sizes']}, {bench['seconds']} s")
     print(f"work dir: {work}\n")
 
-    from packager.registry import get
+    from packager.core.registry import get
 
     for target in args.targets.split(","):
         t = get(target)

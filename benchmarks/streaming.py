@@ -4,7 +4,7 @@
     python benchmarks/streaming.py [--work DIR] [--n-small 1000] [--n-large 20000] [--n-big 1000]
 
 Synthetic 16-bit PNGs (smooth chest-like fields plus noise, each image distinct) go through
-packager.stream.stream_predict, the path `packager validate` takes: files are read, hashed,
+packager.runtime.stream.stream_predict, the path `packager validate` takes: files are read, hashed,
 decoded and preprocessed in a thread pool while the bundle's runner infers earlier chunks in its
 own subprocess. Three runs, each in a fresh process so its peak RSS is its own:
   512x512 x n-small, 512x512 x n-large, 2048x2048 x n-big.
@@ -14,7 +14,7 @@ Goals from the issue: peak RSS of n-small and n-large within 10%; end-to-end ima
 80% of the slowest stage alone. Numbers are printed, never asserted.
 
 Model: the trained demo model if `packager demo` ran, else an untrained ResNet-18 from
-examples/pneumonia (3x64x64; speed only, so its gates are relaxed).
+packager/example (3x64x64; speed only, so its gates are relaxed).
 """
 
 from __future__ import annotations
@@ -84,14 +84,14 @@ def bundle(work: Path) -> Path:
         return found[0]
     import tomllib
 
-    from packager.examples.pneumonia.data import cache_dir, default_candidates
+    from packager.example.data import cache_dir, default_candidates
 
     trained = sorted((cache_dir() / "example").glob("*/model.onnx"))
     if trained:
         model, speed_only = trained[-1], False
     else:
-        from packager.examples.pneumonia.export import export_fp32
-        from packager.examples.pneumonia.model import make_model
+        from packager.example.export import export_fp32
+        from packager.example.model import make_model
 
         model, speed_only = (
             export_fp32(make_model(), work / "model.onnx", size=64, channels=3),
@@ -100,10 +100,10 @@ def bundle(work: Path) -> Path:
         print("  no trained demo model: an untrained ResNet-18 (speed only)")
     data = next((p for p in default_candidates() if p.is_file()), None)
     if data is None:
-        sys.exit("PneumoniaMNIST not found (the build validates on it); see examples/pneumonia")
+        sys.exit("PneumoniaMNIST not found (the build validates on it); see packager/example")
     from benchmarks.openvino_vs_reference import toml_text
 
-    cfg = tomllib.loads((REPO / "examples/pneumonia/packager.toml").read_text())
+    cfg = tomllib.loads((REPO / "packager/example/packager.toml").read_text())
     cfg["model"]["path"], cfg["data"]["path"] = str(model), str(data)
     if speed_only:
         cfg["gates"] = {"min_sensitivity": 0.0, "max_sensitivity_drop": 1.0}
@@ -133,9 +133,9 @@ def bundle(work: Path) -> Path:
 
 def run_stream(bundle_dir: str, data: str, labels: str) -> dict[str, Any]:
     """One streamed validation; this process's and its worker's peak RSS."""
-    from packager.data import open_dataset
-    from packager.preprocess import Preprocess
-    from packager.stream import peak_rss_mb, stream_predict
+    from packager.core.data import open_dataset
+    from packager.runtime.stream import peak_rss_mb, stream_predict
+    from packager.shipped.preprocess import Preprocess
 
     b = Path(bundle_dir)
     runtime = json.loads((b / "runtime.json").read_text())
@@ -159,10 +159,10 @@ def run_stream(bundle_dir: str, data: str, labels: str) -> dict[str, Any]:
 
 def run_stages(bundle_dir: str, data: str, labels: str, sample: int) -> dict[str, float]:
     """Each stage alone on `sample` images, with the same thread pool as the stream."""
-    from packager.data import default_workers, imap_ordered, open_dataset, read_one
-    from packager.preprocess import Preprocess
-    from packager.runner import ModuleRunner
-    from packager.validate import predict_all
+    from packager.core.data import default_workers, imap_ordered, open_dataset, read_one
+    from packager.runtime.runner import ModuleRunner
+    from packager.runtime.validate import predict_all
+    from packager.shipped.preprocess import Preprocess
 
     b = Path(bundle_dir)
     runtime = json.loads((b / "runtime.json").read_text())
@@ -226,7 +226,7 @@ def main() -> None:
         (f"512x512 x {a.n_large}", s512, large),
         (f"2048x2048 x {a.n_big}", s2048, big),
     ]
-    from packager.data import default_workers
+    from packager.core.data import default_workers
 
     pre = json.loads((b / "preprocess.json").read_text())
     print(

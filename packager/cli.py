@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from packager import __version__
-from packager.errors import GateFailed, ModelRefused, PackagerError, Unavailable
-from packager.progress import Progress
-from packager.status import ReportStatus, ResultStatus
+from packager.core.errors import GateFailed, ModelRefused, PackagerError, Unavailable
+from packager.core.progress import Progress
+from packager.core.status import ReportStatus, ResultStatus
 
 if TYPE_CHECKING:  # pydantic loads only for commands that read a config (~0.1 s)
-    from packager.config import Config
+    from packager.core.config import Config
 
 
 def emit(data: Any, as_json: bool, text: str) -> None:
@@ -94,7 +94,7 @@ def config_options(fn: Callable) -> Callable:
         labels_csv: Path | None,
         **kw: Any,
     ) -> Any:
-        from packager.config import load_config, override
+        from packager.core.config import load_config, override
 
         cfg = load_config(config_path)
         override(cfg, "data", "labels", str(labels_csv.resolve()) if labels_csv else None)
@@ -183,28 +183,25 @@ def build(
 ) -> None:
     """Convert, validate, benchmark and bundle the model for each target; with --sign (or
     [sign] key) each bundle is signed before it is published."""
-    from packager import registry
-    from packager.build import build as run_build
-    from packager.build import check_targets
-    from packager.config import override
-    from packager.session import Session
+    from packager.build.pipeline import build as run_build
+    from packager.build.pipeline import check_targets
+    from packager.build.session import Session
+    from packager.core import registry
+    from packager.core.config import override
 
     if bool(target_names) == all_targets:
         raise click.UsageError("name targets with --target NAME (repeatable) or pass --all")
     override(cfg, "output", "dir", str(out.resolve()) if out else None)
     override(cfg, "sign", "key", str(sign.resolve()) if sign else None)
     if cfg.sign.key:  # a bad key is one line, before the model or data are read
-        from packager.signing import check_private_key
+        from packager.build.signing import check_private_key
 
         check_private_key(Path(cfg.sign.key))
     names = registry.names() if all_targets else list(dict.fromkeys(target_names))
-    if precision == "auto":
-        from packager.search import apply_flag
-
-        apply_flag(cfg, [n for n in names if n in registry.names()])
     check_targets(cfg.targets, names)  # a misspelt target before any model or data is read
     session = Session.open(cfg, Progress(False if quiet else None))
-    results = run_build(session, names, force, not no_bench, int8, explicit=not all_targets)
+    explicit, auto = not all_targets, precision == "auto"
+    results = run_build(session, names, force, not no_bench, int8, explicit, auto)
     lines = [f"{r.target:16} {r.status:17} {r.bundle or r.reason}" for r in results]
     emit({"results": [r.to_dict() for r in results]}, as_json, "\n".join(lines))
     build_exit(results, explicit=not all_targets)
@@ -214,7 +211,7 @@ def build_exit(results: list[Any], explicit: bool) -> None:
     """The build's exit code once its results are printed; when several apply, the most severe:
     1 (a gate failed, or a target's error) > 4 (a target cannot take this model) > 3 (a target
     named with --target cannot run on this host; --all skips those) > 0."""
-    from packager.build import REFUSED
+    from packager.build.pipeline import REFUSED
 
     failed = [r for r in results if r.status in (ResultStatus.failed, ResultStatus.error)]
     if failed:
@@ -238,8 +235,8 @@ def build_exit(results: list[Any], explicit: bool) -> None:
 @json_option
 def inspect(model: Path, as_json: bool) -> None:
     """Check an ONNX model and show its signature, batch mode, FLOPs and operators."""
-    from packager.errors import UserError
-    from packager.model import inspect_model
+    from packager.core.errors import UserError
+    from packager.core.model import inspect_model
 
     if not model.exists():
         raise UserError(f"model {model} does not exist; check the MODEL argument")
@@ -277,7 +274,7 @@ def quantization_line(info: Any) -> str:
 
 def model_support(info: Any) -> tuple[list[dict[str, Any]], list[str]]:
     """Each loadable target's verdict on the model, with its default options (cheap checks)."""
-    from packager.registry import loadable
+    from packager.core.registry import loadable
 
     found, _ = loadable()
     rows, lines = [], ["takes it?"]
@@ -298,9 +295,9 @@ def model_support(info: Any) -> tuple[list[dict[str, Any]], list[str]]:
 @json_option
 def targets(model: Path | None, as_json: bool) -> None:
     """Each target: can it build / validate / benchmark on this host, and if not, why."""
-    from packager.model import inspect_model
-    from packager.registry import loadable
-    from packager.schema import describe, json_schema
+    from packager.core.model import inspect_model
+    from packager.core.registry import loadable
+    from packager.core.schema import describe, json_schema
 
     info = inspect_model(model) if model else None
     found, broken = loadable()
@@ -343,7 +340,7 @@ def targets(model: Path | None, as_json: bool) -> None:
             }
         )
         lines.append(f"{name:16} build:no validate:no bench:no  {reason}")
-    from packager.config import GatesConfig
+    from packager.core.config import GatesConfig
 
     # [gates] is the same for every target: its schema once, beside the targets'.
     emit({"targets": rows, "gates_schema": json_schema(GatesConfig)}, as_json, "\n".join(lines))
@@ -365,7 +362,7 @@ def pubkey_option(fn: Callable) -> Callable:
 @json_option
 def verify(path: Path, pubkey: Path | None, max_size_gb: float | None, as_json: bool) -> None:
     """Recompute every file's hash in a bundle directory or tarball."""
-    from packager.bundle import verify as run_verify
+    from packager.build.verify import verify as run_verify
 
     result = run_verify(path, pubkey, max_size_gb)
     files = len(result.manifest.get("files", {}))
@@ -394,7 +391,7 @@ def verify(path: Path, pubkey: Path | None, max_size_gb: float | None, as_json: 
 )
 def keygen(out: Path) -> None:
     """Make an EC P-256 key pair (PEM) for signing bundles with model-signing."""
-    from packager.signing import keygen as run_keygen
+    from packager.build.signing import keygen as run_keygen
 
     key, pub = run_keygen(out)
     click.echo(f"private key {key} (keep it secret)\npublic key  {pub} (give it to hospitals)")
@@ -411,7 +408,7 @@ def keygen(out: Path) -> None:
 @max_size_option
 def sign(bundle: Path, key: Path, max_size_gb: float | None) -> None:
     """Sign a bundle (OpenSSF model signing, offline): model.sig covers every other file."""
-    from packager.signing import sign as run_sign
+    from packager.build.signing import sign as run_sign
 
     run_sign(bundle, key, max_size_gb)
     click.echo(f"signed {bundle}")
@@ -463,9 +460,9 @@ def validate(
     against the manifest, the signature, report.json's code hashes, the recorded config): a
     mismatch exits 1 naming the file.
     """
-    from packager.revalidate import revalidate
+    from packager.hospital.site import revalidate
 
-    report = revalidate(
+    outcome = revalidate(
         bundle,
         data,
         split,
@@ -476,29 +473,29 @@ def validate(
         pubkey,
         sign,
     )
-    c = report.get("clinical") or {}
-    site = report.get("kind") == "site-validation"
+    c = outcome.get("clinical") or {}
+    site = outcome.get("kind") == "site-validation"
     head = (
-        f"site validation of {report['bundle']['target']}: {report['verdict']} — {report['reason']}"
+        f"site validation of {outcome['bundle']['target']}: {outcome['verdict']} — {outcome['reason']}"
         if site
-        else f"{report['target']}: {report['status']} — {report['reason']}"
+        else f"{outcome['target']}: {outcome['status']} — {outcome['reason']}"
     )
     lines = [head]
     if site:
         lines.append(
-            "  ".join(f"{k} {_rate_text(r)}" for k, r in report["rates"].items())
+            "  ".join(f"{k} {_rate_text(r)}" for k, r in outcome["rates"].items())
             + f"  ({c['n']} images)"
         )
     elif c:
         spec = "n/a" if c.get("specificity") is None else f"{c['specificity']:.4f}"
         lines.append(f"sensitivity {c['sensitivity']:.4f}  specificity {spec}  ({c['n']} images)")
-    if report.get("files"):
-        lines.append(f"report {report['files']['md']}")
-    publication = report.get("publication") or {}
+    if outcome.get("files"):
+        lines.append(f"outcome {outcome['files']['md']}")
+    publication = outcome.get("publication") or {}
     if publication.get("published"):
         lines.append(publication["reason"])
-    emit(report, as_json, "\n".join(lines))
-    problems = [report["reason"]] if report["status"] == ReportStatus.failed else []
+    emit(outcome, as_json, "\n".join(lines))
+    problems = [outcome["reason"]] if outcome["status"] == ReportStatus.failed else []
     if publication and not publication["published"]:
         problems.append(publication["reason"])
     if problems:
@@ -532,7 +529,7 @@ def selftest(
     the acceptance record states what the verdict rests on.
     Exit 0 accepted, 1 rejected (files or outputs differ), 2 bad usage, 3 the runtime cannot run
     here."""
-    from packager.selftest import arrival
+    from packager.hospital.selftest import arrival
 
     code, line, rec = arrival(bundle, record, max_size_gb, pubkey)
     if as_json or code == 0:
@@ -599,8 +596,8 @@ def bench(
     as_json: bool,
 ) -> None:
     """Benchmark a bundle on this host (fresh subprocess, synthetic input)."""
-    from packager.config import OpenLoopConfig
-    from packager.revalidate import rebench
+    from packager.core.config import OpenLoopConfig
+    from packager.hospital.site import rebench
 
     try:
         sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
@@ -663,7 +660,7 @@ def compare(
     as_json: bool,
 ) -> None:
     """Compare bundles or reports side by side (and against an SLA)."""
-    from packager.compare import compare as run_compare
+    from packager.reports.compare import compare as run_compare
 
     text, missed = run_compare(list(paths), sla, "json" if as_json else fmt)
     if out:
@@ -687,7 +684,7 @@ def compare(
 @quiet_option
 def demo(data: Path | None, out: Path, epochs: int | None, quiet: bool) -> None:
     """The embedded default: train the example ResNet-18, then build every target available here."""
-    from packager.examples.pneumonia.demo import run_demo
+    from packager.example.demo import run_demo
 
     run_demo(data, out, epochs, Progress(False if quiet else None))
 

@@ -11,7 +11,7 @@ import onnx
 import onnxruntime as ort
 from onnx import TensorProto, helper, numpy_helper
 
-from packager.preprocess import Preprocess
+from packager.shipped.preprocess import Preprocess
 
 SIZE = 32
 PRE = Preprocess(
@@ -133,7 +133,7 @@ def make_quantized(src: Path, dst: Path, data: str, fmt: str, symmetric: bool = 
     calibrated on the val split; `symmetric` gives int8 activations with zero points of 0."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
 
-    from packager.ort_quant import CalibrationReader
+    from packager.convert.ort_quant import CalibrationReader
 
     with np.load(data) as npz:
         calibration = PRE(npz["val_images"][:128])

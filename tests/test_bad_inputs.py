@@ -801,7 +801,7 @@ def check_escaped(bundle: Path) -> None:
     runtime = json.loads((bundle / "runtime.json").read_text())
     assert runtime["labels"] == EVIL_LABELS and runtime["positive"] == EVIL_LABELS[1]
     for cfg in bundle.rglob("config.pbtxt"):
-        from packager.triton import parse_config
+        from packager.convert.triton import parse_config
 
         assert parse_config(cfg).name == cfg.parent.name == EVIL_NAME
 
@@ -830,10 +830,16 @@ def test_injection_is_escaped_in_every_target(
 
 
 def test_triton_config_escapes_the_same_strings() -> None:
-    """config.pbtxt (packager/triton.py) with the strings above, read back by Triton's own
+    """config.pbtxt (packager/convert/triton.py) with the strings above, read back by Triton's own
     ModelConfig protobuf: each is one string, unchanged, and adds no field."""
     pytest.importorskip("tritonclient.grpc", reason="not validated: tritonclient not installed")
-    from packager.triton import Accelerator, Tensor, TritonModel, parse_config, render_config
+    from packager.convert.triton import (
+        Accelerator,
+        Tensor,
+        TritonModel,
+        parse_config,
+        render_config,
+    )
 
     name = EVIL_NAME + '"\n}\ninstance_group [{ kind: KIND_CPU }]\n#'
     m = TritonModel(

@@ -1,4 +1,4 @@
-"""Stabilised benchmarks (packager/bench.py): windows repeated until three agree, intervals
+"""Stabilised benchmarks (packager/runtime/bench.py): windows repeated until three agree, intervals
 bootstrapped over them, and the host's state recorded, with `noisy` set when a CPU hog runs
 beside the benchmark. No speed is asserted: only what the numbers must be consistent with."""
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from packager.bench import STABLE_WINDOWS, Window, ci95, pooled_throughput, repeat_windows
-from packager.hostinfo import NOISY_OTHERS_PCT
+from packager.core.hostinfo import NOISY_OTHERS_PCT
+from packager.runtime.bench import STABLE_WINDOWS, Window, ci95, pooled_throughput, repeat_windows
 from tests.conftest import Result
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from packager.preprocess import Preprocess
+from packager.shipped.preprocess import Preprocess
 from tests.conftest import assert_user_error, run_predict
 
 BUNDLE = Path("dist/tiny-1.0.0/cpu-onnxruntime")

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 import tomllib
 
-from packager.compare import write_comparison
-from packager.errors import UserError
-from packager.recommend import SCENARIOS, recommend
-from packager.report import summarize
-from packager.sla import load_sla
+from packager.core.errors import UserError
+from packager.reports.compare import write_comparison
+from packager.reports.recommend import SCENARIOS, recommend
+from packager.reports.report import summarize
+from packager.reports.sla import load_sla
 from tests.conftest import Result, assert_user_error
 from tests.test_report import TARGET, build_bundle, load, make_flipped
 

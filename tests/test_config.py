@@ -7,8 +7,8 @@ import pydantic.dataclasses
 import pytest
 import tomllib
 
-from packager.config import load_config, parse_config
-from packager.errors import UserError
+from packager.core.config import load_config, parse_config
+from packager.core.errors import UserError
 
 
 def test_defaults_follow_the_contract() -> None:
@@ -86,8 +86,8 @@ def test_published_option_schemas_take_the_example_and_refuse_what_packager_refu
     packager itself."""
     import jsonschema
 
-    from packager import registry
-    from packager.schema import from_dict
+    from packager.core import registry
+    from packager.core.schema import from_dict
 
     r = cli("targets", "--json", cwd=tmp_path)
     assert r.code == 0, r.stderr

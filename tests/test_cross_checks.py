@@ -16,11 +16,12 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from packager.build import _build_one, target_options
-from packager.config import load_config
-from packager.progress import Progress
-from packager.session import Session
-from packager.target import BuildContext, BuildOutput, CrossCheck, Status
+from packager.build.pipeline import build_one as _build_one
+from packager.build.pipeline import target_options
+from packager.build.session import Session
+from packager.core.config import load_config
+from packager.core.progress import Progress
+from packager.core.target import BuildContext, BuildOutput, CrossCheck, Status
 from packager.targets.cpu_onnxruntime import CpuOnnxRuntime
 
 HALF = "decisions differing from a half-scale head"

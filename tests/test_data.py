@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from packager.data import load_dataset
-from packager.errors import UserError
-from packager.preprocess import Preprocess
+from packager.core.data import load_dataset
+from packager.core.errors import UserError
+from packager.shipped.preprocess import Preprocess
 
 NAMES = ["normal", "pneumonia"]
 

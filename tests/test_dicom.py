@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from packager.data import load_dataset
-from packager.errors import UserError
-from packager.preprocess import Preprocess, load_image
+from packager.core.data import load_dataset
+from packager.core.errors import UserError
+from packager.shipped.preprocess import Preprocess, load_image
 from tests.conftest import DEFAULT_TOML, Result, assert_user_error
 from tests.dicom_files import (
     CR_STORAGE,
@@ -201,7 +201,7 @@ def test_16bit_range_is_stated_not_clipped(tmp_path: Path) -> None:
 
 def test_shipped_preprocess_needs_only_numpy_pillow_pydicom(tmp_path: Path) -> None:
     """The bundle's preprocess.py, alone in a folder, reads a DICOM the same way."""
-    import packager.preprocess as mod
+    import packager.shipped.preprocess as mod
 
     (tmp_path / "preprocess.py").write_text(Path(mod.__file__).read_text())
     f = write_dicom(tmp_path / "x.dcm", np.arange(16, dtype=np.uint8).reshape(4, 4) * 16)
@@ -386,7 +386,7 @@ def test_compressed_without_decoder_names_the_package(tmp_path: Path) -> None:
     import PIL
     import pydicom
 
-    import packager.preprocess as mod
+    import packager.shipped.preprocess as mod
 
     site = tmp_path / "site"
     site.mkdir()
@@ -526,7 +526,7 @@ def test_site_acceptance_failing_gate_still_writes_its_report(
 def test_site_acceptance_on_openvino_and_edge_bundles(
     split, tiny_model: Path, data_path: Path, tmp_path: Path
 ) -> None:
-    from packager.registry import get
+    from packager.core.registry import get
 
     names = ["cpu-openvino", "edge-ort"]
     for name in names:
@@ -566,8 +566,8 @@ def test_site_acceptance_on_openvino_and_edge_bundles(
 def test_streamed_chunks_equal_the_loaded_dataset(split, tmp_path: Path) -> None:
     """The streaming path (packager validate) and the in-memory path (packager build) give the
     same tensors and the same dataset hash, on mixed sizes, bit depths and formats."""
-    from packager.data import open_dataset
-    from packager.stream import iter_chunks
+    from packager.core.data import open_dataset
+    from packager.runtime.stream import iter_chunks
 
     images, labels = split
     for i in range(21):

@@ -1,4 +1,4 @@
-"""The typed documents (packager/documents.py) and their published JSON Schemas (docs/schemas/):
+"""The typed documents (packager/core/documents/__init__.py) and their published JSON Schemas (docs/schemas/):
 the committed schemas are what the models give, and the documents a real build writes pass an
 independent validator (the check-jsonschema CLI) against the committed files."""
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from packager import documents
+from packager.core import documents
 from tests.conftest import Result, assert_user_error, must_have
 from tests.test_trust_verify_first import rehash
 
@@ -41,7 +41,7 @@ def test_committed_schemas_are_what_the_models_give() -> None:
     for name, model in documents.SCHEMAS.items():
         on_disk = json.loads((SCHEMAS / f"{name}.schema.json").read_text())
         assert on_disk == documents.json_schema(model), (
-            f"docs/schemas/{name}.schema.json is stale: run python -m packager.documents "
+            f"docs/schemas/{name}.schema.json is stale: run python -m packager.core.documents "
             "docs/schemas"
         )
 

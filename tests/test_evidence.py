@@ -1,4 +1,4 @@
-"""The sign-off evidence (packager/evidence.py) against independent computations: plain counts,
+"""The sign-off evidence (packager/reports/evidence.py) against independent computations: plain counts,
 scipy's binomial test for the exact McNemar p-value, statsmodels' Wilson interval, sklearn's
 Brier score, a published paired interval, a simulation of the power claim; and a planted
 subgroup failure of a real INT8 build on the real PneumoniaMNIST test split."""
@@ -16,9 +16,9 @@ from sklearn.metrics import brier_score_loss
 from statsmodels.stats.contingency_tables import mcnemar
 from statsmodels.stats.proportion import proportion_confint
 
-from packager.config import GatesConfig
-from packager.evidence import detectable_drop, evidence, newcombe_paired
-from packager.report import signoff, summarize
+from packager.core.config import GatesConfig
+from packager.reports.evidence import detectable_drop, evidence, newcombe_paired
+from packager.reports.report import signoff, summarize
 from tests.conftest import Result, assert_user_error
 
 INT8_TARGET = "edge-ort"  # static QDQ INT8 on ONNX Runtime: real quantization, a few seconds

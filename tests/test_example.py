@@ -19,13 +19,17 @@ import numpy as np
 import pytest
 import torch
 
-from packager.config import load_config
-from packager.errors import UserError
-from packager.examples.pneumonia.data import find_data
-from packager.examples.pneumonia.demo import run_demo
-from packager.examples.pneumonia.export import export_fp32, to_fp16
-from packager.examples.pneumonia.model import make_model
-from packager.examples.pneumonia.train import (
+from packager.build.session import resolve_preprocess
+from packager.core.config import load_config
+from packager.core.errors import UserError
+from packager.core.metrics import wilson
+from packager.core.model import inspect_model
+from packager.core.progress import Progress
+from packager.example.data import find_data
+from packager.example.demo import run_demo
+from packager.example.export import export_fp32, to_fp16
+from packager.example.model import make_model
+from packager.example.train import (
     Settings,
     choose_threshold,
     example_config,
@@ -33,10 +37,6 @@ from packager.examples.pneumonia.train import (
     set_value,
     train,
 )
-from packager.metrics import wilson
-from packager.model import inspect_model
-from packager.progress import Progress
-from packager.session import resolve_preprocess
 from packager.shipped.ort_session import OrtSession
 from tests.conftest import REPO, assert_user_error
 
@@ -192,7 +192,7 @@ def test_train_cli_bad_data_is_a_one_line_error(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "packager.examples.pneumonia.train",
+            "packager.example.train",
             "--data",
             str(tmp_path / "no.npz"),
         ],

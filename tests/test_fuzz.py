@@ -26,8 +26,8 @@ from pathlib import Path
 import onnx
 from onnx import TensorProto
 
-from packager.errors import UserError
-from packager.model import inspect_model
+from packager.core.errors import UserError
+from packager.core.model import inspect_model
 
 seed_model, workdir, cases, seed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 SEED = seed_model.read_bytes()

@@ -22,9 +22,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packager.bundle import bundle_files, make_tarball, verify
-from packager.data import load_dataset
-from packager.errors import UserError
+from packager.build.bundle import bundle_files, make_tarball
+from packager.build.verify import verify
+from packager.core.data import load_dataset
+from packager.core.errors import UserError
 from tests.conftest import Result, _run, bundle_dir
 
 CASES = 300

@@ -1,4 +1,4 @@
-"""Every clinical metric gateable (packager/gates.py): each gate against an independent count
+"""Every clinical metric gateable (packager/core/gates.py): each gate against an independent count
 (numpy, scipy, scikit-learn), its boundary (at the limit passes, one case past it fails), an
 undefined metric failing closed, a real build failed by a gate that names it, and a custom
 metric from a real entry point gating a build."""
@@ -15,12 +15,12 @@ import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import roc_auc_score
 
-from packager.config import GatesConfig
-from packager.errors import UserError
-from packager.evidence import evidence
-from packager.gates import metric_gates
-from packager.metrics import clinical
-from packager.schema import from_dict
+from packager.core.config import GatesConfig
+from packager.core.errors import UserError
+from packager.core.gates import metric_gates
+from packager.core.metrics import clinical
+from packager.core.schema import from_dict
+from packager.reports.evidence import evidence
 from tests.conftest import Result, assert_user_error, bundle_dir
 
 THRESHOLD = 0.5
@@ -192,7 +192,7 @@ def balanced_accuracy(labels, probs, metadata):
 def metric_plugin(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
-    """A real distribution on PYTHONPATH providing the entry point packager.metrics:
+    """A real distribution on PYTHONPATH providing the entry point packager.core.metrics:
     balanced_accuracy (what `pip install` of a plugin leaves in site-packages)."""
     site = tmp_path_factory.mktemp("plugin-site")
     (site / "tiny_metrics.py").write_text(textwrap.dedent(METRIC))
@@ -200,7 +200,7 @@ def metric_plugin(
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-metrics\nVersion: 1.2.0\n")
     (info / "entry_points.txt").write_text(
-        "[packager.metrics]\nbalanced_accuracy = tiny_metrics:balanced_accuracy\n"
+        "[packager.core.metrics]\nbalanced_accuracy = tiny_metrics:balanced_accuracy\n"
     )
     monkeypatch.setenv("PYTHONPATH", str(site))
     return site
@@ -234,7 +234,7 @@ def test_an_unknown_custom_metric_is_refused_before_any_work(
 ) -> None:
     root = project("[gates.custom]\nno_such_metric = {min = 0.5}\n")
     r = cli("build", "-t", "cpu-onnxruntime", "--no-bench", cwd=root)
-    assert_user_error(r, "no_such_metric", "packager.metrics")
+    assert_user_error(r, "no_such_metric", "packager.core.metrics")
     assert not (root / "dist").exists() or not any((root / "dist").rglob("report.json"))
 
 
@@ -271,7 +271,7 @@ def test_non_finite_scores_rank_as_the_decisions_read_them() -> None:
     curve; checked against scikit-learn on the scores replaced by hand."""
     from sklearn.metrics import roc_curve as sk_curve
 
-    from packager.metrics import roc_auc, roc_curve
+    from packager.core.metrics import roc_auc, roc_curve
 
     y = np.array([1, 1, 1, 0, 0, 0, 1, 0])
     s = np.array([0.9, np.nan, np.inf, 0.2, -np.inf, 0.95, 0.6, np.nan])

@@ -93,8 +93,8 @@ def test_packager_imports_with_targets_unavailable() -> None:
             if not m.name.startswith(("packager.targets", "packager.examples")):
                 importlib.import_module(m.name)
         assert not any(n.startswith("packager.targets.") for n in sys.modules), sorted(sys.modules)
-        from packager.registry import get
-        from packager.errors import UserError
+        from packager.core.registry import get
+        from packager.core.errors import UserError
         try:
             get("cpu-openvino")
         except UserError as e:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from packager.metrics import clinical, flipped, roc_auc, to_probabilities, wilson
+from packager.core.metrics import clinical, flipped, roc_auc, to_probabilities, wilson
 
 
 def test_sensitivity_matches_an_independent_count() -> None:

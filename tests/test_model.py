@@ -4,8 +4,8 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from packager.errors import UserError
-from packager.model import inspect_model, load_model, opset_of, upgrade_opset
+from packager.core.errors import UserError
+from packager.core.model import inspect_model, load_model, opset_of, upgrade_opset
 
 
 def test_inspect_reports_signature_and_flops(tiny_model: Path) -> None:

@@ -12,7 +12,7 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from packager.errors import ModelRefused
+from packager.core.errors import ModelRefused
 
 torch = pytest.importorskip(
     "torch", reason="the Core ML path needs torch (pip install packager[coreml])"

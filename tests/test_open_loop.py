@@ -1,4 +1,4 @@
-"""Open-loop load (packager/openloop.py): the serving loop on a virtual clock against an
+"""Open-loop load (packager/runtime/openloop.py): the serving loop on a virtual clock against an
 independent queue simulation (Lindley's recursion, with the batcher's rule written out in plain
 Python), Poisson arrivals against their known mean, and `packager bench --open-loop` on a real
 bundle, whose max_rate is recounted from its own points."""
@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packager.openloop import MAX_DROP_SHARE, arrivals, serve
+from packager.runtime.openloop import MAX_DROP_SHARE, arrivals, serve
 from tests.conftest import Result, bundle_dir
 
 

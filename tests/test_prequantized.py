@@ -14,9 +14,9 @@ import numpy as np
 import onnx
 import pytest
 
-from packager.build import _converter_errors
-from packager.errors import ConversionFailed
-from packager.registry import names
+from packager.build.stages import converter_errors as _converter_errors
+from packager.core.errors import ConversionFailed
+from packager.core.registry import names
 from tests.conftest import Result
 from tests.models import make_custom_op, make_quantized
 
@@ -268,9 +268,9 @@ def test_a_failed_gate_outranks_a_refusal_and_the_json_is_printed(
 
 
 def test_exit_code_precedence_is_the_documented_one() -> None:
-    from packager.build import TargetResult
+    from packager.build.state import TargetResult
     from packager.cli import build_exit
-    from packager.errors import GateFailed, ModelRefused, Unavailable
+    from packager.core.errors import GateFailed, ModelRefused, Unavailable
 
     ok = TargetResult("a", "passed")
     refused = TargetResult("b", "unsupported-model", "no kernel for X")
@@ -310,8 +310,8 @@ def test_the_cheap_check_agrees_with_onnx_runtime_itself(
     """ONNX Runtime's kernel registry says yes exactly where an InferenceSession loads."""
     import onnxruntime as ort
 
-    from packager.model import inspect_model
-    from packager.registry import get
+    from packager.core.model import inspect_model
+    from packager.core.registry import get
 
     constant = with_constant_node(tiny_model, tmp_path / "constant.onnx")
     for model in (tiny_model, constant, qoperator, qdq, custom_op):

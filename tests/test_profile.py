@@ -1,4 +1,4 @@
-"""Per-operator profiles (packager/profile.py): each ONNX Runtime / OpenVINO bundle carries its
+"""Per-operator profiles (packager/runtime/profile.py): each ONNX Runtime / OpenVINO bundle carries its
 runtime's raw profile, and the report's top 5 is recounted from that raw file (ONNX Runtime's
 Chrome trace; OpenVINO's performance counters) independently of packager's reduction."""
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from packager import registry
+from packager.core import registry
 from tests.conftest import Result, bundle_dir
 
 TARGETS = ["cpu-onnxruntime", "cpu-openvino", "edge-ort"]

@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
 
-from packager.config import SECTIONS, Config, load_config, parse_config
-from packager.data import load_dataset
-from packager.errors import UserError
-from packager.preprocess import Preprocess
+from packager.core.config import SECTIONS, Config, load_config, parse_config
+from packager.core.data import load_dataset
+from packager.core.errors import UserError
+from packager.shipped.preprocess import Preprocess
 
 # PACKAGER_PROPERTY_EXAMPLES=5000 for a long local run; the suite keeps them bounded.
 LONG = int(os.environ.get("PACKAGER_PROPERTY_EXAMPLES", "0"))
@@ -536,7 +536,7 @@ def test_zip_with_bad_member_is_a_user_error(bad: str, tmp_path: Path) -> None:
 def test_sixteen_bit_image_is_kept_not_clipped(tmp_path: Path) -> None:
     """Pillow's 8-bit conversion clips 16-bit pixels at 255; the loader keeps every 16-bit value
     (preprocess.py then maps 0..65535 onto 0..255, tests/test_dicom.py)."""
-    from packager.preprocess import load_image
+    from packager.shipped.preprocess import load_image
 
     (tmp_path / "normal").mkdir()
     deep = np.array([[0, 1000], [30000, 65535]], np.uint16)

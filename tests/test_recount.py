@@ -16,7 +16,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.proportion import proportion_confint
 
-from packager import registry
+from packager.core import registry
 from tests.conftest import Result, bundle_dir
 
 GATES = {"min_sensitivity": 0.98, "max_sensitivity_drop": 0.005}  # the documented defaults

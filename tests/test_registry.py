@@ -1,7 +1,7 @@
 import dataclasses
 
-from packager import registry
-from packager.schema import describe
+from packager.core import registry
+from packager.core.schema import describe
 
 
 def test_every_registered_target_loads_and_declares_options() -> None:

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packager.data import load_dataset
-from packager.metrics import clinical
-from packager.render import render_reports
+from packager.core.data import load_dataset
+from packager.core.metrics import clinical
+from packager.reports.render import render_reports
 from tests.conftest import DEFAULT_TOML, Result, _run
 
 TARGET = "cpu-onnxruntime"
@@ -234,7 +234,7 @@ def test_user_text_is_escaped(project: Callable[..., Path], cli: Callable[..., R
 
 
 def test_harness_overhead_is_stated_only_where_the_runtime_timed_its_calls() -> None:
-    from packager.report import summarize
+    from packager.reports.report import summarize
 
     row = {"batch_size": 1, "latency_ms": {"p50": 0.44, "p95": 0.5}, "throughput_sps": 2000.0}
     bench = {"status": "ok", "batches": [row]}

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from packager.compare import write_comparison
-from packager.render import render_reports
+from packager.reports.compare import write_comparison
+from packager.reports.render import render_reports
 from tests.conftest import must_have
 from tests.test_report import TARGET, build_bundle, make_flipped, validation_images
 

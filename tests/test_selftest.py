@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from packager.build import finish_report
+from packager.build.state import ValidationInfo, verdict
 from tests.conftest import REPO, assert_user_error
 
 ROOT = Path("dist/tiny-1.0.0")
@@ -66,7 +66,9 @@ def test_report_records_the_code_that_ships(dist: Path, target: str) -> None:
     assert (bundle / "runtime.py").read_bytes() == (
         REPO / "targets" / package / "runtime.py"
     ).read_bytes()
-    assert (bundle / "preprocess.py").read_bytes() == (REPO / "packager/preprocess.py").read_bytes()
+    assert (bundle / "preprocess.py").read_bytes() == (
+        REPO / "packager/shipped/preprocess.py"
+    ).read_bytes()
     for name in ("runtime.py", "predict.py", "selftest.py", "preprocess.py"):
         assert "packager" not in _python_imports(bundle / name), name
     # The build ran the bundle's own self-test on the staged bundle, as a gate.
@@ -193,17 +195,14 @@ def test_packager_selftest_on_a_tarball(dist: Path, cli: Callable[..., object]) 
 
 
 def test_a_check_that_did_not_run_is_never_passed() -> None:
-    from packager.target import Check
+    from packager.core.target import Check
 
     check = Check("cross-check", None, 0, True, "onnxruntime-gpu is not installed", ran=False)
     assert not check.passed and check.to_dict()["status"] == "not-run"
-    report = {
-        "gates": {"checks": [{"name": "min_sensitivity", "passed": True}, check.to_dict()]},
-        "validation": {"not_validated": "", "proxy": None},
-    }
-    finish_report(report, [])
-    assert report["status"] == "not-validated"
-    assert "cross-check not run (onnxruntime-gpu is not installed)" in report["reason"]
+    checks = [Check("min_sensitivity", 1.0, 0.98, True), check]
+    status, reason = verdict(checks, ValidationInfo(None))
+    assert status == "not-validated"
+    assert "cross-check not run (onnxruntime-gpu is not installed)" in reason
 
 
 @pytest.fixture(scope="module")

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from packager.bundle import verify
-from packager.errors import UserError
+from packager.build.verify import verify
+from packager.core.errors import UserError
 from tests.conftest import DEFAULT_TOML, _run, assert_user_error, must_have
 
 TARGET = "cpu-onnxruntime"

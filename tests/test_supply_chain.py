@@ -134,8 +134,9 @@ def test_sbom_of_a_not_validated_bundle_is_valid_too(bundle: Path) -> None:
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
 
-    from packager.bundle import bundle_files
-    from packager.supply_chain import sbom_json
+    from packager.build.bundle import bundle_files
+    from packager.build.state import BuildState
+    from packager.build.supply_chain import sbom_json
 
     meta = load(bundle, "manifest.json") | {"runtime": {}, "status": "not-validated"}
     report = load(bundle, "report.json") | {
@@ -145,7 +146,7 @@ def test_sbom_of_a_not_validated_bundle_is_valid_too(bundle: Path) -> None:
         "status": "not-validated",
         "reason": "not validated: no Mac",
     }
-    text = sbom_json(bundle_files(bundle), report, meta)
+    text = sbom_json(bundle_files(bundle), BuildState.load(report), meta)
     assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(text) is None
     doc = json.loads(text)
     card = next(c for c in doc["components"] if c["bom-ref"] == "model")["modelCard"]
@@ -214,9 +215,10 @@ def test_times_come_only_from_source_date_epoch(bundle: Path, tmp_path: Path) ->
     assert "metadata" not in stmt["predicate"]["runDetails"]
     code = (
         "import json, sys; from pathlib import Path; "
-        "from packager.supply_chain import write_sbom_and_provenance as w; "
+        "from packager.build.supply_chain import write_sbom_and_provenance as w; "
+        "from packager.build.state import BuildState; "
         "b = Path(sys.argv[1]); m = json.loads((b / 'manifest.json').read_text()); "
-        "w(b, json.loads((b / 'report.json').read_text()), m)"
+        "w(b, BuildState.load(json.loads((b / 'report.json').read_text())), m)"
     )
     copy = tmp_path / TARGET
     subprocess.run(["cp", "-rL", str(bundle), str(copy)], check=True)

@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from packager.errors import UserError
-from packager.triton import (
+from packager.convert.triton import (
     Accelerator,
     Tensor,
     TritonModel,
@@ -20,6 +19,7 @@ from packager.triton import (
     serve_commands,
     write_repository,
 )
+from packager.core.errors import UserError
 
 pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc]")
 from tritonclient.grpc import model_config_pb2 as pb  # noqa: E402

@@ -1,7 +1,7 @@
 """Gates on their boundaries and the precision search's choice on fixed tables (issue 28 item 2).
 
 Each gate is tried exactly at its limit (passes) and one case past it (fails), on real Clinical
-values computed by packager.metrics from hand-made label/probability arrays whose counts are
+values computed by packager.core.metrics from hand-made label/probability arrays whose counts are
 known by construction, so a `>=` turned into `>` (or a lost float tolerance) fails here. The
 precision search's select() gets candidate tables whose right answer is written by hand."""
 
@@ -13,12 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from packager.config import GatesConfig, parse_config
-from packager.evidence import evidence, evidence_checks
-from packager.metrics import clinical
-from packager.search import ranked_by, select
-from packager.status import ReportStatus
-from packager.validate import gate_checks
+from packager.build.search import ranked_by, select
+from packager.core.config import GatesConfig, parse_config
+from packager.core.metrics import clinical
+from packager.core.status import ReportStatus
+from packager.reports.evidence import evidence, evidence_checks
+from packager.runtime.validate import gate_checks
 
 THRESHOLD = 0.5
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packager.preprocess import Preprocess, load_image
+from packager.shipped.preprocess import Preprocess, load_image
 from tests.dicom_files import write_dicom
 
 

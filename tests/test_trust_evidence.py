@@ -1,4 +1,4 @@
-"""The paired comparison behind the sign-off (packager/evidence.py) against an independent
+"""The paired comparison behind the sign-off (packager/reports/evidence.py) against an independent
 implementation (issue 28 item 2): Newcombe's interval for a paired difference of proportions
 (method 10 of Newcombe, Stat Med 1998;17:2635-50) written here from the paper's formulas on top
 of statsmodels' Wilson interval, on symmetric and asymmetric count tables; the exact McNemar
@@ -14,8 +14,8 @@ import pytest
 from scipy.stats import binomtest
 from statsmodels.stats.proportion import proportion_confint
 
-from packager.config import GatesConfig
-from packager.evidence import evidence, newcombe_paired
+from packager.core.config import GatesConfig
+from packager.reports.evidence import evidence, newcombe_paired
 
 
 def newcombe_reference(a: int, b: int, c: int, d: int) -> tuple[float, float]:

@@ -26,7 +26,7 @@ from tests.conftest import DEFAULT_TOML, _run, bundle_dir
 
 pydicom = pytest.importorskip("pydicom")
 
-# The floors as the issue states them, written out independently of packager.selftest.FLOORS.
+# The floors as the issue states them, written out independently of packager.runtime.golden.FLOORS.
 FLOORS = {"fp32": 1e-4, "fp16": 1e-3, "int8": 5e-3, "bf16": 2e-2}
 PROXY_FLOOR = 1e-2
 ALL_FORMATS = '["png", "jpeg", "tiff", "bmp", "dicom"]'
@@ -360,7 +360,7 @@ def test_a_decision_flip_within_tolerance_is_rejected(png_bundle: Path, tmp_path
 
 @pytest.mark.parametrize("precision", sorted(FLOORS))
 def test_floors_are_pinned_per_precision(precision: str) -> None:
-    from packager.selftest import floor_for
+    from packager.runtime.golden import floor_for
 
     assert floor_for(precision, proxy=False) == FLOORS[precision]
     assert floor_for(precision, proxy=True) == max(FLOORS[precision], PROXY_FLOOR)
@@ -444,8 +444,8 @@ def test_a_slightly_perturbed_model(png_bundle: Path, tmp_path: Path, times: flo
     ],
 )
 def test_bad_formats_name_the_key(data: dict, words: list[str]) -> None:
-    from packager.config import parse_config
-    from packager.errors import UserError
+    from packager.core.config import parse_config
+    from packager.core.errors import UserError
 
     with pytest.raises(UserError) as err:
         parse_config(data, Path("/tmp"))
@@ -454,10 +454,10 @@ def test_bad_formats_name_the_key(data: dict, words: list[str]) -> None:
 
 
 def test_dicom_is_declared_by_the_data_or_the_window(tmp_path: Path) -> None:
-    from packager.config import parse_config
-    from packager.data import holds_dicom, scan_folder
-    from packager.errors import UserError
-    from packager.session import resolve_formats
+    from packager.build.session import resolve_formats
+    from packager.core.config import parse_config
+    from packager.core.data import holds_dicom, scan_folder
+    from packager.core.errors import UserError
     from tests.dicom_files import write_dicom
 
     for label in ("normal", "pneumonia"):

@@ -139,7 +139,7 @@ def test_a_13000_square_16bit_png_is_refused_from_its_header(
 def test_a_tiff_past_the_pixel_limit_is_refused_before_decoding(tmp_path: Path) -> None:
     """The same limit for TIFF: a small TIFF whose header is made to declare 12000x12000 (over
     Pillow's limit, under the twice-that where Pillow itself would refuse it)."""
-    from packager.preprocess import ImageError, load_image
+    from packager.shipped.preprocess import ImageError, load_image
 
     path = tmp_path / "big.tif"
     Image.fromarray(np.zeros((4, 4), np.uint16)).save(path)

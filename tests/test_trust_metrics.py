@@ -1,4 +1,4 @@
-"""packager.metrics on data that is not perfectly separated (false positives, false negatives,
+"""packager.core.metrics on data that is not perfectly separated (false positives, false negatives,
 tied scores, scores exactly at the threshold), against scikit-learn and statsmodels, which share
 no code with it (issue 28 item 2: a swapped sensitivity denominator passed tests/test_metrics.py,
 whose data has no FP and no FN)."""
@@ -18,9 +18,9 @@ from sklearn.metrics import (
 from sklearn.metrics import roc_curve as sk_roc_curve
 from statsmodels.stats.proportion import proportion_confint
 
-from packager.config import parse_config
-from packager.metrics import clinical, roc_auc, roc_curve, to_probabilities, wilson
-from packager.validate import gate_checks
+from packager.core.config import parse_config
+from packager.core.metrics import clinical, roc_auc, roc_curve, to_probabilities, wilson
+from packager.runtime.validate import gate_checks
 
 
 def _overlapping(

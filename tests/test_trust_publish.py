@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from packager.config import parse_config
+from packager.core.config import parse_config
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, must_have
 
 TARGET = "cpu-onnxruntime"

@@ -192,9 +192,9 @@ def test_the_whole_test_split_passes_loose_gates_and_not_the_default_ones(
 
 
 def test_a_bundle_without_a_reference_lists_the_drop_gate_as_not_applied() -> None:
-    from packager.config import parse_config
-    from packager.metrics import clinical
-    from packager.site_gates import site_gates
+    from packager.core.config import parse_config
+    from packager.core.metrics import clinical
+    from packager.hospital.site_gates import site_gates
 
     probs = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     clin = clinical(probs, np.array([1, 0, 1]), 1, 0.5)
@@ -272,7 +272,7 @@ def test_identifier_matcher_covers_annex_e_and_keeps_de_identified_groups() -> N
     PS3.15 Table E.1-1 tags, each also in its "Patient's Name" spelling."""
     from pydicom.datadict import dictionary_description, keyword_for_tag
 
-    from packager.identifiers import identifier_reason
+    from packager.core.identifiers import identifier_reason
 
     annex_e_tags = [0x00100010, 0x00100020, 0x00100030, 0x00080050, 0x00080020, 0x00080090]
     for tag in annex_e_tags:

@@ -1,4 +1,4 @@
-"""packager/validate.py's helpers on small real inputs: the gate lines' recorded values, the
+"""packager/runtime/validate.py's helpers on small real inputs: the gate lines' recorded values, the
 output kind, evaluate() and the batching of predict_all() on a real ONNX Runtime session (a
 two-layer graph built here), each against a plain recomputation."""
 
@@ -12,10 +12,10 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper
 
-from packager.config import parse_config
-from packager.errors import UserError
-from packager.metrics import clinical
-from packager.validate import (
+from packager.core.config import parse_config
+from packager.core.errors import UserError
+from packager.core.metrics import clinical
+from packager.runtime.validate import (
     CLINICAL_GATES,
     evaluate,
     gate_checks,

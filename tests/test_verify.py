@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-import packager.bundle as bundle_mod
-from packager.errors import UserError
+import packager.build.bundle as bundle_mod
+from packager.core.errors import UserError
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error
 
 TARGET = "cpu-onnxruntime"

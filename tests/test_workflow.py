@@ -15,8 +15,8 @@ import click
 import pytest
 from ruamel.yaml import YAML
 
-from packager import registry
 from packager.cli import cli
+from packager.core import registry
 from tests.conftest import must_have
 
 REPO = Path(__file__).resolve().parents[1]

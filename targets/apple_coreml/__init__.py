@@ -25,20 +25,29 @@ from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from packager import __version__
-from packager.errors import UserError
-from packager.installed import missing
-from packager.metrics import flipped as flipped_decisions
-from packager.metrics import to_probabilities
-from packager.model import ModelInfo, load_model
-from packager.preprocess import Preprocess
-from packager.schema import typed
+from packager.core.errors import UserError
+from packager.core.installed import missing
+from packager.core.metrics import flipped as flipped_decisions
+from packager.core.metrics import to_probabilities
+from packager.core.model import ModelInfo, load_model
+from packager.core.schema import typed
+from packager.core.target import (
+    Availability,
+    BuildContext,
+    BuildOutput,
+    Candidate,
+    Check,
+    Proxy,
+    Status,
+    Target,
+)
 from packager.shipped.predict import infer_all
-from packager.target import Availability, BuildContext, BuildOutput, Check, Proxy, Status, Target
+from packager.shipped.preprocess import Preprocess
 from packager.targets.apple_coreml.runtime import NOT_MAC, PROBS_OUTPUT, SCORES_OUTPUT, TorchProxy
 
 MODEL = "model.mlpackage"
@@ -54,7 +63,7 @@ PROXY_LABEL = (
 
 @typed
 class Options:
-    # auto: packager.search tries fp16 and fp32, ships the best one passing every gate.
+    # auto: packager.build.search tries fp16 and fp32, ships the best one passing every gate.
     precision: Literal["fp16", "fp32", "auto"] = "fp16"
     objective: Literal["latency", "throughput", "size"] = "latency"  # what auto optimizes
     # ML Programs need iOS 15 / macOS 12 or newer; iOS16 adds FP16 inputs and more ops.
@@ -127,22 +136,20 @@ def image_scale_bias(pre: Preprocess) -> tuple[float, list[float]]:
 
 def metadata(ctx: BuildContext, p: Plan) -> dict[str, Any]:
     """Model metadata written into the .mlpackage, and checked after reading it back."""
-    cfg, labels = ctx.config, ctx.config.labels
+    m, labels = ctx.model_config, ctx.labels
     decision = (
         f"Decide '{labels.positive}' when its probability is >= {labels.threshold} "
         "(the validated threshold; the top label alone is not the clinical decision)."
     )
     kind = "probabilities" if p.classifier else ctx.output_kind
-    summary = cfg.model.description or (
-        f"{cfg.model.name} {cfg.model.version}: {' / '.join(labels.names)} classifier"
-    )
+    summary = m.description or (f"{m.name} {m.version}: {' / '.join(labels.names)} classifier")
     return {
-        "author": cfg.model.author or "unspecified ([model] author)",
-        "license": cfg.model.license or "unspecified ([model] license)",
+        "author": m.author or "unspecified ([model] author)",
+        "license": m.license or "unspecified ([model] license)",
         "short_description": f"{summary.rstrip('.')}. {decision}",
-        "version": cfg.model.version,
+        "version": m.version,
         "user": {
-            "name": cfg.model.name,
+            "name": m.name,
             "threshold": repr(labels.threshold),
             "positive_class": labels.positive,
             "labels": json.dumps(labels.names),
@@ -168,7 +175,7 @@ NOISE = (
 def quiet(log: list[str]) -> Iterator[None]:
     """coremltools prints progress bars and import chatter on stderr; keep what matters (e.g.
     'Torch version ... has not been tested with coremltools') in `log` for the report."""
-    # Not packager.quiet: this captures stderr and warnings for the report; build.py's
+    # Not packager.core.quiet: this captures stderr and warnings for the report; build.py's
     # stdout_to_stderr already guards stdout around target.build.
     import warnings
 
@@ -239,7 +246,7 @@ def convert(ctx: BuildContext, p: Plan, program: Any, log: list[str]) -> Any:
         batch = p.batch or ct.RangeDim(1, opts.max_batch, default=1)
         inp = ct.TensorType(name=TENSOR_INPUT, shape=ct.Shape((batch, *shape)), dtype=np.float32)
     kwargs: dict[str, Any] = (
-        {"classifier_config": ct.ClassifierConfig(list(ctx.config.labels.names))}
+        {"classifier_config": ct.ClassifierConfig(list(ctx.labels.names))}
         if p.classifier
         else {"outputs": [ct.TensorType(name=SCORES_OUTPUT, dtype=np.float32)]}
     )
@@ -257,7 +264,7 @@ def convert(ctx: BuildContext, p: Plan, program: Any, log: list[str]) -> Any:
 
 
 def describe(ml: Any, ctx: BuildContext, p: Plan, meta: dict[str, Any]) -> None:
-    labels = ctx.config.labels
+    labels = ctx.labels
     pre = ctx.preprocess
     ml.author, ml.license = meta["author"], meta["license"]
     ml.short_description, ml.version = meta["short_description"], meta["version"]
@@ -409,8 +416,8 @@ def spec_checks(
             io_.append(f"outputs {names}, expected {[LABEL_OUTPUT, PROBS_OUTPUT]}")
         if spec["predicted_probabilities"] != PROBS_OUTPUT:
             io_.append(f"probabilities output '{spec['predicted_probabilities']}'")
-        if spec["classes"] != list(ctx.config.labels.names):
-            io_.append(f"class labels {spec['classes']}, expected {ctx.config.labels.names}")
+        if spec["classes"] != list(ctx.labels.names):
+            io_.append(f"class labels {spec['classes']}, expected {ctx.labels.names}")
     elif names != [SCORES_OUTPUT]:
         io_.append(f"outputs {names}, expected ['{SCORES_OUTPUT}']")
     got_meta = spec["metadata"]
@@ -450,7 +457,6 @@ def translation_check(
     Not a declared CrossCheck: those compare with the validated runner, which off macOS is this
     same module (a gate that could not fail), and gate on flips only, not on max |dp|."""
     opts: Options = ctx.options
-    cfg = ctx.config
     kind = options["scores"]
     x = ctx.x
     ref = ctx.reference
@@ -460,7 +466,7 @@ def translation_check(
         ours = to_probabilities(infer_all(proxy, x, 64, ctx.model.fixed_batch), kind)
     finally:
         proxy.close()
-    pos, thr = cfg.labels.positive_index, cfg.labels.threshold
+    pos, thr = ctx.labels.positive_index, ctx.labels.threshold
     diff = float(np.max(np.abs(ours - ref))) if len(x) else 0.0
     flipped = flipped_decisions(ours, ref, pos, thr)
     details = {"n": len(x), "max_abs_diff": diff, "flipped": flipped, "atol": opts.translation_atol}
@@ -532,13 +538,13 @@ class AppleCoreML(Target):
             reason += ": re-export without them or choose another target"
         return Status(False, reason)
 
-    # ---- precision search (packager.search) -----------------------------------------------
+    # ---- precision search (packager.build.search) -----------------------------------------------
 
-    search_option = "precision"
+    search_option: ClassVar[str | None] = "precision"
 
-    def search_candidates(self, opts: Any) -> list[tuple[str, dict[str, Any], str]]:
+    def search_space(self, options: Any) -> list[Candidate]:
         """fp16 and fp32; off macOS both are validated on the labelled proxy and marked so."""
-        return [("fp16", {"precision": "fp16"}, ""), ("fp32", {"precision": "fp32"}, "")]
+        return [Candidate("fp16", {"precision": "fp16"}), Candidate("fp32", {"precision": "fp32"})]
 
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
         import torch
@@ -569,7 +575,7 @@ class AppleCoreML(Target):
             "input_name": p.input_name,
             "image": p.image,
             "classifier": p.classifier,
-            "labels": list(ctx.config.labels.names),
+            "labels": list(ctx.labels.names),
             "batch": p.batch,
             "intermediate_batch": fixed,
             "max_batch": opts.max_batch,
@@ -582,7 +588,7 @@ class AppleCoreML(Target):
             translation, translation_details = translation_check(ctx, stage, options)
         return BuildOutput(
             precision=opts.precision,
-            runner_options=options,
+            runtime_config=options,
             details={
                 "minimum_deployment_target": opts.minimum_deployment_target,
                 "compute_units": opts.compute_units,

@@ -25,8 +25,8 @@ import torch.nn.functional as F
 from onnx import numpy_helper
 from torch import nn
 
-from packager.errors import ModelRefused
-from packager.model import DEFAULT_DOMAINS, opset_of, qualified, split_op
+from packager.core.errors import ModelRefused
+from packager.core.model import DEFAULT_DOMAINS, opset_of, qualified, split_op
 
 # A value flowing through the graph: a runtime tensor, a compile-time constant (numpy), or Dims.
 Value = Any
@@ -74,7 +74,7 @@ def supported_ops() -> list[str]:
 
 
 def uncovered_ops(operators: Iterable[str]) -> list[str]:
-    """The operators (qualified by domain, as packager.model names them) this translation does
+    """The operators (qualified by domain, as packager.core.model names them) this translation does
     not cover: anything outside the default ONNX domain, and default ops missing from OPS."""
     return sorted(
         name
@@ -746,5 +746,5 @@ class OnnxModule(nn.Module):
 
 
 def to_torch(model: onnx.ModelProto) -> OnnxModule:
-    """Translate `model` (checked by packager.model.inspect_model) into an eval-mode module."""
+    """Translate `model` (checked by packager.core.model.inspect_model) into an eval-mode module."""
     return OnnxModule(model).eval()

@@ -7,10 +7,17 @@ import shutil
 from pathlib import Path
 from typing import Any, Literal
 
-from packager.model import ModelInfo
-from packager.ort_support import ort_accepts
-from packager.schema import Threads, typed
-from packager.target import PRE_QUANTIZED, Availability, BuildContext, BuildOutput, Status, Target
+from packager.convert.ort_support import ort_accepts
+from packager.core.model import ModelInfo
+from packager.core.schema import Threads, typed
+from packager.core.target import (
+    PRE_QUANTIZED,
+    Availability,
+    BuildContext,
+    BuildOutput,
+    Status,
+    Target,
+)
 
 
 @typed
@@ -49,7 +56,7 @@ class CpuOnnxRuntime(Target):
         opts = ctx.options
         return BuildOutput(
             precision=PRE_QUANTIZED if ctx.model.quantization else "fp32",
-            runner_options={
+            runtime_config={
                 "model": "model.onnx",
                 "threads": opts.threads,
                 "optimization": opts.optimization,

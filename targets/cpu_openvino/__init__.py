@@ -13,26 +13,28 @@ from contextlib import contextmanager
 from dataclasses import field
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from packager.errors import ConversionFailed, ModelRefused, Unavailable, UserError
-from packager.installed import missing
-from packager.metrics import clinical, to_probabilities
-from packager.model import ModelInfo
-from packager.schema import Threads, typed
-from packager.target import (
+from packager.convert.triton import Tensor, TritonModel, serve_commands, write_repository
+from packager.core.errors import ConversionFailed, ModelRefused, Unavailable, UserError
+from packager.core.installed import missing
+from packager.core.metrics import clinical, to_probabilities
+from packager.core.model import ModelInfo
+from packager.core.schema import Threads, typed
+from packager.core.target import (
     PRE_QUANTIZED,
     REEXPORT_QDQ,
     Availability,
     BuildContext,
     BuildOutput,
+    Candidate,
     Check,
+    Diagnosis,
     Status,
     Target,
 )
-from packager.triton import Tensor, TritonModel, serve_commands, write_repository
 
 # What each bundle precision computes in on the CPU. fp16 and int8 IRs keep f32 activations for
 # everything that is not quantized; only bf16 lowers the arithmetic itself.
@@ -60,7 +62,7 @@ OVMS_IMAGE = "openvino/model_server:latest"
 
 @typed
 class Options:
-    # auto: packager.search tries every candidate, ships the best one passing every gate.
+    # auto: packager.build.search tries every candidate, ships the best one passing every gate.
     precision: Literal["fp32", "fp16", "bf16", "int8", "auto"] = "fp32"
     int8_mode: Literal["ptq", "accuracy-control"] = "ptq"
     objective: Literal["latency", "throughput", "size"] = "latency"  # what auto optimizes
@@ -275,7 +277,7 @@ def quantize(ctx: BuildContext, model: Any) -> tuple[Any, dict[str, Any], list[C
     import openvino as ov
     from nncf.quantization.advanced_parameters import AdvancedAccuracyRestorerParameters
 
-    cfg, opts = ctx.config, ctx.options
+    opts = ctx.options
     batch = ctx.model.fixed_batch or 1
     cal_images = ctx.calibration()
     calibration = _chunks(cal_images, batch)
@@ -289,7 +291,7 @@ def quantize(ctx: BuildContext, model: Any) -> tuple[Any, dict[str, Any], list[C
     details: dict[str, Any] = {
         "mode": opts.int8_mode,
         "preset": opts.preset,
-        "calibration": {"split": cfg.data.calibration_split, "images": len(cal_images)},
+        "calibration": {"split": ctx.data.calibration_split, "images": len(cal_images)},
     }
     verbose = ctx.progress.enabled
     if opts.keep_float:
@@ -310,16 +312,16 @@ def quantize(ctx: BuildContext, model: Any) -> tuple[Any, dict[str, Any], list[C
         details["layers"] = layer_precisions(q)
         return q, details, []
 
-    control = ctx.dataset(opts.control_split).subset(opts.control_size, cfg.data.seed)
+    control = ctx.dataset(opts.control_split).subset(opts.control_size, ctx.data.seed)
     xs = _chunks(ctx.preprocess(control.images), batch)
     ys = _chunks(control.labels, batch, fill=-1)  # padding rows are never positives
     items = list(zip(xs, ys, strict=True))
     metric = SensitivityMetric(
-        cfg.labels.positive_index,
-        cfg.labels.threshold,
+        ctx.labels.positive_index,
+        ctx.labels.threshold,
         ctx.output_kind,
     )
-    max_drop = cfg.gates.max_sensitivity_drop
+    max_drop = ctx.gates.max_sensitivity_drop
     fp32_sens = metric(_compile_f32(model), items)[0]
     with tempfile.TemporaryDirectory(prefix="packager-nncf-") as tmp, _nncf_output(verbose):
         q = nncf.quantize_with_accuracy_control(
@@ -347,7 +349,7 @@ def quantize(ctx: BuildContext, model: Any) -> tuple[Any, dict[str, Any], list[C
     details["control"] = {
         "split": opts.control_split,
         "images": len(control),
-        "positives": int((control.labels == cfg.labels.positive_index).sum()),
+        "positives": int((control.labels == ctx.labels.positive_index).sum()),
         "sensitivity_fp32": fp32_sens,
         "sensitivity_int8": int8_sens,
         "drop": drop,
@@ -388,16 +390,16 @@ def _int8_note(details: dict[str, Any]) -> str:
 # --------------------------------------------------------------------------------------- serving
 
 
-def _write_serving(ctx: BuildContext, stage: Path, runner_options: dict[str, Any]) -> dict:
+def _write_serving(ctx: BuildContext, stage: Path, runtime_config: dict[str, Any]) -> dict:
     """A Triton model repository for the OpenVINO backend (OVMS reads the same <name>/1/ layout)
     and an OVMS config that pins the precision."""
-    info, name = ctx.model, ctx.config.model.name
-    precision = runner_options["inference_precision"]
+    info, name = ctx.model, ctx.model_config.name
+    precision = runtime_config["inference_precision"]
     params = {"PERFORMANCE_HINT": "LATENCY"}
     if precision == "bf16":
         params["HINT_BF16"] = "YES"
-    if runner_options["threads"]:
-        params["INFERENCE_NUM_THREADS"] = str(runner_options["threads"])
+    if runtime_config["threads"]:
+        params["INFERENCE_NUM_THREADS"] = str(runtime_config["threads"])
     fixed = info.fixed_batch is not None
     model = TritonModel(
         name=name,
@@ -417,8 +419,8 @@ def _write_serving(ctx: BuildContext, stage: Path, runner_options: dict[str, Any
         {"model.xml": stage / "model.xml", "model.bin": stage / "model.bin"},
     )
     plugin = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY"}
-    if runner_options["threads"]:
-        plugin["INFERENCE_NUM_THREADS"] = str(runner_options["threads"])
+    if runtime_config["threads"]:
+        plugin["INFERENCE_NUM_THREADS"] = str(runtime_config["threads"])
     ovms = {
         "model_config_list": [
             {"config": {"name": name, "base_path": f"/models/{name}", "plugin_config": plugin}}
@@ -475,7 +477,7 @@ class CpuOpenVino(Target):
         if opts.precision == "int8" and why:
             raise Unavailable(f"INT8 needs NNCF: {why}")
         accuracy_control = opts.precision == "int8" and opts.int8_mode == "accuracy-control"
-        if accuracy_control and opts.control_split == ctx.config.data.split:
+        if accuracy_control and opts.control_split == ctx.data.split:
             raise UserError(
                 f"[targets.cpu-openvino] control_split = '{opts.control_split}' is the validation "
                 "split; tuning INT8 on the images it is validated on hides errors — use 'val' or "
@@ -491,7 +493,7 @@ class CpuOpenVino(Target):
             notes.append(_int8_note(details["int8"]))
         # save_model compresses weights to fp16 unless told not to: only the fp16 bundle wants it.
         ov.save_model(model, stage / "model.xml", compress_to_fp16=opts.precision == "fp16")
-        runner_options = {
+        runtime_config = {
             "model": "model.xml",
             "inference_precision": hint,
             "hint": "both",
@@ -515,7 +517,7 @@ class CpuOpenVino(Target):
             )
             + "."
         )
-        details["serving"] = _write_serving(ctx, stage, runner_options)
+        details["serving"] = _write_serving(ctx, stage, runtime_config)
         if not details["serving"]["triton_pins_precision"]:
             notes.append(
                 "Triton's OpenVINO backend has no parameter that pins f32: on CPUs with native "
@@ -533,7 +535,7 @@ class CpuOpenVino(Target):
             )
         return BuildOutput(
             precision=precision,
-            runner_options=runner_options,
+            runtime_config=runtime_config,
             details=details,
             notes=notes,
             checks=checks,
@@ -543,12 +545,12 @@ class CpuOpenVino(Target):
     def requirements(self, options: dict[str, Any]) -> list[str]:
         return ["openvino"]
 
-    # ---- precision search (packager.search) -----------------------------------------------------
+    # ---- precision search (packager.build.search) -----------------------------------------------------
 
-    search_option = "precision"
+    search_option: ClassVar[str | None] = "precision"
 
-    def search_candidates(self, opts: Any) -> list[tuple[str, dict[str, Any], str]]:
-        """(label, option overrides, why it is not a candidate here or ""). Accuracy control
+    def search_space(self, options: Any) -> list[Candidate]:
+        """fp32, fp16, bf16 and both INT8 modes, each with its reason where it cannot run. Accuracy control
         runs before PTQ: its fully quantized starting point is the PTQ model (calibrated once)."""
         caps = cpu_facts()["capabilities"] if _cpu_status().ok else []
         no_bf16 = (
@@ -560,20 +562,20 @@ class CpuOpenVino(Target):
         why = missing({"nncf": "nncf"}, "openvino")
         no_nncf = f"not a candidate: INT8 needs NNCF: {why}" if why else ""
         return [
-            ("fp32", {"precision": "fp32"}, ""),
-            ("fp16", {"precision": "fp16"}, ""),
-            ("bf16", {"precision": "bf16"}, no_bf16),
-            (
+            Candidate("fp32", {"precision": "fp32"}),
+            Candidate("fp16", {"precision": "fp16"}),
+            Candidate("bf16", {"precision": "bf16"}, no_bf16),
+            Candidate(
                 "int8-accuracy-control",
                 {"precision": "int8", "int8_mode": "accuracy-control"},
                 no_nncf,
             ),
-            ("int8-ptq", {"precision": "int8", "int8_mode": "ptq"}, no_nncf),
+            Candidate("int8-ptq", {"precision": "int8", "int8_mode": "ptq"}, no_nncf),
         ]
 
     def search_diagnose(
         self, ctx: BuildContext, label: str, details: dict[str, Any], others: dict[str, Any], x: Any
-    ) -> tuple[dict[str, Any], tuple[str, dict[str, Any]] | None] | None:
+    ) -> Diagnosis | None:
         """Where INT8 PTQ loses the gate: the layers NNCF's accuracy control had to revert to
         float (ranked by NNCF by their effect on the scores). The accuracy-control candidate is
         itself the mixed-precision follow-up, so none is added."""
@@ -582,17 +584,22 @@ class CpuOpenVino(Target):
         ac = (others.get("int8-accuracy-control") or {}).get("int8") or {}
         reverted = ac.get("reverted_to_float")
         if reverted is None:
-            return {
-                "method": "NNCF accuracy control",
-                "layers": [],
-                "reason": "accuracy control did not run, so NNCF ranked no layer",
-            }, None
-        return {
-            "method": "NNCF accuracy control: layers reverted to float to hold sensitivity "
-            f"on split '{ac.get('control', {}).get('split')}'",
-            "layers": [{"layer": n} for n in reverted],
-            "follow_up": "the int8-accuracy-control candidate keeps exactly these layers in float",
-        }, None
+            return Diagnosis(
+                {
+                    "method": "NNCF accuracy control",
+                    "layers": [],
+                    "reason": "accuracy control did not run, so NNCF ranked no layer",
+                }
+            )
+        return Diagnosis(
+            {
+                "method": "NNCF accuracy control: layers reverted to float to hold sensitivity "
+                f"on split '{ac.get('control', {}).get('split')}'",
+                "layers": [{"layer": n} for n in reverted],
+                "follow_up": "the int8-accuracy-control candidate keeps exactly these layers in "
+                "float",
+            }
+        )
 
     def bench_variants(self, options: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
         if options.get("hint", "both") != "both":

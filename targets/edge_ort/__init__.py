@@ -13,34 +13,36 @@ import string
 import tempfile
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import onnx
 from onnx import TensorProto, helper
 
-from packager.errors import Unavailable, UserError
-from packager.model import ModelInfo, load_model, opset_of, upgrade_opset
-from packager.ort_quant import (
+from packager.convert.ort_quant import (
     OFFENDING_SQNR_DB,
     qdq_layer_errors,
     quantize_dynamic_int8,
     quantize_static_qdq,
 )
-from packager.ort_support import ort_accepts
-from packager.preprocess import Preprocess
-from packager.schema import Threads, typed
-from packager.target import (
+from packager.convert.ort_support import ort_accepts
+from packager.core.errors import Unavailable, UserError
+from packager.core.model import ModelInfo, load_model, opset_of, upgrade_opset
+from packager.core.schema import Threads, typed
+from packager.core.target import (
     PRE_QUANTIZED,
     Availability,
     BuildContext,
     BuildOutput,
+    Candidate,
     Check,
     CrossCheck,
     CrossCheckResult,
+    Diagnosis,
     Status,
     Target,
 )
+from packager.shipped.preprocess import Preprocess
 
 MODEL = "model.ort"
 IMAGE_MODEL = "model_image.ort"
@@ -57,7 +59,7 @@ REPLAY = {"session.enable_saved_runtime_optimizations": "1"}
 
 @typed
 class Options:
-    # auto: packager.search tries every candidate, ships the best one passing every gate.
+    # auto: packager.build.search tries every candidate, ships the best one passing every gate.
     quantize: Literal["none", "dynamic", "static", "auto"] = "none"
     objective: Literal["latency", "throughput", "size"] = "latency"  # what auto optimizes
     keep_float: list[str] = field(default_factory=list)  # static: nodes left in float (mixed)
@@ -173,7 +175,7 @@ class EdgeOrt(Target):
             else PRE_QUANTIZED
             if ctx.model.quantization
             else float_precision,
-            runner_options={
+            runtime_config={
                 "model": MODEL,
                 "image_model": IMAGE_MODEL if opts.embed_preprocessing else None,
                 "threads": opts.threads,
@@ -185,16 +187,16 @@ class EdgeOrt(Target):
             artifacts=[MODEL],
         )
 
-    # ---- precision search (packager.search) -----------------------------------------------
+    # ---- precision search (packager.build.search) -----------------------------------------------
 
-    search_option = "quantize"
+    search_option: ClassVar[str | None] = "quantize"
 
-    def search_candidates(self, opts: Any) -> list[tuple[str, dict[str, Any], str]]:
-        """(label, option overrides, why it is not a candidate here or "")."""
+    def search_space(self, options: Any) -> list[Candidate]:
+        """No quantization, dynamic and static INT8 (each with its reason where it cannot run)."""
         return [
-            ("none", {"quantize": "none"}, ""),
-            ("dynamic", {"quantize": "dynamic"}, ""),
-            ("static", {"quantize": "static"}, ""),
+            Candidate("none", {"quantize": "none"}),
+            Candidate("dynamic", {"quantize": "dynamic"}),
+            Candidate("static", {"quantize": "static"}),
         ]
 
     def search_diagnose(
@@ -204,7 +206,7 @@ class EdgeOrt(Target):
         details: dict[str, Any],
         others: dict[str, Any],
         x: np.ndarray,
-    ) -> tuple[dict[str, Any], tuple[str, dict[str, Any]] | None] | None:
+    ) -> Diagnosis | None:
         """Where static INT8 loses the gate: ONNX Runtime's QDQ debugging tools on `x` (the
         images whose decision flipped), and a follow-up that keeps the offending layers in
         float."""
@@ -228,8 +230,8 @@ class EdgeOrt(Target):
             "offending": [r["layer"] for r in offending],
             "keep_float": keep,
         }
-        follow = ("static-mixed", {"quantize": "static", "keep_float": keep}) if keep else None
-        return diagnosis, follow
+        follow = Candidate("static-mixed", {"quantize": "static", "keep_float": keep})
+        return Diagnosis(diagnosis, follow if keep else None)
 
     # ---- runners -----------------------------------------------------------------------------
 

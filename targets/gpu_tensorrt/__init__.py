@@ -14,14 +14,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import onnx
 
-from packager.errors import ConversionFailed, Unavailable, UserError
-from packager.installed import missing
-from packager.model import (
+from packager.convert.ort_quant import quantize_static_qdq
+from packager.convert.triton import (
+    Accelerator,
+    Tensor,
+    TritonModel,
+    serve_commands,
+    write_repository,
+)
+from packager.core.errors import ConversionFailed, Unavailable, UserError
+from packager.core.installed import missing
+from packager.core.model import (
     DEFAULT_DOMAINS,
     ModelInfo,
     graph_inputs,
@@ -29,28 +37,27 @@ from packager.model import (
     load_model,
     split_op,
 )
-from packager.ort_quant import quantize_static_qdq
-from packager.schema import typed
-from packager.target import (
+from packager.core.schema import typed
+from packager.core.target import (
     PRE_QUANTIZED,
     REEXPORT_QDQ,
     Availability,
     BuildContext,
     BuildOutput,
+    Candidate,
     CrossCheck,
     Proxy,
     Status,
     Target,
 )
 from packager.targets.gpu_tensorrt.runtime import Gpu, cuda, cudart, current_gpu, dims
-from packager.triton import Accelerator, Tensor, TritonModel, serve_commands, write_repository
 
 DEFAULT_PREFERRED = (8, 16, 32)
 
 
 @typed
 class Options:
-    # auto: packager.search tries every candidate, ships the best one passing every gate.
+    # auto: packager.build.search tries every candidate, ships the best one passing every gate.
     precision: Literal["fp16", "fp32", "int8", "auto"] = "fp16"
     objective: Literal["latency", "throughput", "size"] = "latency"  # what auto optimizes
     max_batch_size: int = 64  # Triton's max_batch_size and the engine profile's max
@@ -338,11 +345,11 @@ class GpuTensorRT(Target):
         refusal = parser_refusal(model)
         return Status(False, refusal) if refusal else Status(True)
 
-    # ---- precision search (packager.search) -----------------------------------------------
+    # ---- precision search (packager.build.search) -----------------------------------------------
 
-    search_option = "precision"
+    search_option: ClassVar[str | None] = "precision"
 
-    def search_candidates(self, opts: Any) -> list[tuple[str, dict[str, Any], str]]:
+    def search_space(self, options: Any) -> list[Candidate]:
         """fp16 and fp32 everywhere (validated on the labelled proxy without CUDA); int8 only
         where an engine is built and calibrated on a GPU."""
         gpu, reason = cuda_host()
@@ -350,9 +357,9 @@ class GpuTensorRT(Target):
             "" if gpu else f"not a candidate: INT8 needs a TensorRT engine built here ({reason})"
         )
         return [
-            ("fp16", {"precision": "fp16"}, ""),
-            ("fp32", {"precision": "fp32"}, ""),
-            ("int8", {"precision": "int8"}, no_int8),
+            Candidate("fp16", {"precision": "fp16"}),
+            Candidate("fp32", {"precision": "fp32"}),
+            Candidate("int8", {"precision": "int8"}, no_int8),
         ]
 
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
@@ -366,7 +373,7 @@ class GpuTensorRT(Target):
                 f'gpu-tensorrt: engine = "require" but {reason}; use engine = "auto" to ship '
                 "the portable form"
             )
-        name = ctx.config.model.name
+        name = ctx.model_config.name
         vdir = stage / "triton" / name / "1"
         vdir.mkdir(parents=True)
         # With an engine, the ONNX it came from stays beside the repository (to rebuild it for
@@ -378,7 +385,7 @@ class GpuTensorRT(Target):
         io = Io.of(ctx, opts, onnx_path)
         out = BuildOutput(
             precision=PRE_QUANTIZED if prequantized else opts.precision,
-            runner_options={
+            runtime_config={
                 "model": onnx_path.relative_to(stage).as_posix(),
                 "precision": opts.precision,
             },
@@ -404,7 +411,7 @@ class GpuTensorRT(Target):
                 "memory_mb": gpu.memory_mb,
                 "tensorrt": version,
             }
-            out.runner_options |= {
+            out.runtime_config |= {
                 "plan": plan.relative_to(stage).as_posix(),
                 "built_for": built_for,
             }
@@ -431,7 +438,7 @@ class GpuTensorRT(Target):
             "commands": serve_commands(triton),
         }
         if cache_file.exists():
-            split = ctx.config.data.calibration_split
+            split = ctx.data.calibration_split
             out.details["calibration"] = {"split": split, "cache": cache_file.name}
         out.artifacts = [p.relative_to(stage).as_posix() for p in sorted(vdir.iterdir())]
         return out

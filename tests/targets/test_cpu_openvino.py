@@ -17,7 +17,7 @@ from tests.test_recount import recount
 ov = pytest.importorskip("openvino", reason="needs openvino (pip install 'packager[openvino]')")
 pytest.importorskip("nncf", reason="needs nncf (pip install 'packager[openvino]')")
 
-from packager.runner import ModuleRunner  # noqa: E402
+from packager.runtime.runner import ModuleRunner  # noqa: E402
 from packager.targets.cpu_openvino import cpu_facts  # noqa: E402
 
 TARGET = "cpu-openvino"
@@ -152,7 +152,7 @@ def test_pin_is_applied_by_runner_and_predict_py(build, data_path, tiny_model) -
     bundle = root / BUNDLE
     with np.load(data_path) as d:
         images = d["test_images"][:16]
-    from packager.preprocess import Preprocess
+    from packager.shipped.preprocess import Preprocess
 
     x = Preprocess.from_json(bundle / "preprocess.json")(images)
     options = {"model": "model.xml", "inference_precision": "f32"}
@@ -191,7 +191,7 @@ def test_bench_reports_latency_and_throughput_modes(build) -> None:
 
 
 def test_triton_repository_and_ovms_config(build) -> None:
-    from packager.triton import check_repository, parse_config
+    from packager.convert.triton import check_repository, parse_config
 
     root, r = build()
     assert r.code == 0, r.stderr

@@ -14,11 +14,11 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from packager.build import run_cross_checks
-from packager.config import load_config
-from packager.progress import Progress
-from packager.registry import get
-from packager.session import Session
+from packager.build.session import Session
+from packager.build.stages import run_cross_checks
+from packager.core.config import load_config
+from packager.core.progress import Progress
+from packager.core.registry import get
 from packager.targets.edge_ort import IMAGE_MODEL, MODEL, Options
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, bundle_dir
 from tests.test_recount import recount

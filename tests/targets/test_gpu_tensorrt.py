@@ -14,13 +14,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from packager.config import load_config
-from packager.errors import Unavailable
-from packager.preprocess import Preprocess
-from packager.render import render
-from packager.runner import ModuleRunner
+from packager.convert.triton import check_repository, parse_config
+from packager.core.config import load_config
+from packager.core.errors import Unavailable
+from packager.core.templating import render
+from packager.runtime.runner import ModuleRunner
+from packager.shipped.preprocess import Preprocess
 from packager.targets.gpu_tensorrt import GpuTensorRT, cuda_host
-from packager.triton import check_repository, parse_config
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, run_predict
 from tests.test_recount import recount
 

@@ -1,0 +1,90 @@
+"""Subprocess entry point: `python -m packager.runtime.worker job.json` (see runner.run_worker)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from packager.core.errors import Unavailable
+from packager.runtime.bench import measure
+from packager.runtime.runner import ModuleRunner
+from packager.runtime.validate import predict_all
+
+
+def main(spec_path: str) -> None:
+    job = json.loads(Path(spec_path).read_text())
+    work = Path(job["workdir"])
+    x = np.load(work / "x.npy", allow_pickle=False)
+    bundle = Path(job["bundle"])
+    code = Path(job.get("code") or bundle)
+    try:
+        runner = ModuleRunner(code, bundle, job["options"], kind=job.get("kind", "main"))
+        result = _run(job, runner, work, x)
+    except Unavailable as exc:  # the host lacks the runtime: a result, reported by the parent
+        (work / "unavailable.txt").write_text(str(exc))
+        return
+    (work / "result.json").write_text(json.dumps(result))
+
+
+def _run(job: dict, runner: ModuleRunner, work: Path, x: np.ndarray) -> dict:
+    result: dict = {}
+    if job["job"] == "predict":
+        with runner:
+            scores = predict_all(runner, x, job["batch_size"], job.get("fixed_batch"))
+            result["runtime"] = runner.info()
+        np.save(work / "scores.npy", scores, allow_pickle=False)
+        result["arrays"] = ["scores"]
+    elif job["job"] == "golden":
+        from packager.runtime.golden import record
+
+        samples, raw = np.load(work / "samples.npy"), np.load(work / "raw.npy")
+        with runner:
+            golden = record(runner, x, samples, raw, job["spec"])
+            result["runtime"] = runner.info()
+        keys = ("x", "probs", "kinds", "raw_probs", "raw_chosen")
+        for key in keys:
+            np.save(work / f"golden_{key}.npy", golden.pop(key), allow_pickle=False)
+        result |= golden | {"arrays": [f"golden_{key}" for key in keys]}
+    elif job["job"] == "openloop":
+        from packager.runtime.openloop import search
+
+        o = job["open_loop"]
+        with runner:
+            result = search(
+                runner,
+                x,
+                o["sla_ms"],
+                o["max_batch"],
+                o["max_delay_ms"],
+                o["seconds"],
+                o.get("rates"),
+                job.get("fixed_batch"),
+            )
+            result["runtime"] = runner.info()
+    elif job["job"] == "profile":
+        with runner:
+            raw = runner.profile(x, job["calls"])
+            result["runtime"] = runner.info()
+        if raw is not None:
+            (work / "profile.json").write_text(json.dumps(raw.pop("raw")))
+        result["profile"] = raw
+    elif job["job"] == "bench":
+        b = job["bench"]
+        result = measure(
+            runner,
+            x,
+            b["batch_sizes"],
+            b["warmup"],
+            b["seconds"],
+            b["min_iterations"],
+            b.get("stability", 0.10),
+            b.get("max_seconds"),
+        )
+    return result
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
