@@ -192,7 +192,7 @@ def balanced_accuracy(labels, probs, metadata):
 def metric_plugin(
     tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
 ) -> Path:
-    """A real distribution on PYTHONPATH providing the entry point packager.core.metrics:
+    """A real distribution on PYTHONPATH providing the entry point packager.metrics:
     balanced_accuracy (what `pip install` of a plugin leaves in site-packages)."""
     site = tmp_path_factory.mktemp("plugin-site")
     (site / "tiny_metrics.py").write_text(textwrap.dedent(METRIC))
@@ -200,7 +200,7 @@ def metric_plugin(
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: tiny-metrics\nVersion: 1.2.0\n")
     (info / "entry_points.txt").write_text(
-        "[packager.core.metrics]\nbalanced_accuracy = tiny_metrics:balanced_accuracy\n"
+        "[packager.metrics]\nbalanced_accuracy = tiny_metrics:balanced_accuracy\n"
     )
     monkeypatch.setenv("PYTHONPATH", str(site))
     return site
@@ -234,7 +234,7 @@ def test_an_unknown_custom_metric_is_refused_before_any_work(
 ) -> None:
     root = project("[gates.custom]\nno_such_metric = {min = 0.5}\n")
     r = cli("build", "-t", "cpu-onnxruntime", "--no-bench", cwd=root)
-    assert_user_error(r, "no_such_metric", "packager.core.metrics")
+    assert_user_error(r, "no_such_metric", "packager.metrics")
     assert not (root / "dist").exists() or not any((root / "dist").rglob("report.json"))
 
 

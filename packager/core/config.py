@@ -177,7 +177,7 @@ class GatesConfig:
     max_flip_rate: float | None = None
     max_ece_increase: float | None = None
     paired_alpha: float | None = None  # exact McNemar: the target significantly worse fails
-    # [gates.custom] name = {min = ..} / {max = ..}: a metric from a `packager.core.metrics` entry point
+    # [gates.custom] name = {min = ..} / {max = ..}: a metric from a `packager.metrics` entry point
     custom: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def check(self, where: str) -> None:

@@ -1,5 +1,5 @@
 """The clinical gates beyond sensitivity: specificity, AUC, PPV/NPV at a declared prevalence, flip
-rate, calibration and the paired test, plus custom metrics from `packager.core.metrics` entry points.
+rate, calibration and the paired test, plus custom metrics from `packager.metrics` entry points.
 Each is off unless set in [gates]. A metric whose denominator is empty is undefined and fails
 closed: a gate never passes on a number the data cannot give."""
 
@@ -17,7 +17,7 @@ from packager.core.errors import UserError
 from packager.core.metrics import Clinical
 from packager.core.target import Check
 
-METRICS_GROUP = "packager.core.metrics"
+METRICS_GROUP = "packager.metrics"
 SLACK = 1e-12  # a value equal to its limit passes, whatever the float rounding of either
 
 
@@ -109,7 +109,7 @@ def custom_metric_names() -> dict[str, EntryPoint]:
 
 
 def check_custom(g: GatesConfig) -> None:
-    """Before any work: every [gates.custom] name is an installed `packager.core.metrics` entry point."""
+    """Before any work: every [gates.custom] name is an installed `packager.metrics` entry point."""
     installed = custom_metric_names()
     for name in g.custom:
         if name not in installed:

@@ -175,7 +175,7 @@ NOISE = (
 def quiet(log: list[str]) -> Iterator[None]:
     """coremltools prints progress bars and import chatter on stderr; keep what matters (e.g.
     'Torch version ... has not been tested with coremltools') in `log` for the report."""
-    # Not packager.core.quiet: this captures stderr and warnings for the report; build.py's
+    # Not packager.core.quiet: this captures stderr and warnings for the report; the build's
     # stdout_to_stderr already guards stdout around target.build.
     import warnings
 

@@ -22,7 +22,6 @@ config, the clinical evidence) stay open; everything packager itself decides is 
 from __future__ import annotations
 
 import json
-import sys
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar, dataclass_transform
@@ -93,7 +92,7 @@ class Host(_Closed):
 
 @_part
 class Step:
-    """One build step in report.json (build.py, revalidate.py append them)."""
+    """One build step in report.json (the build stages and site validation append them)."""
 
     name: str
     status: StepStatus
@@ -892,8 +891,3 @@ def write_schemas(folder: Path) -> list[Path]:
         path.write_text(dumps(json_schema(model)))
         paths.append(path)
     return paths
-
-
-if __name__ == "__main__":  # python -m packager.core.documents docs/schemas
-    for p in write_schemas(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/schemas")):
-        print(p)
