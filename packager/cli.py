@@ -121,6 +121,7 @@ class Workflow(click.Group):
         "selftest",
         "validate",
         "bench",
+        "cache",
         "demo",
     )
 
@@ -163,8 +164,19 @@ def cli() -> None:
     default=None,
     help="auto: try every precision each target offers, ship the best passing every gate.",
 )
-@click.option("--force", is_flag=True, help="Replace bundles that already exist.")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Build again even when a bundle is up to date, or was built from other inputs "
+    "(published as a new generation; the cache is still used).",
+)
 @click.option("--no-bench", is_flag=True, help="Skip benchmarks (validation still runs).")
+@click.option(
+    "--no-cache",
+    is_flag=True,
+    help="Neither reuse nor store conversions and validations ($PACKAGER_CACHE, default "
+    "~/.cache/packager).",
+)
 @sign_option
 @json_option
 @quiet_option
@@ -177,6 +189,7 @@ def build(
     precision: str | None,
     force: bool,
     no_bench: bool,
+    no_cache: bool,
     sign: Path | None,
     as_json: bool,
     quiet: bool,
@@ -200,8 +213,11 @@ def build(
     names = registry.names() if all_targets else list(dict.fromkeys(target_names))
     check_targets(cfg.targets, names)  # a misspelt target before any model or data is read
     session = Session.open(cfg, Progress(False if quiet else None))
+    from packager.build.cache import Cache
+
     explicit, auto = not all_targets, precision == "auto"
-    results = run_build(session, names, force, not no_bench, int8, explicit, auto)
+    cache = None if no_cache else Cache()
+    results = run_build(session, names, force, not no_bench, int8, explicit, auto, cache)
     lines = [f"{r.target:16} {r.status:17} {r.bundle or r.reason}" for r in results]
     emit({"results": [r.to_dict() for r in results]}, as_json, "\n".join(lines))
     build_exit(results, explicit=not all_targets)
@@ -700,6 +716,66 @@ HOST_ERRNOS = {
     errno.ENOTDIR,
     errno.ENAMETOOLONG,
 }
+
+
+@cli.group("cache")
+def cache_group() -> None:
+    """The build cache: conversions and validations reused when their inputs are identical."""
+
+
+@cache_group.command("ls")
+@json_option
+def cache_ls(as_json: bool) -> None:
+    """List the cache's entries, least recently used first."""
+    from packager.build.cache import Cache
+
+    c = Cache()
+    entries = c.ls()
+    lines = [
+        f"{e.kind:12} {e.key[:16]}  {e.meta.get('target', '?'):16} {e.size / 2**20:8.1f} MB  "
+        f"{e.created}"
+        for e in entries
+    ]
+    total = sum(e.size for e in entries) / 2**20
+    lines.append(f"{len(entries)} entries, {total:.1f} MB in {c.root}")
+    emit({"root": str(c.root), "entries": [asdict(e) for e in entries]}, as_json, "\n".join(lines))
+
+
+@cache_group.command("prune")
+@click.option(
+    "--older-than",
+    "days",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Remove entries unused for this many days.",
+)
+@click.option(
+    "--max-size-mb",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Then remove the least recently used until the cache is at most this size.",
+)
+@json_option
+def cache_prune(days: float | None, max_size_mb: float | None, as_json: bool) -> None:
+    """Remove old or least recently used entries."""
+    from packager.build.cache import Cache
+
+    if days is None and max_size_mb is None:
+        raise click.UsageError("give --older-than DAYS and/or --max-size-mb MB")
+    limit = None if max_size_mb is None else int(max_size_mb * 2**20)
+    removed = Cache().prune(days, limit)
+    text = f"removed {len(removed)} entries ({sum(e.size for e in removed) / 2**20:.1f} MB)"
+    emit({"removed": [asdict(e) for e in removed]}, as_json, text)
+
+
+@cache_group.command("clear")
+@json_option
+def cache_clear(as_json: bool) -> None:
+    """Remove every entry."""
+    from packager.build.cache import Cache
+
+    n = Cache().clear()
+    emit({"removed": n}, as_json, f"removed {n} entries")
 
 
 def main(argv: list[str] | None = None) -> None:

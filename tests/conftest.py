@@ -27,6 +27,19 @@ DATA = Path(
 ON_CI = os.environ.get("CI", "").lower() == "true"
 
 
+# Builds in tests never share the user's build cache, nor one another's: a session-wide empty
+# cache for session fixtures, and a fresh one per test (tests/test_cache_build.py opts in to
+# reuse within one test).
+os.environ["PACKAGER_CACHE"] = tempfile.mkdtemp(prefix="packager-test-cache-")
+
+
+@pytest.fixture(autouse=True)
+def own_build_cache(
+    tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("PACKAGER_CACHE", str(tmp_path_factory.mktemp("cache")))
+
+
 def must_have(reason: str) -> NoReturn:
     """A missing capability CI always provides: a failure on CI (one line), a skip elsewhere."""
     if ON_CI:

@@ -78,7 +78,13 @@ def test_build_publishes_a_complete_bundle(project, cli, tiny_model, data_path) 
     assert abs(line["probabilities"]["pneumonia"] - p[0]) < 1e-5
     assert (line["decision"] == "pneumonia") == (p[0] >= 0.2)
 
-    # An existing bundle is never replaced silently.
+    # An identical build finds it up to date; other inputs never replace it silently.
+    manifest = (bundle / "manifest.json").read_bytes()
+    again = cli("build", "--target", "cpu-onnxruntime", "--json", cwd=root)
+    assert again.code == 0 and again.json["results"][0]["reason"] == "up to date"
+    assert (bundle / "manifest.json").read_bytes() == manifest
+    with (root / "packager.toml").open("a") as f:
+        f.write("\n[gates]\nmin_specificity = 0.0\n")
     assert_user_error(cli("build", "--target", "cpu-onnxruntime", cwd=root), "--force")
 
 

@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import shutil
 import traceback
+from contextlib import suppress
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from packager.build import search, stages
+from packager.build import reuse, search, stages
 from packager.build.bundle import ensure_writable, locked, make_tarball, new_stage, publish
+from packager.build.cache import Cache
+from packager.build.inputs import inputs_key
 from packager.build.session import Session
 from packager.build.signing import check_private_key
 from packager.build.stages.convert import Converter
@@ -27,6 +30,7 @@ from packager.core.schema import from_dict
 from packager.core.status import RefusalStatus, ResultStatus, StepStatus
 from packager.core.target import Target
 from packager.runtime.runner import WorkerFailed
+from packager.shipped.integrity import MANIFEST
 
 # A target that cannot take this model: refused by its support check or its converter.
 REFUSED = tuple(RefusalStatus)
@@ -57,20 +61,18 @@ def build(
     int8: bool,
     explicit: bool,
     auto: bool = False,
+    cache: Cache | None = None,
 ) -> list[TargetResult]:
     """`packager build`: every named target, each through the stages, in order. `int8`:
     --int8; `auto`: --precision auto; `explicit`: the targets were named (one that breaks
-    stops the build), not --all."""
+    stops the build), not --all. A published bundle built from the same inputs is up to date
+    (not rebuilt unless `force`); `cache` reuses conversions and validations."""
     check_targets(s.cfg.targets, names)
     check_custom(s.cfg.gates)
     if s.cfg.sign.key:  # a bad key fails here, before any conversion and before dist/ exists
         check_private_key(Path(s.cfg.sign.key))
     ensure_writable(Path(s.cfg.output.dir))
     root = stages.bundle_root(s)
-    if not force:
-        existing = [n for n in names if (root / n).exists()]
-        if existing:
-            raise UserError(f"{root / existing[0]} already exists; pass --force to replace it")
     targets, results = [], []
     for n in names:  # everything this host cannot do is known before any work starts
         try:
@@ -91,6 +93,13 @@ def build(
             results.append(
                 refused(s, t.name, RefusalStatus.unsupported_model, verdict.reason, verdict.log)
             )
+    inputs = {t.name: inputs_key(s, t, options[t.name], bench) for t in targets}
+    for t in list(targets):  # before any conversion: unchanged ones are up to date
+        done = up_to_date(root / t.name, inputs[t.name], force)
+        if done is not None:
+            targets.remove(t)
+            s.progress.say(f"[{t.name}] up to date: {root / t.name}")
+            results.append(done)
     if not targets:
         return in_order(results, names)
     try:
@@ -101,7 +110,8 @@ def build(
         ) from None
     for t in targets:
         try:
-            results.append(build_target(s, t, options[t.name], reference, bench, int8))
+            one = build_target(s, t, options[t.name], reference, bench, int8, cache, inputs[t.name])
+            results.append(one)
         except UserError:
             raise
         except ModelRefused as exc:  # the converter's refusal: this target's result, not a crash
@@ -118,21 +128,48 @@ def build(
     return in_order(results, names)
 
 
+def up_to_date(bundle: Path, inputs: str, force: bool) -> TargetResult | None:
+    """The published bundle's result when it was built from exactly these inputs; None when
+    there is none, or `force`. One built from other inputs is replaced only with --force."""
+    if not bundle.exists() or force:
+        return None
+    recorded = None
+    with suppress(OSError, ValueError):
+        recorded = documents.read(bundle / MANIFEST, documents.Manifest).get("inputs_sha256")
+    if recorded != inputs:
+        changed = "was built from other inputs" if recorded else "records no build inputs"
+        raise UserError(
+            f"{bundle} already exists and {changed}; pass --force to build a new generation"
+        )
+    state = BuildState.load(documents.read(bundle / "report.json", documents.Report))
+    status = state.status or ResultStatus.error
+    return TargetResult(state.target, ResultStatus(status), "up to date", str(bundle))
+
+
 def in_order(results: list[TargetResult], names: list[str]) -> list[TargetResult]:
     return sorted(results, key=lambda r: names.index(r.target))
 
 
 def build_target(
-    s: Session, t: Target, opts: Any, reference: np.ndarray, bench: bool, int8: bool
+    s: Session,
+    t: Target,
+    opts: Any,
+    reference: np.ndarray,
+    bench: bool,
+    int8: bool,
+    cache: Cache | None,
+    inputs: str,
 ) -> TargetResult:
     """One target: its precision search first when its Options ask for one ("auto")."""
     if not search.wants(t, opts):
-        return build_one(s, t, opts, reference, bench, int8)
+        return build_one(s, t, opts, reference, bench, int8, cache=cache, inputs=inputs)
     found = search.run(s, t, opts, reference)
     if isinstance(found, TargetResult):  # no candidate passed: nothing to publish
         return found
     try:
-        return build_one(s, t, found.opts, reference, bench, int8, found.converter, found.state)
+        return build_one(
+            s, t, found.opts, reference, bench, int8, found.converter, found.state, inputs=inputs
+        )
     finally:
         found.done()
 
@@ -146,13 +183,21 @@ def build_one(
     int8: bool,
     converter: Converter | None = None,  # search: the winner's conversion, reused
     validated: BuildState | None = None,  # search: the winner's validation, reused
+    cache: Cache | None = None,
+    inputs: str | None = None,  # packager.build.inputs.inputs_key, recorded in the manifest
 ) -> TargetResult:
     stage = new_stage(Path(s.cfg.output.dir), t.name)
     bdir = stage / t.name
     try:
         ctx = s.context(opts)
-        built = stages.convert(s, t, ctx, bdir, converter)
-        convert_step = (StepStatus.ok, f"precision {built.precision}")
+        if converter is not None:  # the search's winner: its folder, already converted
+            built, reused = stages.convert(s, t, ctx, bdir, converter), ""
+        else:
+            built, reused = reuse.convert(s, t, ctx, bdir, cache)
+        convert_step = (
+            StepStatus.ok,
+            f"precision {built.precision}" + (f"; {reused}" if reused else ""),
+        )
         if int8 and not t.int8_option:
             built.notes.append(
                 "--int8 is not supported by this target; built its default precision"
@@ -160,7 +205,8 @@ def build_one(
         size_mb = stages.artifact_mb(bdir, built)
         code = stages.install_runtime(s, t, bdir, built)
         # the search validated these very files (copied with validation.npz and golden set)
-        state = validated or stages.validate(s, t, ctx, bdir, built, reference)
+        state = validated or reuse.validate(s, t, ctx, bdir, built, reference, cache)
+        state.inputs_sha256 = inputs
         state.steps.insert(0, documents.Step("convert", *convert_step))
         state.code = code
         stages.selftest(s, t, bdir, built, state, recorded=validated is not None)

@@ -68,6 +68,7 @@ class BuildState:
     steps: list[Step] = field(default_factory=list)
     status: ReportStatus | None = None  # set by finish
     reason: str = ""
+    inputs_sha256: str | None = None  # packager.build.inputs.inputs_key: manifest.json only
 
     @property
     def gates_passed(self) -> bool:
@@ -127,17 +128,7 @@ class BuildState:
                 v.get("limitations", []),
             ),
             clinical=report["clinical"],
-            checks=[
-                Check(
-                    c["name"],
-                    c["value"],
-                    c["limit"],
-                    c["passed"],
-                    c["reason"],
-                    ran=c["status"] != CheckStatus.not_run,
-                )
-                for c in report["gates"]["checks"]
-            ],
+            checks=[Check.from_dict(c) for c in report["gates"]["checks"]],
             details=report["details"],
             notes=report["notes"],
             code=report["code"],
@@ -145,8 +136,8 @@ class BuildState:
             benchmark=report["benchmark"],
             precision_search=report.get("precision_search"),
             steps=[Step(s["name"], StepStatus(s["status"]), s["reason"]) for s in report["steps"]],
-            status=ReportStatus(report["status"]),
-            reason=report["reason"],
+            status=ReportStatus(report["status"]) if "status" in report else None,
+            reason=report.get("reason", ""),
         )
 
 

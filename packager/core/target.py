@@ -85,6 +85,12 @@ class Check:
             "reason": self.reason,
         }
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Check:
+        """A check read back from report.json (or the build cache)."""
+        ran = d["status"] != CheckStatus.not_run
+        return cls(d["name"], d["value"], d["limit"], d["passed"], d["reason"], ran=ran)
+
 
 @dataclass(frozen=True)
 class BuildContext:
@@ -119,6 +125,20 @@ class BuildOutput:
     notes: list[str] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)  # target-specific gates
     artifacts: list[str] = field(default_factory=list)  # the deployable model files (for size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "precision": self.precision,
+            "runtime_config": self.runtime_config,
+            "details": self.details,
+            "notes": self.notes,
+            "checks": [c.to_dict() for c in self.checks],
+            "artifacts": self.artifacts,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> BuildOutput:
+        return cls(**(d | {"checks": [Check.from_dict(c) for c in d["checks"]]}))
 
 
 @dataclass(frozen=True)

@@ -76,7 +76,7 @@ def manifest_meta(s: Session, t: Target, built: BuildOutput, state: BuildState) 
         "runtime": runtime,
         "details": built.details,  # what the artifact is tied to (e.g. the GPU of an engine)
         "validated_by": {"host": host_facts(), "status": status},
-    }
+    } | ({"inputs_sha256": state.inputs_sha256} if state.inputs_sha256 else {})
 
 
 def write_bundle_docs(s: Session, bdir: Path, state: BuildState, report: dict[str, Any]) -> None:

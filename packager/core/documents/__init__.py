@@ -471,6 +471,11 @@ class Manifest(_Closed):
     runtime: RuntimeInfo | NoRuntime
     details: dict[str, Any]
     validated_by: ValidatedBy
+    inputs_sha256: str | None = Field(
+        None,
+        description="the hash of everything that decided this build (packager.build.inputs): "
+        "a build from equal inputs finds this bundle up to date",
+    )
     files: dict[str, FileEntry]
 
 

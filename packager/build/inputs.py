@@ -1,0 +1,157 @@
+"""What decides a build's result, hashed: the keys of the build cache (packager.build.cache) and
+of "up to date".
+
+- conversion: the model, the target's typed Options, preprocessing, the calibration data, the
+  converter and runtime versions installed, packager's version and the target's own code.
+- validation: the bundle's files as converted and installed (artifact, code, runtime.json), the
+  validation data, the config the gates and evidence read, the runtime versions and packager's
+  code. Reused only when all of them are byte-identical.
+- inputs: everything of a build (the conversion key, the whole config but the output folder,
+  --no-bench); recorded in manifest.json, so an unchanged build finds its bundle up to date."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import inspect
+from functools import cache
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from packager import __version__
+from packager.build.cache import cache_key
+from packager.build.session import Session
+from packager.core.target import Target
+from packager.shipped.integrity import file_sha256
+
+# Every converter and runtime a target may use: a change of any one invalidates all keys
+# (coarse, never wrong).
+DISTRIBUTIONS = (
+    "numpy",
+    "pillow",
+    "onnx",
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-extensions",
+    "openvino",
+    "nncf",
+    "coremltools",
+    "torch",
+    "tensorrt",
+    "scipy",
+    "scikit-learn",
+    "statsmodels",
+)
+PACKAGER = Path(__file__).resolve().parents[1]
+
+
+@cache
+def versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for dist in DISTRIBUTIONS:
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _tree_sha256(folder: Path) -> str:
+    h = hashlib.sha256()
+    for path in sorted(folder.rglob("*.py")):
+        h.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        h.update(path.read_bytes())
+    return h.hexdigest()
+
+
+@cache
+def code_sha256(target: type[Target]) -> dict[str, str]:
+    """The target's own package, and the packager code every build runs (shipped included)."""
+    own = Path(inspect.getfile(target)).resolve().parent
+    return {"target": _tree_sha256(own), "packager": _tree_sha256(PACKAGER)}
+
+
+def options_dict(opts: Any) -> dict[str, Any]:
+    return dataclasses.asdict(opts)
+
+
+def calibration_sha256(s: Session) -> str:
+    """The data file's sha256; for a folder, the calibration split's own hash (it is read)."""
+    path = Path(s.cfg.data.path)
+    if path.is_file():
+        return _file_sha256(path)
+    return s.dataset(s.cfg.data.calibration_split).sha256
+
+
+@cache
+def _file_sha256(path: Path) -> str:
+    return file_sha256(path)
+
+
+def conversion_key(s: Session, t: Target, opts: Any) -> str:
+    cfg = s.cfg
+    return cache_key(
+        {
+            "kind": "conversion",
+            "target": t.name,
+            "model_sha256": s.info.sha256,
+            "options": options_dict(opts),
+            "preprocess": s.preprocess.to_json(),
+            "calibration": {
+                "data": calibration_sha256(s),
+                "split": cfg.data.calibration_split,
+                "size": cfg.data.calibration_size,
+                "seed": cfg.data.seed,
+            },
+            # what a conversion reads of the config (BuildContext): labels and [model] (Core ML
+            # metadata, Triton names), and the one gate INT8 accuracy control holds; the other
+            # gates only decide validation, so changing them re-validates without converting
+            "labels": dataclasses.asdict(cfg.labels),
+            "model": dataclasses.asdict(cfg.model) | {"path": None},
+            "max_sensitivity_drop": cfg.gates.max_sensitivity_drop,
+            "versions": versions(),
+            "packager": __version__,
+            "code": code_sha256(type(t)),
+        }
+    )
+
+
+def validation_key(s: Session, t: Target, files: dict[str, str]) -> str:
+    """`files`: {name: sha256} of the bundle folder as validation finds it."""
+    cfg = s.cfg.to_dict()
+    return cache_key(
+        {
+            "kind": "validation",
+            "target": t.name,
+            "files": files,
+            "data": {"sha256": s.validation.sha256, "split": s.validation.split},
+            "config": {k: cfg[k] for k in ("labels", "gates", "data", "preprocess")}
+            | {"data": cfg["data"] | {"path": None}},
+            "versions": versions(),
+            "packager": __version__,
+            "code": code_sha256(type(t)),
+        }
+    )
+
+
+def inputs_key(s: Session, t: Target, opts: Any, bench: bool) -> str:
+    cfg = s.cfg.to_dict()
+    return cache_key(
+        {
+            "kind": "inputs",
+            "conversion": conversion_key(s, t, opts),
+            "data": {"sha256": s.validation.sha256, "split": s.validation.split},
+            "config": {k: v for k, v in cfg.items() if k not in ("output",)}
+            | {"model": cfg["model"] | {"path": None}, "data": cfg["data"] | {"path": None}},
+            "bench": bench,
+        }
+    )
+
+
+def bundle_hashes(bdir: Path) -> dict[str, str]:
+    return {
+        p.relative_to(bdir).as_posix(): file_sha256(p)
+        for p in sorted(bdir.rglob("*"))
+        if p.is_file()
+    }

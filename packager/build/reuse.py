@@ -1,0 +1,86 @@
+"""The convert and validate stages through the build cache (packager.build.cache): a hit copies
+the stored files into the bundle folder and says so in the report; a miss runs the stage and
+stores its result. The keys (packager.build.inputs) hold everything that decides the result, so a
+hit is the same result byte for byte. A cache that cannot store an entry never fails a build."""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+
+from packager.build import stages
+from packager.build.cache import Cache, CacheCorruptWarning, Entry
+from packager.build.inputs import bundle_hashes, conversion_key, validation_key
+from packager.build.session import Session
+from packager.build.state import BuildState
+from packager.build.supply_chain import build_time
+from packager.core.target import BuildContext, BuildOutput, Target
+
+
+def _store(s: Session, cache: Cache, kind: str, key: str, src: Path, meta: dict) -> None:
+    try:
+        cache.put(kind, key, src, meta)
+    except (OSError, TypeError, ValueError) as exc:  # e.g. a full disk, or a value JSON lacks
+        s.progress.say(f"warning: the {kind} was not cached ({type(exc).__name__}: {exc})")
+
+
+def _get(cache: Cache, kind: str, key: str, dest: Path) -> Entry | None:
+    """cache.get, its corruption warning said as one progress line (then it is a miss)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CacheCorruptWarning)
+        hit = cache.get(kind, key, dest)
+    for w in caught:  # shown even with --quiet: the user should know the cache went bad
+        print(f"warning: {w.message}", file=sys.stderr, flush=True)
+    return hit
+
+
+def convert(
+    s: Session, t: Target, ctx: BuildContext, bdir: Path, cache: Cache | None
+) -> tuple[BuildOutput, str]:
+    """(the conversion, "" or how it was reused)."""
+    if cache is None:
+        return stages.convert(s, t, ctx, bdir), ""
+    key = conversion_key(s, t, ctx.options)
+    hit = _get(cache, "conversion", key, bdir)
+    if hit is not None:
+        s.progress.say(f"[{t.name}] conversion reused from cache {key[:16]} ({hit.created})")
+        return BuildOutput.from_dict(hit.meta["output"]), f"reused from {key}, {hit.created}"
+    built = stages.convert(s, t, ctx, bdir)
+    _store(s, cache, "conversion", key, bdir, {"target": t.name, "output": built.to_dict()})
+    return built, ""
+
+
+def validate(
+    s: Session,
+    t: Target,
+    ctx: BuildContext,
+    bdir: Path,
+    built: BuildOutput,
+    reference: np.ndarray,
+    cache: Cache | None,
+) -> BuildState:
+    if cache is None:
+        return stages.validate(s, t, ctx, bdir, built, reference)
+    before = bundle_hashes(bdir)
+    key = validation_key(s, t, before)
+    hit = _get(cache, "validation", key, bdir)
+    if hit is not None:
+        state = BuildState.load(hit.meta["state"])
+        # the build's own: what the conversion said, and this build's date
+        state.details, state.notes, state.built_at = built.details, built.notes, build_time()
+        state.notes.append(f"Validation reused from cache {key}, {hit.created}.")
+        s.progress.say(f"[{t.name}] validation reused from cache {key[:16]} ({hit.created})")
+        return state
+    state = stages.validate(s, t, ctx, bdir, built, reference)
+    written = [n for n, sha in bundle_hashes(bdir).items() if before.get(n) != sha]
+    with tempfile.TemporaryDirectory(prefix="packager-cache-") as tmp:
+        for name in written:
+            (Path(tmp) / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(bdir / name, Path(tmp) / name)
+        _store(s, cache, "validation", key, Path(tmp), {"target": t.name, "state": state.dump()})
+    return state
