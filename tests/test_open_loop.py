@@ -5,13 +5,15 @@ bundle, whose max_rate is recounted from its own points."""
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 
-from packager.runtime.openloop import MAX_DROP_SHARE, arrivals, serve
+from packager.runtime.openloop import MAX_DROP_SHARE, WARM_CALLS, arrivals, search, serve
 from tests.conftest import Result, bundle_dir
 
 
@@ -97,6 +99,39 @@ def test_arrivals_are_poisson_at_the_rate() -> None:
 @pytest.fixture(scope="module")
 def bundle(reference_bundle: Path) -> Path:
     return reference_bundle
+
+
+class Recording:
+    """The bundle's real runtime, noting the batch size of every call in order."""
+
+    def __init__(self, runner: Any) -> None:
+        self.runner = runner
+        self.sizes: list[int] = []
+
+    def infer(self, x: np.ndarray) -> np.ndarray:
+        self.sizes.append(len(x))
+        return self.runner.infer(x)
+
+
+@pytest.mark.parametrize("fixed_batch", [None, 3])
+def test_every_batch_size_is_warmed_before_anything_is_timed(
+    bundle: Path, fixed_batch: int | None
+) -> None:
+    """A runtime's first call at a new shape can be several times slower; search() must make
+    them all before the saturation run and the timed points, which form batches of any size."""
+    import json
+
+    from packager.runner import ModuleRunner
+
+    spec = json.loads((bundle / "runtime.json").read_text())
+    sample = np.zeros((2, *spec["input"]["shape"][1:]), np.float32)
+    with ModuleRunner(bundle, bundle, spec["runner_options"]) as runner:
+        rec = Recording(runner)
+        search(rec, sample, 50.0, 5, 1.0, 0.2, rates=[200.0], fixed_batch=fixed_batch)
+    sizes = [3] if fixed_batch else [1, 2, 3, 4, 5]
+    first = rec.sizes[: WARM_CALLS * len(sizes)]
+    assert Counter(first) == {b: WARM_CALLS for b in sizes}
+    assert set(rec.sizes) <= set(sizes)  # nothing timed ran a shape the warm-up skipped
 
 
 def test_bench_open_loop_on_a_real_bundle(bundle: Path, cli: Callable[..., Result]) -> None:
