@@ -121,7 +121,7 @@ def test_every_batch_size_is_warmed_before_anything_is_timed(
     them all before the saturation run and the timed points, which form batches of any size."""
     import json
 
-    from packager.runner import ModuleRunner
+    from packager.runtime.runner import ModuleRunner
 
     spec = json.loads((bundle / "runtime.json").read_text())
     sample = np.zeros((2, *spec["input"]["shape"][1:]), np.float32)
@@ -191,3 +191,20 @@ def test_a_build_with_open_loop_reports_it_and_the_sla_scores_it(
     assert c.code == 0, c.stderr
     line = c.json["sla"]["rows"][0]["lines"]["open_loop_sps"]
     assert line["value"] == ol["max_rate"] and line["met"] is (ol["max_rate"] is not None)
+
+
+def test_a_failing_low_rung_does_not_end_the_ladder(bundle: Path) -> None:
+    """At low rates p95 need not rise with the rate (a runtime's first call after an idle gap is
+    slower), so search() runs every rung of the ladder even when the lowest misses the SLA: an
+    SLA no call can meet (1 microsecond) leaves every rung run and no bisection."""
+    import json
+
+    from packager.runtime.openloop import LADDER
+    from packager.runtime.runner import ModuleRunner
+
+    spec = json.loads((bundle / "runtime.json").read_text())
+    sample = np.zeros((2, *spec["input"]["shape"][1:]), np.float32)
+    with ModuleRunner(bundle, bundle, spec["runner_options"]) as runner:
+        result = search(runner, sample, 0.001, 4, 0.0, 0.1)
+    assert len(result["points"]) == len(LADDER)
+    assert result["max_rate"] is None

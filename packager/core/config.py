@@ -226,7 +226,9 @@ class OpenLoopConfig:
     enabled: bool = False
     sla_ms: float = 3.0  # max_rate is the highest rate whose p95 meets this
     max_batch: int = 16  # the dynamic batcher's largest batch
-    max_delay_ms: float = 1.0  # how long it waits after the oldest request for more
+    # how long the batcher waits after the oldest request for more: 0 as Triton's default
+    # (max_queue_delay_microseconds), it takes what has arrived when the runtime is free
+    max_delay_ms: float = 0.0
     seconds: float = 1.0  # per offered rate
 
     def check(self, where: str) -> None:

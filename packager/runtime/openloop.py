@@ -172,13 +172,12 @@ def search(
         for r in rates:
             run(r)
     else:
-        lo, hi = 0.0, None
-        for share in LADDER:
-            if run(share * sat):
-                lo = share * sat
-            else:
-                hi = share * sat
-                break
+        # The whole ladder: at low rates p95 does not rise with the rate (after an idle gap a
+        # runtime's first call is slower), so one failing rung does not end the search.
+        ok = {share: run(share * sat) for share in LADDER}
+        passed = [s for s in LADDER if ok[s]]
+        above = [s for s in LADDER if passed and s > passed[-1]]
+        lo, hi = (passed[-1] * sat if passed else 0.0), (above[0] * sat if above else None)
         if hi is not None and lo > 0:
             for _ in range(BISECTIONS):
                 mid = (lo + hi) / 2
