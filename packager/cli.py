@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from packager import __version__
-from packager.core.errors import GateFailed, ModelRefused, PackagerError, Unavailable
+from packager.core.errors import GateFailed, PackagerError, Unavailable
 from packager.core.progress import Progress
-from packager.core.status import ReportStatus, ResultStatus
+from packager.core.status import ReportStatus
+from packager.core.version import __version__
 
 if TYPE_CHECKING:  # pydantic loads only for commands that read a config (~0.1 s)
     from packager.core.config import Config
@@ -195,55 +195,28 @@ def build(
     quiet: bool,
 ) -> None:
     """Convert, validate, benchmark and bundle the model for each target; with --sign (or
-    [sign] key) each bundle is signed before it is published."""
-    from packager.build.pipeline import build as run_build
-    from packager.build.pipeline import check_targets
-    from packager.build.session import Session
-    from packager.core import registry
-    from packager.core.config import override
+    [sign] key) each bundle is signed before it is published. A bundle built before from the
+    same inputs is up to date and not rebuilt."""
+    from packager.api import build as run_build
 
     if bool(target_names) == all_targets:
         raise click.UsageError("name targets with --target NAME (repeatable) or pass --all")
-    override(cfg, "output", "dir", str(out.resolve()) if out else None)
-    override(cfg, "sign", "key", str(sign.resolve()) if sign else None)
-    if cfg.sign.key:  # a bad key is one line, before the model or data are read
-        from packager.build.signing import check_private_key
-
-        check_private_key(Path(cfg.sign.key))
-    names = registry.names() if all_targets else list(dict.fromkeys(target_names))
-    check_targets(cfg.targets, names)  # a misspelt target before any model or data is read
-    session = Session.open(cfg, Progress(False if quiet else None))
-    from packager.build.cache import Cache
-
-    explicit, auto = not all_targets, precision == "auto"
-    cache = None if no_cache else Cache()
-    results = run_build(session, names, force, not no_bench, int8, explicit, auto, cache)
-    lines = [f"{r.target:16} {r.status:17} {r.bundle or r.reason}" for r in results]
-    emit({"results": [r.to_dict() for r in results]}, as_json, "\n".join(lines))
-    build_exit(results, explicit=not all_targets)
-
-
-def build_exit(results: list[Any], explicit: bool) -> None:
-    """The build's exit code once its results are printed; when several apply, the most severe:
-    1 (a gate failed, or a target's error) > 4 (a target cannot take this model) > 3 (a target
-    named with --target cannot run on this host; --all skips those) > 0."""
-    from packager.build.pipeline import REFUSED
-
-    failed = [r for r in results if r.status in (ResultStatus.failed, ResultStatus.error)]
-    if failed:
-        why = "; ".join(f"{r.target}: {r.reason}" for r in failed)
-        kept = next((r.bundle for r in failed if r.bundle), None)
-        raise GateFailed(f"{why} — not published" + (f"; report kept in {kept}" if kept else ""))
-    refused = [r for r in results if r.status in REFUSED]
-    if refused:
-        raise ModelRefused(
-            f"{len(refused)} of {len(results)} targets cannot take this model: "
-            + "; ".join(f"{r.target} {r.status}" for r in refused)
-            + " (reasons in the results; full logs under DIR/.failed/)"
-        )
-    missing = [r for r in results if r.status == ResultStatus.unavailable]
-    if explicit and missing:
-        raise Unavailable("; ".join(r.reason for r in missing))
+    built = run_build(
+        cfg,
+        target_names,
+        out,
+        all_targets=all_targets,
+        int8=int8,
+        precision=precision,
+        force=force,
+        bench=not no_bench,
+        cache=not no_cache,
+        sign=sign,
+        progress=False if quiet else None,
+    )
+    lines = [f"{r.target:16} {r.status:17} {r.bundle or r.reason}" for r in built.results]
+    emit({"results": [r.to_dict() for r in built.results]}, as_json, "\n".join(lines))
+    built.raise_for_status()
 
 
 @cli.command()
@@ -378,7 +351,7 @@ def pubkey_option(fn: Callable) -> Callable:
 @json_option
 def verify(path: Path, pubkey: Path | None, max_size_gb: float | None, as_json: bool) -> None:
     """Recompute every file's hash in a bundle directory or tarball."""
-    from packager.build.verify import verify as run_verify
+    from packager.api import verify as run_verify
 
     result = run_verify(path, pubkey, max_size_gb)
     files = len(result.manifest.get("files", {}))
@@ -407,7 +380,7 @@ def verify(path: Path, pubkey: Path | None, max_size_gb: float | None, as_json: 
 )
 def keygen(out: Path) -> None:
     """Make an EC P-256 key pair (PEM) for signing bundles with model-signing."""
-    from packager.build.signing import keygen as run_keygen
+    from packager.builder.signing import keygen as run_keygen
 
     key, pub = run_keygen(out)
     click.echo(f"private key {key} (keep it secret)\npublic key  {pub} (give it to hospitals)")
@@ -424,7 +397,7 @@ def keygen(out: Path) -> None:
 @max_size_option
 def sign(bundle: Path, key: Path, max_size_gb: float | None) -> None:
     """Sign a bundle (OpenSSF model signing, offline): model.sig covers every other file."""
-    from packager.build.signing import sign as run_sign
+    from packager.builder.signing import sign as run_sign
 
     run_sign(bundle, key, max_size_gb)
     click.echo(f"signed {bundle}")
@@ -676,7 +649,7 @@ def compare(
     as_json: bool,
 ) -> None:
     """Compare bundles or reports side by side (and against an SLA)."""
-    from packager.reports.compare import compare as run_compare
+    from packager.api import compare as run_compare
 
     text, missed = run_compare(list(paths), sla, "json" if as_json else fmt)
     if out:
@@ -727,7 +700,7 @@ def cache_group() -> None:
 @json_option
 def cache_ls(as_json: bool) -> None:
     """List the cache's entries, least recently used first."""
-    from packager.build.cache import Cache
+    from packager.builder.cache import Cache
 
     c = Cache()
     entries = c.ls()
@@ -758,7 +731,7 @@ def cache_ls(as_json: bool) -> None:
 @json_option
 def cache_prune(days: float | None, max_size_mb: float | None, as_json: bool) -> None:
     """Remove old or least recently used entries."""
-    from packager.build.cache import Cache
+    from packager.builder.cache import Cache
 
     if days is None and max_size_mb is None:
         raise click.UsageError("give --older-than DAYS and/or --max-size-mb MB")
@@ -772,7 +745,7 @@ def cache_prune(days: float | None, max_size_mb: float | None, as_json: bool) ->
 @json_option
 def cache_clear(as_json: bool) -> None:
     """Remove every entry."""
-    from packager.build.cache import Cache
+    from packager.builder.cache import Cache
 
     n = Cache().clear()
     emit({"removed": n}, as_json, f"removed {n} entries")

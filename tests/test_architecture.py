@@ -77,7 +77,7 @@ def test_targets_and_templates_install_as_packager_subpackages() -> None:
     assert "package-dir" not in pyproject["tool"]["setuptools"]
 
 
-@pytest.mark.parametrize("module", ["packager.build.search", "packager.hospital.site"])
+@pytest.mark.parametrize("module", ["packager.builder.search", "packager.hospital.site"])
 def test_no_private_name_crosses_a_module(module: str) -> None:
     """search composes the public stages (and site acceptance the public build parts): no
     `from x import _private` and no `x._private` on another module."""

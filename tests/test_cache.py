@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from packager.build.cache import Cache, CacheCorruptWarning, Entry, cache_key, cache_root
+from packager.builder.cache import Cache, CacheCorruptWarning, Entry, cache_key, cache_root
 from packager.core.errors import UserError
 
 KIND = "conversion"

@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from packager.build.pipeline import build_one as _build_one
-from packager.build.pipeline import target_options
-from packager.build.session import Session
+from packager.builder.pipeline import build_one as _build_one
+from packager.builder.pipeline import target_options
+from packager.builder.session import Session
 from packager.core.config import load_config
 from packager.core.progress import Progress
 from packager.core.target import BuildContext, BuildOutput, CrossCheck, Status

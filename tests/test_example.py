@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import torch
 
-from packager.build.session import resolve_preprocess
+from packager.builder.session import resolve_preprocess
 from packager.core.config import load_config
 from packager.core.errors import UserError
 from packager.core.metrics import wilson

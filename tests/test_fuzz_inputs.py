@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packager.build.bundle import bundle_files, make_tarball
-from packager.build.verify import verify
+from packager.builder.bundle import bundle_files, make_tarball
+from packager.builder.verify import verify
 from packager.core.data import load_dataset
 from packager.core.errors import UserError
 from tests.conftest import Result, _run, bundle_dir

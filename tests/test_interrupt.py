@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from packager.build.verify import verify
+from packager.builder.verify import verify
 from tests.conftest import DEFAULT_TOML
 
 TARGET = "cpu-onnxruntime"

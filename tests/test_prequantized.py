@@ -14,7 +14,7 @@ import numpy as np
 import onnx
 import pytest
 
-from packager.build.stages import converter_errors as _converter_errors
+from packager.builder.stages import converter_errors as _converter_errors
 from packager.core.errors import ConversionFailed
 from packager.core.registry import names
 from tests.conftest import Result
@@ -268,8 +268,8 @@ def test_a_failed_gate_outranks_a_refusal_and_the_json_is_printed(
 
 
 def test_exit_code_precedence_is_the_documented_one() -> None:
-    from packager.build.state import TargetResult
-    from packager.cli import build_exit
+    from packager.api import BuildResults
+    from packager.builder.state import TargetResult
     from packager.core.errors import GateFailed, ModelRefused, Unavailable
 
     ok = TargetResult("a", "passed")
@@ -285,10 +285,10 @@ def test_exit_code_precedence_is_the_documented_one() -> None:
     ]
     for results_, expected, explicit in cases:
         if expected is None:
-            build_exit(results_, explicit)
+            BuildResults(results_, explicit).raise_for_status()
             continue
         with pytest.raises(expected) as caught:
-            build_exit(results_, explicit)
+            BuildResults(results_, explicit).raise_for_status()
         assert type(caught.value) is expected
     assert (GateFailed.exit_code, ModelRefused.exit_code, Unavailable.exit_code) == (1, 4, 3)
 

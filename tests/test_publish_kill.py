@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from packager.build.bundle import PUBLISH_STEPS
+from packager.builder.bundle import PUBLISH_STEPS
 from tests.conftest import DEFAULT_TOML
 
 TARGET = "cpu-onnxruntime"
@@ -48,7 +48,7 @@ def _published_threshold(root: Path) -> float:
     bundle_root = root / "dist" / "tiny-1.0.0"
     folder, tar = bundle_root / TARGET, bundle_root / f"{TARGET}.tar.gz"
     assert folder.is_dir() and tar.is_file()
-    from packager.build.verify import verify
+    from packager.builder.verify import verify
 
     assert verify(folder).ok
     with tarfile.open(tar) as t:

@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from packager.build.state import ValidationInfo, verdict
+from packager.builder.state import ValidationInfo, verdict
 from tests.conftest import REPO, assert_user_error
 
 ROOT = Path("dist/tiny-1.0.0")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from packager.build.verify import verify
+from packager.builder.verify import verify
 from packager.core.errors import UserError
 from tests.conftest import DEFAULT_TOML, _run, assert_user_error, must_have
 

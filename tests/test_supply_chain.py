@@ -134,9 +134,9 @@ def test_sbom_of_a_not_validated_bundle_is_valid_too(bundle: Path) -> None:
     from cyclonedx.schema import SchemaVersion
     from cyclonedx.validation.json import JsonStrictValidator
 
-    from packager.build.bundle import bundle_files
-    from packager.build.state import BuildState
-    from packager.build.supply_chain import sbom_json
+    from packager.builder.bundle import bundle_files
+    from packager.builder.state import BuildState
+    from packager.builder.supply_chain import sbom_json
 
     meta = load(bundle, "manifest.json") | {"runtime": {}, "status": "not-validated"}
     report = load(bundle, "report.json") | {
@@ -215,8 +215,8 @@ def test_times_come_only_from_source_date_epoch(bundle: Path, tmp_path: Path) ->
     assert "metadata" not in stmt["predicate"]["runDetails"]
     code = (
         "import json, sys; from pathlib import Path; "
-        "from packager.build.supply_chain import write_sbom_and_provenance as w; "
-        "from packager.build.state import BuildState; "
+        "from packager.builder.supply_chain import write_sbom_and_provenance as w; "
+        "from packager.builder.state import BuildState; "
         "b = Path(sys.argv[1]); m = json.loads((b / 'manifest.json').read_text()); "
         "w(b, BuildState.load(json.loads((b / 'report.json').read_text())), m)"
     )

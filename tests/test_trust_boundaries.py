@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from packager.build.search import ranked_by, select
+from packager.builder.search import ranked_by, select
 from packager.core.config import GatesConfig, parse_config
 from packager.core.metrics import clinical
 from packager.core.status import ReportStatus

@@ -1,4 +1,4 @@
-"""packager.build.bundle.safe_extract's own checks, with tarfile's `data` extraction filter disabled
+"""packager.builder.bundle.safe_extract's own checks, with tarfile's `data` extraction filter disabled
 (issue 28 item 2): the filter would refuse most of these members by itself, so with it on a lost
 check goes unnoticed. Here the named filter "data" is swapped for "fully_trusted" (which checks
 nothing, and keeps setuid bits: the first test proves the swap took effect), so only
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from packager.build.bundle import safe_extract
+from packager.builder.bundle import safe_extract
 from packager.core.errors import UserError
 
 ESCAPES = "path escapes the bundle"

@@ -454,7 +454,7 @@ def test_bad_formats_name_the_key(data: dict, words: list[str]) -> None:
 
 
 def test_dicom_is_declared_by_the_data_or_the_window(tmp_path: Path) -> None:
-    from packager.build.session import resolve_formats
+    from packager.builder.session import resolve_formats
     from packager.core.config import parse_config
     from packager.core.data import holds_dicom, scan_folder
     from packager.core.errors import UserError

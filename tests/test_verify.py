@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-import packager.build.bundle as bundle_mod
+import packager.builder.bundle as bundle_mod
 from packager.core.errors import UserError
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error
 

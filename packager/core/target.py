@@ -227,7 +227,7 @@ class Target(ABC):
     ]  # a @packager.core.schema.typed dataclass: [targets.<name>] validates on it
     int8_option: ClassVar[tuple[str, Any] | None] = None  # what --int8 sets, if supported
     # The Options field that "auto" (`--precision auto`) hands to the precision search
-    # (packager.build.search), which tries each Candidate of search_space; None: no search.
+    # (packager.builder.search), which tries each Candidate of search_space; None: no search.
     search_option: ClassVar[str | None] = None
     shipped: ClassVar[tuple[str, ...]] = ()  # packager/shipped modules runtime.py imports
     is_reference: ClassVar[bool] = False  # the one every other target is compared with

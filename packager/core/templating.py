@@ -1,6 +1,6 @@
 """Jinja2 templates for documents (bundle README, reports, Triton and app snippets) with the
 filters they share. Templates are for documents only: the code a bundle runs is copied verbatim
-(packager.build.bundle.install_code)."""
+(packager.builder.bundle.install_code)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 import jinja2
 
-from packager import templates
+import packager.templates as templates
 
 TEMPLATES = Path(templates.__file__).parent
 

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import click
 
-from packager.build.pipeline import build
-from packager.build.session import Session
-from packager.build.signing import check_private_key, keygen
-from packager.build.state import TargetResult
+from packager.builder.pipeline import build
+from packager.builder.session import Session
+from packager.builder.signing import check_private_key, keygen
+from packager.builder.state import TargetResult
 from packager.core import registry
 from packager.core.config import load_config
 from packager.core.data import file_sha256

@@ -9,8 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from packager.build.bundle import safe_extract
-from packager.build.verify import check_bundle
+from packager.builder.bundle import safe_extract
+from packager.builder.verify import check_bundle
 from packager.core import documents
 from packager.core.errors import PackagerError, UserError
 from packager.shipped import selftest as shipped
@@ -19,7 +19,7 @@ from packager.shipped import selftest as shipped
 def arrival(
     path: Path, record: Path | None, max_gb: float | None, pubkey: Path | None = None
 ) -> tuple[int, str, dict]:
-    """`packager selftest BUNDLE`: packager's own check of the bundle first (packager.build.verify:
+    """`packager selftest BUNDLE`: packager's own check of the bundle first (packager.builder.verify:
     files, signature, code hashes, config), then, only if it passes, the bundle's own
     `predict.py --self-test` in a fresh interpreter (a tarball is extracted safely first).
     Returns (exit code, summary line, the acceptance record, which states what the verdict rests

@@ -33,8 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from packager import __version__
-from packager.build.bundle import (
+from packager.builder.bundle import (
     LEGACY_SIGNATURE,
     MANIFEST,
     SIGNATURE,
@@ -45,11 +44,11 @@ from packager.build.bundle import (
     stage_copy,
     write_manifest,
 )
-from packager.build.signing import check_private_key, check_same_key, is_signed, sign_dir
-from packager.build.stages import bench_run, open_loop_run
-from packager.build.state import BuildState, ValidationInfo
-from packager.build.supply_chain import write_sbom_and_provenance
-from packager.build.verify import require
+from packager.builder.signing import check_private_key, check_same_key, is_signed, sign_dir
+from packager.builder.stages import bench_run, open_loop_run
+from packager.builder.state import BuildState, ValidationInfo
+from packager.builder.supply_chain import write_sbom_and_provenance
+from packager.builder.verify import require
 from packager.core import documents
 from packager.core.config import Config, find_config, load_config, parse_config
 from packager.core.data import Dataset, open_dataset
@@ -61,6 +60,7 @@ from packager.core.registry import get
 from packager.core.status import ReportStatus, StepStatus
 from packager.core.target import Check
 from packager.core.templating import md_escape as md
+from packager.core.version import __version__
 from packager.hospital.site_gates import PASS, rate, site_gates, site_verdict
 from packager.reports.evidence import check_categories, for_data
 from packager.reports.render import render_reports

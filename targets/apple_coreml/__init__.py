@@ -29,7 +29,6 @@ from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from packager import __version__
 from packager.core.errors import UserError
 from packager.core.installed import missing
 from packager.core.metrics import flipped as flipped_decisions
@@ -46,6 +45,7 @@ from packager.core.target import (
     Status,
     Target,
 )
+from packager.core.version import __version__
 from packager.shipped.predict import infer_all
 from packager.shipped.preprocess import Preprocess
 from packager.targets.apple_coreml.runtime import NOT_MAC, PROBS_OUTPUT, SCORES_OUTPUT, TorchProxy
@@ -63,7 +63,7 @@ PROXY_LABEL = (
 
 @typed
 class Options:
-    # auto: packager.build.search tries fp16 and fp32, ships the best one passing every gate.
+    # auto: packager.builder.search tries fp16 and fp32, ships the best one passing every gate.
     precision: Literal["fp16", "fp32", "auto"] = "fp16"
     objective: Literal["latency", "throughput", "size"] = "latency"  # what auto optimizes
     # ML Programs need iOS 15 / macOS 12 or newer; iOS16 adds FP16 inputs and more ops.
@@ -538,7 +538,7 @@ class AppleCoreML(Target):
             reason += ": re-export without them or choose another target"
         return Status(False, reason)
 
-    # ---- precision search (packager.build.search) -----------------------------------------------
+    # ---- precision search (packager.builder.search) -----------------------------------------------
 
     search_option: ClassVar[str | None] = "precision"
 

@@ -62,7 +62,7 @@ OVMS_IMAGE = "openvino/model_server:latest"
 
 @typed
 class Options:
-    # auto: packager.build.search tries every candidate, ships the best one passing every gate.
+    # auto: packager.builder.search tries every candidate, ships the best one passing every gate.
     precision: Literal["fp32", "fp16", "bf16", "int8", "auto"] = "fp32"
     int8_mode: Literal["ptq", "accuracy-control"] = "ptq"
     objective: Literal["latency", "throughput", "size"] = "latency"  # what auto optimizes
@@ -545,7 +545,7 @@ class CpuOpenVino(Target):
     def requirements(self, options: dict[str, Any]) -> list[str]:
         return ["openvino"]
 
-    # ---- precision search (packager.build.search) -----------------------------------------------------
+    # ---- precision search (packager.builder.search) -----------------------------------------------------
 
     search_option: ClassVar[str | None] = "precision"
 

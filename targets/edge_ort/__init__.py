@@ -59,7 +59,7 @@ REPLAY = {"session.enable_saved_runtime_optimizations": "1"}
 
 @typed
 class Options:
-    # auto: packager.build.search tries every candidate, ships the best one passing every gate.
+    # auto: packager.builder.search tries every candidate, ships the best one passing every gate.
     quantize: Literal["none", "dynamic", "static", "auto"] = "none"
     objective: Literal["latency", "throughput", "size"] = "latency"  # what auto optimizes
     keep_float: list[str] = field(default_factory=list)  # static: nodes left in float (mixed)
@@ -187,7 +187,7 @@ class EdgeOrt(Target):
             artifacts=[MODEL],
         )
 
-    # ---- precision search (packager.build.search) -----------------------------------------------
+    # ---- precision search (packager.builder.search) -----------------------------------------------
 
     search_option: ClassVar[str | None] = "quantize"
 

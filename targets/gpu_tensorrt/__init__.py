@@ -57,7 +57,7 @@ DEFAULT_PREFERRED = (8, 16, 32)
 
 @typed
 class Options:
-    # auto: packager.build.search tries every candidate, ships the best one passing every gate.
+    # auto: packager.builder.search tries every candidate, ships the best one passing every gate.
     precision: Literal["fp16", "fp32", "int8", "auto"] = "fp16"
     objective: Literal["latency", "throughput", "size"] = "latency"  # what auto optimizes
     max_batch_size: int = 64  # Triton's max_batch_size and the engine profile's max
@@ -345,7 +345,7 @@ class GpuTensorRT(Target):
         refusal = parser_refusal(model)
         return Status(False, refusal) if refusal else Status(True)
 
-    # ---- precision search (packager.build.search) -----------------------------------------------
+    # ---- precision search (packager.builder.search) -----------------------------------------------
 
     search_option: ClassVar[str | None] = "precision"
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from packager.build.verify import verify
+from packager.builder.verify import verify
 from packager.shipped.preprocess import Preprocess
 from packager.targets.apple_coreml import NOT_MAC, AppleCoreML, image_scale_bias, read_spec
 from packager.targets.apple_coreml.runtime import as_scores
@@ -315,7 +315,7 @@ def gray_model(path: Path) -> Path:
 @pytest.mark.slow
 def test_grayscale_model_gets_a_grayscale_image_input(tmp_path: Path, data_path: Path) -> None:
     """The conversion alone, in process: spec checks and the translation check must pass."""
-    from packager.build.session import Session
+    from packager.builder.session import Session
     from packager.core.config import parse_config
     from packager.core.progress import Progress
     from packager.core.schema import from_dict

@@ -14,8 +14,8 @@ import onnxruntime as ort
 import pytest
 from PIL import Image
 
-from packager.build.session import Session
-from packager.build.stages import run_cross_checks
+from packager.builder.session import Session
+from packager.builder.stages import run_cross_checks
 from packager.core.config import load_config
 from packager.core.progress import Progress
 from packager.core.registry import get

@@ -473,7 +473,7 @@ class Manifest(_Closed):
     validated_by: ValidatedBy
     inputs_sha256: str | None = Field(
         None,
-        description="the hash of everything that decided this build (packager.build.inputs): "
+        description="the hash of everything that decided this build (packager.builder.inputs): "
         "a build from equal inputs finds this bundle up to date",
     )
     files: dict[str, FileEntry]

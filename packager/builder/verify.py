@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packager.build.bundle import SIGNATURE, listing, safe_extract
-from packager.build.signing import check_signature, key_fingerprint
+from packager.builder.bundle import SIGNATURE, listing, safe_extract
+from packager.builder.signing import check_signature, key_fingerprint
 from packager.core.errors import GateFailed, UserError
 from packager.shipped import integrity
 from packager.shipped.selftest import integrity_basis

@@ -1,6 +1,6 @@
-"""The one path every build takes: for each target, the stages of packager.build.stages
+"""The one path every build takes: for each target, the stages of packager.builder.stages
 (convert, install the runtime, validate, self-test, benchmark, finish, publish) over one
-BuildState; a precision search (packager.build.search) runs the first stages for each candidate
+BuildState; a precision search (packager.builder.search) runs the first stages for each candidate
 and its winner is published here, through the same stages."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from packager.build import reuse, search, stages
-from packager.build.bundle import ensure_writable, locked, make_tarball, new_stage, publish
-from packager.build.cache import Cache
-from packager.build.inputs import inputs_key
-from packager.build.session import Session
-from packager.build.signing import check_private_key
-from packager.build.stages.convert import Converter
-from packager.build.state import BuildState, TargetResult
+from packager.builder import reuse, search, stages
+from packager.builder.bundle import ensure_writable, locked, make_tarball, new_stage, publish
+from packager.builder.cache import Cache
+from packager.builder.inputs import inputs_key
+from packager.builder.session import Session
+from packager.builder.signing import check_private_key
+from packager.builder.stages.convert import Converter
+from packager.builder.state import BuildState, TargetResult
 from packager.core import documents, registry
 from packager.core.errors import ModelRefused, PackagerError, Unavailable, UserError
 from packager.core.gates import check_custom
@@ -184,7 +184,7 @@ def build_one(
     converter: Converter | None = None,  # search: the winner's conversion, reused
     validated: BuildState | None = None,  # search: the winner's validation, reused
     cache: Cache | None = None,
-    inputs: str | None = None,  # packager.build.inputs.inputs_key, recorded in the manifest
+    inputs: str | None = None,  # packager.builder.inputs.inputs_key, recorded in the manifest
 ) -> TargetResult:
     stage = new_stage(Path(s.cfg.output.dir), t.name)
     bdir = stage / t.name

@@ -17,7 +17,7 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from packager.build.bundle import (
+from packager.builder.bundle import (
     GENERATIONS,
     LEGACY_SIGNATURE,
     SIGNATURE,

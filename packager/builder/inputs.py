@@ -1,4 +1,4 @@
-"""What decides a build's result, hashed: the keys of the build cache (packager.build.cache) and
+"""What decides a build's result, hashed: the keys of the build cache (packager.builder.cache) and
 of "up to date".
 
 - conversion: the model, the target's typed Options, preprocessing, the calibration data, the
@@ -19,10 +19,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from packager import __version__
-from packager.build.cache import cache_key
-from packager.build.session import Session
+from packager.builder.cache import cache_key
+from packager.builder.session import Session
 from packager.core.target import Target
+from packager.core.version import __version__
 from packager.shipped.integrity import file_sha256
 
 # Every converter and runtime a target may use: a change of any one invalidates all keys

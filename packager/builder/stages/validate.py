@@ -10,9 +10,9 @@ from typing import Any
 
 import numpy as np
 
-from packager.build.session import Session
-from packager.build.state import BuildState, ValidationInfo
-from packager.build.supply_chain import build_time
+from packager.builder.session import Session
+from packager.builder.state import BuildState, ValidationInfo
+from packager.builder.supply_chain import build_time
 from packager.core.errors import Unavailable
 from packager.core.gates import custom_gates, metric_gates
 from packager.core.metrics import flipped, to_probabilities

@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from packager.build.bundle import write_manifest
-from packager.build.session import Session
-from packager.build.stages.publish import manifest_meta
-from packager.build.state import BuildState
+from packager.builder.bundle import write_manifest
+from packager.builder.session import Session
+from packager.builder.stages.publish import manifest_meta
+from packager.builder.state import BuildState
 from packager.core import documents
 from packager.core.status import CheckStatus, StepStatus
 from packager.core.target import BuildOutput, Check, Target

@@ -18,11 +18,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from packager import __version__
-from packager.build.bundle import bundle_files
-from packager.build.state import BuildState
+from packager.builder.bundle import bundle_files
+from packager.builder.state import BuildState
 from packager.core.hostinfo import host_facts
 from packager.core.status import ReportStatus
+from packager.core.version import __version__
 
 SBOM = "sbom.cdx.json"
 PROVENANCE = "provenance.intoto.json"

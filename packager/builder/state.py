@@ -1,4 +1,4 @@
-"""One target's build as the stages fill it in (packager.build.stages): typed while it is being
+"""One target's build as the stages fill it in (packager.builder.stages): typed while it is being
 built, and turned into report.json's dict in one place, `BuildState.dump` (checked against
 packager.core.documents.Report when written). `BuildState.load` reads a report.json back, for
 `packager validate`, which completes a published bundle's report."""
@@ -68,7 +68,7 @@ class BuildState:
     steps: list[Step] = field(default_factory=list)
     status: ReportStatus | None = None  # set by finish
     reason: str = ""
-    inputs_sha256: str | None = None  # packager.build.inputs.inputs_key: manifest.json only
+    inputs_sha256: str | None = None  # packager.builder.inputs.inputs_key: manifest.json only
 
     @property
     def gates_passed(self) -> bool:

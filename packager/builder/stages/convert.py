@@ -11,8 +11,8 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from packager.build.bundle import install_code
-from packager.build.session import Session
+from packager.builder.bundle import install_code
+from packager.builder.session import Session
 from packager.core import documents
 from packager.core.errors import ConversionFailed, PackagerError
 from packager.core.quiet import stdout_to_stderr

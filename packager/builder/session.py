@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from packager.build.bundle import install_code
+from packager.builder.bundle import install_code
 from packager.core.config import Config
 from packager.core.data import (
     Dataset,

@@ -6,17 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from packager import __version__
-from packager.build.bundle import locked, make_tarball, publish, write_manifest
-from packager.build.session import Session
-from packager.build.signing import check_private_key, sign_dir
-from packager.build.state import BuildState
-from packager.build.supply_chain import write_sbom_and_provenance
+from packager.builder.bundle import locked, make_tarball, publish, write_manifest
+from packager.builder.session import Session
+from packager.builder.signing import check_private_key, sign_dir
+from packager.builder.state import BuildState
+from packager.builder.supply_chain import write_sbom_and_provenance
 from packager.core import documents
 from packager.core.hostinfo import host_facts
 from packager.core.status import ManifestStatus, ReportStatus
 from packager.core.target import BuildOutput, Target
 from packager.core.templating import render, target_template
+from packager.core.version import __version__
 from packager.reports.render import render_reports
 
 

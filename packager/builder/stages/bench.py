@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from packager.build.session import Session
-from packager.build.state import BuildState
+from packager.builder.session import Session
+from packager.builder.state import BuildState
 from packager.core.errors import PackagerError
 from packager.core.hostinfo import host_facts
 from packager.core.status import BenchStatus, StepStatus

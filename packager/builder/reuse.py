@@ -1,6 +1,6 @@
-"""The convert and validate stages through the build cache (packager.build.cache): a hit copies
+"""The convert and validate stages through the build cache (packager.builder.cache): a hit copies
 the stored files into the bundle folder and says so in the report; a miss runs the stage and
-stores its result. The keys (packager.build.inputs) hold everything that decides the result, so a
+stores its result. The keys (packager.builder.inputs) hold everything that decides the result, so a
 hit is the same result byte for byte. A cache that cannot store an entry never fails a build."""
 
 from __future__ import annotations
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from packager.build import stages
-from packager.build.cache import Cache, CacheCorruptWarning, Entry
-from packager.build.inputs import bundle_hashes, conversion_key, validation_key
-from packager.build.session import Session
-from packager.build.state import BuildState
-from packager.build.supply_chain import build_time
+from packager.builder import stages
+from packager.builder.cache import Cache, CacheCorruptWarning, Entry
+from packager.builder.inputs import bundle_hashes, conversion_key, validation_key
+from packager.builder.session import Session
+from packager.builder.state import BuildState
+from packager.builder.supply_chain import build_time
 from packager.core.target import BuildContext, BuildOutput, Target
 
 

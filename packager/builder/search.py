@@ -1,8 +1,8 @@
 """Precision search: `precision = "auto"` (or the target's own option set to "auto") builds each
 candidate precision the target offers, validates it on the target's runtime (every gate, the
 bundle's self-test included), times it briefly, and publishes the candidate that passes every
-gate and is best for the objective. It runs the build's own stages (packager.build.stages) for
-each candidate, and hands the winner back to the one build path (packager.build.pipeline), which
+gate and is best for the objective. It runs the build's own stages (packager.builder.stages) for
+each candidate, and hands the winner back to the one build path (packager.builder.pipeline), which
 reuses the winner's conversion and validation (the bundle's own self-test runs again on the
 bundle). Losers never get the full benchmark.
 
@@ -27,11 +27,11 @@ from typing import Any
 
 import numpy as np
 
-from packager.build import stages
-from packager.build.bundle import new_stage
-from packager.build.session import Session
-from packager.build.stages.convert import Converter
-from packager.build.state import BuildState, TargetResult
+from packager.builder import stages
+from packager.builder.bundle import new_stage
+from packager.builder.session import Session
+from packager.builder.stages.convert import Converter
+from packager.builder.state import BuildState, TargetResult
 from packager.convert import ort_quant
 from packager.core.errors import PackagerError, Unavailable, UserError
 from packager.core.quiet import stdout_to_stderr
