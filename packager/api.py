@@ -93,12 +93,13 @@ def build(
     bench: bool = True,
     cache: bool = True,
     sign: PathLike | None = None,
-    progress: bool | None = False,
+    progress: str | bool | None = False,
 ) -> BuildResults:
     """`packager build`: `config` is a packager.toml path (None: ./packager.toml or
     [tool.packager] in ./pyproject.toml) or a loaded Config. Name `targets`, or pass
-    `all_targets=True`. `precision="auto"` runs the precision search. `progress`: None shows
-    progress lines on a terminal, True always, False never."""
+    `all_targets=True`. `precision="auto"` runs the precision search. `progress`: a mode
+    (auto, rich, plain, none), True (plain), False (none) or None ($PACKAGER_PROGRESS, else
+    auto)."""
     from packager.builder.cache import Cache
     from packager.builder.pipeline import build as run_build
     from packager.builder.pipeline import check_targets
@@ -172,7 +173,7 @@ def validate(
     group_by: Sequence[str] = (),
     pubkey: PathLike | None = None,
     sign: PathLike | None = None,
-    progress: bool | None = False,
+    progress: str | bool | None = False,
 ) -> dict[str, Any]:
     """`packager validate`: site acceptance on a site's own data (the site validation report),
     or the bundle's report completed on its own data. A failed verdict raises GateFailed with

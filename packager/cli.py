@@ -53,7 +53,22 @@ def sign_option(fn: Callable) -> Callable:
 
 
 def quiet_option(fn: Callable) -> Callable:
-    return click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")(fn)
+    fn = click.option(
+        "--quiet", "-q", is_flag=True, help="No progress on stderr (--progress none)."
+    )(fn)
+    return click.option(
+        "--progress",
+        "progress_mode",
+        type=click.Choice(["auto", "rich", "plain", "none"]),
+        default=None,
+        help="Progress on stderr: rich bars on a terminal, plain lines (CI logs; GitHub Actions "
+        "groups), or none. Default: $PACKAGER_PROGRESS, else auto (rich on a terminal, plain "
+        "otherwise).",
+    )(fn)
+
+
+def progress_mode_of(quiet: bool, mode: str | None) -> str | None:
+    return "none" if quiet else mode
 
 
 def data_options(fn: Callable) -> Callable:
@@ -193,6 +208,7 @@ def build(
     sign: Path | None,
     as_json: bool,
     quiet: bool,
+    progress_mode: str | None,
 ) -> None:
     """Convert, validate, benchmark and bundle the model for each target; with --sign (or
     [sign] key) each bundle is signed before it is published. A bundle built before from the
@@ -212,7 +228,7 @@ def build(
         bench=not no_bench,
         cache=not no_cache,
         sign=sign,
-        progress=False if quiet else None,
+        progress=progress_mode_of(quiet, progress_mode),
     )
     lines = [f"{r.target:16} {r.status:17} {r.bundle or r.reason}" for r in built.results]
     emit({"results": [r.to_dict() for r in built.results]}, as_json, "\n".join(lines))
@@ -436,6 +452,7 @@ def validate(
     sign: Path | None,
     as_json: bool,
     quiet: bool,
+    progress_mode: str | None,
 ) -> None:
     """Re-validate a bundle on this host's runtime.
 
@@ -455,7 +472,7 @@ def validate(
         bundle,
         data,
         split,
-        Progress(False if quiet else None),
+        Progress(progress_mode_of(quiet, progress_mode)),
         labels_csv,
         out,
         list(group_by) or None,
@@ -671,11 +688,13 @@ def compare(
 @click.option("--out", type=click.Path(path_type=Path), default=Path("dist"), show_default=True)
 @click.option("--epochs", default=None, type=int, help="Training epochs for the example model.")
 @quiet_option
-def demo(data: Path | None, out: Path, epochs: int | None, quiet: bool) -> None:
+def demo(
+    data: Path | None, out: Path, epochs: int | None, quiet: bool, progress_mode: str | None
+) -> None:
     """The embedded default: train the example ResNet-18, then build every target available here."""
     from packager.example.demo import run_demo
 
-    run_demo(data, out, epochs, Progress(False if quiet else None))
+    run_demo(data, out, epochs, Progress(progress_mode_of(quiet, progress_mode)))
 
 
 # Failures of the host rather than of packager: a full disk, a read-only or forbidden path.

@@ -31,6 +31,9 @@ ON_CI = os.environ.get("CI", "").lower() == "true"
 # cache for session fixtures, and a fresh one per test (tests/test_cache_build.py opts in to
 # reuse within one test).
 os.environ["PACKAGER_CACHE"] = tempfile.mkdtemp(prefix="packager-test-cache-")
+# The CLI's stderr in tests is the error contract's (one line); tests/test_progress.py turns the
+# progress modes on.
+os.environ["PACKAGER_PROGRESS"] = "none"
 
 
 @pytest.fixture(autouse=True)

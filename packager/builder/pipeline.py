@@ -108,9 +108,12 @@ def build(
         raise UserError(
             f"the model does not run on the reference runtime ({exc}); fix or re-export it"
         ) from None
-    for t in targets:
+    for i, t in enumerate(targets, 1):
         try:
-            one = build_target(s, t, options[t.name], reference, bench, int8, cache, inputs[t.name])
+            with s.progress.target(t.name, i, len(targets)):
+                one = build_target(
+                    s, t, options[t.name], reference, bench, int8, cache, inputs[t.name]
+                )
             results.append(one)
         except UserError:
             raise

@@ -153,7 +153,8 @@ def _revalidate(
     source = open_dataset(data, split, runtime["labels"], labels_csv, columns, not group_by)
     for name, values in source.metadata.items():  # before any image is read or written
         check_categories(name, values)
-    with progress.step(target.name, f"validating on this host ({len(source)} images, streamed)"):
+    what = "validating on this host (streamed)"
+    with progress.counted(target.name, what, len(source)) as advance:
         res = stream_predict(
             target.name,
             bundle,
@@ -162,6 +163,7 @@ def _revalidate(
             source,
             pre,
             cfg.bench.timeout_s,
+            on_scores=advance,
         )
     same_data = res.sha256 == manifest["data"]["sha256"] and split == manifest["data"]["split"]
     if same_data and out is None and labels_csv is None and not group_by:

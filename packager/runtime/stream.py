@@ -14,7 +14,7 @@ import tempfile
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -173,9 +173,11 @@ def stream_predict(
     timeout_s: float,
     chunk: int = CHUNK,
     workers: int | None = None,
+    on_scores: Callable[[int], None] = lambda done: None,
 ) -> StreamResult:
     """Scores for every image, streamed through the target's runner in a fresh subprocess.
-    `timeout_s` bounds the wait for any one chunk, not the whole (site sets can be huge)."""
+    `timeout_s` bounds the wait for any one chunk, not the whole (site sets can be huge).
+    `on_scores(done)` hears how many images are scored so far (from a reader thread)."""
     timings = Timings()
     start = time.perf_counter()
     chunks, digest = iter_chunks(source, pre, chunk, workers, timings)
@@ -200,7 +202,7 @@ def stream_predict(
             preexec_fn=_die_with_parent if sys.platform == "linux" else None,
         )
         try:
-            scores, info = _pump(proc, chunks, target, timeout_s)
+            scores, info = _pump(proc, chunks, target, timeout_s, on_scores)
         finally:
             if proc.poll() is None:
                 proc.kill()
@@ -211,7 +213,11 @@ def stream_predict(
 
 
 def _pump(
-    proc: subprocess.Popen, chunks: Iterator[np.ndarray], target: str, timeout_s: float
+    proc: subprocess.Popen,
+    chunks: Iterator[np.ndarray],
+    target: str,
+    timeout_s: float,
+    on_scores: Callable[[int], None],
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Feed chunks to the worker (at most 2 in flight) and collect its scores."""
     assert proc.stdin and proc.stdout and proc.stderr
@@ -226,10 +232,13 @@ def _pump(
                 err_tail.append(line.decode(errors="replace").strip())
 
     def read_scores() -> None:
+        done = 0
         try:
             while isinstance(s := read_frame(proc.stdout), np.ndarray):  # type: ignore[arg-type]
                 results.put(s)
                 in_flight.release()
+                done += len(s)
+                on_scores(done)
             results.put(("info", s) if isinstance(s, dict) else ("error", None))
         except Exception as exc:  # a crashed worker: reported below with its stderr
             results.put(("error", exc))
