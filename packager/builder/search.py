@@ -108,6 +108,41 @@ def select(rows: list[dict[str, Any]], objective: str) -> dict[str, Any] | None:
     return min(ok, key=objective_key(ranked_by(rows, objective))) if ok else None
 
 
+INTERVAL = {"latency": "latency_p50_ms_range", "throughput": "throughput_sps_range"}
+TIE_RULE = "the smaller, then the more sensitive"
+
+
+def overlap(a: list[float] | None, b: list[float] | None) -> bool:
+    return a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
+
+
+def decide(rows: list[dict[str, Any]], objective: str) -> tuple[dict[str, Any] | None, Any]:
+    """The winner and, when the speed ranking is inside the noise, the tie: every eligible
+    candidate whose round-to-round range overlaps the fastest one's. A tie goes to the smaller,
+    then the more sensitive candidate, never to a difference the measurements cannot show."""
+    best = select(rows, objective)
+    by = ranked_by(rows, objective)
+    if best is None or by not in INTERVAL:
+        return best, None
+    tied = [r for r in eligible(rows) if overlap(r.get(INTERVAL[by]), best.get(INTERVAL[by]))]
+    if len(tied) < 2:
+        return best, None
+    inf = float("inf")
+
+    def rule(r: dict[str, Any]) -> tuple[float, float]:
+        size, sens = r.get("size_mb"), r.get("sensitivity")
+        return (size if size is not None else inf, -(sens if sens is not None else -inf))
+
+    winner = min(tied, key=rule)
+    tie = {
+        "candidates": [r["label"] for r in tied],
+        "rule": TIE_RULE,
+        "fastest": best["label"],
+        "why": f"their {by} ranges over the interleaved rounds overlap",
+    }
+    return winner, tie
+
+
 @dataclasses.dataclass
 class Run:
     """One validated candidate: its Options, conversion, folder and build state."""
@@ -147,7 +182,9 @@ def _row(label: str, overrides: dict[str, Any], status: str, reason: str) -> dic
         "sensitivity_drop": None,
         "flips": None,
         "latency_p50_ms": None,
+        "latency_p50_ms_range": None,  # min and max over the interleaved rounds
         "throughput_sps": None,
+        "throughput_sps_range": None,
         "throughput_batch": None,
         "size_mb": None,
         "bench": "not run",
@@ -243,6 +280,11 @@ def _short_bench(s: Session, t: Target, timed: list[tuple[dict[str, Any], Run]])
             continue
         medians = {bs: float(np.median(v)) for bs, v in sps[label].items()}
         best = max(medians, key=lambda bs: medians[bs])
+        lat = p50[label]
+        row.update(
+            latency_p50_ms_range=[float(min(lat)), float(max(lat))] if lat else None,
+            throughput_sps_range=[float(min(sps[label][best])), float(max(sps[label][best]))],
+        )
         row.update(
             bench=f"short: batch sizes {sizes}, {ROUNDS} interleaved rounds of "
             f"{SHORT['seconds']} s (medians)",
@@ -315,11 +357,12 @@ def run(s: Session, t: Target, opts: Any, reference: np.ndarray) -> TargetResult
         timed = [(row, runs[row["label"]]) for row in rows if row["sensitivity"] is not None]
         if timed and t.availability().bench.ok:
             _short_bench(s, t, timed)
-        winner = select(rows, objective)
+        winner, tie = decide(rows, objective)
         by = ranked_by(rows, objective)
         table = {
             "objective": objective,
             "winner": winner["label"] if winner else None,
+            "tie": tie,
             "candidates": rows,
             "diagnosis": diagnoses,
             "short_bench": {**SHORT, "rounds": ROUNDS},
@@ -327,6 +370,12 @@ def run(s: Session, t: Target, opts: Any, reference: np.ndarray) -> TargetResult
             "selection": (
                 f"every candidate passing every gate, ranked by {by}"
                 + (f" ({objective} cannot be measured on this host)" if by != objective else "")
+                + (
+                    f"; a tie between {', '.join(tie['candidates'])} ({tie['why']}), "
+                    f"decided for {TIE_RULE}"
+                    if tie
+                    else ""
+                )
                 + "; the winner's own conversion and validation were reused, its bundle "
                 "self-tested again and fully benchmarked"
             ),
