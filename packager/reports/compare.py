@@ -15,9 +15,9 @@ from typing import Any
 from packager.core.errors import UserError
 from packager.core.status import ReportStatus
 from packager.reports.compare_load import Loaded, label_rows, resolve
-from packager.reports.recommend import recommend
+from packager.reports.recommend import TIE_BREAK, recommend
 from packager.reports.release_diff import diff, host_text
-from packager.reports.report import COLUMNS, cell
+from packager.reports.report import COLUMNS, cell, shaky
 from packager.reports.sla import Sla, Tolerances, load_sla, scorecard
 
 FORMATS = ("md", "html", "json")
@@ -58,12 +58,12 @@ def _figures(rows: list[dict[str, Any]], sla: Sla | None) -> dict[str, Any]:
     }
     if any(r["latency_p50_ms"] is not None for r in rows):
         figs["latency"] = plots.latency_bars(
-            names,
+            [r["label"] + shaky(r, "latency_stable") for r in rows],
             [r["latency_p50_ms"] for r in rows],
             [r["latency_p95_ms"] for r in rows],
             sla.base.get("latency_ms") if sla else None,
         )
-    series = [(r["label"], r["batches"]) for r in rows if r["batches"]]
+    series = [(r["label"] + shaky(r, "bench_stable"), r["batches"]) for r in rows if r["batches"]]
     if series:
         figs["throughput"] = plots.throughput_curves(
             series, sla.base.get("throughput_sps") if sla else None
@@ -128,6 +128,19 @@ def build_view(paths: list[Path], sla_path: Path | None) -> dict[str, Any]:
     return view
 
 
+def _sla_verdict(card: dict[str, Any] | None) -> str | None:
+    """The page's first words when no target meets the SLA: every recommendation after it is
+    the best of targets that miss it."""
+    if not card or not card["rows"] or any(r["met"] for r in card["rows"]):
+        return None
+    n = len(card["rows"])
+    every = "the only target misses" if n == 1 else f"all {n} targets miss"
+    return (
+        f"No target meets the SLA ({card['source']}): {every} at least one line, "
+        "so any target recommended below misses it too"
+    )
+
+
 def _side(rows: list[dict[str, Any]], sla: Sla | None, mode: str) -> dict[str, Any]:
     card = scorecard(rows, sla) if sla else None
     recs = recommend(rows, sla)
@@ -146,19 +159,23 @@ def _side(rows: list[dict[str, Any]], sla: Sla | None, mode: str) -> dict[str, A
         ],
         "hosts": _hosts(rows),
         "sla": card,
+        "sla_verdict": _sla_verdict(card),
         "recommendations": recs,
         "headline": recs[0],
+        "tie_break": TIE_BREAK,
         "missed": card["missed"] if card else [],
         "sla_obj": sla,
     }
 
 
 def _json(view: dict[str, Any]) -> str:
-    keep = {k: v for k, v in view.items() if k not in ("table", "sla_obj", "headline")}
+    keep = {k: v for k, v in view.items() if k not in ("table", "sla_obj", "headline", "tie_break")}
     keep["rows"] = [
         {k: v for k, v in r.items() if k not in ("batches", "variants")} for r in view["rows"]
     ]
-    return json.dumps(keep, indent=2, sort_keys=True, default=str)
+    # Sorted keys, except that the SLA verdict comes first, as on the other pages.
+    ordered = json.loads(json.dumps(keep, sort_keys=True, default=str))
+    return json.dumps({"sla_verdict": ordered.pop("sla_verdict"), **ordered}, indent=2)
 
 
 def render_view(view: dict[str, Any], fmt: str) -> str:

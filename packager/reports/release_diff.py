@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from packager.core.status import ReportStatus
-from packager.reports.report import COLUMNS, cell
+from packager.reports.report import COLUMNS, cell, shaky
 from packager.reports.sla import Tolerances
 
 
@@ -46,8 +46,9 @@ def _flags(o: dict[str, Any], n: dict[str, Any], tol: Tolerances) -> list[str]:
             flags.append(f"latency cannot be checked: {n['latency_gap']} in NEW")
         elif n["latency_p50_ms"] > o["latency_p50_ms"] * (1 + tol.latency_increase):
             flags.append(
-                f"latency regression: batch-1 p50 {o['latency_p50_ms']:.3f} → "
-                f"{n['latency_p50_ms']:.3f} ms (tolerance +{100 * tol.latency_increase:.0f}%)"
+                f"latency regression: batch-1 p50 {o['latency_p50_ms']:.3f} ms"
+                f"{shaky(o, 'latency_stable')} → {n['latency_p50_ms']:.3f} ms"
+                f"{shaky(n, 'latency_stable')} (tolerance +{100 * tol.latency_increase:.0f}%)"
             )
     return flags
 

@@ -117,9 +117,17 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "latency_gap": latency_gap if b1 is None else None,
         "latency_p50_ms": b1["latency_ms"]["p50"] if b1 else None,
         "latency_p95_ms": b1["latency_ms"]["p95"] if b1 else None,
+        "latency_p50_ci95": b1["latency_ms"].get("p50_ci95") if b1 else None,
+        "latency_p95_ci95": b1["latency_ms"].get("p95_ci95") if b1 else None,
+        "latency_stable": b1.get("stable") if b1 else None,
         "harness_overhead": _harness_overhead(first),
         "throughput_sps": best["throughput_sps"] if best else None,
         "throughput_batch": best["batch_size"] if best else None,
+        "throughput_ci95": best.get("throughput_ci95") if best else None,
+        "throughput_stable": best.get("stable") if best else None,
+        # False when any batch size's windows never agreed (the throughput curve shows them all).
+        "bench_stable": not any(r.get("stable") is False for r in rows) if rows else None,
+        "noisy_host": bool((b.get("host_state") or {}).get("noisy")) and not bench_gap,
         "peak_memory_mb": b.get("peak_rss_mb") if not bench_gap else None,
         "serving_memory_mb": b.get("serving_memory_mb") if not bench_gap else None,
         "load_time_ms": b.get("load_time_ms") if not bench_gap else None,
@@ -157,6 +165,15 @@ def bench_caveats(b: dict[str, Any]) -> list[str]:
     if unstable:
         out.append(f"unstable at batch {', '.join(unstable)}: its windows never agreed")
     return out
+
+
+def shaky(row: dict[str, Any], stable_key: str | None) -> str:
+    """The mark a timing from this row carries wherever it is shown: " (unstable)" when its
+    windows never agreed (`stable_key` names the row's flag; None: no flag for this number),
+    " (busy host)" when the host was noisy, both, or ""."""
+    marks = ["unstable"] if stable_key and row.get(stable_key) is False else []
+    marks += ["busy host"] if row.get("noisy_host") else []
+    return f" ({', '.join(marks)})" if marks else ""
 
 
 def _precision_choice(report: dict[str, Any]) -> str | None:
@@ -232,21 +249,24 @@ COLUMNS = (
         "latency_p50_ms",
         "batch-1 p50 ms",
         "latency_gap",
-        lambda r: f"{r['latency_p50_ms']:.3f}",
+        lambda r: f"{r['latency_p50_ms']:.3f}{shaky(r, 'latency_stable')}",
         "lower",
     ),
     Column(
         "latency_p95_ms",
         "batch-1 p95 ms",
         "latency_gap",
-        lambda r: f"{r['latency_p95_ms']:.3f}",
+        lambda r: f"{r['latency_p95_ms']:.3f}{shaky(r, 'latency_stable')}",
         "lower",
     ),
     Column(
         "throughput_sps",
         "best samples/s (batch)",
         "bench_gap",
-        lambda r: f"{r['throughput_sps']:,.0f} (batch {r['throughput_batch']})",
+        lambda r: (
+            f"{r['throughput_sps']:,.0f} (batch {r['throughput_batch']})"
+            + shaky(r, "throughput_stable")
+        ),
         "higher",
     ),
     Column(

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ValidationError
 
 from packager.core.errors import UserError
 from packager.core.schema import STRICT, NonNegative, first_error, hint, shown
+from packager.reports.report import shaky
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,14 @@ SLA_GAPS = {
 }
 
 
+# Timings, marked when unstable or measured on a busy host: the row's stability flag for each.
+SLA_TIMED = {
+    "latency_ms": "latency_stable",
+    "throughput_sps": "throughput_stable",
+    "open_loop_sps": None,
+}
+
+
 def sla_line(row: dict[str, Any], metric: str, limit: float) -> dict[str, Any]:
     """One scorecard cell. A value that was not measured (or only on a proxy) misses the line:
     nobody can sign what was not measured."""
@@ -155,7 +164,9 @@ def sla_line(row: dict[str, Any], metric: str, limit: float) -> dict[str, Any]:
         "op": "≤" if m.op == "max" else "≥",
         "value": value,
         "met": met,
-        "text": m.show(value) if value is not None else why.split(":")[0],
+        "text": m.show(value) + (shaky(row, SLA_TIMED[metric]) if metric in SLA_TIMED else "")
+        if value is not None
+        else why.split(":")[0],
         "why": why,
         "limit_text": ("≤ " if m.op == "max" else "≥ ") + m.show(limit),
     }
