@@ -38,7 +38,7 @@ sys.path.insert(0, str(REPO))
 
 from packager.example.data import cache_dir, default_candidates  # noqa: E402
 
-EXAMPLE_TOML = REPO / "examples" / "pneumonia" / "packager.toml"
+EXAMPLE_TOML = REPO / "packager" / "example" / "packager.toml"
 WITHIN = 0.10  # the harness must be within 10% of benchmark_app
 
 

@@ -69,7 +69,7 @@ def test_invalid_toml_is_a_user_error(tmp_path: Path) -> None:
 
 # ---- `packager targets --json` publishes each target's option schema -------------------------
 
-EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "pneumonia" / "packager.toml"
+EXAMPLE = Path(__file__).resolve().parents[1] / "packager" / "example" / "packager.toml"
 BAD_TABLES = [
     {"threads": "4"},  # a string for an int
     {"threads": True},  # a bool for an int

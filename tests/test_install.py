@@ -76,7 +76,7 @@ def test_wheel_in_fresh_venv_adds_one_import_name(wheel: tuple[Path, str], tmp_p
     assert "packager.targets.cpu_onnxruntime:CpuOnnxRuntime" in json.loads(groups)
     assert all(v.startswith("packager.targets.") for v in json.loads(groups))
     assert (site / "packager" / "templates" / "report" / "report.html.j2").is_file()
-    assert (site / "packager" / "examples" / "pneumonia" / "packager.toml").is_file()
+    assert (site / "packager" / "example" / "packager.toml").is_file()
 
 
 def test_packager_imports_with_targets_unavailable() -> None:
@@ -90,7 +90,7 @@ def test_packager_imports_with_targets_unavailable() -> None:
         importlib.metadata.entry_points = lambda **kw: []
         import packager
         for m in pkgutil.walk_packages(packager.__path__, "packager."):
-            if not m.name.startswith(("packager.targets", "packager.examples")):
+            if not m.name.startswith(("packager.targets", "packager.example")):
                 importlib.import_module(m.name)
         assert not any(n.startswith("packager.targets.") for n in sys.modules), sorted(sys.modules)
         from packager.core.registry import get

@@ -34,6 +34,7 @@ from packager.builder.stages.convert import Converter
 from packager.builder.state import BuildState, TargetResult
 from packager.convert import ort_quant
 from packager.core.errors import PackagerError, Unavailable, UserError
+from packager.core.metrics import overlap
 from packager.core.quiet import stdout_to_stderr
 from packager.core.status import CheckStatus, ReportStatus, ResultStatus
 from packager.core.target import BuildContext, BuildOutput, Candidate, Target
@@ -110,10 +111,6 @@ def select(rows: list[dict[str, Any]], objective: str) -> dict[str, Any] | None:
 
 INTERVAL = {"latency": "latency_p50_ms_range", "throughput": "throughput_sps_range"}
 TIE_RULE = "the smaller, then the more sensitive"
-
-
-def overlap(a: list[float] | None, b: list[float] | None) -> bool:
-    return a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
 
 
 def decide(rows: list[dict[str, Any]], objective: str) -> tuple[dict[str, Any] | None, Any]:

@@ -125,3 +125,9 @@ def clinical(
         out.flipped = flipped(probs, reference, positive, threshold)
         out.max_abs_diff = float(np.max(np.abs(p - ref))) if len(p) else 0.0
     return out
+
+
+def overlap(a: list[float] | None, b: list[float] | None) -> bool:
+    """Whether two intervals share a point; False when either is missing (then nothing can be
+    called a tie)."""
+    return a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]

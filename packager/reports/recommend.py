@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from packager.core.metrics import overlap
 from packager.core.status import ReportStatus
 from packager.reports.report import shaky
 from packager.reports.sla import Sla, sla_line
@@ -67,11 +68,6 @@ def _tie_key(r: dict[str, Any]) -> tuple[float, float]:
     inf = float("inf")
     mem, size = r["serving_memory_mb"], r["size_mb"]
     return (inf if mem is None else mem, inf if size is None else size)
-
-
-def _overlap(a: list[float] | None, b: list[float] | None) -> bool:
-    """Whether two 95% intervals share a point; False when either is missing."""
-    return a is not None and b is not None and a[0] <= b[1] and b[0] <= a[1]
 
 
 def _clinical_why(r: dict[str, Any]) -> str:
@@ -145,7 +141,7 @@ def _within_noise(
     lead, group = by_sla[0], by_sla[:1]
     for r in by_sla[1:] if sc.interval else []:
         same_side = bool(misses[r["label"]]) == bool(misses[lead["label"]])
-        if not same_side or not _overlap(lead[sc.interval], r[sc.interval]):
+        if not same_side or not overlap(lead[sc.interval], r[sc.interval]):
             break
         group.append(r)
     return group
