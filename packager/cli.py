@@ -496,7 +496,8 @@ def validate(
         spec = "n/a" if c.get("specificity") is None else f"{c['specificity']:.4f}"
         lines.append(f"sensitivity {c['sensitivity']:.4f}  specificity {spec}  ({c['n']} images)")
     if outcome.get("files"):
-        lines.append(f"outcome {outcome['files']['md']}")
+        files = outcome["files"]
+        lines.append(f"outcome {files['md']} (HTML: {files['html']})")
     publication = outcome.get("publication") or {}
     if publication.get("published"):
         lines.append(publication["reason"])

@@ -18,7 +18,7 @@ from PIL import Image
 
 from packager.reports.compare import write_comparison
 from packager.reports.render import render_reports
-from tests.conftest import must_have
+from tests.conftest import _run, must_have
 from tests.test_report import TARGET, build_bundle, make_flipped, validation_images
 
 REPO = Path(__file__).resolve().parents[1]
@@ -248,3 +248,71 @@ def test_signoff_prints_on_at_most_two_pdf_pages(dist: Path, tmp_path: Path) -> 
     amber = (np.abs(pixels - (0x8A, 0x5A, 0x00)).sum(axis=2) < 40).sum()
     assert amber > 200 * len(unsupported), amber
     assert green + amber > 200 * len(checks), (green, amber)
+
+
+# The badge colours of templates/report/style.css, as the browser computes them.
+GREEN, RED, AMBER = "rgb(29, 122, 58)", "rgb(179, 38, 30)", "rgb(138, 90, 0)"
+COLOUR = {"pass": GREEN, "fail": RED, "undefined": RED, "insufficient evidence": AMBER}
+
+
+def test_site_report_shows_its_verdict_and_badges_green_only_for_a_pass(
+    browser: Any, dist: Path, data_path: Path, tmp_path: Path
+) -> None:
+    """A site acceptance with a passing, a failing and a too-small subgroup, in Chromium: the
+    verdict on top is the report's, every gate line (overall and per subgroup) shows its verdict
+    in its colour, and only a pass is green."""
+    from tests.test_trust_site import mixed_groups, site
+
+    with np.load(data_path) as z:
+        images, labels = z["test_images"], z["test_labels"].reshape(-1)
+    site_labels, group = mixed_groups(labels)
+    data = site(
+        tmp_path / "site", images, site_labels, np.arange(len(labels)), {"ward": lambda k: group[k]}
+    )
+    out = tmp_path / "out"
+    bundle = dist / f"tiny-1.0.0/{TARGET}"
+    r = _run(
+        [
+            "validate",
+            str(bundle),
+            "--data",
+            str(data),
+            "--out",
+            str(out),
+            "--json",
+            "--group-by",
+            "ward",
+        ],
+        tmp_path,
+    )
+    assert r.code == 1, r.stderr
+    report = json.loads(Path(r.json["files"]["json"]).read_text())
+    page = check_page(browser, Path(r.json["files"]["html"]), "site-validation.png")
+    top = page.locator("#verdict .badge")
+    assert top.inner_text() == report["verdict"] == "fail"
+    assert report["reason"] in page.locator("#verdict").inner_text()
+
+    def colour(badge: Any) -> str:
+        return badge.evaluate("b => getComputedStyle(b).backgroundColor")
+
+    assert colour(top) == RED
+    lines = report["gates"]["checks"] + [
+        g for row in report["subgroups"]["ward"].values() for g in row["gates"]
+    ]
+    for g in lines:
+        badge = page.locator(f'tr[data-gate="{g["name"]}"] .badge')
+        assert badge.inner_text() == g["verdict"], g["name"]
+        assert colour(badge) == COLOUR[g["verdict"]], g["name"]
+    assert {g["verdict"] for g in lines} >= {"pass", "fail", "insufficient evidence"}
+    badges = page.locator(".badge").all()
+    assert len(badges) == 1 + len(lines) + len(report["subgroups"]["ward"])
+    for badge in badges:  # green only for a pass, and every pass green
+        assert (colour(badge) == GREEN) == (badge.inner_text() == "pass"), badge.inner_text()
+    metrics = page.locator("#metrics").inner_text()
+    for name in ("sensitivity", "specificity"):
+        lo, hi = report["rates"][name]["ci95"]
+        assert f"95% CI {100 * lo:.2f}%–{100 * hi:.2f}%" in metrics, name
+    assert page.locator("#labels-from").inner_text().startswith("labels.csv, found in the data")
+    fp = report["errors"]["false_positives"]
+    assert page.locator("#false-positives").inner_text().startswith(", ".join(map(str, fp[:10])))
+    page.close()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Callable
+from html import unescape
 from pathlib import Path
 
 import numpy as np
@@ -199,7 +200,8 @@ def test_a_bundle_without_a_reference_lists_the_drop_gate_as_not_applied() -> No
     probs = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7]])
     clin = clinical(probs, np.array([1, 0, 1]), 1, 0.5)
     cfg = parse_config({"gates": {"min_subgroup_sensitivity": 0.9}}, Path("."))
-    checks, not_applied = site_gates(clin, cfg, {"positives": 390, "reference_sensitivity": None})
+    build = {"positives": 390, "reference_sensitivity": None}
+    checks, not_applied = site_gates(clin, cfg, build, grouped=False)
     assert [c["name"] for c in checks] == ["finite_outputs", "min_sensitivity"]
     assert [g["name"] for g in not_applied] == ["max_sensitivity_drop", "min_subgroup_sensitivity"]
     assert "no build-time reference" in not_applied[0]["reason"]
@@ -217,7 +219,7 @@ def test_only_named_columns_are_read_and_nothing_else_is_written(
     assert report["data"]["metadata_columns"] == ["site"]
     assert report["data"]["group_by"]["source"] == "--group-by"
     with np.load(written(tmp_path / "out", "npz")) as v:
-        assert sorted(v.files) == ["labels", "meta_site", "probs"]
+        assert sorted(v.files) == ["labels", "meta_site", "probs", "row"]
         arrays = " ".join(str(v[k].tolist()) for k in v.files)
     for path in (tmp_path / "out").iterdir():
         text = path.read_bytes().decode("latin-1") if path.suffix != ".npz" else arrays
@@ -329,3 +331,157 @@ def test_a_group_column_that_cannot_be_a_subgroup_is_refused_before_anything_is_
     r, _ = validate(bundles["default"], data, tmp_path / "out", "--group-by", "site")
     assert_user_error(r, *words)
     assert not (tmp_path / "out").exists()
+
+
+# ---- subgroup gates, where the labels came from, errors by row (issue 25 item 6) ----------
+
+
+def mixed_groups(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The whole test split in four subgroups, labels swapped in C and D (the model misses most
+    of their "positives"): C (the first 12 images: 3 positives, 2 found, fewer than
+    min_subgroup_positives: too few to fail), D (the next 100) and A / B (the rest,
+    alternating). Returns (site labels, group)."""
+    site_labels = labels.copy()
+    site_labels[:112] = 1 - site_labels[:112]
+    k = np.arange(len(labels))
+    group = np.where(k < 12, "C", np.where(k < 112, "D", np.where(k % 2 == 0, "A", "B")))
+    return site_labels, group
+
+
+def expected_verdict(point: float, ci: tuple[float, float], limit: float, upper: bool) -> str:
+    """The site semantics, restated: pass on the 95% bound, fail on the point estimate."""
+    if (ci[1] <= limit + 1e-12) if upper else (ci[0] >= limit):
+        return "pass"
+    if (point > limit + 1e-12) if upper else (point < limit):
+        return "fail"
+    return "insufficient evidence"
+
+
+def test_subgroup_intervals_and_gates_recount_with_statsmodels(
+    bundles: dict[str, Path], test_split, tmp_path: Path
+) -> None:
+    images, labels = test_split
+    site_labels, group = mixed_groups(labels)
+    idx = np.arange(len(labels))
+    data = site(tmp_path / "g", images, site_labels, idx, {"site": lambda k: group[k]})
+    r, report = validate(bundles["loose"], data, tmp_path / "out", "--group-by", "site")
+    assert r.code == 1, r.stderr
+    decided = build_probs(bundles["loose"]) >= THRESHOLD
+    y = site_labels == 1
+    build = json.loads((bundles["loose"] / "report.json").read_text())["clinical"]
+    ref_tp, ref_n = round(build["reference_sensitivity"] * build["positives"]), build["positives"]
+    rows = report["subgroups"]["site"]
+    assert sorted(rows) == ["A", "B", "C", "D"]
+    seen = set()
+    for value, row in rows.items():
+        m = group == value
+        tp, pos = int((decided & y & m).sum()), int((y & m).sum())
+        tn, neg = int((~decided & ~y & m).sum()), int((~y & m).sum())
+        assert (row["n"], row["positives"], row["negatives"]) == (int(m.sum()), pos, neg)
+        sens_ci = proportion_confint(tp, pos, method="wilson")
+        assert row["sensitivity"] == pytest.approx(tp / pos)
+        assert row["sensitivity_ci95"] == pytest.approx(sens_ci, abs=1e-12)
+        assert row["specificity"] == pytest.approx(tn / neg)
+        assert row["specificity_ci95"] == pytest.approx(
+            proportion_confint(tn, neg, method="wilson"), abs=1e-12
+        )
+        lines = {g["name"]: g for g in row["gates"]}
+        sens, drop = (
+            lines[f"min_sensitivity[site={value}]"],
+            lines[f"max_sensitivity_drop[site={value}]"],
+        )
+        drop_ci = _newcombe(ref_tp, ref_n, tp, pos)
+        assert sens["ci95"] == pytest.approx(sens_ci, abs=1e-12) and sens["limit"] == 0.9
+        assert drop["value"] == pytest.approx(ref_tp / ref_n - tp / pos, abs=1e-6)  # 6 places
+        assert drop["ci95"] == pytest.approx(drop_ci, abs=1e-9) and drop["limit"] == 0.05
+        if pos < 20:  # min_subgroup_positives: too few to judge, whatever the numbers say
+            want = ["insufficient evidence"] * 2
+        else:
+            want = [
+                expected_verdict(tp / pos, sens_ci, 0.9, upper=False),
+                expected_verdict(ref_tp / ref_n - tp / pos, drop_ci, 0.05, upper=True),
+            ]
+        assert [sens["verdict"], drop["verdict"]] == want, value
+        assert all(g["passed"] == (g["verdict"] == "pass") for g in (sens, drop))
+        severity = ["fail", "insufficient evidence", "undefined", "pass"]
+        assert row["verdict"] == min(want, key=severity.index)
+        seen.add(row["verdict"])
+    assert seen == {"pass", "fail", "insufficient evidence"}  # every kind is exercised
+    assert rows["C"]["verdict"] == "insufficient evidence" and rows["D"]["verdict"] == "fail"
+    assert rows["C"]["positives"] < 20 and rows["C"]["sensitivity"] < 0.9  # a fail if judged
+    # The overall gates pass or not on their own; the failing subgroup fails the site.
+    assert report["verdict"] == "fail" and "site=D fail" in report["reason"]
+    assert not report["gates"]["passed"]
+    assert report["gates"]["not_applied"] == []
+
+
+def plain_csv_rows(path: Path) -> list[list[str]]:
+    """labels.csv's data rows as a spreadsheet shows them: header dropped, blank lines skipped."""
+    lines = path.read_text().splitlines()[1:]
+    return [line.split(",") for line in lines if line.strip()]
+
+
+@pytest.mark.parametrize("layout", ["labels.csv", "class folders", "npz"])
+def test_false_positives_and_negatives_are_listed_by_row_index(
+    layout: str, bundles: dict[str, Path], test_split, data_path: Path, tmp_path: Path
+) -> None:
+    images, labels = test_split
+    probs = build_probs(bundles["default"])
+    truth: list[int] = []  # per row of the source, in the source's own order
+    score: list[float] = []
+    if layout == "labels.csv":
+        # 150 test images listed in a shuffled order, with train rows and blank lines between.
+        data = tmp_path / "d"
+        data.mkdir()
+        order = np.random.default_rng(7).permutation(150)
+        text = ["path,label,split"]
+        for n, i in enumerate(order):
+            Image.fromarray(images[i]).save(data / f"{i:04d}.png")
+            text.append(f"{i:04d}.png,{labels[i]},test")
+            if n % 7 == 0:
+                text += ["", f"{i:04d}.png,{labels[i]},train"]
+        (data / "site.csv").write_text("\n".join(text) + "\n")
+        args: tuple = ("--labels", data / "site.csv")
+        for path, label, split in plain_csv_rows(data / "site.csv"):
+            truth.append(int(label) if split == "test" else -1)
+            score.append(probs[int(path[:4])] if split == "test" else np.nan)
+    elif layout == "class folders":
+        data = tmp_path / "d"
+        for i in range(40):
+            (data / ("normal", "pneumonia")[labels[i]]).mkdir(parents=True, exist_ok=True)
+            Image.fromarray(images[i]).save(data / ("normal", "pneumonia")[labels[i]] / f"{i}.png")
+        args = ()
+        for cls in sorted(p.name for p in data.iterdir()):
+            for name in sorted(p.name for p in (data / cls).iterdir()):
+                truth.append(("normal", "pneumonia").index(cls))
+                score.append(probs[int(name.split(".")[0])])
+    else:
+        data, args = data_path, ("--split", "test")
+        truth, score = labels.tolist(), probs.tolist()
+    r, report = validate(bundles["default"], data, tmp_path / "out", *args)
+    assert r.code == 1, r.stderr
+    fp, fn, listed = [], [], []
+    for row in range(len(truth)):  # a plain loop over the source's rows
+        if truth[row] < 0:
+            continue  # another split's row
+        listed.append(row)
+        if truth[row] == 0 and score[row] >= THRESHOLD:
+            fp.append(row)
+        if truth[row] == 1 and score[row] < THRESHOLD:
+            fn.append(row)
+    assert report["errors"] == {"false_positives": fp, "false_negatives": fn}
+    assert len(fp) == report["clinical"]["confusion"]["fp"] > 0
+    with np.load(written(tmp_path / "out", "npz")) as v:
+        assert v["row"].tolist() == listed
+    source = {"labels.csv": "--labels", "class folders": "class folders", "npz": "npz"}[layout]
+    assert report["data"]["labels"]["source"] == source
+    md = written(tmp_path / "out", "md").read_text().replace("\\", "")  # Markdown escapes
+    page = unescape(written(tmp_path / "out", "html").read_text())
+    for text in (md, page):
+        assert report["data"]["labels"]["statement"].split(" (")[0] in text
+        assert ", ".join(map(str, fp[:20])) in text and ", ".join(map(str, fn[:20])) in text
+    if layout == "labels.csv":
+        assert report["data"]["labels"]["file"] == "site.csv"
+        assert "site.csv, passed with --labels" in report["data"]["labels"]["statement"]
+        for f in data.glob("*.png"):  # rows only: no image path reaches a report
+            assert f.name not in md + page

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import psutil
@@ -70,6 +70,9 @@ class FileList:
     split: str
     metadata: dict[str, np.ndarray] = field(default_factory=dict)
     csv_sha256: str = ""  # of the labels CSV, when the labels come from one
+    # Each image's row in that CSV: 0 is the first row after the header, blank lines not counted
+    # (pandas.read_csv's index). None for class folders: there the position in `names` is it.
+    rows: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -352,10 +355,11 @@ def _scan_csv(
     base = root.resolve()
     names: list[str] = []
     labels: list[int] = []
+    at: list[int] = []
     seen: set[str] = set()
     meta: dict[str, list[str]] = {c: [] for c in extra}
     splits: set[str] = set()
-    for line, row in _csv_rows(rows, csv_path):
+    for k, (line, row) in enumerate(_csv_rows(rows, csv_path)):
         where = f"{csv_path} line {line}"
         if len(row) != len(header):
             raise UserError(f"{where}: {len(row)} fields for {len(header)} columns")
@@ -377,6 +381,7 @@ def _scan_csv(
                 raise UserError(f"{where}: column '{c}' holds control characters or >200 chars")
             meta[c].append(value)
         names.append(name)
+        at.append(k)
     if not names:
         raise UserError(
             f"{csv_path}: no rows for split '{split}'"
@@ -389,7 +394,48 @@ def _scan_csv(
         split,
         {c: np.asarray(v, dtype=str) for c, v in meta.items()},
         hashlib.sha256(raw).hexdigest(),
+        np.asarray(at, np.int64),
     )
+
+
+def row_index(source: Dataset | FileList) -> np.ndarray:
+    """Where each image is listed: its labels-CSV row (FileList.rows), else its position in the
+    npz split or in the sorted folder listing (class folder, then file name), from 0."""
+    rows = source.rows if isinstance(source, FileList) else None
+    return np.arange(len(source), dtype=np.int64) if rows is None else rows
+
+
+def labels_origin(source: Dataset | FileList, labels_csv: str | Path | None) -> dict[str, Any]:
+    """Where the labels came from and what a row index (row_index) points into; a CSV by its
+    file name and sha256 only."""
+    if isinstance(source, Dataset):
+        split = f"{source.split}_images"
+        return {
+            "source": "npz",
+            "file": None,
+            "sha256": None,
+            "statement": f"the npz's {source.split}_labels array",
+            "row_index": f"the image's index in the npz's {split} array, from 0",
+        }
+    if not source.csv_sha256:
+        return {
+            "source": "class folders",
+            "file": None,
+            "sha256": None,
+            "statement": "the class folder each image is in",
+            "row_index": "the image's position in the folder listing sorted by class folder, "
+            "then file name, from 0",
+        }
+    name = LABELS_CSV if labels_csv is None else shown(Path(labels_csv).name)
+    given = "passed with --labels" if labels_csv is not None else "found in the data folder"
+    return {
+        "source": "--labels" if labels_csv is not None else "labels.csv in the data folder",
+        "file": name,
+        "sha256": source.csv_sha256,
+        "statement": f"{name}, {given} (sha256 {source.csv_sha256[:16]}…)",
+        "row_index": f"the row of {name}: 0 is the first row after the header; blank lines "
+        "are not counted (pandas.read_csv's index)",
+    }
 
 
 def _group_columns(

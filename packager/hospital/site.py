@@ -51,19 +51,20 @@ from packager.builder.supply_chain import write_sbom_and_provenance
 from packager.builder.verify import require
 from packager.core import documents
 from packager.core.config import Config, find_config, load_config, parse_config
-from packager.core.data import Dataset, open_dataset
+from packager.core.data import Dataset, labels_origin, open_dataset, row_index
 from packager.core.errors import Unavailable, UserError
 from packager.core.gates import check_custom, custom_gates, metric_gates
 from packager.core.hostinfo import host_facts
+from packager.core.metrics import decisions
 from packager.core.progress import Progress
 from packager.core.registry import get
 from packager.core.status import ReportStatus, StepStatus
 from packager.core.target import Check
-from packager.core.templating import md_escape as md
 from packager.core.version import __version__
-from packager.hospital.site_gates import PASS, rate, site_gates, site_verdict
+from packager.hospital.site_gates import PASS, rate, site_gates, site_verdict, subgroups
 from packager.reports.evidence import check_categories, for_data
 from packager.reports.render import render_reports
+from packager.reports.site_report import site_html, site_markdown
 from packager.runtime.stream import StreamResult, stream_predict
 from packager.runtime.validate import evaluate, gate_checks, is_clinical_gate, save_validation
 from packager.shipped.preprocess import Preprocess
@@ -179,7 +180,11 @@ def _revalidate(
         "columns": sorted(res.metadata),
         "not_found": [c for c in columns if c not in res.metadata],
     }
-    return site_acceptance(bundle, report, manifest, runtime, cfg, res, data, split, out, grouping)
+    described = {"group_by": grouping, "labels": labels_origin(source, labels_csv)}
+    rows = row_index(source)
+    return site_acceptance(
+        bundle, report, manifest, runtime, cfg, res, data, split, out, described, rows
+    )
 
 
 def _bundle_config(bundle: Path, manifest: dict[str, Any], runtime: dict[str, Any]) -> Config:
@@ -312,13 +317,18 @@ def _evidence(
         return ev, checks
 
 
-def site_report_paths(bundle: Path, manifest: dict[str, Any], out: Path | None) -> dict[str, Path]:
+SITE_FILES = ("json", "md", "html", "npz")
+
+
+def site_report_paths(
+    bundle: Path, manifest: dict[str, Any], out: Path | None, when: datetime
+) -> dict[str, Path]:
     """Where this run's site report goes, never where another run's is: --out (file names with
     the UTC time, claimed by creating the .json exclusively), else a new folder
     DIR/site-validation/<bundle>/<utc-time>/ beside the published bundle: never inside a
     generation, which the next build deletes."""
     stem = f"site-validation-{manifest['name']}-{manifest['version']}-{manifest['target']}"
-    now = datetime.now(UTC).strftime("%Y%m%dT%H%M%S.%fZ")
+    now = when.strftime("%Y%m%dT%H%M%S.%fZ")
     if out is None:
         dest_dir, name = published_home(bundle)
         base = dest_dir / "site-validation" / name
@@ -331,8 +341,8 @@ def site_report_paths(bundle: Path, manifest: dict[str, Any], out: Path | None) 
             if out is None:
                 where = base / stamp
                 where.mkdir()
-                return {ext: where / f"{stem}.{ext}" for ext in ("json", "md", "npz")}
-            paths = {ext: out / f"{stem}-{stamp}.{ext}" for ext in ("json", "md", "npz")}
+                return {ext: where / f"{stem}.{ext}" for ext in SITE_FILES}
+            paths = {ext: out / f"{stem}-{stamp}.{ext}" for ext in SITE_FILES}
             os.close(os.open(paths["json"], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
             return paths
         except FileExistsError:
@@ -350,21 +360,26 @@ def site_acceptance(
     data: Path,
     split: str,
     out: Path | None,
-    grouping: dict[str, Any],
+    described: dict[str, Any],
+    rows: np.ndarray,
 ) -> dict[str, Any]:
     """The site validation report: this site's data through the shipped bundle, gated on what
-    the data can support (packager.hospital.site_gates)."""
+    the data can support (packager.hospital.site_gates). `described`: where the labels and the
+    group columns came from; `rows`: each image's row in its labels source (data.row_index)."""
+    when = datetime.now(UTC)
     probs, clin = evaluate(res.scores, res.labels, cfg, runtime["output"], None)
     built = BuildState.load(report)
     build_clinical = built.clinical or {}
-    checks, not_applied = site_gates(clin, cfg, build_clinical)
+    checks, not_applied = site_gates(clin, cfg, build_clinical, grouped=bool(res.metadata))
     c = clin.confusion
     rates = {
         "sensitivity": rate(c["tp"], c["tp"] + c["fn"]),
         "specificity": rate(c["tn"], c["tn"] + c["fp"]),
     }
-    verdict, reason = site_verdict(checks, rates["specificity"])
     pos = cfg.labels.positive_index
+    y, pred = res.labels == pos, decisions(probs, pos, cfg.labels.threshold)
+    groups = subgroups(res.metadata, y, pred, cfg, build_clinical)
+    verdict, reason = site_verdict(checks, groups, rates["specificity"])
     n = len(res.labels)
     site = {
         "schema_version": 1,
@@ -372,6 +387,7 @@ def site_acceptance(
         "status": ReportStatus.passed if verdict == PASS else ReportStatus.failed,
         "verdict": verdict,
         "reason": reason,
+        "validated_at": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "bundle": {
             "path": str(bundle.resolve()),
             "name": manifest["name"],
@@ -401,7 +417,7 @@ def site_acceptance(
             "sha256": res.sha256,
             "same_as_build": res.sha256 == manifest["data"]["sha256"],
             "metadata_columns": sorted(res.metadata),
-            "group_by": grouping,
+            **described,
         },
         "decision": {
             "positive": cfg.labels.positive,
@@ -410,7 +426,12 @@ def site_acceptance(
         },
         "clinical": asdict(clin) | {"split": split, "output": runtime["output"]},
         "rates": rates,
-        "subgroups": _subgroups(res.metadata, res.labels == pos, probs[:, pos], cfg),
+        # Row indexes only (data.labels.row_index says into what): no path, no identifier.
+        "errors": {
+            "false_positives": np.sort(rows[pred & ~y]).tolist(),
+            "false_negatives": np.sort(rows[~pred & y]).tolist(),
+        },
+        "subgroups": groups,
         "gates": {
             "passed": verdict == PASS,
             "decided_on": "the 95% interval",
@@ -425,14 +446,15 @@ def site_acceptance(
         },
         "tool": {"packager": __version__},
     }
-    paths = site_report_paths(bundle, manifest, out)
+    paths = site_report_paths(bundle, manifest, out, when)
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"labels": res.labels, "probs": probs.astype(np.float32)}
+    arrays = {"labels": res.labels, "probs": probs.astype(np.float32), "row": rows}
     arrays |= {f"meta_{k}": v for k, v in res.metadata.items()}
     _atomic(paths["npz"], lambda f: np.savez(f, **arrays))
     text = documents.checked_text(documents.SiteValidation, site)
     _atomic(paths["json"], lambda f: f.write(text.encode()))
     _atomic(paths["md"], lambda f: f.write(site_markdown(site).encode()))
+    _atomic(paths["html"], lambda f: f.write(site_html(site).encode()))
     site["files"] = {k: str(v) for k, v in paths.items()}
     return site
 
@@ -445,100 +467,6 @@ def _atomic(path: Path, write: Any) -> None:
         tmp.replace(path)
     finally:
         tmp.unlink(missing_ok=True)
-
-
-def _subgroups(
-    metadata: dict[str, np.ndarray], y: np.ndarray, p: np.ndarray, cfg: Config
-) -> dict[str, dict[str, dict[str, Any]]]:
-    """Counts and rates, with 95% Wilson intervals, per value of each group column."""
-    pred = p >= cfg.labels.threshold
-    out: dict[str, dict[str, dict[str, Any]]] = {}
-    for col, values in metadata.items():
-        rows = {}
-        for v in sorted(set(values.tolist())):
-            m = values == v
-            tp, pos = int((pred & y & m).sum()), int((y & m).sum())
-            tn, neg = int((~pred & ~y & m).sum()), int((~y & m).sum())
-            sens, spec = rate(tp, pos), rate(tn, neg)
-            rows[v] = {
-                "n": int(m.sum()),
-                "positives": pos,
-                "sensitivity": sens["value"],
-                "sensitivity_ci95": sens["ci95"],
-                "specificity": spec["value"],
-                "specificity_ci95": spec["ci95"],
-            }
-        out[col] = rows
-    return out
-
-
-def site_markdown(site: dict[str, Any]) -> str:
-    c, b, d, r = site["clinical"], site["bundle"], site["data"], site["rates"]
-
-    def f(v: Any) -> str:
-        return "n/a" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v)
-
-    def ci(v: float | None, bounds: list[float] | None) -> str:
-        return "n/a" if v is None or bounds is None else f"{f(v)} ({f(bounds[0])}–{f(bounds[1])})"
-
-    def with_ci(x: dict[str, Any], of: str) -> str:
-        if x["value"] is None:
-            return f"undefined (no {of})"
-        lo, hi = x["ci95"]
-        return f"{f(x['value'])} ({x['hits']}/{x['n']}; 95% CI {f(lo)}–{f(hi)})"
-
-    bc = b["build_clinical"]
-    lines = [
-        f"# Site validation: {md(b['name'])} {md(b['version'])} ({md(b['target'])}, "
-        f"{md(b['precision'])})",
-        "",
-        f"**{site['verdict'].upper()}** — {md(site['reason'])}",
-        "",
-        f"- data: {md(d['path'])} split {md(d['split'])}, {d['n']} images, {d['positives']} "
-        f"positive, sha256 {d['sha256'][:16]}…",
-        f"- decision: {md(site['decision']['positive'])} when p >= {site['decision']['threshold']}",
-        f"- bundle manifest sha256 {b['manifest_sha256'][:16]}… (left unchanged), "
-        f"signed: {'yes' if b['signed'] else 'no'}",
-        "",
-        "| metric | this site | at build |",
-        "| --- | --- | --- |",
-        f"| sensitivity | {with_ci(r['sensitivity'], 'positives')} | {f(bc['sensitivity'])} |",
-        f"| specificity | {with_ci(r['specificity'], 'negatives')} | {f(bc['specificity'])} |",
-        f"| AUC | {f(c['auc'])} | |",
-        f"| images | {c['n']} | {f(bc['n'])} |",
-        "",
-        f"Gates decide on {site['gates']['decided_on']}: a gate the data cannot support reads "
-        "`insufficient evidence`, a metric with no cases `undefined`; neither is a pass.",
-        "",
-        "| gate | value | 95% CI | limit | decided on | verdict |",
-        "| --- | --- | --- | --- | --- | --- |",
-        *(
-            f"| {g['name']} | {f(g['value'])} | "
-            f"{'' if g['ci95'] is None else f(g['ci95'][0]) + '–' + f(g['ci95'][1])} | "
-            f"{g['limit']} | {g['decided_on']} | {g['verdict'].upper()} |"
-            for g in site["gates"]["checks"]
-        ),
-    ]
-    for g in site["gates"]["not_applied"]:
-        lines += ["", f"Not applied: {g['name']} (limit {g['limit']}): {md(g['reason'])}."]
-    for col, rows in site["subgroups"].items():
-        lines += ["", f"## By {md(col)}", ""]
-        lines += ["| value | n | positives | sensitivity (95% CI) | specificity (95% CI) |"]
-        lines += ["| --- | --- | --- | --- | --- |"]
-        lines += [
-            f"| {md(v)} | {r['n']} | {r['positives']} | "
-            f"{ci(r['sensitivity'], r['sensitivity_ci95'])} | "
-            f"{ci(r['specificity'], r['specificity_ci95'])} |"
-            for v, r in rows.items()
-        ]
-    t = site["throughput"]
-    lines += [
-        "",
-        f"Runtime {md(site['runtime'].get('runtime', '?'))} {md(site['runtime'].get('version', ''))}; "
-        f"{f(t['images_per_s'])} images/s end to end (streamed).",
-        "",
-    ]
-    return "\n".join(lines)
 
 
 def rebench(

@@ -9,17 +9,23 @@ pass a gate its numbers support. Each gate decides on the 95% interval, not the 
   interval of the difference, from statsmodels): it passes when the interval's upper bound is
   within the limit; with no recorded reference it is listed as not applied, with the reason;
 - a metric whose denominator is empty (no positives, or no negatives for specificity) is
-  `undefined` and fails closed.
+  `undefined` and fails closed;
+- per value of each group column, the same two gates with the same semantics, limited by the
+  bundle's min_subgroup_sensitivity / max_subgroup_sensitivity_drop where it sets them, else by
+  the overall limits; a subgroup with fewer than min_subgroup_positives positives has
+  `insufficient evidence`, whatever its point estimate.
 
 Every line keeps the boolean `passed` (true only for `pass`), so readers of gate lines work."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
+import numpy as np
 from statsmodels.stats.proportion import confint_proportions_2indep
 
-from packager.core.config import Config
+from packager.core.config import Config, GatesConfig
 from packager.core.metrics import Clinical, wilson
 from packager.core.status import CheckStatus
 from packager.reports.evidence import SUBGROUP_GATES
@@ -108,11 +114,21 @@ def max_drop(
     return line(name, drop, limit, verdict, UPPER, (lo, hi), f"the drop {why} ({basis})")
 
 
+def _reference(build: dict[str, Any]) -> tuple[int, int] | None:
+    """(detected, positives) of the reference at build time, from report.json's clinical
+    section; None when it records no reference."""
+    ref_sens, ref_n = build.get("reference_sensitivity"), build.get("positives")
+    if ref_sens is None or not ref_n:
+        return None
+    return round(ref_sens * ref_n), ref_n
+
+
 def site_gates(
-    clin: Clinical, cfg: Config, build: dict[str, Any]
+    clin: Clinical, cfg: Config, build: dict[str, Any], grouped: bool
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """(gate lines, gates not applied with their reason) of the bundle's gates on this site's
-    data; `build` is the bundle's report.json clinical section."""
+    data; `build` is the bundle's report.json clinical section; `grouped`: the data has group
+    columns (then the subgroup gates are applied per subgroup, by `subgroups`)."""
     g = cfg.gates
     tp, n_pos = clin.confusion["tp"], clin.positives
     checks = [
@@ -128,49 +144,120 @@ def site_gates(
         min_rate("min_sensitivity", tp, n_pos, g.min_sensitivity, "sensitivity", "positives"),
     ]
     not_applied = []
-    ref_sens, ref_n = build.get("reference_sensitivity"), build.get("positives")
-    if ref_sens is None or not ref_n:
+    ref = _reference(build)
+    if ref is None:
         not_applied.append(
             {
                 "name": "max_sensitivity_drop",
                 "limit": g.max_sensitivity_drop,
                 "reason": "the bundle's report.json records no build-time reference sensitivity "
-                "to measure a drop from",
+                "to measure a drop from (overall or per subgroup)",
             }
         )
     else:
-        ref_hits = round(ref_sens * ref_n)
         checks.append(
-            max_drop(
-                "max_sensitivity_drop",
-                ref_hits,
-                ref_n,
-                tp,
-                n_pos,
-                g.max_sensitivity_drop,
-                "positives",
-            )
+            max_drop("max_sensitivity_drop", *ref, tp, n_pos, g.max_sensitivity_drop, "positives")
         )
-    not_applied += [
-        {
-            "name": name,
-            "limit": getattr(g, name),
-            "reason": "subgroup gates are not applied to site data; the report gives each "
-            "--group-by value's counts and 95% intervals instead",
-        }
-        for name in SUBGROUP_GATES
-        if getattr(g, name) is not None
-    ]
+    if not grouped:
+        not_applied += [
+            {
+                "name": name,
+                "limit": getattr(g, name),
+                "reason": "this data has no group column (pass --group-by COL with a labels.csv "
+                "that has it)",
+            }
+            for name in SUBGROUP_GATES
+            if getattr(g, name) is not None
+        ]
     return checks, not_applied
 
 
-def site_verdict(checks: list[dict[str, Any]], specificity: dict[str, Any]) -> tuple[str, str]:
-    """The worst verdict of the gate lines, and the reason naming every line that is not a
-    pass. Specificity undefined (no negatives) fails closed too, even with no gate on it."""
+def subgroup_lines(
+    where: str, hits: int, n: int, g: GatesConfig, ref: tuple[int, int] | None
+) -> list[dict[str, Any]]:
+    """The site gates on one subgroup's positives (`where` is e.g. "[site=B]")."""
+    low = g.min_sensitivity if g.min_subgroup_sensitivity is None else g.min_subgroup_sensitivity
+    lines = [min_rate(f"min_sensitivity{where}", hits, n, low, "sensitivity", "positives")]
+    if ref is not None:
+        drop = g.max_sensitivity_drop
+        if g.max_subgroup_sensitivity_drop is not None:
+            drop = g.max_subgroup_sensitivity_drop
+        lines.append(max_drop(f"max_sensitivity_drop{where}", *ref, hits, n, drop, "positives"))
+    if 0 < n < g.min_subgroup_positives:  # too few to judge: never a pass, nor a fail
+        few = f"{n} positives, fewer than min_subgroup_positives ({g.min_subgroup_positives})"
+        lines = [
+            x
+            | {"verdict": INSUFFICIENT, "passed": False, "status": CheckStatus.failed}
+            | {"reason": f"{few}: too few to judge; {x['reason']}"}
+            for x in lines
+        ]
+    return lines
+
+
+def subgroups(
+    metadata: dict[str, np.ndarray],
+    y: np.ndarray,
+    pred: np.ndarray,
+    cfg: Config,
+    build: dict[str, Any],
+) -> dict[str, dict[str, dict[str, Any]]]:
+    """Per value of each group column: counts, sensitivity and specificity with 95% Wilson
+    intervals, and the site gates on that subgroup (`subgroup_lines`) with their worst verdict.
+    `y`: truly positive, `pred`: decided positive, per image."""
+    ref = _reference(build)
+    out: dict[str, dict[str, dict[str, Any]]] = {}
+    for col, values in metadata.items():
+        rows = {}
+        for v in sorted(set(values.tolist())):
+            m = values == v
+            tp, pos = int((pred & y & m).sum()), int((y & m).sum())
+            tn, neg = int((~pred & ~y & m).sum()), int((~y & m).sum())
+            sens, spec = rate(tp, pos), rate(tn, neg)
+            lines = subgroup_lines(f"[{col}={v}]", tp, pos, cfg.gates, ref)
+            rows[v] = {
+                "n": int(m.sum()),
+                "positives": pos,
+                "negatives": neg,
+                "sensitivity": sens["value"],
+                "sensitivity_ci95": sens["ci95"],
+                "specificity": spec["value"],
+                "specificity_ci95": spec["ci95"],
+                "verdict": worst(x["verdict"] for x in lines),
+                "gates": lines,
+            }
+        out[col] = rows
+    return out
+
+
+def worst(verdicts: Iterable[str]) -> str:
+    return min(verdicts, key=SEVERITY.index, default=PASS)
+
+
+def site_verdict(
+    checks: list[dict[str, Any]],
+    groups: dict[str, dict[str, dict[str, Any]]],
+    specificity: dict[str, Any],
+) -> tuple[str, str]:
+    """The worst verdict of the gate lines and the subgroups, and the reason naming every line
+    that is not a pass (subgroups by name and verdict only: their lines say why). Specificity
+    undefined (no negatives) fails closed too, even with no gate on it."""
     found = [(c["verdict"], f"{c['name']}: {c['reason']}") for c in checks]
     if specificity["value"] is None:
         found.append((UNDEFINED, "specificity is undefined: no negatives in the data"))
-    worst = min((v for v, _ in found), key=SEVERITY.index, default=PASS)
-    if worst == PASS:
-        return PASS, "every gate passed on this site's data and runtime, on its 95% interval"
-    return worst, f"{worst}: " + "; ".join(why for v, why in found if v != PASS)
+    short = [
+        (row["verdict"], f"{col}={value} {row['verdict']}")
+        for col, rows in groups.items()
+        for value, row in rows.items()
+        if row["verdict"] != PASS
+    ]
+    verdict = worst(v for v, _ in found + short)
+    if verdict == PASS:
+        scope = " and in every subgroup" if groups else ""
+        return (
+            PASS,
+            f"every gate passed on this site's data and runtime{scope}, on its 95% interval",
+        )
+    why = [w for v, w in found if v != PASS]
+    if short:
+        why.append("subgroups: " + ", ".join(w for _, w in short))
+    return verdict, f"{verdict}: " + "; ".join(why)

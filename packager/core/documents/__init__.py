@@ -535,6 +535,16 @@ class SiteGrouping(_Closed):
     not_found: list[str] = Field(description="the bundle's group columns this data lacks")
 
 
+class SiteLabels(_Closed):
+    """Where the site's labels came from, and what its row indexes point into."""
+
+    source: Literal["--labels", "labels.csv in the data folder", "class folders", "npz"]
+    file: str | None = Field(description="the labels CSV's file name (no folder)")
+    sha256: str | None = Field(description="the labels CSV's sha256")
+    statement: str
+    row_index: str = Field(description="what errors' and the .npz `row` indexes point into")
+
+
 class SiteData(_Closed):
     path: str
     split: str
@@ -546,21 +556,13 @@ class SiteData(_Closed):
         description="the labels.csv columns read (only the group columns; the rest are dropped)"
     )
     group_by: SiteGrouping
+    labels: SiteLabels
 
 
 class Decision(_Closed):
     positive: str
     threshold: float
     output: OutputKind
-
-
-class SubgroupRow(_Closed):
-    n: int
-    positives: int
-    sensitivity: float | None
-    sensitivity_ci95: tuple[float, float] | None = Field(description="95% Wilson interval")
-    specificity: float | None
-    specificity_ci95: tuple[float, float] | None = Field(description="95% Wilson interval")
 
 
 SiteVerdict = Literal["pass", "fail", "insufficient evidence", "undefined"]
@@ -578,6 +580,18 @@ class SiteCheck(CheckRecord):
         if self.passed != (self.verdict == "pass"):
             raise ValueError(f"check {self.name}: passed={self.passed} but verdict {self.verdict}")
         return self
+
+
+class SubgroupRow(_Closed):
+    n: int
+    positives: int
+    negatives: int
+    sensitivity: float | None
+    sensitivity_ci95: tuple[float, float] | None = Field(description="95% Wilson interval")
+    specificity: float | None
+    specificity_ci95: tuple[float, float] | None = Field(description="95% Wilson interval")
+    verdict: SiteVerdict = Field(description="the worst verdict of its gates")
+    gates: list[SiteCheck] = Field(description="the site gates on this subgroup's positives")
 
 
 class NotApplied(_Closed):
@@ -613,6 +627,13 @@ class SiteRates(_Closed):
     specificity: SiteRate
 
 
+class SiteErrors(_Closed):
+    """Row indexes (data.labels.row_index), never paths or identifiers."""
+
+    false_positives: list[int]
+    false_negatives: list[int]
+
+
 class Throughput(_Closed):
     images_per_s: float | None
     read_s: float
@@ -631,11 +652,13 @@ class SiteValidation(_Closed):
     status: Literal[ReportStatus.passed, ReportStatus.failed]
     verdict: SiteVerdict = Field(description="the worst verdict of the gates; passed only if pass")
     reason: str
+    validated_at: str = Field(description="UTC, ISO 8601")
     bundle: SiteBundle
     data: SiteData
     decision: Decision
     clinical: ClinicalMetrics
     rates: SiteRates
+    errors: SiteErrors
     subgroups: dict[str, dict[str, SubgroupRow]] = Field(description="per group column, value")
     gates: SiteGates
     runtime: RuntimeInfo
@@ -648,6 +671,9 @@ class SiteValidation(_Closed):
         passed = self.status == ReportStatus.passed
         if passed != (self.verdict == "pass") or passed != self.gates.passed:
             raise ValueError(f"status {self.status} with verdict {self.verdict}")
+        rows = [r for values in self.subgroups.values() for r in values.values()]
+        if passed and any(r.verdict != "pass" for r in rows):
+            raise ValueError("status passed with a subgroup that does not pass")
         return self
 
 
