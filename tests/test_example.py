@@ -4,7 +4,6 @@ Training runs use a narrow model on a small train subset so the suite stays fast
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import http.server
 import json
@@ -108,15 +107,28 @@ def test_set_value_replaces_one_key_in_its_section_and_keeps_the_comment() -> No
 
 
 @pytest.fixture
-def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str]]:
-    """A local HTTP server over a folder (the download code path, without the internet)."""
+def http_dir(tmp_path: Path) -> Iterator[tuple[Path, str, list[str]]]:
+    """A local HTTP server over a folder (the download code path, without the internet), and
+    the paths it was asked for. pooch has no file:// downloader, so this is the offline way."""
     root = tmp_path / "www"
     root.mkdir()
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    asked: list[str] = []
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, directory=str(root), **kwargs)
+
+        def do_GET(self) -> None:
+            asked.append(self.path)
+            super().do_GET()
+
+        def log_message(self, *args: Any) -> None:  # keep the test output clean
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield root, f"http://127.0.0.1:{server.server_address[1]}"
+    yield root, f"http://127.0.0.1:{server.server_address[1]}", asked
     server.shutdown()
     server.server_close()
 
@@ -132,18 +144,37 @@ def test_find_data_prefers_the_flag_then_the_candidates_in_order(tmp_path: Path)
         find_data(tmp_path / "missing.npz", [a])
 
 
-def test_download_checks_the_md5(
-    http_dir: tuple[Path, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_download_checks_the_hash_retries_and_leaves_nothing_half_written(
+    http_dir: tuple[Path, str, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    root, url = http_dir
+    root, url, asked = http_dir
     payload = b"not really an npz"
     (root / "p.npz").write_bytes(payload)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("PACKAGER_CACHE", str(cache))
+    with pytest.raises(UserError) as exc:
+        find_data(None, [], url=f"{url}/p.npz", known_hash="md5:" + "0" * 32, retries=1)
+    msg = str(exc.value)
+    assert "\n" not in msg and "does not match the known hash" in msg and "--data" in msg
+    assert hashlib.md5(payload).hexdigest() in msg  # the hash it got, computed here
+    assert asked == ["/p.npz", "/p.npz"]  # the first attempt and one retry
+    assert not list(cache.iterdir())  # no partial file left behind
+    for known in ("md5:" + hashlib.md5(payload).hexdigest(), hashlib.sha256(payload).hexdigest()):
+        got = find_data(None, [], url=f"{url}/p.npz", known_hash=known)
+        assert got == cache / "pneumoniamnist.npz" and got.read_bytes() == payload
+        got.unlink()
+
+
+def test_a_copy_found_is_used_without_a_download(
+    http_dir: tuple[Path, str, list[str]], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, url, asked = http_dir
     monkeypatch.setenv("PACKAGER_CACHE", str(tmp_path / "cache"))
-    with pytest.raises(UserError, match="md5"):
-        find_data(None, [], url=f"{url}/p.npz", md5="0" * 32)
-    assert not list((tmp_path / "cache").iterdir())  # no partial file left behind
-    got = find_data(None, [], url=f"{url}/p.npz", md5=hashlib.md5(payload).hexdigest())
-    assert got == tmp_path / "cache" / "pneumoniamnist.npz" and got.read_bytes() == payload
+    shared = tmp_path / "shared" / "pneumoniamnist.npz"
+    shared.parent.mkdir()
+    shared.write_bytes(b"a copy, whatever its hash")
+    assert find_data(None, [shared], url=f"{url}/p.npz") == shared.resolve()
+    assert asked == [] and not (tmp_path / "cache").exists()
 
 
 def test_offline_without_data_is_one_line_saying_how_to_get_it(
@@ -151,7 +182,7 @@ def test_offline_without_data_is_one_line_saying_how_to_get_it(
 ) -> None:
     monkeypatch.setenv("PACKAGER_CACHE", str(tmp_path))
     with pytest.raises(UserError) as exc:
-        find_data(None, [tmp_path / "none.npz"], url="http://127.0.0.1:9/pneumoniamnist.npz")
+        find_data(None, [tmp_path / "none.npz"], url="http://127.0.0.1:9/x.npz", retries=0)
     msg = str(exc.value)
     assert "\n" not in msg and "zenodo.org" in msg and "--data" in msg
 

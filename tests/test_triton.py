@@ -1,13 +1,16 @@
-"""The Triton repository writer: every config it renders is read back with Triton's own
-ModelConfig protobuf, field by field; user strings survive any characters."""
+"""The Triton repository writer: every config it writes is read back with Triton's own
+ModelConfig protobuf, field by field; user strings survive any characters (the escaping is
+protobuf's text_format)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from google.protobuf import text_format
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tritonclient.grpc import model_config_pb2 as pb
 
 from packager.convert.triton import (
     Accelerator,
@@ -20,9 +23,6 @@ from packager.convert.triton import (
     write_repository,
 )
 from packager.core.errors import UserError
-
-pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc]")
-from tritonclient.grpc import model_config_pb2 as pb  # noqa: E402
 
 
 def model(dtype: str = "float32", max_batch: int = 64, **kw: object) -> TritonModel:
@@ -117,6 +117,47 @@ def test_user_strings_round_trip_exactly(name: str, value: str, key: str) -> Non
         cfg.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters
     ) == {key: value}
     assert list(cfg.model_warmup[0].inputs) == [name]
+
+
+def test_quotes_newlines_and_unicode_round_trip_exactly(tmp_path: Path) -> None:
+    """The file written, parsed by protobuf into a fresh ModelConfig, equals the message spelled
+    out here, every string unchanged. A model name is a folder name, so it has no newline; the
+    tensor and parameter strings carry the newlines."""
+    name = "pneu\"mo'nia\t\r «肺炎» 🫁 }\u00e9"
+    tensor = 'in"put\n}\ninstance_group [{ kind: KIND_CPU }]\n#é'
+    value = 'line one\nline "two"\\ \x01 ünïcødé'
+    m = model(
+        name=name,
+        inputs=[Tensor(tensor, "float32", [3, 64, 64])],
+        outputs=[Tensor("out\n", "float16", [2])],
+        gpu_accelerators=[Accelerator("tensorrt", {tensor: value})],
+        parameters={value: tensor},
+        warmup_batch_sizes=[],
+    )
+    (tmp_path / "m.onnx").write_bytes(b"onnx bytes")
+    mdir = write_repository(tmp_path, m, {"model.onnx": tmp_path / "m.onnx"})
+    assert mdir.name == name
+    parsed = text_format.Parse(
+        (mdir / "config.pbtxt").read_text(encoding="utf-8"), pb.ModelConfig()
+    )
+    want = pb.ModelConfig(
+        name=name,
+        platform="onnxruntime_onnx",
+        max_batch_size=64,
+        input=[pb.ModelInput(name=tensor, data_type=pb.TYPE_FP32, dims=[3, 64, 64])],
+        output=[pb.ModelOutput(name="out\n", data_type=pb.TYPE_FP16, dims=[2])],
+        dynamic_batching=pb.ModelDynamicBatching(
+            preferred_batch_size=[8, 32], max_queue_delay_microseconds=250
+        ),
+        instance_group=[pb.ModelInstanceGroup(count=1, kind=pb.ModelInstanceGroup.KIND_GPU)],
+        parameters={value: pb.ModelParameter(string_value=tensor)},
+    )
+    want.optimization.execution_accelerators.gpu_execution_accelerator.add(
+        name="tensorrt", parameters={tensor: value}
+    )
+    assert parsed == want
+    assert parsed.name == name and parsed.input[0].name == tensor
+    assert parsed.parameters[value].string_value == tensor
 
 
 def test_injection_attempt_stays_one_string() -> None:

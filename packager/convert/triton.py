@@ -1,25 +1,23 @@
 """Triton Inference Server model repositories: write `<root>/<model>/config.pbtxt` plus
-`<root>/<model>/<version>/<files>` from one template, and read a config back with Triton's own
-ModelConfig protobuf (tests, `verify`). Target-neutral: any platform or backend, GPU or CPU."""
+`<root>/<model>/<version>/<files>`, and read a config back. The config is Triton's own ModelConfig
+protobuf message, printed and parsed by protobuf's text_format, so its escaping is the library's.
+Target-neutral: any platform or backend, GPU or CPU."""
 
 from __future__ import annotations
 
 import shlex
 import shutil
 from dataclasses import dataclass, field
-from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
-import jinja2
+from google.protobuf import text_format
 
 from packager.core.errors import UserError
-from packager.core.templating import env
 
 if TYPE_CHECKING:
     from tritonclient.grpc.model_config_pb2 import ModelConfig
 
-TEMPLATE = "triton/config.pbtxt.j2"
 DATA_TYPES = {
     "bool": "TYPE_BOOL",
     "uint8": "TYPE_UINT8",
@@ -137,31 +135,55 @@ class TritonModel:
         return self.default_model_filename or DEFAULT_FILES.get(self.platform or self.backend, "")
 
 
-def pbtxt_string(value: Any) -> str:
-    """A protobuf text-format string literal: printable ASCII as is, everything else escaped
-    as octal bytes of its UTF-8 (what both the C++ and Python parsers read back exactly)."""
-    out = []
-    for byte in str(value).encode("utf-8"):
-        ch = chr(byte)
-        if ch in ('"', "\\"):
-            out.append("\\" + ch)
-        elif 0x20 <= byte < 0x7F:
-            out.append(ch)
-        else:
-            out.append(f"\\{byte:03o}")
-    return '"' + "".join(out) + '"'
+def model_config(model: TritonModel) -> ModelConfig:
+    """The model as Triton's ModelConfig message. Fields at their proto3 default (0, "", false)
+    are left unset, which Triton reads exactly as if they were written out."""
+    # tritonclient.grpc imports grpc and numpy: loaded when a config is built, not with the CLI.
+    from tritonclient.grpc import model_config_pb2 as pb
 
-
-@cache
-def _env() -> jinja2.Environment:
-    e = env(False).overlay()
-    e.filters = {**e.filters, "pbstr": pbtxt_string}  # the overlay shares the parent's dict
-    return e
+    model.check()
+    cfg = pb.ModelConfig(
+        name=model.name,
+        platform=model.platform,
+        backend=model.backend,
+        default_model_filename=model.default_model_filename,
+        max_batch_size=model.max_batch_size,
+    )
+    for tensors, dest in ((model.inputs, cfg.input), (model.outputs, cfg.output)):
+        for t in tensors:
+            dest.add(name=t.name, data_type=pb.DataType.Value(t.data_type), dims=t.dims)
+    if model.batching:
+        cfg.dynamic_batching.SetInParent()  # present even with every field at its default
+        cfg.dynamic_batching.preferred_batch_size.extend(model.preferred_batch_sizes)
+        cfg.dynamic_batching.max_queue_delay_microseconds = model.max_queue_delay_us
+    kind = pb.ModelInstanceGroup.Kind.Value(model.instance_kind)
+    cfg.instance_group.add(count=model.instance_count, kind=kind)
+    accelerators = cfg.optimization.execution_accelerators
+    for a in model.gpu_accelerators:
+        accelerators.gpu_execution_accelerator.add(name=a.name, parameters=a.parameters)
+    for a in model.cpu_accelerators:
+        accelerators.cpu_execution_accelerator.add(name=a.name, parameters=a.parameters)
+    for key, value in model.parameters.items():
+        cfg.parameters[key].string_value = value
+    for b in model.warmup_batch_sizes:
+        warmup = cfg.model_warmup.add(
+            name=f"batch-{b}", batch_size=b if model.max_batch_size > 0 else 1
+        )
+        for t in model.inputs:
+            warmup.inputs[t.name].CopyFrom(
+                pb.ModelWarmup.Input(
+                    data_type=pb.DataType.Value(t.data_type), dims=t.dims, zero_data=True
+                )
+            )
+    return cfg
 
 
 def render_config(model: TritonModel) -> str:
-    model.check()
-    return _env().get_template(TEMPLATE).render(m=model)
+    """config.pbtxt's text: the message in protobuf text format, UTF-8 (the default of
+    protobuf 6, explicit for older ones), repeated numbers on one line as Triton's docs write."""
+    return text_format.MessageToString(
+        model_config(model), as_utf8=True, use_short_repeated_primitives=True
+    )
 
 
 def write_repository(root: Path, model: TritonModel, files: dict[str, Path]) -> Path:
@@ -183,20 +205,15 @@ def write_repository(root: Path, model: TritonModel, files: dict[str, Path]) -> 
         target.parent.mkdir(parents=True, exist_ok=True)
         if target != Path(src).resolve():
             shutil.copyfile(src, target)
-    (mdir / "config.pbtxt").write_text(text)
+    (mdir / "config.pbtxt").write_text(text, encoding="utf-8")
     return mdir
 
 
 def parse_config(source: Path | str) -> ModelConfig:
     """A config.pbtxt (path or text) parsed with Triton's ModelConfig protobuf."""
-    try:
-        from google.protobuf import text_format
-        from tritonclient.grpc import model_config_pb2
-    except ImportError:
-        raise UserError(
-            "reading Triton configs needs tritonclient; pip install 'tritonclient[grpc]'"
-        ) from None
-    text = source.read_text() if isinstance(source, Path) else source
+    from tritonclient.grpc import model_config_pb2
+
+    text = source.read_text(encoding="utf-8") if isinstance(source, Path) else source
     try:
         return text_format.Parse(text, model_config_pb2.ModelConfig())
     except text_format.ParseError as exc:

@@ -1,4 +1,4 @@
-"""Jinja2 templates for documents (bundle README, reports, Triton and app snippets) with the
+"""Jinja2 templates for documents (bundle README, reports, app snippets) with the
 filters they share. Templates are for documents only: the code a bundle runs is copied verbatim
 (packager.builder.bundle.install_code)."""
 

@@ -13,6 +13,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as pb
+from tritonclient.utils import np_to_triton_dtype
 
 from packager.convert.triton import check_repository, parse_config
 from packager.core.config import load_config
@@ -23,8 +26,6 @@ from packager.shipped.preprocess import Preprocess
 from packager.targets.gpu_tensorrt import GpuTensorRT, cuda_host
 from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, run_predict
 from tests.test_recount import recount
-
-pb = pytest.importorskip("tritonclient.grpc.model_config_pb2", reason="needs tritonclient[grpc]")
 
 GPU, NO_GPU_REASON = cuda_host()
 needs_cuda = pytest.mark.skipif(GPU is None, reason=f"needs CUDA + TensorRT: {NO_GPU_REASON}")
@@ -130,6 +131,57 @@ def test_portable_fp16_repository_passes_the_proxy_and_says_not_validated(
     weights = {init.data_type for init in b.onnx.graph.initializer}
     assert weights == {onnx.TensorProto.FLOAT16}
     onnx.checker.check_model(b.onnx)
+
+
+@without_cuda
+def test_written_config_parses_back_to_what_the_bundle_serves(
+    bundle: Callable[..., Bundle],
+) -> None:
+    """config.pbtxt read with protobuf's own parser into a fresh ModelConfig, each field checked
+    against the ONNX graph it serves (read with onnx), runtime.json and the manifest."""
+    b = bundle("fp16")
+    text = (b.dir / "triton" / "tiny" / "config.pbtxt").read_text(encoding="utf-8")
+    cfg = text_format.Parse(text, pb.ModelConfig())
+    manifest = json.loads((b.dir / "manifest.json").read_text())
+    served = manifest["details"]["triton"]
+    graph = b.onnx.graph
+
+    def triton_type(elem_type: int) -> int:  # onnx -> numpy -> Triton, by the two libraries
+        np_type = onnx.helper.tensor_dtype_to_np_dtype(elem_type)
+        return pb.DataType.Value("TYPE_" + np_to_triton_dtype(np_type))
+
+    def dims(value: onnx.ValueInfoProto) -> list[int]:
+        shape = value.type.tensor_type.shape.dim
+        return [d.dim_value if d.HasField("dim_value") else -1 for d in shape]
+
+    assert cfg.name == manifest["name"] == "tiny"
+    assert cfg.platform == served["platform"] == "onnxruntime_onnx" and not cfg.backend
+    assert b.runtime["runner_options"]["model"] == f"triton/{cfg.name}/1/model.onnx"
+    assert b.runtime["fixed_batch"] is None and cfg.max_batch_size == served["max_batch_size"]
+    [inp], [out] = graph.input, graph.output
+    assert [(i.name, i.data_type, list(i.dims)) for i in cfg.input] == [
+        (inp.name, triton_type(inp.type.tensor_type.elem_type), dims(inp)[1:])
+    ]
+    assert b.runtime["input"]["name"] == inp.name
+    assert b.runtime["input"]["shape"][1:] == list(cfg.input[0].dims)
+    assert [(o.name, o.data_type, list(o.dims)) for o in cfg.output] == [
+        (out.name, triton_type(out.type.tensor_type.elem_type), [len(b.runtime["labels"])])
+    ]
+    batcher = cfg.dynamic_batching
+    assert list(batcher.preferred_batch_size) == served["preferred_batch_sizes"]
+    assert batcher.max_queue_delay_microseconds == served["max_queue_delay_us"]
+    assert [(g.kind, g.count) for g in cfg.instance_group] == [(pb.ModelInstanceGroup.KIND_GPU, 1)]
+    for warm in cfg.model_warmup:
+        assert 1 <= warm.batch_size <= cfg.max_batch_size
+        assert list(warm.inputs) == [inp.name]
+        w = warm.inputs[inp.name]
+        assert (w.data_type, list(w.dims), w.zero_data) == (
+            cfg.input[0].data_type,
+            cfg.input[0].dims,
+            True,
+        )
+    # Written by the library's printer: printing the parsed message gives the file back.
+    assert text_format.MessageToString(cfg, use_short_repeated_primitives=True) == text
 
 
 @without_cuda
