@@ -42,6 +42,8 @@ DISTRIBUTIONS = (
     "scipy",
     "scikit-learn",
     "statsmodels",
+    "protobuf",  # prints config.pbtxt (text_format), with tritonclient's ModelConfig
+    "tritonclient",
 )
 PACKAGER = Path(__file__).resolve().parents[1]
 
