@@ -14,6 +14,7 @@ host cannot run it), ModelRefused (a target cannot take the model).
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,11 +22,12 @@ from typing import TYPE_CHECKING, Any
 
 from packager.builder.state import TargetResult
 from packager.core import documents
-from packager.core.errors import GateFailed, ModelRefused, Unavailable
+from packager.core.errors import GateFailed, ModelRefused, Unavailable, UserError
 from packager.core.progress import Progress
 from packager.core.status import ResultStatus
 
 if TYPE_CHECKING:
+    from packager.builder.cache import Cache
     from packager.builder.verify import VerifyResult
     from packager.core.config import Config
 
@@ -100,14 +102,13 @@ def build(
     `all_targets=True`. `precision="auto"` runs the precision search. `progress`: a mode
     (auto, rich, plain, none), True (plain), False (none) or None ($PACKAGER_PROGRESS, else
     auto)."""
-    from packager.builder.cache import Cache
+    from packager.builder.bundle import ensure_writable
     from packager.builder.pipeline import build as run_build
     from packager.builder.pipeline import check_targets
     from packager.builder.session import Session
     from packager.builder.signing import check_private_key
     from packager.core import registry
     from packager.core.config import Config, load_config, override
-    from packager.core.errors import UserError
 
     if bool(targets) == all_targets:
         raise UserError("name targets with --target NAME (repeatable) or pass --all")
@@ -120,6 +121,7 @@ def build(
         check_private_key(Path(cfg.sign.key))
     names = registry.names() if all_targets else list(dict.fromkeys(targets))
     check_targets(cfg.targets, names)  # a misspelt target before any model or data is read
+    ensure_writable(Path(cfg.output.dir))  # before the cache: the output is what matters
     session = Session.open(cfg, Progress(progress))
     explicit = not all_targets
     results = run_build(
@@ -130,7 +132,7 @@ def build(
         int8,
         explicit,
         precision == "auto",
-        Cache() if cache else None,
+        _cache() if cache else None,
     )
     return BuildResults(results, explicit)
 
@@ -216,6 +218,17 @@ def compare(
     from packager.reports.compare import compare as run_compare
 
     return run_compare([Path(p) for p in paths], _path(sla), fmt)
+
+
+def _cache() -> Cache | None:
+    """The build cache; where it cannot be written, the build goes on without it (a warning)."""
+    from packager.builder.cache import Cache
+
+    try:
+        return Cache()
+    except UserError as exc:
+        print(f"warning: building without the cache: {exc}", file=sys.stderr, flush=True)
+        return None
 
 
 def _path(p: PathLike | None) -> Path | None:
