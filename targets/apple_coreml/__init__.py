@@ -1,7 +1,7 @@
 """apple-coreml: a Core ML ML Program (.mlpackage) for iPhone, iPad and Mac.
 
 coremltools dropped its ONNX converter (6.0), so the path is ONNX -> PyTorch (our own translation,
-onnx_to_torch.py beside this file) -> torch.export -> coremltools.convert. Core ML predictions only run
+onnx_to_torch/ beside this file) -> torch.export -> coremltools.convert. Core ML predictions only run
 on macOS, so verification is split by what each host can do:
 
 - every host: the intermediate PyTorch module is compared with ONNX Runtime on the validation
@@ -116,7 +116,7 @@ class AppleCoreML(Target):
         return Availability(build=Status(True), validate=runs, bench=runs)
 
     def accepts(self, model: ModelInfo, options: Any = None) -> Status:
-        """The translation's own operator table (onnx_to_torch.py) against the model."""
+        """The translation's own operator table (onnx_to_torch/) against the model."""
         status = super().accepts(model, options)
         if not status.ok or missing({"torch": "torch"}, "coreml"):
             return status
