@@ -17,7 +17,7 @@ from tests.conftest import REPO, must_have
 PACKAGE = REPO / "targets" / "gpu_tensorrt"
 SOURCES = {
     "runtime": PACKAGE / "runtime.py" if PACKAGE.is_dir() else REPO / "targets/gpu_tensorrt.py",
-    "builder": PACKAGE / "__init__.py" if PACKAGE.is_dir() else REPO / "targets/gpu_tensorrt.py",
+    "builder": PACKAGE / "convert.py" if PACKAGE.is_dir() else REPO / "targets/gpu_tensorrt.py",
 }
 
 

@@ -7,40 +7,25 @@ form ships instead: the ONNX model (FP16 / INT8 Q/DQ where asked) on Triton's ON
 with the TensorRT execution accelerator configured, and Triton builds the engine on the server.
 Then the exact shipped graph is checked on ONNX Runtime CPU, labelled as a proxy, and the report
 says `not-validated` with the reason.
+
+The steps live beside this file: convert.py (the shipped ONNX graph, the engine, what the parser
+takes) and serve.py (the Triton model and its TensorRT accelerator); runtime.py is what ships.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field, replace
+from dataclasses import field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-import numpy as np
-import onnx
-
-from packager.convert.ort_quant import quantize_static_qdq
-from packager.convert.triton import (
-    Accelerator,
-    Tensor,
-    TritonModel,
-    serve_commands,
-    write_repository,
-)
-from packager.core.errors import ConversionFailed, Unavailable, UserError
+from packager.convert.triton import serve_commands, write_repository
+from packager.core.errors import Unavailable, UserError
 from packager.core.installed import missing
-from packager.core.model import (
-    DEFAULT_DOMAINS,
-    ModelInfo,
-    graph_inputs,
-    is_qoperator,
-    load_model,
-    split_op,
-)
+from packager.core.model import ModelInfo
 from packager.core.schema import typed
 from packager.core.target import (
     PRE_QUANTIZED,
-    REEXPORT_QDQ,
     Availability,
     BuildContext,
     BuildOutput,
@@ -50,7 +35,9 @@ from packager.core.target import (
     Status,
     Target,
 )
-from packager.targets.gpu_tensorrt.runtime import Gpu, cuda, cudart, current_gpu, dims
+from packager.targets.gpu_tensorrt.convert import build_engine, parser_refusal, shipped_onnx
+from packager.targets.gpu_tensorrt.runtime import Gpu, cuda, cudart, current_gpu
+from packager.targets.gpu_tensorrt.serve import Io, trt_accelerator
 
 DEFAULT_PREFERRED = (8, 16, 32)
 
@@ -106,216 +93,6 @@ def cuda_host() -> tuple[Gpu | None, str]:
         return current_gpu(), ""
     except RuntimeError as exc:  # no driver, or a driver too old for this CUDA runtime
         return None, f"CUDA is installed but not usable: {exc}"
-
-
-# --- conversion ------------------------------------------------------------------------------
-
-
-def _elem_dtype(vi: onnx.ValueInfoProto) -> str:
-    return onnx.helper.tensor_dtype_to_np_dtype(vi.type.tensor_type.elem_type).name
-
-
-def shipped_onnx(ctx: BuildContext, precision: str, dest: Path, cache_file: Path) -> None:
-    """The ONNX graph this bundle ships (and the proxy runs): the source as it is (precision
-    "fp32" or "source"), converted to FP16 with the source's input/output types kept, or INT8
-    with explicit Q/DQ scales."""
-    model = load_model(ctx.model_path)
-    if precision == "fp16":
-        from onnxruntime.transformers.float16 import convert_float_to_float16
-        from onnxruntime.transformers.onnx_model import OnnxModel
-
-        # Same IO types as the source: clients and preprocess.json stay unchanged.
-        converted = OnnxModel(convert_float_to_float16(model, keep_io_types=True))
-        converted.topological_sort()  # the converter appends its IO casts at the end
-        try:  # a graph the converter broke is this target's failure, not the runtime's later
-            onnx.checker.check_model(converted.model, full_check=True)
-        except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-            text = str(exc).strip()
-            raise ConversionFailed(
-                f"the FP16 conversion wrote an invalid ONNX graph: {text.splitlines()[0]}; "
-                'set [targets.gpu-tensorrt] precision = "fp32"',
-                log=text,
-            ) from None
-        onnx.save(converted.model, str(dest))
-    elif precision == "int8":
-        # INT8 the way TensorRT 10 wants it: explicit Q/DQ (its implicit calibrators are
-        # deprecated), symmetric ranges; the logits stay in floating point.
-        quantize_static_qdq(
-            model,
-            dest,
-            ctx.calibration(),
-            batch=16,
-            symmetric=True,
-            keep_head_float=True,
-            cache_file=cache_file,
-        )
-    else:
-        onnx.save(model, str(dest))
-
-
-@dataclass
-class Io:
-    """Input/output of the shipped graph as Triton and the engine profile see them."""
-
-    input: onnx.ValueInfoProto
-    output: onnx.ValueInfoProto
-    dims: list[int]  # one sample's input, concrete (the size packager validated with)
-    fixed: int | None  # the model's own fixed batch
-    batched: bool  # Triton may batch: a free batch axis on input and output
-    preferred: list[int]
-    profile: dict[str, list[int]]  # engine optimization profile: min, opt, max input shapes
-    classes: int
-
-    @classmethod
-    def of(cls, ctx: BuildContext, opts: Options, onnx_path: Path) -> Io:
-        shipped = onnx.load(str(onnx_path), load_external_data=False)
-        p, info = ctx.preprocess, ctx.model
-        dims = [p.channels, p.size, p.size] if p.layout == "NCHW" else [p.size, p.size, p.channels]
-        batched = info.fixed_batch is None and len(info.output.shape) == 2
-        preferred = opts.preferred if batched else []
-        if batched:  # min 1, opt the largest preferred size, max max_batch_size
-            sizes = {"min": 1, "opt": max(preferred), "max": opts.max_batch_size}
-        else:
-            sizes = dict.fromkeys(("min", "opt", "max"), info.fixed_batch or 1)
-        return cls(
-            input=graph_inputs(shipped)[0],
-            output=shipped.graph.output[0],
-            dims=dims,
-            fixed=info.fixed_batch,
-            batched=batched,
-            preferred=preferred,
-            profile={k: [b, *dims] for k, b in sizes.items()},
-            classes=info.num_classes or -1,
-        )
-
-    def triton_model(
-        self, name: str, opts: Options, platform: str, accelerators: list[Accelerator]
-    ) -> TritonModel:
-        in_type, out_type = _elem_dtype(self.input), _elem_dtype(self.output)
-        if self.batched:
-            inputs = [Tensor(self.input.name, in_type, self.dims)]
-            outputs = [Tensor(self.output.name, out_type, [self.classes])]
-        else:
-            batch = self.profile["max"][0]
-            rank = len(self.output.type.tensor_type.shape.dim)
-            inputs = [Tensor(self.input.name, in_type, self.profile["max"])]
-            outputs = [Tensor(self.output.name, out_type, [batch, self.classes][-rank:])]
-        return TritonModel(
-            name=name,
-            inputs=inputs,
-            outputs=outputs,
-            platform=platform,
-            max_batch_size=opts.max_batch_size if self.batched else 0,
-            preferred_batch_sizes=self.preferred,
-            max_queue_delay_us=opts.max_queue_delay_us,
-            instance_kind="KIND_GPU",
-            instance_count=opts.instances,
-            warmup_batch_sizes=sorted({1, *self.preferred[-1:]}),
-            gpu_accelerators=accelerators,
-        )
-
-
-def trt_accelerator(opts: Options, io: Io) -> Accelerator:
-    """TensorRT inside Triton's ONNX Runtime backend: the server builds and caches the engine."""
-    params = {
-        "precision_mode": opts.precision.upper(),
-        "max_workspace_size_bytes": str(opts.workspace_mb << 20),
-        "trt_engine_cache_enable": "1",
-    }
-    if io.batched:  # one engine for every batch size instead of a rebuild per new shape
-        for key, shape in io.profile.items():
-            params[f"trt_profile_{key}_shapes"] = f"{io.input.name}:" + "x".join(map(str, shape))
-    return Accelerator("tensorrt", params)
-
-
-def build_engine(onnx_path: Path, plan: Path, io: Io, opts: Options) -> str:
-    """Serialize a TensorRT engine for the GPU of this host; returns the TensorRT version."""
-    import tensorrt as trt
-
-    logger = trt.Logger(trt.Logger.WARNING)
-    builder = trt.Builder(logger)
-    network = builder.create_network(0)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(str(onnx_path)):
-        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
-        raise UserError(f"TensorRT cannot parse the model: {errors or 'unknown error'}")
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, opts.workspace_mb << 20)
-    if opts.precision in ("fp16", "int8"):
-        config.set_flag(trt.BuilderFlag.FP16)  # INT8: layers without Q/DQ run in FP16
-    if opts.precision == "int8":
-        config.set_flag(trt.BuilderFlag.INT8)  # scales come from the model's Q/DQ nodes
-    if any(d < 0 for d in dims(network.get_input(0).shape)):  # static inputs take no profile
-        shapes = builder.create_optimization_profile()
-        min_, opt, max_ = (tuple(io.profile[k]) for k in ("min", "opt", "max"))
-        # tuples convert to Dims at run time; tensorrt-stubs does not declare it
-        shapes.set_shape(io.input.name, min_, opt, max_)  # type: ignore[arg-type]
-        config.add_optimization_profile(shapes)
-    serialized = builder.build_serialized_network(network, config)
-    if serialized is None:
-        raise UserError(
-            "TensorRT could not build an engine for this model (see its log above); "
-            'ship the portable form with engine = "skip"'
-        )
-    plan.write_bytes(memoryview(serialized))
-    return trt.__version__
-
-
-# --- what the TensorRT ONNX parser takes ------------------------------------------------------
-
-
-def _zero_points(model: onnx.ModelProto) -> list[np.ndarray | None]:
-    """Each QuantizeLinear's zero point (None when it is computed in the graph)."""
-    consts = {i.name: i for i in model.graph.initializer}
-    consts |= {
-        n.output[0]: n.attribute[0].t
-        for n in model.graph.node
-        if n.op_type == "Constant" and n.attribute and n.attribute[0].name == "value"
-    }
-    out: list[np.ndarray | None] = []
-    for n in model.graph.node:
-        if n.op_type != "QuantizeLinear":
-            continue
-        if len(n.input) < 3 or not n.input[2]:  # absent: uint8 zero
-            out.append(np.zeros(1, np.uint8))
-        else:
-            t = consts.get(n.input[2])
-            out.append(None if t is None else onnx.numpy_helper.to_array(t))
-    return out
-
-
-def parser_refusal(model: ModelInfo) -> str:
-    """Why TensorRT's ONNX parser would refuse `model`, from its documented support matrix
-    (onnx-tensorrt docs/operators.md): the default ONNX domain only (other domains need a
-    TensorRT plugin), no QOperator-format operators (QLinearConv, QLinearMatMul, ...), and
-    QuantizeLinear with a zero point of 0 (symmetric INT8). Empty: it takes the model."""
-    foreign = [n for n in model.operators if split_op(n)[0] not in DEFAULT_DOMAINS]
-    qop = [n for n in model.operators if is_qoperator(split_op(n)[1])]
-    if foreign or qop:
-        why = []
-        if qop:
-            why.append(
-                "QOperator-format quantization (TensorRT builds INT8 from QuantizeLinear/"
-                f"DequantizeLinear pairs): {REEXPORT_QDQ} with symmetric INT8 activations"
-            )
-        if [n for n in foreign if n not in qop]:
-            why.append("operators outside the default ONNX domain need a TensorRT plugin")
-        return (
-            f"TensorRT's ONNX parser has no importer for {', '.join(sorted({*foreign, *qop}))}: "
-            + "; ".join(why)
-        )
-    if model.quantization:
-        zps = _zero_points(onnx.load(model.path, load_external_data=False))
-        bad = [z for z in zps if z is not None and (z.dtype != np.int8 or np.any(z != 0))]
-        if bad:
-            types = sorted({str(z.dtype) for z in bad})
-            return (
-                f"TensorRT needs QuantizeLinear zero points of 0 in int8 (symmetric INT8); "
-                f"{len(bad)} of {len(zps)} here are {'/'.join(types)} or non-zero: re-quantize "
-                "with activation_type=QuantType.QInt8 and extra_options={'ActivationSymmetric': "
-                "True, 'WeightSymmetric': True}"
-            )
-    return ""
 
 
 # --- the target ------------------------------------------------------------------------------
@@ -382,7 +159,7 @@ class GpuTensorRT(Target):
         cache_file = stage / "calibration.json"
         with ctx.progress.step(self.name, f"writing the {opts.precision.upper()} ONNX model"):
             shipped_onnx(ctx, "source" if prequantized else opts.precision, onnx_path, cache_file)
-        io = Io.of(ctx, opts, onnx_path)
+        io = Io.of(ctx, onnx_path, opts.preferred, opts.max_batch_size)
         out = BuildOutput(
             precision=PRE_QUANTIZED if prequantized else opts.precision,
             runtime_config={
@@ -404,7 +181,7 @@ class GpuTensorRT(Target):
         if gpu and opts.engine != "skip":
             plan = vdir / "model.plan"
             with ctx.progress.step(self.name, f"building a TensorRT engine on {gpu.name}"):
-                version = build_engine(onnx_path, plan, io, opts)
+                version = build_engine(onnx_path, plan, io, opts.precision, opts.workspace_mb)
             built_for = {
                 "gpu": gpu.name,
                 "compute_capability": gpu.compute_capability,
@@ -420,14 +197,21 @@ class GpuTensorRT(Target):
                 f"the engine runs only on GPUs of compute capability {gpu.compute_capability} "
                 f"with TensorRT {version}; model.onnx is kept to rebuild it elsewhere"
             )
-            triton = io.triton_model(name, opts, "tensorrt_plan", [])
-            files = {"model.plan": plan}
+            platform, accelerators, files = "tensorrt_plan", [], {"model.plan": plan}
         else:
             why = 'engine = "skip"' if opts.engine == "skip" else reason
             out.details |= {"form": "portable", "engine": None, "engine_reason": why}
-            accelerator = trt_accelerator(opts, io)
-            triton = io.triton_model(name, opts, "onnxruntime_onnx", [accelerator])
+            accelerator = trt_accelerator(io, opts.precision, opts.workspace_mb)
+            platform, accelerators = "onnxruntime_onnx", [accelerator]
             files = {"model.onnx": onnx_path}
+        triton = io.triton_model(
+            name,
+            platform,
+            accelerators,
+            opts.max_batch_size,
+            opts.max_queue_delay_us,
+            opts.instances,
+        )
         write_repository(stage / "triton", triton, files)
         out.details["triton"] = {
             "repository": "triton",
