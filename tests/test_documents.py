@@ -113,16 +113,27 @@ def test_the_schemas_and_the_models_refuse_what_packager_never_writes(
 
 
 def test_the_models_hold_the_rules_a_schema_cannot(built: tuple[Path, Path]) -> None:
-    """A check that did not run is never passed, and gates pass only when every check does."""
+    """A check that did not run is never passed, only the verdict `pass` passes (never
+    `insufficient evidence` or `undefined`), and gates pass only when every check does."""
     report = json.loads((built[0] / "report.json").read_text())
     documents.Report.model_validate(report)
     check = report["gates"]["checks"][0]
+    assert check["verdict"] == "pass" and check["passed"] is True
     not_run = json.loads(json.dumps(report))
     not_run["gates"]["checks"][0] = check | {"status": "not-run", "passed": True}
     with pytest.raises(ValueError, match="passed=True but status not-run"):
         documents.Report.model_validate(not_run)
+    for verdict in ("insufficient evidence", "undefined", "fail"):
+        passed_anyway = json.loads(json.dumps(report))
+        passed_anyway["gates"]["checks"][0] = check | {"verdict": verdict}
+        with pytest.raises(ValueError, match=f"passed=True but verdict {verdict}"):
+            documents.Report.model_validate(passed_anyway)
     gate_failed = json.loads(json.dumps(report))
-    gate_failed["gates"]["checks"][0] = check | {"status": "failed", "passed": False}
+    gate_failed["gates"]["checks"][0] = check | {
+        "status": "failed",
+        "passed": False,
+        "verdict": "insufficient evidence",
+    }
     with pytest.raises(ValueError, match="gates.passed"):
         documents.Report.model_validate(gate_failed)
     gate_failed["gates"]["passed"] = False  # consistent gates, but the verdict still says passed

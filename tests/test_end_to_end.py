@@ -104,12 +104,35 @@ def test_three_class_model_end_to_end(
     toml = DEFAULT_TOML.format(model=model, data=data).replace(
         "[labels]\n", f'[labels]\nnames = {json.dumps(THREE)}\npositive = "pneumonia"\n'
     )
-    (tmp_path / "packager.toml").write_text(toml + "[gates]\nmin_sensitivity = 0.9\n")
+    classes = "".join(
+        f"[gates.classes.{name}]\nmin_sensitivity = 0.0\nmin_specificity = 0.0\n" for name in THREE
+    )
+    (tmp_path / "packager.toml").write_text(toml + "[gates]\nmin_sensitivity = 0.9\n" + classes)
     r = cli("build", "-t", target, "--no-bench", cwd=tmp_path)
     assert r.code == 0, r.stderr
     bundle = bundle_dir(tmp_path, target)
     report = check_report(bundle, labels, {"min_sensitivity": 0.9, "max_sensitivity_drop": 0.005})
     assert report["status"] == "passed"
+    # Each class against the rest, on the class the bundle decides (pneumonia at p >= the
+    # threshold, else the more probable of the other two), counted one image at a time.
+    checks = {c["name"]: c for c in report["gates"]["checks"]}
+    threshold = report["clinical"]["threshold"]
+    with np.load(bundle / "validation.npz") as v:
+        probs = v["probs"].astype(np.float64)
+    decided = [1 if p[1] >= threshold else (0 if p[0] >= p[2] else 2) for p in probs]
+    for k, name in enumerate(THREE):
+        pairs = list(zip(labels, decided, strict=True))
+        tp = sum(1 for t, d in pairs if t == k and d == k)
+        tn = sum(1 for t, d in pairs if t != k and d != k)
+        npos = sum(1 for t in labels if t == k)
+        assert report["clinical"]["classes"][name]["tp"] == tp
+        sens, spec = (
+            checks[f"min_sensitivity[class={name}]"],
+            checks[f"min_specificity[class={name}]"],
+        )
+        assert sens["value"] == pytest.approx(tp / npos, abs=1e-6)
+        assert spec["value"] == pytest.approx(tn / (len(labels) - npos), abs=1e-6)
+        assert sens["verdict"] == spec["verdict"] == "pass"
     with np.load(bundle / "validation.npz") as v:
         assert v["probs"].shape == (len(labels), 3)
         np.testing.assert_allclose(v["probs"].sum(1), 1, atol=1e-5)

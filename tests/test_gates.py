@@ -260,10 +260,17 @@ def test_every_gate_is_in_the_targets_json_schema(
         "max_ece_increase": 0.02,
         "paired_alpha": 0.01,
         "custom": {"balanced_accuracy": {"min": 0.8}},
+        "classes": {"normal": {"min_sensitivity": 0.9, "min_specificity": 0.8}},
+        "decide_on": "ci",
     }
     jsonschema.validate(table, schema)
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"min_specificty": 0.5}, schema)
+    for wrong in (
+        {"min_specificty": 0.5},
+        {"decide_on": "bound"},
+        {"classes": {"normal": {"min_sens": 0.9}}},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            jsonschema.validate(wrong, schema)
 
 
 def test_non_finite_scores_rank_as_the_decisions_read_them() -> None:

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from packager.core.documents import Step
-from packager.core.status import CheckStatus, ReportStatus, ResultStatus, StepStatus
+from packager.core.status import CheckStatus, GateVerdict, ReportStatus, ResultStatus, StepStatus
 from packager.core.target import Check
 
 
@@ -29,18 +29,25 @@ def gates_passed(checks: list[Check]) -> bool:
     return bool(checks) and all(c.passed for c in checks)
 
 
+def failure(c: Check) -> str:
+    """A gate that did not pass, in a few words: `insufficient evidence` and `undefined` say so
+    and why, never only a value that looks like a pass."""
+    if c.verdict == GateVerdict.undefined:
+        return f"{c.name} {c.reason} (limit {c.limit})"
+    if c.verdict == GateVerdict.insufficient:
+        return f"{c.name} = {c.value} (limit {c.limit}): insufficient evidence, {c.reason}"
+    if c.value is None:
+        return f"{c.name} {c.reason} (limit {c.limit})"
+    return f"{c.name} = {c.value} (limit {c.limit})"
+
+
 def verdict(checks: list[Check], v: ValidationInfo) -> tuple[ReportStatus, str]:
     """The verdict and its reason from the gates. A check that did not run is never a pass, and
     not a failure either: it leaves the bundle not validated, with the reason."""
     not_run = [c for c in checks if c.status == CheckStatus.not_run]
     failed = [c for c in checks if not c.passed and c not in not_run]
     if failed:
-        return ReportStatus.failed, "gate failed: " + "; ".join(
-            f"{c.name} = {c.value} (limit {c.limit})"
-            if c.value is not None
-            else f"{c.name} {c.reason} (limit {c.limit})"
-            for c in failed
-        )
+        return ReportStatus.failed, "gate failed: " + "; ".join(map(failure, failed))
     if v.not_validated or not_run:
         why = [v.not_validated] if v.not_validated else []
         why += [f"{c.name} not run ({c.reason})" for c in not_run]

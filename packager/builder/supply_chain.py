@@ -226,7 +226,7 @@ def model_card(state: BuildState, meta: dict[str, Any]) -> dict[str, Any]:
     gates = [
         {
             "name": f"packager:gate:{c.name}",
-            "value": f"{'passed' if c.passed else 'FAILED'}: {c.value} (limit {c.limit})",
+            "value": f"{c.verdict or 'not run'} on {c.decided_on}: {c.value} (limit {c.limit})",
         }
         for c in state.checks
     ]

@@ -157,6 +157,21 @@ class LabelsConfig:
 
 
 @typed
+class ClassGates:
+    """[gates.classes.<name>]: one class of [labels] names against the rest, on the predicted
+    class (the positive class where p(positive) >= threshold, else the most probable other)."""
+
+    min_sensitivity: float | None = None
+    min_specificity: float | None = None
+
+    def check(self, where: str) -> None:
+        for key in ("min_sensitivity", "min_specificity"):
+            value = getattr(self, key)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise UserError(f"{where}.{key} is a fraction between 0 and 1 (0.9, not 90)")
+
+
+@typed
 class GatesConfig:
     min_sensitivity: float = 0.98
     max_sensitivity_drop: float = 0.005
@@ -179,6 +194,11 @@ class GatesConfig:
     paired_alpha: float | None = None  # exact McNemar: the target significantly worse fails
     # [gates.custom] name = {min = ..} / {max = ..}: a metric from a `packager.metrics` entry point
     custom: dict[str, dict[str, float]] = field(default_factory=dict)
+    # [gates.classes.<name>] min_sensitivity / min_specificity, one class against the rest
+    classes: dict[str, ClassGates] = field(default_factory=dict)
+    # What each gate decides on: "point" (the estimate) or "ci" (the bound of its 95% interval on
+    # the gate's side). Unset: "point" at build, "ci" at site acceptance (packager/core/gates.py).
+    decide_on: Literal["point", "ci"] | None = None
 
     def check(self, where: str) -> None:
         for key in FRACTION_GATES:
@@ -374,6 +394,12 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
             "[targets] must hold one table per target, e.g. [targets.<name>] (see `packager targets`)"
         )
     cfg = Config(**sections, targets=targets, source=source)
+    for name in cfg.gates.classes:
+        if name not in cfg.labels.names:
+            raise UserError(
+                f"[gates.classes.{shown(name)}] names no class; use one of [labels] names "
+                f"{cfg.labels.names}"
+            )
     cfg.model.path = _resolve(base, cfg.model.path)
     cfg.data.path = _resolve(base, cfg.data.path)
     cfg.data.groups = {k: str(_resolve(base, v)) for k, v in cfg.data.groups.items()}

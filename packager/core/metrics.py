@@ -1,4 +1,6 @@
-"""Clinical metrics: sensitivity with a Wilson interval, specificity, AUC, flips against a reference."""
+"""Clinical metrics: sensitivity with a Wilson interval, specificity, AUC (with a stratified
+bootstrap interval when a gate decides on it), flips against a reference, and one class against
+the rest for every class."""
 
 from __future__ import annotations
 
@@ -53,6 +55,68 @@ def decisions(probs: np.ndarray, positive: int, threshold: float) -> np.ndarray:
     return p >= threshold
 
 
+def predicted_classes(probs: np.ndarray, positive: int, threshold: float) -> np.ndarray:
+    """One class per image as the bundle decides: the positive class where p(positive) >=
+    threshold, else the most probable other class (NaN ranks lowest)."""
+    p = np.nan_to_num(np.asarray(probs, np.float64), nan=-np.inf)
+    p[:, positive] = -np.inf
+    return np.where(decisions(probs, positive, threshold), positive, np.argmax(p, axis=1))
+
+
+def class_confusion(
+    probs: np.ndarray, labels: np.ndarray, positive: int, threshold: float, names: list[str]
+) -> dict[str, dict[str, int]]:
+    """Per class name, its one-vs-rest counts (tp, fn, tn, fp) on the predicted class."""
+    pred = predicted_classes(probs, positive, threshold)
+    out = {}
+    for k, name in enumerate(names):
+        y, d = labels == k, pred == k
+        out[name] = {
+            "tp": int((d & y).sum()),
+            "fn": int((~d & y).sum()),
+            "tn": int((~d & ~y).sum()),
+            "fp": int((d & ~y).sum()),
+        }
+    return out
+
+
+BOOTSTRAP_RESAMPLES = 2000  # seeded: the same arrays give the same interval on every host
+
+
+def auc_ci95(
+    y: np.ndarray, score: np.ndarray, reference: np.ndarray | None = None
+) -> tuple[float, float] | None:
+    """95% interval of the AUC of `score`, or with `reference` of the AUC drop (reference's
+    minus score's, on the same images): scipy's percentile bootstrap, resampling positives and
+    negatives separately (every resample has both classes) and, for the drop, the same images
+    for both scores. None when one class is absent."""
+    from scipy.stats import bootstrap, mannwhitneyu
+
+    y = np.asarray(y, bool)
+    if y.all() or not y.any():
+        return None
+    s = _finite(score)
+    r = None if reference is None else _finite(reference)
+
+    def auc(v: np.ndarray, ip: np.ndarray, ineg: np.ndarray) -> np.ndarray:
+        # Mann-Whitney U / (n_pos * n_neg) is the AUC with ties counted half, as sklearn's.
+        pos, neg = v[y][ip], v[~y][ineg]
+        return mannwhitneyu(pos, neg, axis=-1).statistic / (pos.shape[-1] * neg.shape[-1])
+
+    def statistic(ip: np.ndarray, ineg: np.ndarray, axis: int = -1) -> np.ndarray:
+        return auc(s, ip, ineg) if r is None else auc(r, ip, ineg) - auc(s, ip, ineg)
+
+    res = bootstrap(
+        (np.arange(int(y.sum())), np.arange(int((~y).sum()))),
+        statistic,
+        n_resamples=BOOTSTRAP_RESAMPLES,
+        method="percentile",
+        batch=100,
+        rng=np.random.default_rng(0),
+    )
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
 def flipped(probs: np.ndarray, other: np.ndarray, positive: int, threshold: float) -> list[int]:
     """Indices whose positive-class decision differs between two runs' (N, C) probabilities."""
     differ = decisions(probs, positive, threshold) != decisions(other, positive, threshold)
@@ -81,6 +145,8 @@ class Clinical:
     specificity_drop: float | None = None
     reference_auc: float | None = None
     auc_drop: float | None = None
+    # Per class name: one class against the rest on the predicted class (predicted_classes).
+    classes: dict[str, dict[str, int]] | None = None
 
 
 def clinical(
@@ -89,8 +155,10 @@ def clinical(
     positive: int,
     threshold: float,
     reference: np.ndarray | None = None,
+    names: list[str] | None = None,
 ) -> Clinical:
-    """Metrics of positive-class decisions (p >= threshold), one-vs-rest for multi-class."""
+    """Metrics of positive-class decisions (p >= threshold), one-vs-rest for multi-class; with
+    the class `names`, each class's counts against the rest too."""
     finite = bool(np.isfinite(probs).all())
     p = np.nan_to_num(probs[:, positive], nan=0.0, posinf=1.0, neginf=0.0)
     y = labels == positive
@@ -109,6 +177,9 @@ def clinical(
         auc=roc_auc(y, p),
         confusion={"tp": tp, "fn": fn, "tn": tn, "fp": fp},
         finite=finite,
+        classes=None
+        if names is None
+        else class_confusion(probs, labels, positive, threshold, names),
     )
     if reference is not None:
         ref = reference[:, positive]

@@ -121,6 +121,20 @@ def _value_problem(err: ErrorDetails, tp: Any, where: str) -> str:
     return f"{where} must be {type_text(tp)}, got {value!r}"
 
 
+def _nested(tp: Any, value: Any, where: str) -> Any:
+    """A nested typed table (or a table of them, e.g. [gates.classes.<name>]) built by
+    from_dict; any other value as it is, for pydantic to check."""
+    if dataclasses.is_dataclass(tp) and isinstance(value, dict):
+        return from_dict(tp, value, where)
+    args = get_args(tp)
+    if get_origin(tp) is dict and dataclasses.is_dataclass(args[1]) and isinstance(value, dict):
+        return {
+            k: from_dict(args[1], v, f"{where}.{shown(str(k))}") if isinstance(v, dict) else v
+            for k, v in value.items()
+        }
+    return value
+
+
 def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
     """Build typed dataclass `cls` from `data`, naming the key of any unknown or mistyped entry;
     then its `check(where)`, the cross-field rules that name `where` in their messages."""
@@ -131,12 +145,7 @@ def from_dict(cls: type[T], data: dict[str, Any] | None, where: str) -> T:
         raise UserError(f"[{where}] must be a table, got {data!r}")
     hints = typing.get_type_hints(cls)
     # Strict pydantic dataclasses take only instances for nested dataclasses: build those first.
-    data = {
-        k: from_dict(hints[k], v, f"{where}.{k}")
-        if k in hints and dataclasses.is_dataclass(hints[k]) and isinstance(v, dict)
-        else v
-        for k, v in data.items()
-    }
+    data = {k: _nested(hints[k], v, f"{where}.{k}") if k in hints else v for k, v in data.items()}
     try:
         obj = cls(**data)
     except ValidationError as exc:

@@ -60,6 +60,27 @@ class Verdict(Words):
     not_run = "not-run"
 
 
+class GateVerdict(Words):
+    """One gate's verdict. Only `pass` passes: `insufficient evidence` (the point estimate meets
+    the limit, its 95% bound does not) and `undefined` (the metric's denominator is empty) fail
+    closed, like `fail`."""
+
+    passed = "pass"
+    failed = "fail"
+    insufficient = "insufficient evidence"
+    undefined = "undefined"
+
+
+class Basis(Words):
+    """What a gate decided on ([gates] decide_on): the point estimate, or the bound of its 95%
+    interval on the gate's side (lower for a min_ gate, upper for a max_ gate)."""
+
+    point = "point"
+    lower = "95% lower bound"
+    upper = "95% upper bound"
+    every = "every output"
+
+
 class OutputKind(Words):
     logits = "logits"
     probabilities = "probabilities"

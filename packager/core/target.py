@@ -17,9 +17,9 @@ import numpy as np
 
 from packager.core.config import DataConfig, GatesConfig, LabelsConfig, ModelConfig
 from packager.core.data import Dataset
-from packager.core.documents import CheckStatus
 from packager.core.model import ModelInfo
 from packager.core.progress import Progress
+from packager.core.status import Basis, CheckStatus, GateVerdict
 from packager.shipped.preprocess import Preprocess
 
 # The precision of a bundle whose source model was quantized before it reached packager.
@@ -55,8 +55,11 @@ class Availability:
 
 @dataclass
 class Check:
-    """One gate line: a measured value against a limit. A check that could not run says so
-    (`ran=False`, status "not-run", with the reason) and never counts as passed."""
+    """One gate line: a measured value against a limit, with its verdict and what it decided on
+    (the point estimate or a 95% bound; `ci95` is the interval where there is one). Without a
+    verdict it is `pass` or `fail` from `passed`; with one, `passed` is true only for `pass`. A
+    check that could not run says so (`ran=False`, status "not-run", no verdict, with the
+    reason) and never counts as passed."""
 
     name: str
     value: Any
@@ -64,10 +67,17 @@ class Check:
     passed: bool
     reason: str = ""
     ran: bool = True
+    verdict: GateVerdict | None = None
+    decided_on: Basis = Basis.point
+    ci95: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
         if not self.ran:
-            self.passed = False
+            self.passed, self.verdict = False, None
+        elif self.verdict is None:
+            self.verdict = GateVerdict.passed if self.passed else GateVerdict.failed
+        else:
+            self.passed = self.verdict == GateVerdict.passed
 
     @property
     def status(self) -> CheckStatus:
@@ -83,13 +93,26 @@ class Check:
             "passed": self.passed,
             "status": self.status,
             "reason": self.reason,
+            "verdict": self.verdict,
+            "decided_on": self.decided_on,
+            "ci95": None if self.ci95 is None else [float(x) for x in self.ci95],
         }
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Check:
-        """A check read back from report.json (or the build cache)."""
-        ran = d["status"] != CheckStatus.not_run
-        return cls(d["name"], d["value"], d["limit"], d["passed"], d["reason"], ran=ran)
+        """A check read back from report.json or the build cache (to_dict's output)."""
+        ci = d.get("ci95")
+        return cls(
+            d["name"],
+            d["value"],
+            d["limit"],
+            d["passed"],
+            d.get("reason", ""),
+            ran=d.get("status") != CheckStatus.not_run,
+            verdict=None if d.get("verdict") is None else GateVerdict(d["verdict"]),
+            decided_on=Basis(d.get("decided_on", Basis.point)),
+            ci95=None if ci is None else (float(ci[0]), float(ci[1])),
+        )
 
 
 @dataclass(frozen=True)

@@ -221,7 +221,7 @@ def _complete_in_place(
     # The build's own checks (e.g. a converted model read back) still hold; the clinical gates
     # are this host's now (every name gate_checks can give counts as clinical).
     state.checks = (
-        gate_checks(clin, cfg, has_reference=reference is not None)
+        gate_checks(clin, cfg, reference is not None, evidence["paired"])
         + metric_gates(clin, evidence, cfg.gates)
         + custom_gates(cfg.gates, res.labels, probs, res.metadata)
         + evidence_checks

@@ -1,5 +1,7 @@
 """The gates of site acceptance (`packager validate BUNDLE --data SITE`): a site's data can only
-pass a gate its numbers support. Each gate decides on the 95% interval, not the point estimate:
+pass a gate its numbers support. Each gate decides on the 95% interval, not the point estimate
+(unless the bundle's [gates] decide_on = "point"), by the one rule every gate follows,
+packager.core.gates.decide:
 
 - min_sensitivity passes when the Wilson interval's lower bound clears the limit, fails when the
   point estimate itself misses it, and otherwise has `insufficient evidence` (one positive image
@@ -26,12 +28,15 @@ import numpy as np
 from statsmodels.stats.proportion import confint_proportions_2indep
 
 from packager.core.config import Config, GatesConfig
+from packager.core.gates import decide, on_bounds, proportion
 from packager.core.metrics import Clinical, wilson
-from packager.core.status import CheckStatus
+from packager.core.status import Basis, CheckStatus, GateVerdict
+from packager.core.target import Check
 from packager.reports.evidence import SUBGROUP_GATES
 
-PASS, FAIL, INSUFFICIENT, UNDEFINED = "pass", "fail", "insufficient evidence", "undefined"
-LOWER, UPPER, EVERY = "95% lower bound", "95% upper bound", "every output"
+PASS, FAIL = GateVerdict.passed, GateVerdict.failed
+INSUFFICIENT, UNDEFINED = GateVerdict.insufficient, GateVerdict.undefined
+LOWER, UPPER, EVERY = Basis.lower, Basis.upper, Basis.every
 # The site's verdict is the worst of its lines, in this order (one positive image: its
 # sensitivity gate has insufficient evidence, and with no negatives specificity is undefined).
 SEVERITY = (FAIL, INSUFFICIENT, UNDEFINED, PASS)
@@ -46,18 +51,19 @@ def line(
     ci95: tuple[float, float] | None,
     reason: str,
 ) -> dict[str, Any]:
-    passed = verdict == PASS
-    return {
-        "name": name,
-        "value": None if value is None else round(value, 6) if isinstance(value, float) else value,
-        "limit": limit,
-        "passed": passed,
-        "status": CheckStatus.passed if passed else CheckStatus.failed,
-        "reason": reason,
-        "verdict": verdict,
-        "decided_on": decided_on,
-        "ci95": None if ci95 is None else [float(ci95[0]), float(ci95[1])],
-    }
+    if isinstance(value, float):
+        value = round(value, 6)
+    check = Check(
+        name,
+        value,
+        limit,
+        verdict == PASS,
+        reason,
+        verdict=GateVerdict(verdict),
+        decided_on=Basis(decided_on),
+        ci95=ci95,
+    )
+    return check.to_dict()
 
 
 def rate(hits: int, n: int) -> dict[str, Any]:
@@ -70,48 +76,42 @@ def rate(hits: int, n: int) -> dict[str, Any]:
     }
 
 
-def min_rate(name: str, hits: int, n: int, limit: float, metric: str, of: str) -> dict[str, Any]:
-    if n == 0:
-        return line(
-            name, None, limit, UNDEFINED, LOWER, None, f"{metric} is undefined: no {of} in the data"
-        )
-    point = hits / n
-    lo, hi = wilson(hits, n)
-    if lo >= limit:
-        verdict, why = PASS, f"its 95% interval starts at {lo:.4f}, at or above {limit}"
-    elif point < limit:
-        verdict, why = FAIL, f"{point:.4f} ({hits}/{n} {of}) is below {limit}"
-    else:
-        verdict, why = (
-            INSUFFICIENT,
-            f"{point:.4f} ({hits}/{n} {of}), but its 95% interval starts at {lo:.4f}, below "
-            f"{limit}: {n} {of} cannot show it",
-        )
-    return line(name, point, limit, verdict, LOWER, (lo, hi), f"{metric} {why}")
+def min_rate(
+    name: str, hits: int, n: int, limit: float, metric: str, of: str, bounds: bool = True
+) -> dict[str, Any]:
+    """`metric` = hits / n against a lower `limit`, on its Wilson interval's lower bound
+    (packager.core.gates.decide)."""
+    value, ci = proportion(hits, n)
+    check = decide(name, value, limit, "min", ci, bounds, f"no {of} in the data")
+    counts = f"{hits}/{n} {of}"
+    if check.verdict == INSUFFICIENT:
+        counts += f": {n} {of} cannot show it"
+    check.reason = f"{metric}: {check.reason} ({counts})"
+    return check.to_dict()
 
 
 def max_drop(
-    name: str, ref_hits: int, ref_n: int, hits: int, n: int, limit: float, of: str
+    name: str,
+    ref_hits: int,
+    ref_n: int,
+    hits: int,
+    n: int,
+    limit: float,
+    of: str,
+    bounds: bool = True,
 ) -> dict[str, Any]:
     """The build-time reference rate minus this site's, against `limit`."""
-    if n == 0:
-        return line(
-            name, None, limit, UNDEFINED, UPPER, None, f"the drop is undefined: no {of} here"
+    ci = None
+    if n:
+        lo, hi = confint_proportions_2indep(
+            ref_hits, ref_n, hits, n, method="newcomb", compare="diff"
         )
-    drop = ref_hits / ref_n - hits / n
-    lo, hi = confint_proportions_2indep(ref_hits, ref_n, hits, n, method="newcomb", compare="diff")
-    lo, hi = float(lo), float(hi)
+        ci = (float(lo), float(hi))
+    drop = ref_hits / ref_n - hits / n if n else None
+    check = decide(name, drop, limit, "max", ci, bounds, f"no {of} here")
     basis = f"build-time reference {ref_hits}/{ref_n} {of}, this site {hits}/{n}"
-    if hi <= limit + 1e-12:
-        verdict, why = PASS, f"its 95% interval ends at {hi:.4f}, within {limit}"
-    elif drop > limit + 1e-12:
-        verdict, why = FAIL, f"{drop:.4f} is above {limit}"
-    else:
-        verdict, why = (
-            INSUFFICIENT,
-            f"{drop:.4f}, but its 95% interval reaches {hi:.4f}, above {limit}",
-        )
-    return line(name, drop, limit, verdict, UPPER, (lo, hi), f"the drop {why} ({basis})")
+    check.reason = f"the drop: {check.reason} ({basis})"
+    return check.to_dict()
 
 
 def _reference(build: dict[str, Any]) -> tuple[int, int] | None:
@@ -130,6 +130,7 @@ def site_gates(
     data; `build` is the bundle's report.json clinical section; `grouped`: the data has group
     columns (then the subgroup gates are applied per subgroup, by `subgroups`)."""
     g = cfg.gates
+    bounds = on_bounds(g, "ci")
     tp, n_pos = clin.confusion["tp"], clin.positives
     checks = [
         line(
@@ -141,7 +142,9 @@ def site_gates(
             None,
             "" if clin.finite else "NaN or Inf scores",
         ),
-        min_rate("min_sensitivity", tp, n_pos, g.min_sensitivity, "sensitivity", "positives"),
+        min_rate(
+            "min_sensitivity", tp, n_pos, g.min_sensitivity, "sensitivity", "positives", bounds
+        ),
     ]
     not_applied = []
     ref = _reference(build)
@@ -156,7 +159,9 @@ def site_gates(
         )
     else:
         checks.append(
-            max_drop("max_sensitivity_drop", *ref, tp, n_pos, g.max_sensitivity_drop, "positives")
+            max_drop(
+                "max_sensitivity_drop", *ref, tp, n_pos, g.max_sensitivity_drop, "positives", bounds
+            )
         )
     if not grouped:
         not_applied += [
@@ -177,12 +182,14 @@ def subgroup_lines(
 ) -> list[dict[str, Any]]:
     """The site gates on one subgroup's positives (`where` is e.g. "[site=B]")."""
     low = g.min_sensitivity if g.min_subgroup_sensitivity is None else g.min_subgroup_sensitivity
-    lines = [min_rate(f"min_sensitivity{where}", hits, n, low, "sensitivity", "positives")]
+    bounds = on_bounds(g, "ci")
+    lines = [min_rate(f"min_sensitivity{where}", hits, n, low, "sensitivity", "positives", bounds)]
     if ref is not None:
         drop = g.max_sensitivity_drop
         if g.max_subgroup_sensitivity_drop is not None:
             drop = g.max_subgroup_sensitivity_drop
-        lines.append(max_drop(f"max_sensitivity_drop{where}", *ref, hits, n, drop, "positives"))
+        name = f"max_sensitivity_drop{where}"
+        lines.append(max_drop(name, *ref, hits, n, drop, "positives", bounds))
     if 0 < n < g.min_subgroup_positives:  # too few to judge: never a pass, nor a fail
         few = f"{n} positives, fewer than min_subgroup_positives ({g.min_subgroup_positives})"
         lines = [

@@ -18,8 +18,10 @@ from statsmodels.stats.contingency_tables import mcnemar
 
 from packager.core.config import Config, GatesConfig
 from packager.core.errors import UserError
-from packager.core.metrics import wilson
+from packager.core.gates import decide, interval, on_bounds
+from packager.core.metrics import BOOTSTRAP_RESAMPLES, auc_ci95, wilson
 from packager.core.schema import shown
+from packager.core.status import GateVerdict
 from packager.core.target import Check
 
 if TYPE_CHECKING:
@@ -228,6 +230,7 @@ def subgroups(
                 "specificity_ci95": spec_ci,
                 "reference_sensitivity": None,
                 "sensitivity_drop": None,
+                "sensitivity_drop_ci95": None,
                 "flips": None,
                 "new_misses": None,
             }
@@ -237,6 +240,9 @@ def subgroups(
                 row["sensitivity_drop"] = (
                     ref_sens - sens if ref_sens is not None and sens is not None else None
                 )
+                row["sensitivity_drop_ci95"] = (
+                    _pair_table(mp, ref_pred, pred)["drop_ci95"] if n_pos else None
+                )
                 row["flips"] = int((m & (pred != ref_pred)).sum())
                 row["new_misses"] = int((mp & ref_pred & ~pred).sum())
             row["verdict"], row["gates"] = _judge(row, gates)
@@ -245,37 +251,51 @@ def subgroups(
 
 
 def _judge(row: dict[str, Any], gates: GatesConfig) -> tuple[str, list[dict[str, Any]]]:
-    """The subgroup gates on one subgroup; each line's name carries the subgroup, so a miss
-    reads e.g. `min_subgroup_sensitivity[site=B] = 0.93 (limit 0.95)`."""
+    """The subgroup gates on one subgroup, deciding as every gate does (core.gates.decide: on
+    Wilson's interval and the paired drop's, where [gates] decide_on = "ci"); each line's name
+    carries the subgroup, so a miss reads e.g.
+    `min_subgroup_sensitivity[site=B] = 0.93 (limit 0.95)`."""
     if all(getattr(gates, g) is None for g in SUBGROUP_GATES):
         return "no subgroup gate", []
     if row["positives"] < gates.min_subgroup_positives:
         return "too small to judge", []
     where = f"[{row['group']}={row['value']}]"
+    bounds = on_bounds(gates, "point")
     lines = []
     if gates.min_subgroup_sensitivity is not None:
-        v, limit = row["sensitivity"], gates.min_subgroup_sensitivity
         lines.append(
-            {
-                "name": f"min_subgroup_sensitivity{where}",
-                "value": round(v, 6),
-                "limit": limit,
-                "passed": v >= limit,
-            }
+            decide(
+                f"min_subgroup_sensitivity{where}",
+                row["sensitivity"],
+                gates.min_subgroup_sensitivity,
+                "min",
+                interval(row["sensitivity_ci95"]),
+                bounds,
+                "no positives",
+            )
         )
     if gates.max_subgroup_sensitivity_drop is not None and row["sensitivity_drop"] is not None:
-        d, limit = row["sensitivity_drop"], gates.max_subgroup_sensitivity_drop
         lines.append(
-            {
-                "name": f"max_subgroup_sensitivity_drop{where}",
-                "value": round(d, 6),
-                "limit": limit,
-                "passed": d <= limit + 1e-12,
-            }
+            decide(
+                f"max_subgroup_sensitivity_drop{where}",
+                row["sensitivity_drop"],
+                gates.max_subgroup_sensitivity_drop,
+                "max",
+                interval(row["sensitivity_drop_ci95"]),
+                bounds,
+                "no positives",
+            )
         )
     if not lines:  # only a drop gate, and no reference to measure a drop against
         return "not judged: no reference comparison", []
-    return ("passed" if all(ln["passed"] for ln in lines) else "failed"), lines
+    verdicts = [ln.verdict for ln in lines]
+    if all(v == GateVerdict.passed for v in verdicts):
+        verdict = "passed"
+    elif GateVerdict.failed in verdicts:
+        verdict = "failed"
+    else:  # insufficient evidence or undefined: fails closed, named as it is
+        verdict = str(next(v for v in verdicts if v != GateVerdict.passed))
+    return verdict, [ln.to_dict() for ln in lines]
 
 
 # ---- calibration and fragility ---------------------------------------------------------------
@@ -389,7 +409,9 @@ def evidence(
     p = _column(probs, positive)
     ref = None if reference is None else _column(reference, positive)
     rows = subgroups(groups or {}, y, p, ref, threshold, gates)
+    auc_gated = gates.min_auc is not None or gates.max_auc_drop is not None
     return {
+        "auc_ci95": _auc_intervals(y, p, ref) if auc_gated and on_bounds(gates, "point") else None,
         "paired": paired(y, p, ref, threshold, gates) if ref is not None else None,
         "subgroups": rows,
         "subgroup_gates": {
@@ -406,13 +428,19 @@ def evidence(
     }
 
 
+def _auc_intervals(y: np.ndarray, p: np.ndarray, ref: np.ndarray | None) -> dict[str, Any]:
+    """The AUC gates' intervals (computed only when they decide on them: a bootstrap takes a
+    second or so)."""
+    return {
+        "target": auc_ci95(y, p),
+        "drop": None if ref is None else auc_ci95(y, p, ref),
+        "method": f"stratified percentile bootstrap, {BOOTSTRAP_RESAMPLES} resamples, seed 0",
+    }
+
+
 def evidence_checks(ev: dict[str, Any]) -> list[Check]:
     """The gate lines the evidence adds to the build's checks (the subgroup gates)."""
-    return [
-        Check(g["name"], g["value"], g["limit"], g["passed"])
-        for row in ev["subgroups"]
-        for g in row["gates"]
-    ]
+    return [Check.from_dict(g) for row in ev["subgroups"] for g in row["gates"]]
 
 
 # ---- per-image group labels ----------------------------------------------------------------

@@ -12,8 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from packager.core.gates import decide, interval, side_of
 from packager.core.metrics import roc_curve
-from packager.core.status import BenchStatus, CheckStatus
+from packager.core.status import Basis, BenchStatus, CheckStatus
 
 FLIPS_SHOWN = 48  # thumbnails in report.html; the rest are counted
 
@@ -561,7 +562,7 @@ def signoff(
     missing += v.get("limitations") or []
     return {
         "evidence": ev,
-        "checks": verdicts((report.get("gates") or {}).get("checks") or [], ev),
+        "checks": verdicts((report.get("gates") or {}).get("checks") or []),
         "not_validated": missing,
         "reach": reach,
         "card": (report.get("model") or {}).get("card"),
@@ -571,27 +572,35 @@ def signoff(
     }
 
 
-def verdicts(checks: list[dict[str, Any]], ev: dict[str, Any] | None) -> list[dict[str, Any]]:
-    """Each gate line with the verdict the page prints: a gate that passed on its point estimate
-    while the paired evidence cannot support its claim is "pass on the point estimate only",
-    never a plain pass; a value the data cannot give is "undefined"."""
-    unsupported = {
-        cl["gate"]
-        for cl in ((ev or {}).get("paired") or {}).get("claims", [])
-        if not cl["supported"]
-    }
+def verdicts(checks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each gate line with the verdict the page prints and what it decided on. A gate that
+    passed on its point estimate while its own 95% interval does not clear the limit is "pass
+    on the point estimate only", never a plain pass; every other verdict is report.json's
+    (`fail`, `insufficient evidence`, `undefined`), or "not run"."""
     out = []
     for ch in checks:
+        ci, basis = ch.get("ci95"), str(ch.get("decided_on", Basis.point))
         if ch.get("status") == CheckStatus.not_run:
             verdict = "not run"
-        elif ch["passed"]:
-            verdict = "pass on the point estimate only" if ch["name"] in unsupported else "pass"
-        elif ch["value"] is None:
-            verdict = "undefined"
+        elif ch["passed"] and basis == Basis.point and ci and not _clears(ch, ci):
+            verdict = "pass on the point estimate only"
         else:
-            verdict = "FAIL"
-        out.append({**ch, "verdict": verdict})
+            verdict = str(ch["verdict"])
+        if basis == Basis.lower and ci:
+            basis = f"{basis} {ci[0]:.4g}"
+        elif basis == Basis.upper and ci:
+            basis = f"{basis} {ci[1]:.4g}"
+        elif basis == Basis.point and ci:
+            basis = f"point (95% CI {ci[0]:.4g} to {ci[1]:.4g})"
+        out.append({**ch, "verdict": verdict, "basis": basis})
     return out
+
+
+def _clears(ch: dict[str, Any], ci: list[float]) -> bool:
+    """Whether the gate would pass on its 95% bound too (packager.core.gates.decide)."""
+    name = ch["name"]
+    on_bound = decide(name, ch["value"], ch["limit"], side_of(name), interval(ci), True, "")
+    return on_bound.passed
 
 
 def change_summary(ev: dict[str, Any] | None, target: str) -> str | None:

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from packager.core.config import FRACTION_GATES, Config
 from packager.core.errors import UserError
+from packager.core.gates import on_bounds, sensitivity_gates
 from packager.core.metrics import Clinical, clinical, to_probabilities
+from packager.core.status import Basis
 from packager.core.target import Check
 from packager.runtime.runner import Infers
 from packager.shipped.predict import infer_all
@@ -47,7 +50,7 @@ def evaluate(
             f"{len(cfg.labels.names)} classes; list one name per output"
         )
     return probs, clinical(
-        probs, labels, cfg.labels.positive_index, cfg.labels.threshold, reference
+        probs, labels, cfg.labels.positive_index, cfg.labels.threshold, reference, cfg.labels.names
     )
 
 
@@ -60,25 +63,19 @@ def is_clinical_gate(name: str) -> bool:
     return name.split("[", 1)[0] in CLINICAL_GATES or name.startswith("custom:")
 
 
-def gate_checks(c: Clinical, cfg: Config, has_reference: bool) -> list[Check]:
-    """The clinical gates (CLINICAL_GATES), the same for every target."""
-    g = cfg.gates
-    checks = [
-        Check("finite_outputs", c.finite, True, c.finite, "" if c.finite else "NaN or Inf scores"),
-        Check(
-            "min_sensitivity",
-            round(c.sensitivity, 6),
-            g.min_sensitivity,
-            c.sensitivity >= g.min_sensitivity,
-        ),
-    ]
-    if has_reference and c.sensitivity_drop is not None:
-        checks.append(
-            Check(
-                "max_sensitivity_drop",
-                round(c.sensitivity_drop, 6),
-                g.max_sensitivity_drop,
-                c.sensitivity_drop <= g.max_sensitivity_drop + 1e-12,
-            )
-        )
-    return checks
+def gate_checks(
+    c: Clinical, cfg: Config, has_reference: bool, paired: dict[str, Any] | None = None
+) -> list[Check]:
+    """finite_outputs and the sensitivity gates, the same for every target, deciding on 95%
+    bounds where [gates] decide_on = "ci" (a build's default is "point"); `paired` is the
+    evidence's paired tables, the interval of the sensitivity drop."""
+    finite = Check(
+        "finite_outputs",
+        c.finite,
+        True,
+        c.finite,
+        "" if c.finite else "NaN or Inf scores",
+        decided_on=Basis.every,
+    )
+    bounds = on_bounds(cfg.gates, "point")
+    return [finite, *sensitivity_gates(c, cfg.gates, paired, bounds, has_reference)]

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from packager.builder.session import Session
-from packager.builder.state import BuildState, ValidationInfo
+from packager.builder.state import BuildState, ValidationInfo, failure
 from packager.builder.supply_chain import build_time
 from packager.core.errors import Unavailable
 from packager.core.gates import custom_gates, metric_gates
@@ -89,7 +89,7 @@ def validate(
     probs, clin = evaluate(scores, s.validation.labels, s.cfg, s.output_kind, reference)
     evidence, evidence_checks = for_data(s.cfg, s.validation, probs, reference)
     checks = (
-        gate_checks(clin, s.cfg, has_reference=True)
+        gate_checks(clin, s.cfg, has_reference=True, paired=evidence["paired"])
         + metric_gates(clin, evidence, s.cfg.gates)
         + custom_gates(s.cfg.gates, s.validation.labels, probs, s.validation.metadata)
         + evidence_checks
@@ -104,10 +104,7 @@ def validate(
     # A check that did not run is no failure here, nor a pass: the verdict makes the bundle not
     # validated, and this step names it.
     failed = [c for c in checks if c.ran and not c.passed]
-    why = [
-        f"{c.name} {c.value} vs {c.limit}" if c.value is not None else f"{c.name} {c.reason}"
-        for c in failed
-    ]
+    why = [failure(c) for c in failed]
     why += [f"{c.name} not run ({c.reason})" for c in checks if not c.ran]
     if proxy_label and not failed:
         why.append(f"proxy: {proxy_label}")

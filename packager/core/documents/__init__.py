@@ -31,8 +31,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from packager.core.metrics import Clinical as Metrics
 from packager.core.status import (
+    Basis,
     BenchStatus,
     CheckStatus,
+    GateVerdict,
     ManifestStatus,
     OutputKind,
     RefusalStatus,
@@ -100,19 +102,29 @@ class Step:
 
 
 class CheckRecord(_Closed):
-    """packager.core.target.Check.to_dict(): a measured value against a limit."""
+    """packager.core.target.Check.to_dict(): a measured value against a limit, its verdict and
+    what it decided on (packager/core/gates.py)."""
 
     name: str
     value: Any
     limit: Any
-    passed: bool
+    passed: bool = Field(description="true only for the verdict pass")
     status: CheckStatus
     reason: str
+    verdict: GateVerdict | None = Field(description="null only for a check that did not run")
+    decided_on: Basis = Field(description="the point estimate, or a bound of ci95")
+    ci95: tuple[float, float] | None = Field(
+        description="the metric's 95% interval, where packager has one"
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> CheckRecord:
         if self.passed != (self.status == CheckStatus.passed):
             raise ValueError(f"check {self.name}: passed={self.passed} but status {self.status}")
+        if (self.verdict is None) != (self.status == CheckStatus.not_run):
+            raise ValueError(f"check {self.name}: verdict {self.verdict} but status {self.status}")
+        if self.verdict is not None and self.passed != (self.verdict == GateVerdict.passed):
+            raise ValueError(f"check {self.name}: passed={self.passed} but verdict {self.verdict}")
         return self
 
 
@@ -569,17 +581,9 @@ SiteVerdict = Literal["pass", "fail", "insufficient evidence", "undefined"]
 
 
 class SiteCheck(CheckRecord):
-    """A site gate line: `passed` is true only for the verdict `pass`."""
+    """A site gate line: every one ran, so every one has a verdict."""
 
     verdict: SiteVerdict
-    decided_on: Literal["95% lower bound", "95% upper bound", "every output"]
-    ci95: tuple[float, float] | None
-
-    @model_validator(mode="after")
-    def _passed_is_pass(self) -> SiteCheck:
-        if self.passed != (self.verdict == "pass"):
-            raise ValueError(f"check {self.name}: passed={self.passed} but verdict {self.verdict}")
-        return self
 
 
 class SubgroupRow(_Closed):
