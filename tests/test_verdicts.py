@@ -379,12 +379,12 @@ def test_site_acceptance_decides_on_bounds_unless_the_bundle_says_point() -> Non
 
     clin = clinical(two(np.array([0.9, 0.1])), np.array([1, 0]), 1, THRESHOLD)
     build = {"positives": 390, "reference_sensitivity": None}
-    default = site_gates(clin, parse_config({}, Path.cwd()), build)[0][1]
+    default = site_gates(clin, parse_config({}, Path.cwd()), build, grouped=False)[0][1]
     assert default["verdict"] == "insufficient evidence"
     assert default["decided_on"] == "95% lower bound"
     assert default["ci95"] == pytest.approx(wilson(1, 1), abs=1e-12)
     point = parse_config({"gates": {"decide_on": "point"}}, Path.cwd())
-    on_point = site_gates(clin, point, build)[0][1]
+    on_point = site_gates(clin, point, build, grouped=False)[0][1]
     assert on_point["verdict"] == "pass" and on_point["decided_on"] == "point"
 
 

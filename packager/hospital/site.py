@@ -53,7 +53,7 @@ from packager.core import documents
 from packager.core.config import Config, find_config, load_config, parse_config
 from packager.core.data import Dataset, labels_origin, open_dataset, row_index
 from packager.core.errors import Unavailable, UserError
-from packager.core.gates import check_custom, custom_gates, metric_gates
+from packager.core.gates import check_custom, custom_gates, metric_gates, on_bounds
 from packager.core.hostinfo import host_facts
 from packager.core.metrics import decisions
 from packager.core.progress import Progress
@@ -434,7 +434,9 @@ def site_acceptance(
         "subgroups": groups,
         "gates": {
             "passed": verdict == PASS,
-            "decided_on": "the 95% interval",
+            "decided_on": "the 95% interval"
+            if on_bounds(cfg.gates, "ci")
+            else "the point estimate",
             "checks": checks,
             "not_applied": not_applied,
         },

@@ -606,7 +606,9 @@ class NotApplied(_Closed):
 
 class SiteGates(_Closed):
     passed: bool
-    decided_on: Literal["the 95% interval"]
+    decided_on: Literal["the 95% interval", "the point estimate"] = Field(
+        description='[gates] decide_on: "ci" (the default at a site) or "point"'
+    )
     checks: list[SiteCheck]
     not_applied: list[NotApplied] = Field(description="the bundle's gates this data cannot test")
 
