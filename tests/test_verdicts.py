@@ -18,7 +18,7 @@ import pytest
 from sklearn.metrics import roc_auc_score
 from statsmodels.stats.proportion import proportion_confint
 
-from packager.build.state import ValidationInfo, gates_passed, verdict
+from packager.builder.state import ValidationInfo, gates_passed, verdict
 from packager.core.config import GatesConfig, parse_config
 from packager.core.errors import UserError
 from packager.core.gates import metric_gates
