@@ -27,7 +27,7 @@ def build(
     project: Path, out: Path, cwd: Path, tz: str, umask: int, epoch: int, *targets: str
 ) -> Result:
     which = [a for t in targets for a in ("--target", t)] or ["--all"]
-    args = ["build", *which, "--no-bench", "--json", "-q"]
+    args = ["build", *which, "--no-bench", "--no-cache", "--json", "-q"]  # each from scratch
     return run_with(
         [*args, "--config", str(project / "packager.toml"), "--out", str(out)],
         cwd,
