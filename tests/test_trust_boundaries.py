@@ -210,6 +210,8 @@ def test_select_unmeasured_sorts_last() -> None:
     rows = [_row("unmeasured", lat=None, thr=None), _row("measured", lat=9.0, thr=10.0)]
     for objective in ("latency", "throughput"):
         assert select(rows, objective)["label"] == "measured"  # type: ignore[index]
+    sized = [_row("no-size", lat=1.0, size=None), _row("sized", lat=9.0, size=50.0)]
+    assert select(sized, "size")["label"] == "sized"  # type: ignore[index]
 
 
 def test_select_with_every_candidate_failing_is_none() -> None:

@@ -50,6 +50,7 @@ TABLES = [
     (5, 1, 9, 2),  # small, target mostly better
     (2, 7, 1, 0),  # ad < bc: negative phi
     (10, 4, 4, 2),  # 0 < ad - bc <= n/2: phi reduced to 0
+    (3, 1, 4, 3),  # n/3 < ad - bc = 5 <= n/2 = 5.5: still 0
     (0, 3, 0, 0),  # an empty margin (phi = 0)
     (1, 0, 0, 0),  # n = 1
     (300, 2, 9, 79),
@@ -123,6 +124,7 @@ def test_evidence_drop_interval_is_oriented_reference_minus_target(
         pos["reference_wrong_target_right"],
         pos["both_wrong"],
     ) == positives
+    assert pos["n"] == sum(positives) and ev["negatives"]["n"] == sum(negatives)
     lo, hi = pos["drop_ci95"]
     # "drop": reference rate - target rate, so the reference is the first rater
     assert (lo, hi) == pytest.approx(newcombe_reference(*positives), abs=1e-12)
@@ -153,3 +155,13 @@ def test_supported_claim_follows_the_interval_not_the_point() -> None:
         assert claim["supported"] is (hi <= 0.005)
         assert claim["text"].startswith("supported" if hi <= 0.005 else "too small to support")
     assert claims == {1000: False, 20000: True}
+
+
+def test_a_score_exactly_on_the_threshold_decides_positive_in_both_runs() -> None:
+    """Two positives: the reference scores both exactly 0.5, the target the first; at
+    threshold 0.5 (p >= threshold) the reference finds both and the target one."""
+    y = np.array([1, 1, 0])
+    ref, tgt = _two(np.array([0.5, 0.5, 0.1])), _two(np.array([0.5, 0.4, 0.1]))
+    pos = evidence(y, tgt, ref, 0.5, 1, None, GatesConfig())["paired"]["positives"]
+    assert (pos["both_right"], pos["reference_right_target_wrong"]) == (1, 1)
+    assert (pos["reference_wrong_target_right"], pos["both_wrong"]) == (0, 0)

@@ -366,6 +366,18 @@ def test_floors_are_pinned_per_precision(precision: str) -> None:
     assert floor_for(precision, proxy=True) == max(FLOORS[precision], PROXY_FLOOR)
 
 
+@pytest.mark.parametrize(
+    ("precision", "floor"), [("int8-static", 5e-3), ("int4", 5e-3), ("fp16-mixed", 1e-3)]
+)
+def test_a_precision_variant_or_unknown_one_gets_its_family_or_int8s_floor(
+    precision: str, floor: float
+) -> None:
+    from packager.runtime.golden import floor_for
+
+    assert floor_for(precision, proxy=False) == floor
+    assert floor_for(precision, proxy=True) == max(floor, PROXY_FLOOR)
+
+
 def _tolerance_from_fields(meta: dict) -> float:
     precision = meta["precision"]
     base = next(v for k, v in FLOORS.items() if precision.startswith(k))

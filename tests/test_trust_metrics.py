@@ -163,3 +163,22 @@ def test_no_positives_fails_the_sensitivity_gate_closed() -> None:
     assert c.positives == 0 and c.auc is None
     checks = {ch.name: ch for ch in gate_checks(c, parse_config({}, Path.cwd()), False)}
     assert not checks["min_sensitivity"].passed, "no positive was seen: it cannot pass"
+
+
+def test_non_finite_scores_tie_with_the_values_they_decide_as() -> None:
+    """+Inf ranks as 1.0, -Inf and NaN as 0.0, in the target's AUC, the reference's and the ROC
+    curve: each ties with a real score of exactly that value (a larger stand-in such as the
+    largest float would rank above it and change every number below)."""
+    y = np.array([1, 0, 1, 0, 1, 0, 1, 0])
+    raw = [np.inf, 1.0, -np.inf, 0.0, np.nan, 0.0, 0.7, 0.2]
+    read = [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.7, 0.2]  # written out by hand
+    assert roc_auc(y == 1, np.array(raw)) == roc_auc_score(y, read)
+    fpr, tpr = roc_curve(y == 1, np.array(raw))
+    want_fpr, want_tpr, _ = sk_roc_curve(y, read, drop_intermediate=False)
+    assert np.array_equal(fpr, want_fpr) and np.array_equal(tpr, want_tpr)
+    two = lambda p: np.stack([1 - np.asarray(p), np.asarray(p)], axis=1)  # noqa: E731
+    finite = two([0.9, 0.1, 0.8, 0.3, 0.6, 0.4, 0.7, 0.2])
+    c = clinical(finite, y, 1, 0.5, reference=two(raw))
+    assert c.reference_auc == roc_auc_score(y, read)
+    assert c.auc_drop == roc_auc_score(y, read) - roc_auc_score(y, finite[:, 1])
+    assert roc_auc_score(y, read) not in (0.5, 1.0)  # not a degenerate example
