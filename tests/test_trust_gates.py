@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 from sklearn.metrics import confusion_matrix, roc_auc_score
+from statsmodels.stats.proportion import proportion_confint
 
 from packager.core.config import GatesConfig
 from packager.core.errors import UserError
 from packager.core.gates import check_custom, custom_gates, metric_gates, predictive_values
 from packager.core.metrics import clinical
 from packager.core.schema import from_dict
+from packager.core.status import GateVerdict
 from packager.core.target import Check
 from packager.reports.evidence import evidence
 
@@ -39,6 +41,23 @@ def lines(
     g = from_dict(GatesConfig, dict(gates), "gates")
     ev = evidence(y, probs, ref, THRESHOLD, 1, None, g)
     return {c.name: c for c in metric_gates(clinical(probs, y, 1, THRESHOLD, ref), ev, g)}
+
+
+def row(c: Check) -> tuple:
+    """A gate line as compared here: name, value, limit, verdict, reason (its interval is
+    checked on its own where the test computes one)."""
+    return (c.name, c.value, c.limit, c.passed, c.verdict, c.reason)
+
+
+def want(name: str, value: float | None, limit: float, passed: bool, reason: str = "") -> tuple:
+    verdict = (
+        GateVerdict.undefined
+        if value is None
+        else GateVerdict.passed
+        if passed
+        else GateVerdict.failed
+    )
+    return (name, value, limit, passed, verdict, reason)
 
 
 def specificity(p: list[float]) -> float:
@@ -66,14 +85,18 @@ def test_every_metric_gate_line_whole() -> None:
         max_flip_rate=0.25,
         max_ece_increase=1.0,
     )
-    assert list(got.values()) == [
-        Check("min_specificity", round(spec, 6), 0.5, True),
-        Check("max_specificity_drop", round(ref_spec - spec, 6), 0.4, True),
-        Check("min_auc", round(auc, 6), 0.9, auc >= 0.9),
-        Check("max_auc_drop", round(ref_auc - auc, 6), 0.01, False),
-        Check("max_flip_rate", round(flips, 6), 0.25, True),
-        Check("max_ece_increase", round(ece, 6), 1.0, True),
+    assert [row(c) for c in got.values()] == [
+        want("min_specificity", round(spec, 6), 0.5, True),
+        want("max_specificity_drop", round(ref_spec - spec, 6), 0.4, True),
+        want("min_auc", round(auc, 6), 0.9, auc >= 0.9),
+        want("max_auc_drop", round(ref_auc - auc, 6), 0.01, False),
+        want("max_flip_rate", round(flips, 6), 0.25, True),
+        want("max_ece_increase", round(ece, 6), 1.0, True),
     ]
+    # the recorded intervals: Wilson (statsmodels) for the proportions
+    wilson = lambda k, n: proportion_confint(k, n, alpha=0.05, method="wilson")  # noqa: E731
+    assert got["min_specificity"].ci95 == pytest.approx(wilson(3, 6), abs=1e-12)
+    assert got["max_flip_rate"].ci95 == pytest.approx(wilson(int(flips * 12), 12), abs=1e-12)
     assert round(ref_spec - spec, 6) == 0.333333  # the sixth place is kept, the seventh not
 
 
@@ -119,7 +142,7 @@ def test_undefined_metrics_fail_closed_with_their_reason(reference: list[float] 
         expected |= {"max_flip_rate": (1.0, NO_REF), "max_ece_increase": (1.0, NO_REF)}
         expected |= {"paired_alpha": (0.05, NO_REF)}
     for name, (limit, why) in expected.items():
-        assert got[name] == Check(name, None, limit, False, why), name
+        assert row(got[name]) == want(name, None, limit, False, why), name
         assert got[name].status == "failed"
 
 
@@ -140,10 +163,10 @@ def test_paired_gate_lines_whole() -> None:
     """The target worse among negatives (2 discordant pairs, both against it): the exact
     binomial p; the target better: 1.0 and why."""
     p = binomtest(2, 2, 0.5).pvalue
-    assert lines(LABELS, TGT, REF, paired_alpha=0.6)["paired_alpha"] == Check(
+    assert row(lines(LABELS, TGT, REF, paired_alpha=0.6)["paired_alpha"]) == want(
         "paired_alpha", p, 0.6, False, "exact McNemar p"
     )
-    assert lines(LABELS, REF, TGT, paired_alpha=0.05)["paired_alpha"] == Check(
+    assert row(lines(LABELS, REF, TGT, paired_alpha=0.05)["paired_alpha"]) == want(
         "paired_alpha", 1.0, 0.05, True, "the target is not worse among positives or negatives"
     )
 
@@ -154,7 +177,7 @@ def test_equal_discordant_counts_are_not_worse() -> None:
     labels = [1, 1, 1, 0, 0]
     ref, tgt = [0.9, 0.2, 0.8, 0.1, 0.2], [0.2, 0.9, 0.8, 0.1, 0.2]
     got = lines(labels, tgt, ref, paired_alpha=0.05)["paired_alpha"]
-    assert got == Check(
+    assert row(got) == want(
         "paired_alpha", 1.0, 0.05, True, "the target is not worse among positives or negatives"
     )
 
@@ -206,10 +229,10 @@ def test_custom_metric_lines_whole(plugins: None) -> None:
     g = from_dict(GatesConfig, {"custom": custom}, "gates")
     check_custom(g)
     src = "packager.metrics balanced_accuracy from tiny-metrics 1.2.0"
-    assert custom_gates(g, y, probs, {}) == [
-        Check("custom:balanced_accuracy:max", round(value, 6), value, True, src),
-        Check("custom:balanced_accuracy:min", round(value, 6), value, True, src),
-        Check(
+    assert [row(c) for c in custom_gates(g, y, probs, {})] == [
+        want("custom:balanced_accuracy:max", round(value, 6), value, True, src),
+        want("custom:balanced_accuracy:min", round(value, 6), value, True, src),
+        want(
             "custom:boom:min",
             None,
             0.0,
@@ -217,7 +240,7 @@ def test_custom_metric_lines_whole(plugins: None) -> None:
             "undefined: boom raised RuntimeError: no data for this "
             "(packager.metrics boom from tiny-metrics 1.2.0)",
         ),
-        Check(
+        want(
             "custom:nan:max",
             None,
             1.0,
