@@ -131,3 +131,16 @@ def test_two_concurrent_builds_share_the_cache(project, tmp_path: Path) -> None:
         p.name for p in Path(os.environ["PACKAGER_CACHE"]).iterdir() if p.name.startswith(".tmp-")
     ]
     assert leftovers == []
+
+
+def test_a_reused_validation_keeps_this_builds_own_description(project, cli) -> None:
+    """Only measurements come from the cache: a changed [model.card] (no input of validation)
+    reuses the validation, and the report carries the new card, not the cached one."""
+    root = project()
+    build(cli, root)
+    with (root / "packager.toml").open("a") as f:
+        f.write('\n[model.card]\nintended_use = "second reader only"\n')
+    build(cli, root, "--force")
+    r = report(root)
+    assert any(n.startswith("Validation reused from cache") for n in r["notes"])
+    assert r["model"]["card"]["intended_use"] == "second reader only"

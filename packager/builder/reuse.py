@@ -17,8 +17,8 @@ from packager.builder import stages
 from packager.builder.cache import Cache, CacheCorruptWarning, Entry
 from packager.builder.inputs import bundle_hashes, conversion_key, validation_key
 from packager.builder.session import Session
+from packager.builder.stages.validate import new_state
 from packager.builder.state import BuildState
-from packager.builder.supply_chain import build_time
 from packager.core.target import BuildContext, BuildOutput, Target
 
 
@@ -70,9 +70,11 @@ def validate(
     key = validation_key(s, t, before)
     hit = _get(cache, "validation", key, bdir)
     if hit is not None:
-        state = BuildState.load(hit.meta["state"])
-        # the build's own: what the conversion said, and this build's date
-        state.details, state.notes, state.built_at = built.details, built.notes, build_time()
+        # Only what validation measured comes from the cache; everything that describes this
+        # build (model card, names, date, the conversion's notes) is this build's own.
+        cached = BuildState.load(hit.meta["state"])
+        state = new_state(s, t, built, cached.validation)
+        state.clinical, state.checks, state.steps = cached.clinical, cached.checks, cached.steps
         state.notes.append(f"Validation reused from cache {key}, {hit.created}.")
         s.progress.say(f"[{t.name}] validation reused from cache {key[:16]} ({hit.created})")
         return state
