@@ -94,6 +94,7 @@ class Progress:
         try:
             yield
         finally:
+            self.counts.pop(name, None)
             if self.github:
                 print("::endgroup::", file=sys.stderr, flush=True)
 
