@@ -22,7 +22,7 @@ from packager.core.errors import UserError
 from tests.conftest import DEFAULT_TOML, _run, assert_user_error, must_have
 
 TARGET = "cpu-onnxruntime"
-BUILD = ["build", "--target", TARGET, "--no-bench"]
+BUILD = ["build", "--target", TARGET, "--no-bench", "--no-cache"]  # rebuilt from scratch
 
 
 @pytest.fixture(scope="module")
