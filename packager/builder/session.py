@@ -98,6 +98,19 @@ def resolve_formats(cfg: Config, data_holds_dicom: bool) -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in listed)
 
 
+def resolve_task(cfg: Config, multilabel_data: bool) -> None:
+    """[labels] task from the data when the config leaves it out: one 0/1 column per name is
+    multi-label. Per-finding settings on single-label data are refused."""
+    labels = cfg.labels
+    if labels.task is None and multilabel_data:
+        labels.task = "multilabel"
+    if not labels.multilabel and (labels.thresholds or cfg.gates.findings):
+        raise UserError(
+            "[labels.thresholds] and [gates.findings] are per finding of a multi-label model, "
+            "but the data has one class per image; give one 0/1 column per [labels] names"
+        )
+
+
 @dataclass
 class Session:
     cfg: Config
@@ -125,8 +138,14 @@ class Session:
         pre = resolve_preprocess(cfg, info)
         with progress.step("data", f"loading split '{cfg.data.split}'"):
             source = open_dataset(
-                cfg.data.path, cfg.data.split, cfg.labels.names, cfg.data.labels, cfg.data.group_by
+                cfg.data.path,
+                cfg.data.split,
+                cfg.labels.names,
+                cfg.data.labels,
+                cfg.data.group_by,
+                task=cfg.labels.task,
             )
+            resolve_task(cfg, source.labels.ndim == 2)
             dicom = isinstance(source, FileList) and holds_dicom(source)
             pre = replace(pre, formats=resolve_formats(cfg, dicom))
             val = source if isinstance(source, Dataset) else read_files(source, pre)
@@ -184,7 +203,13 @@ class Session:
         """Another split of the configured data, read as the validation split was."""
         d = self.cfg.data
         return load_dataset(
-            d.path, split, self.cfg.labels.names, self.preprocess, d.labels, d.group_by
+            d.path,
+            split,
+            self.cfg.labels.names,
+            self.preprocess,
+            d.labels,
+            d.group_by,
+            self.cfg.labels.task,
         )
 
     def reference_scores(self) -> np.ndarray:

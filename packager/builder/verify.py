@@ -148,10 +148,19 @@ def _config_problems(
     labels = config.get("labels") if isinstance(config.get("labels"), dict) else {}
     pairs = [
         ("labels", labels.get("names"), "runtime.json", runtime.get("labels")),
-        ("positive", labels.get("positive"), "runtime.json", runtime.get("positive")),
         ("threshold", labels.get("threshold"), "runtime.json", runtime.get("threshold")),
         ("threshold", labels.get("threshold"), "selftest.json", golden.get("threshold")),
     ]
+    if labels.get("task") == "multilabel":
+        names = labels.get("names") if isinstance(labels.get("names"), list) else []
+        own = labels.get("thresholds") if isinstance(labels.get("thresholds"), dict) else {}
+        each = {n: own.get(n, labels.get("threshold")) for n in names if isinstance(n, str)}
+        pairs += [
+            ("thresholds", each, "runtime.json", runtime.get("thresholds")),
+            ("thresholds", each, "selftest.json", golden.get("thresholds")),
+        ]
+    else:
+        pairs.append(("positive", labels.get("positive"), "runtime.json", runtime.get("positive")))
     gates = config.get("gates") if isinstance(config.get("gates"), dict) else {}
     checks = (report.get("gates") or {}).get("checks") if isinstance(report, dict) else None
     limits = {

@@ -133,27 +133,64 @@ class PreprocessConfig:
 
 @typed
 class LabelsConfig:
+    # binary / multiclass: one class per image (softmax outputs, `positive` against the rest);
+    # multilabel: one independent 0/1 finding per output (sigmoid outputs, each with its own
+    # threshold). None: multilabel when the data holds one 0/1 column per name, else binary for
+    # two names and multiclass for more (docs/multilabel.md).
+    task: Literal["binary", "multiclass", "multilabel"] | None = None
     names: list[str] = field(default_factory=lambda: ["normal", "pneumonia"])
     positive: str = "pneumonia"
     threshold: float = 0.5
-    # auto: probabilities when the graph ends in Softmax/Sigmoid, else logits.
+    # multilabel: a finding's own threshold; the others use `threshold`
+    thresholds: dict[str, float] = field(default_factory=dict)
+    # auto: probabilities when the graph ends in Softmax/Sigmoid, else logits (a softmax over
+    # the classes, or for multilabel a sigmoid per finding).
     output: Literal["auto", "logits", "probabilities"] = "auto"
     # Why this operating point: printed beside the threshold on the sign-off page.
     threshold_rationale: str = ""
 
     def check(self, where: str) -> None:
-        if len(self.names) < 2 or len(set(self.names)) != len(self.names):
-            raise UserError(f"{where}.names must list at least two distinct class names")
-        if self.positive not in self.names:
+        least = 1 if self.multilabel else 2
+        if len(self.names) < least or len(set(self.names)) != len(self.names):
+            what = "finding" if self.multilabel else "class"
+            raise UserError(f"{where}.names must list at least {least} distinct {what} names")
+        if self.task == "binary" and len(self.names) != 2:
+            raise UserError(f'{where}: task = "binary" takes two names, got {len(self.names)}')
+        if not self.multilabel and self.positive not in self.names:
             raise UserError(
                 f"{where}.positive = {self.positive!r} is not in {where}.names {self.names}"
+                + ('; for a multi-label model set task = "multilabel"' if not self.task else "")
             )
-        if not 0.0 < self.threshold < 1.0:
-            raise UserError(f"{where}.threshold = {self.threshold} must be between 0 and 1")
+        if self.thresholds and self.task in ("binary", "multiclass"):
+            raise UserError(
+                f'[{where}.thresholds] needs task = "multilabel"; a single-label model has one '
+                f"threshold, {where}.threshold"
+            )
+        for name, value in {"": self.threshold, **self.thresholds}.items():
+            key = f"{where}.thresholds.{shown(name)}" if name else f"{where}.threshold"
+            if name and name not in self.names:
+                raise UserError(f"{key} names no finding; use one of {where}.names {self.names}")
+            if not 0.0 < value < 1.0:
+                raise UserError(f"{key} = {value} must be between 0 and 1")
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task == "multilabel"
 
     @property
     def positive_index(self) -> int:
         return self.names.index(self.positive)
+
+    def operating_points(self) -> tuple[Any, Any]:
+        """What a decision reads (core.metrics.decisions): the positive class's index and the
+        threshold, or for multilabel every finding's index and threshold as lists."""
+        if self.multilabel:
+            return list(range(len(self.names))), [self.threshold_of(n) for n in self.names]
+        return self.positive_index, self.threshold
+
+    def threshold_of(self, name: str) -> float:
+        """A finding's threshold: its own in [labels.thresholds], else `threshold`."""
+        return self.thresholds.get(name, self.threshold)
 
 
 @typed
@@ -196,6 +233,8 @@ class GatesConfig:
     custom: dict[str, dict[str, float]] = field(default_factory=dict)
     # [gates.classes.<name>] min_sensitivity / min_specificity, one class against the rest
     classes: dict[str, ClassGates] = field(default_factory=dict)
+    # multilabel: [gates.findings.<name>] any gate above for one finding, over [gates]
+    findings: dict[str, dict[str, Any]] = field(default_factory=dict)
     # What each gate decides on: "point" (the estimate) or "ci" (the bound of its 95% interval on
     # the gate's side). Unset: "point" at build, "ci" at site acceptance (packager/core/gates.py).
     decide_on: Literal["point", "ci"] | None = None
@@ -221,6 +260,22 @@ class GatesConfig:
                 raise UserError(
                     f"{where}.custom.{shown(name)} takes min and/or max, e.g. {{min = 0.9}}"
                 )
+        for name in self.findings:
+            self.for_finding(name, f"{where}.findings.{shown(name)}")
+
+    def for_finding(self, name: str, where: str = "") -> GatesConfig:
+        """The gates of one finding: [gates] with [gates.findings.<name>] over it (the model-wide
+        tables, custom and classes, stay with the model)."""
+        over = self.findings.get(name, {})
+        for key in FINDING_FIXED:
+            if key in over:
+                raise UserError(f"{where or name}: {key} applies to the whole model, not a finding")
+        base = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return from_dict(GatesConfig, base | dict(over) | {"findings": {}}, where or name)
+
+
+# [gates.findings.<name>] cannot set these: they apply to the model, not to one finding.
+FINDING_FIXED = ("custom", "classes", "findings")
 
 
 FRACTION_GATES = (
@@ -400,6 +455,19 @@ def parse_config(data: dict[str, Any], base: Path, source: Path | None = None) -
                 f"[gates.classes.{shown(name)}] names no class; use one of [labels] names "
                 f"{cfg.labels.names}"
             )
+    if cfg.gates.classes and cfg.labels.multilabel:
+        raise UserError(
+            "[gates.classes] is for one class per image; a multilabel model takes "
+            "[gates.findings.<name>]"
+        )
+    for name in cfg.gates.findings:
+        if name not in cfg.labels.names:
+            raise UserError(
+                f"[gates.findings.{shown(name)}] names no finding; use one of [labels] names "
+                f"{cfg.labels.names}"
+            )
+    if cfg.gates.findings and cfg.labels.task in ("binary", "multiclass"):
+        raise UserError('[gates.findings] needs [labels] task = "multilabel"')
     cfg.model.path = _resolve(base, cfg.model.path)
     cfg.data.path = _resolve(base, cfg.data.path)
     cfg.data.groups = {k: str(_resolve(base, v)) for k, v in cfg.data.groups.items()}

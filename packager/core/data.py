@@ -43,7 +43,7 @@ R = TypeVar("R")
 @dataclass
 class Dataset:
     images: np.ndarray  # (N, H, W[, C]): uint8, or float32 on the 0..255 display scale
-    labels: np.ndarray  # int64, (N,)
+    labels: np.ndarray  # int64: (N,) class indices, or (N, K) 0/1 findings for multilabel
     split: str
     sha256: str  # of the source file (npz) or of the folder's files, labels and CSV
     # Per-image CSV columns (site, manufacturer, sex, age_band, ...) for subgroup analysis.
@@ -66,7 +66,7 @@ class FileList:
 
     base: Path
     names: list[str]  # each file's path relative to `base`, as the hash records it
-    labels: np.ndarray  # int64 (N,)
+    labels: np.ndarray  # int64: (N,) class indices, or (N, K) 0/1 findings for multilabel
     split: str
     metadata: dict[str, np.ndarray] = field(default_factory=dict)
     csv_sha256: str = ""  # of the labels CSV, when the labels come from one
@@ -94,7 +94,8 @@ class FolderHash:
         self.h = hashlib.sha256(f"packager-folder-v2\n{files.csv_sha256}\n".encode())
 
     def add(self, i: int, digest: str) -> None:
-        self.h.update(f"{self.files.names[i]}\t{int(self.files.labels[i])}\t{digest}\n".encode())
+        label = ",".join(str(int(v)) for v in np.atleast_1d(self.files.labels[i]))
+        self.h.update(f"{self.files.names[i]}\t{label}\t{digest}\n".encode())
 
     def hexdigest(self) -> str:
         return self.h.hexdigest()
@@ -135,12 +136,14 @@ def load_dataset(
     pre: Preprocess | None = None,
     labels_csv: str | Path | None = None,
     columns: Sequence[str] = (),
+    task: str | None = None,
 ) -> Dataset:
     """The whole split in memory. With `pre` (the model's preprocessing), images that are not
     all 8-bit of one size (16-bit, DICOM, mixed sizes) are resized to the model's size one by
     one as they load, on the display scale, so memory is bounded by the model's input size.
-    `columns`: the CSV metadata columns to keep (the module docstring)."""
-    source = open_dataset(path, split, class_names, labels_csv, columns)
+    `columns`: the CSV metadata columns to keep (the module docstring). `task`: [labels] task
+    (None: multi-label when the labels have one 0/1 column per name)."""
+    source = open_dataset(path, split, class_names, labels_csv, columns, task=task)
     return source if isinstance(source, Dataset) else read_files(source, pre)
 
 
@@ -151,6 +154,7 @@ def open_dataset(
     labels_csv: str | Path | None = None,
     columns: Sequence[str] = (),
     missing_ok: bool = False,
+    task: str | None = None,
 ) -> Dataset | FileList:
     """An npz as a Dataset (it is one array anyway), a folder as a FileList (nothing read).
     `columns` must be in the CSV's header unless `missing_ok` (then only those present are)."""
@@ -158,15 +162,15 @@ def open_dataset(
         raise UserError("no dataset given; pass --data PATH or set [data] path in packager.toml")
     p = Path(path)
     if p.is_dir():
-        return scan_folder(p, split, class_names, labels_csv, columns, missing_ok)
+        return scan_folder(p, split, class_names, labels_csv, columns, missing_ok, task)
     if labels_csv is not None:
         raise UserError(f"--labels / [data] labels needs an image folder, but {p} is not one")
     if not p.exists():
         raise UserError(f"dataset {p} does not exist; check --data / [data] path")
-    return _load_npz(p, split, len(class_names))
+    return _load_npz(p, split, class_names, task)
 
 
-def _load_npz(path: Path, split: str, n_classes: int) -> Dataset:
+def _load_npz(path: Path, split: str, class_names: list[str], task: str | None) -> Dataset:
     if not zipfile.is_zipfile(path):  # np.load would take a .npy or try to unpickle
         raise UserError(f"{path} is not an .npz (zip) file; pass a MedMNIST npz or an image folder")
     try:
@@ -202,17 +206,36 @@ def _load_npz(path: Path, split: str, n_classes: int) -> Dataset:
         raise UserError(f"{path}: {img_key} holds {h}x{w} images; expected a real image size")
     if not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"{path}: {lbl_key} must hold integer class indices, got {labels.dtype}")
-    if labels.ndim not in (1, 2):
-        raise UserError(f"{path}: {lbl_key} has shape {labels.shape}; expected (N,) or (N, 1)")
-    if labels.ndim == 2 and labels.shape[1] != 1:
+    k = len(class_names)
+    multi = labels.ndim == 2 and labels.shape[1] == k and task in (None, "multilabel")
+    if task == "multilabel" and not multi:
         raise UserError(
-            f"{path}: {lbl_key} has shape {labels.shape}; multi-label data is not supported"
+            f"{path}: {lbl_key} has shape {labels.shape}; a multilabel model needs (N, {k}): "
+            "one 0/1 column per [labels] names"
         )
-    labels = labels.reshape(-1).astype(np.int64)
+    if not multi and (labels.ndim not in (1, 2) or labels.ndim == 2 and labels.shape[1] != 1):
+        raise UserError(
+            f"{path}: {lbl_key} has shape {labels.shape}; expected (N,) or (N, 1) class indices, "
+            f"or (N, {k}) 0/1 findings for a multi-label model"
+        )
+    labels = labels.astype(np.int64) if multi else labels.reshape(-1).astype(np.int64)
     if len(labels) != len(images):
         raise UserError(f"{path}: {len(images)} images but {len(labels)} labels in split '{split}'")
-    _check_labels(labels, n_classes, str(path))
+    if multi:
+        _check_findings(labels, class_names, f"{path}: {lbl_key}")
+    else:
+        _check_labels(labels, k, str(path))
     return Dataset(images, labels, split, file_sha256(path))
+
+
+def _check_findings(labels: np.ndarray, names: list[str], where: str) -> None:
+    bad = np.argwhere((labels != 0) & (labels != 1))
+    if bad.size:
+        row, col = (int(v) for v in bad[0])
+        raise UserError(
+            f"{where} row {row}: finding '{names[col]}' is {int(labels[row, col])}; each finding "
+            "is 0 (absent) or 1 (present)"
+        )
 
 
 def _check_memory(npz: np.lib.npyio.NpzFile, keys: tuple[str, ...], path: Path) -> None:
@@ -279,12 +302,18 @@ def scan_folder(
     labels_csv: str | Path | None = None,
     columns: Sequence[str] = (),
     missing_ok: bool = False,
+    task: str | None = None,
 ) -> FileList:
     top = root.resolve()
     if labels_csv is None and (root / LABELS_CSV).is_file():
         labels_csv = _within(top, root / LABELS_CSV)
     if labels_csv is not None:
-        return _scan_csv(root, Path(labels_csv), split, class_names, columns, missing_ok)
+        return _scan_csv(root, Path(labels_csv), split, class_names, columns, missing_ok, task)
+    if task == "multilabel":
+        raise UserError(
+            f"{root}: a multilabel model needs a {LABELS_CSV} with a path column and one 0/1 "
+            f"column per finding ({', '.join(class_names)}); class folders hold one label each"
+        )
     if columns and not missing_ok:
         raise UserError(
             f"group columns {list(columns)} need a {LABELS_CSV} with those columns; {root} is "
@@ -324,6 +353,7 @@ def _scan_csv(
     class_names: list[str],
     columns: Sequence[str],
     missing_ok: bool,
+    task: str | None = None,
 ) -> FileList:
     try:
         raw = csv_path.read_bytes()
@@ -344,9 +374,14 @@ def _scan_csv(
         ) from None
     except csv.Error as exc:
         raise UserError(f"{csv_path} is not a readable CSV ({exc})") from None
-    if "path" not in header or "label" not in header:
+    multi = task == "multilabel" or (
+        task is None and "label" not in header and set(class_names) <= set(header)
+    )
+    wanted = ["path", *(class_names if multi else ["label"])]
+    if not set(wanted) <= set(header):
         raise UserError(
-            f"{csv_path}: the header must name 'path' and 'label' columns, got {header}"
+            f"{csv_path}: the header must name the columns {', '.join(wanted)}, got {header}"
+            + (" (multi-label: one 0/1 column per [labels] names)" if multi else "")
         )
     if len(set(header)) != len(header):
         raise UserError(f"{csv_path}: the header repeats a column name; name each once")
@@ -354,7 +389,7 @@ def _scan_csv(
     col = {c: i for i, c in enumerate(header)}
     base = root.resolve()
     names: list[str] = []
-    labels: list[int] = []
+    labels: list[Any] = []
     at: list[int] = []
     seen: set[str] = set()
     meta: dict[str, list[str]] = {c: [] for c in extra}
@@ -374,7 +409,10 @@ def _scan_csv(
         if name in seen:
             raise UserError(f"{where}: '{rel}' is listed twice; list each image once")
         seen.add(name)
-        labels.append(_label(row[col["label"]].strip(), class_names, where))
+        if multi:
+            labels.append([_finding(row[col[f]].strip(), f, where) for f in class_names])
+        else:
+            labels.append(_label(row[col["label"]].strip(), class_names, where))
         for c in extra:
             value = row[col[c]].strip()
             if any(ord(ch) < 32 or ord(ch) == 127 for ch in value) or len(value) > 200:
@@ -490,6 +528,15 @@ def _label(value: str, class_names: list[str], where: str) -> int:
     raise UserError(
         f"{where}: label '{value}' is not a class of [labels] names {class_names} "
         "(or its index); fix the label or list the class"
+    )
+
+
+def _finding(value: str, name: str, where: str) -> int:
+    if value in ("0", "1"):
+        return int(value)
+    raise UserError(
+        f"{where}: finding '{name}' is '{shown(value[:20])}'; each finding is 0 (absent) or 1 "
+        "(present): a missing or uncertain label must be resolved before validation"
     )
 
 

@@ -4,6 +4,8 @@ the rest for every class."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from packager.core.schema import typed
@@ -49,10 +51,12 @@ def roc_curve(y: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray]
     return fpr, tpr
 
 
-def decisions(probs: np.ndarray, positive: int, threshold: float) -> np.ndarray:
-    """Positive-class decisions (p >= threshold) of (N, C) probabilities; NaN decides negative."""
+def decisions(probs: np.ndarray, positive: Any, threshold: Any) -> np.ndarray:
+    """Positive-class decisions (p >= threshold) of (N, C) probabilities, (N,); with lists of
+    columns and thresholds (a multi-label model's findings, LabelsConfig.operating_points),
+    one decision per finding, (N, F). NaN decides negative."""
     p = np.nan_to_num(probs[:, positive], nan=0.0, posinf=1.0, neginf=0.0)
-    return p >= threshold
+    return p >= np.asarray(threshold)
 
 
 def predicted_classes(probs: np.ndarray, positive: int, threshold: float) -> np.ndarray:
@@ -117,10 +121,11 @@ def auc_ci95(
     return float(res.confidence_interval.low), float(res.confidence_interval.high)
 
 
-def flipped(probs: np.ndarray, other: np.ndarray, positive: int, threshold: float) -> list[int]:
-    """Indices whose positive-class decision differs between two runs' (N, C) probabilities."""
+def flipped(probs: np.ndarray, other: np.ndarray, positive: Any, threshold: Any) -> list[int]:
+    """Indices whose decision differs between two runs' (N, C) probabilities (any finding's,
+    with lists: see `decisions`)."""
     differ = decisions(probs, positive, threshold) != decisions(other, positive, threshold)
-    return [int(i) for i in np.flatnonzero(differ)]
+    return [int(i) for i in np.flatnonzero(differ.reshape(len(differ), -1).any(axis=1))]
 
 
 @typed

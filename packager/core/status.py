@@ -82,8 +82,9 @@ class Basis(Words):
 
 
 class OutputKind(Words):
-    logits = "logits"
+    logits = "logits"  # a softmax over the classes
     probabilities = "probabilities"
+    sigmoid_logits = "sigmoid-logits"  # multi-label: a sigmoid of each finding
 
 
 def _union(name: str, doc: str, *parts: type[Words], **more: str) -> type[Words]:

@@ -120,17 +120,20 @@ def record(
         return probabilities(infer_all(runner, inputs, batch, fixed), kind)
 
     threshold, floor = spec["threshold"], spec["floor"]
-    p = probs_of(x)[:, pos]
-    goals = [
-        min(max(threshold + sign * m * floor, 1e-6), 1 - 1e-6)
-        for m in NEAR_MARGINS
-        for sign in (-1, 1)
-    ][: spec["near_threshold"]]
-    near = near_threshold(lambda z: probs_of(z)[:, pos], x, p, threshold, goals)
+    # one decision, or one per finding of a multi-label model: near-threshold cases for each
+    points = list(zip(pos, threshold, strict=True)) if isinstance(pos, list) else [(pos, threshold)]
+    p = probs_of(x)
+    found = [x[:0]]
+    for col, t in points:
+        goals = [
+            min(max(t + sign * m * floor, 1e-6), 1 - 1e-6) for m in NEAR_MARGINS for sign in (-1, 1)
+        ][: spec["near_threshold"]]
+        found.append(near_threshold(lambda z, c=col: probs_of(z)[:, c], x, p[:, col], t, goals))
+    near = np.concatenate(found)
     tensors = np.concatenate([x, near, samples.astype(x.dtype)])
     kinds = ["synthetic"] * len(x) + ["near-threshold"] * len(near) + ["validation"] * len(samples)
     chosen = nearest_per_group(
-        probs_of(raw)[:, pos], np.asarray(spec["raw_group"]), threshold, floor
+        margin(probs_of(raw), pos, threshold), np.asarray(spec["raw_group"]), floor
     )
     inputs = np.concatenate([tensors, raw[chosen].astype(x.dtype)])
     golden, again, single = probs_of(inputs), probs_of(inputs), probs_of(inputs, 1)
@@ -148,12 +151,9 @@ def record(
     }
 
 
-def nearest_per_group(
-    p: np.ndarray, group: np.ndarray, threshold: float, floor: float
-) -> np.ndarray:
-    """Per group, the index whose p is nearest the threshold yet farther from it than the
-    near-threshold cases' largest margin (so its decision is judged too), else the nearest."""
-    gap = np.abs(p - threshold)
+def nearest_per_group(gap: np.ndarray, group: np.ndarray, floor: float) -> np.ndarray:
+    """Per group, the index nearest a threshold (`gap`: see `margin`) yet farther from it than
+    the near-threshold cases' largest margin (so its decision is judged too), else the nearest."""
     rank = np.where(gap > NEAR_MARGINS[-1] * floor, gap, 1.0 + gap)
     return np.array(
         [np.flatnonzero(group == g)[np.argmin(rank[group == g])] for g in np.unique(group)],
@@ -161,11 +161,18 @@ def nearest_per_group(
     )
 
 
+def margin(probs: np.ndarray, positive: Any, threshold: Any) -> np.ndarray:
+    """Each row's distance to deciding otherwise: |p(positive) - threshold|, or with lists (a
+    multi-label model's findings) the smallest over the findings."""
+    gap = np.abs(np.asarray(probs)[:, positive] - np.asarray(threshold))
+    return gap.reshape(len(gap), -1).min(axis=1)
+
+
 def samples_near_threshold(
-    x: np.ndarray, probs: np.ndarray, positive: int, threshold: float, n: int
+    x: np.ndarray, probs: np.ndarray, positive: Any, threshold: Any, n: int
 ) -> np.ndarray:
-    """The n validation inputs whose positive-class probability is nearest the threshold."""
-    order = np.argsort(np.abs(probs[:, positive] - threshold), kind="stable")
+    """The n validation inputs nearest a threshold (`margin`)."""
+    order = np.argsort(margin(probs, positive, threshold), kind="stable")
     return x[np.sort(order[:n])]
 
 

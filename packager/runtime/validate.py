@@ -35,20 +35,31 @@ def save_validation(
 
 
 def output_kind(cfg: Config, ends_with_softmax: bool) -> str:
-    if cfg.labels.output != "auto":
-        return cfg.labels.output
-    return "probabilities" if ends_with_softmax else "logits"
+    """What the model's outputs hold: "probabilities", or logits that a softmax ("logits") or,
+    for a multi-label model, a sigmoid per finding ("sigmoid-logits") turns into them."""
+    kind = cfg.labels.output
+    if kind == "auto":
+        kind = "probabilities" if ends_with_softmax else "logits"
+    return "sigmoid-logits" if kind == "logits" and cfg.labels.multilabel else kind
 
 
-def evaluate(
-    scores: np.ndarray, labels: np.ndarray, cfg: Config, kind: str, reference: np.ndarray | None
-) -> tuple[np.ndarray, Clinical]:
+def model_probabilities(scores: np.ndarray, cfg: Config, kind: str) -> np.ndarray:
+    """The model's scores as probabilities, one column per [labels] name."""
     probs = to_probabilities(scores, kind)
     if probs.shape[1] != len(cfg.labels.names):
         raise UserError(
             f"the model gives {probs.shape[1]} scores but [labels] names lists "
             f"{len(cfg.labels.names)} classes; list one name per output"
         )
+    return probs
+
+
+def evaluate(
+    scores: np.ndarray, labels: np.ndarray, cfg: Config, kind: str, reference: np.ndarray | None
+) -> tuple[np.ndarray, Clinical]:
+    """One class per image: the positive class against the rest (multi-label models are
+    validated per finding, packager/builder/stages/findings.py)."""
+    probs = model_probabilities(scores, cfg, kind)
     return probs, clinical(
         probs, labels, cfg.labels.positive_index, cfg.labels.threshold, reference, cfg.labels.names
     )

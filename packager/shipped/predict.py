@@ -129,10 +129,14 @@ def open_runtime(bundle: Path, kind: str = "main") -> tuple[Any, dict[str, Any]]
 
 
 def probabilities(scores: np.ndarray, kind: str) -> np.ndarray:
-    """(N, C) logits or probabilities -> float64 probabilities."""
+    """(N, C) scores -> float64 probabilities: as they are, a softmax over the classes of
+    "logits", or a sigmoid of each of "sigmoid-logits" (a multi-label model's findings)."""
     s = np.asarray(scores, np.float64).reshape(len(scores), -1)
     if kind == "probabilities":
         return s
+    if kind == "sigmoid-logits":
+        with np.errstate(over="ignore"):  # exp overflow is a probability of 0, as it should be
+            return 1.0 / (1.0 + np.exp(-s))
     e = np.exp(s - s.max(axis=1, keepdims=True))
     return e / e.sum(axis=1, keepdims=True)
 
@@ -160,11 +164,23 @@ def infer_all(runtime: Any, x: np.ndarray, batch_size: int, fixed_batch: int | N
     return np.concatenate(out).astype(np.float32)
 
 
+def decide(p: np.ndarray, config: dict[str, Any]) -> dict[str, Any]:
+    """One image's decision at runtime.json's threshold: the positive class or not, or for a
+    multi-label model the findings present (each at its own threshold)."""
+    labels = config["labels"]
+    if config.get("task") == "multilabel":
+        each = config["thresholds"]
+        present = [n for i, n in enumerate(labels) if p[i] >= each[n]]
+        return {"findings": present, "thresholds": each}
+    positive = config["positive"]
+    decision = positive if p[labels.index(positive)] >= config["threshold"] else "not " + positive
+    return {"decision": decision, "threshold": config["threshold"]}
+
+
 def classify(paths: list[str], kind: str = "main") -> int:
     pre = load_module(HERE, "preprocess").Preprocess.from_json(HERE / "preprocess.json")
     runtime, config = open_runtime(HERE, kind)
-    labels, positive = config["labels"], config["positive"]
-    pos = labels.index(positive)
+    labels = config["labels"]
     try:
         for path in paths:
             try:
@@ -173,17 +189,8 @@ def classify(paths: list[str], kind: str = "main") -> int:
                 raise Refused(f"{path}: not a readable image ({exc})", EXIT_USAGE) from None
             scores = infer_all(runtime, pre(image[None]), 1, config["fixed_batch"])
             p = probabilities(scores, config["output"])[0]
-            decision = positive if p[pos] >= config["threshold"] else "not " + positive
-            print(
-                json.dumps(
-                    {
-                        "image": path,
-                        "probabilities": dict(zip(labels, map(float, p), strict=True)),
-                        "decision": decision,
-                        "threshold": config["threshold"],
-                    }
-                )
-            )
+            line = {"image": path, "probabilities": dict(zip(labels, map(float, p), strict=True))}
+            print(json.dumps(line | decide(p, config)))
     finally:
         runtime.close()
     return EXIT_OK

@@ -147,6 +147,33 @@ def integrity_basis(
     return {"basis": basis, "statement": statement, "checked_by": checked_by}
 
 
+def operating_points(
+    meta: dict[str, Any], config: dict[str, Any]
+) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(the output columns decided on, their thresholds when the golden set was recorded, their
+    thresholds in runtime.json now): the positive class, or every finding of a multi-label
+    model, each at its own threshold."""
+    if config.get("task") == "multilabel":
+        names = list(config["labels"])
+        recorded, now = meta.get("thresholds") or {}, config.get("thresholds") or {}
+        if set(recorded) != set(names) or set(now) != set(names):
+            raise Refused(
+                "selftest.json and runtime.json must give a threshold for every finding; "
+                "rebuild the bundle",
+                EXIT_USAGE,
+            )
+        return (
+            list(range(len(names))),
+            np.array([recorded[n] for n in names], np.float64),
+            np.array([now[n] for n in names], np.float64),
+        )
+    return (
+        [meta["positive_index"]],
+        np.array([meta["threshold"]], np.float64),
+        np.array([config["threshold"]], np.float64),
+    )
+
+
 def replay(bundle: Path, runtime: Any, config: dict[str, Any]) -> list[dict[str, Any]]:
     """The golden set on this host: the raw image files through the shipped preprocessing, then
     every input through the runtime. Probabilities within the recorded tolerance, and, for every
@@ -178,13 +205,15 @@ def replay(bundle: Path, runtime: Any, config: dict[str, Any]) -> list[dict[str,
     kinds = np.concatenate([kinds, raw["raw_kinds"]])[rows]
     scores = infer_all(runtime, inputs, meta["batch_size"], config["fixed_batch"])
     got = probabilities(scores, config["output"])
-    tol, pos = meta["tolerance"], meta["positive_index"]
-    recorded, thr = meta["threshold"], config["threshold"]
+    tol = meta["tolerance"]
+    cols, recorded, thr = operating_points(meta, config)
     diff = np.abs(got - golden).max(axis=1)
     worst = int(np.argmax(diff))
     failing = rows[diff > tol]
-    decided = np.abs(golden[:, pos] - recorded) > tol  # cases the tolerance cannot carry across
-    flips = rows[decided & ((got[:, pos] >= thr) != (golden[:, pos] >= recorded))]
+    # per decision (one, or one per finding): cases the tolerance cannot carry across
+    decided = np.abs(golden[:, cols] - recorded) > tol
+    flips = rows[(decided & ((got[:, cols] >= thr) != (golden[:, cols] >= recorded))).any(axis=1)]
+    pos = cols[int(np.argmax(np.abs(got[worst, cols] - golden[worst, cols])))]
     unreadable = [
         {"case": len(x) + j, "kind": str(raw["raw_kinds"][j]), "error": e}
         for j, e in enumerate(errors)

@@ -168,7 +168,7 @@ def translation_check(
         ours = to_probabilities(infer_all(proxy, x, 64, ctx.model.fixed_batch), kind)
     finally:
         proxy.close()
-    pos, thr = ctx.labels.positive_index, ctx.labels.threshold
+    pos, thr = ctx.labels.operating_points()
     diff = float(np.max(np.abs(ours - ref))) if len(x) else 0.0
     flipped = flipped_decisions(ours, ref, pos, thr)
     details = {"n": len(x), "max_abs_diff": diff, "flipped": flipped, "atol": opts.translation_atol}

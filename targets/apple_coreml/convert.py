@@ -61,6 +61,12 @@ def plan(ctx: BuildContext) -> Plan:
             "one number: the input is a preprocessed multiarray (see preprocess.json)"
         )
         image = False
+    if classifier and ctx.labels.multilabel:
+        notes.append(
+            "a multi-label model's outputs are independent findings, not one class: a scores "
+            "output is used, not a classifier"
+        )
+        classifier = False
     batch = fixed or (1 if image or classifier else None)
     kind = ctx.output_kind
     return Plan(image, classifier, batch, classifier and kind == "logits", notes)
@@ -80,6 +86,9 @@ def metadata(ctx: BuildContext, p: Plan) -> dict[str, Any]:
         f"Decide '{labels.positive}' when its probability is >= {labels.threshold} "
         "(the validated threshold; the top label alone is not the clinical decision)."
     )
+    if labels.multilabel:
+        each = ", ".join(f"{n} >= {labels.threshold_of(n)}" for n in labels.names)
+        decision = f"Decide each finding when its probability meets its threshold: {each}."
     kind = "probabilities" if p.classifier else ctx.output_kind
     summary = m.description or (f"{m.name} {m.version}: {' / '.join(labels.names)} classifier")
     return {
@@ -89,7 +98,9 @@ def metadata(ctx: BuildContext, p: Plan) -> dict[str, Any]:
         "version": m.version,
         "user": {
             "name": m.name,
-            "threshold": repr(labels.threshold),
+            "threshold": repr(labels.threshold)
+            if not labels.multilabel
+            else json.dumps({n: labels.threshold_of(n) for n in labels.names}),
             "positive_class": labels.positive,
             "labels": json.dumps(labels.names),
             "output": kind,

@@ -50,6 +50,8 @@ def image_model(model: onnx.ModelProto, pre: Preprocess, batch: int, kind: str) 
         post.append(_step("to_float", "float[1, $c]", "$y = Cast <to = 1> ($x)"))
     if kind == "logits":
         post.append(Softmax())
+    elif kind == "sigmoid-logits":  # a multi-label model's findings: a sigmoid each
+        post.append(_step("sigmoid", "float[1, $c]", "$y = Sigmoid ($x)"))
     merged = _with_preprocessing(upgrade_opset(model, IMAGE_OPSET), pre, batch, post)
     _rename_output(merged.graph, "probabilities")
     return merged

@@ -102,5 +102,12 @@ def install_runtime(s: Session, t: Target, bdir: Path, built: BuildOutput) -> di
         "fixed_batch": s.info.fixed_batch,
         "input": asdict(s.info.input),
     }
+    labels = s.cfg.labels
+    if labels.multilabel:  # each finding decided on its own: no positive class
+        runtime |= {
+            "task": "multilabel",
+            "positive": None,
+            "thresholds": {n: labels.threshold_of(n) for n in labels.names},
+        }
     documents.write(bdir / "runtime.json", documents.Runtime, runtime)
     return code

@@ -17,6 +17,7 @@ from packager.builder.session import Session
 from packager.builder.stages.publish import manifest_meta
 from packager.builder.state import BuildState
 from packager.core import documents
+from packager.core.config import LabelsConfig
 from packager.core.status import Basis, CheckStatus, StepStatus
 from packager.core.target import BuildOutput, Check, Target
 from packager.runtime import golden
@@ -39,7 +40,7 @@ def selftest(
         _replay(s, t, bdir, built, state, state.selftest)
         return
     cfg, kind = s.cfg, state.validation.kind
-    pos, thr = cfg.labels.positive_index, cfg.labels.threshold
+    pos, thr = cfg.labels.operating_points()
     samples = s.x[:0]
     if cfg.selftest.samples:
         with np.load(bdir / "validation.npz") as v:
@@ -73,6 +74,7 @@ def selftest(
         "precision": built.precision,
         "positive_index": pos,
         "threshold": thr,
+        **multilabel_meta(cfg.labels),
         "floor": spec["floor"],
         "formats": list(s.preprocess.formats),
         "recorded_on": kind,
@@ -81,6 +83,14 @@ def selftest(
     }
     summary = golden.write_golden(bdir, result | golden_set, raw, meta)
     _replay(s, t, bdir, built, state, summary)
+
+
+def multilabel_meta(labels: LabelsConfig) -> dict[str, Any]:
+    """selftest.json of a multi-label model: no positive class, every finding's threshold."""
+    if not labels.multilabel:
+        return {}
+    each = {n: labels.threshold_of(n) for n in labels.names}
+    return {"positive_index": None, "threshold": labels.threshold, "thresholds": each}
 
 
 def _replay(

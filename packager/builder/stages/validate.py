@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 
 from packager.builder.session import Session
+from packager.builder.stages.findings import by_finding
 from packager.builder.state import BuildState, ValidationInfo, failure
 from packager.builder.supply_chain import build_time
 from packager.core.errors import Unavailable
@@ -28,7 +29,12 @@ from packager.core.target import (
 )
 from packager.reports.evidence import for_data
 from packager.runtime.runner import predict
-from packager.runtime.validate import evaluate, gate_checks, save_validation
+from packager.runtime.validate import (
+    evaluate,
+    gate_checks,
+    model_probabilities,
+    save_validation,
+)
 
 LISTED_FLIPS = 20  # a cross-check's gate line names at most this many differing images
 
@@ -86,13 +92,24 @@ def validate(
         scores, runtime = predict(
             t.name, bdir, built.runtime_config, s.x, s.info.fixed_batch, s.cfg.bench.timeout_s, kind
         )
-    probs, clin = evaluate(scores, s.validation.labels, s.cfg, s.output_kind, reference)
-    evidence, evidence_checks = for_data(s.cfg, s.validation, probs, reference)
+    per_finding, worst = None, None
+    if s.cfg.labels.multilabel:
+        probs = model_probabilities(scores, s.cfg, s.output_kind)
+        worst, clin, evidence, gates, per_finding = by_finding(
+            s.cfg, s.validation, probs, reference
+        )
+        gates = gate_checks(clin, s.cfg, True)[:1] + gates  # finite_outputs, model-wide
+    else:
+        probs, clin = evaluate(scores, s.validation.labels, s.cfg, s.output_kind, reference)
+        evidence, evidence_checks = for_data(s.cfg, s.validation, probs, reference)
+        gates = (
+            gate_checks(clin, s.cfg, has_reference=True, paired=evidence["paired"])
+            + metric_gates(clin, evidence, s.cfg.gates)
+            + evidence_checks
+        )
     checks = (
-        gate_checks(clin, s.cfg, has_reference=True, paired=evidence["paired"])
-        + metric_gates(clin, evidence, s.cfg.gates)
+        gates
         + custom_gates(s.cfg.gates, s.validation.labels, probs, s.validation.metadata)
-        + evidence_checks
         + built.checks
         + run_cross_checks(t, ctx, bdir, built.runtime_config, probs)
     )
@@ -115,6 +132,8 @@ def validate(
         "output": s.output_kind,
         "evidence": evidence,
     }
+    if per_finding is not None:
+        state.clinical |= {"finding": worst, "findings": per_finding}
     return state
 
 
@@ -167,7 +186,7 @@ def _cross_check(
 ) -> CrossCheckResult:
     images = cc.inputs == "images"
     x = ctx.validation.images if images else ctx.x
-    pos, thr = ctx.labels.positive_index, ctx.labels.threshold
+    pos, thr = ctx.labels.operating_points()
     with (
         ctx.progress.step(t.name, f"cross-check {cc.name} ({len(x)} {cc.inputs})"),
         tempfile.TemporaryDirectory(prefix="packager-cross-") as tmp,

@@ -64,6 +64,15 @@ class Clinical(ClinicalMetrics):
     evidence: dict[str, Any] = Field(
         kw_only=True, description="packager/reports/evidence.py: paired test, subgroups…"
     )
+    finding: str | None = Field(
+        None, kw_only=True, description="multilabel: the finding these metrics are (the worst)"
+    )
+    findings: dict[str, dict[str, Any]] | None = Field(
+        None,
+        kw_only=True,
+        description="multilabel: each finding's metrics (as above, one finding against its "
+        "absence, at its own threshold) and evidence",
+    )
 
 
 class SelftestMeasured(_Closed):
@@ -81,8 +90,11 @@ class SelftestSummary(_Closed):
 
     schema_version: Literal[1]
     precision: str
-    positive_index: int
+    positive_index: int | None = Field(description="null for a multi-label model")
     threshold: float
+    thresholds: dict[str, float] | None = Field(
+        None, description="multilabel: each finding's threshold the golden set was recorded at"
+    )
     floor: float
     formats: list[str] = Field(
         description="the file formats the bundle reads; selftest.npz holds an encoded image file "

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -27,14 +27,23 @@ class Runtime(_Closed):
     precision: str
     runner_options: dict[str, Any] = Field(description="the target's runtime.py reads these")
     labels: list[str]
-    positive: str
+    positive: str | None = Field(description="null for a multi-label model")
     threshold: float
     output: OutputKind
     fixed_batch: int | None
     input: TensorInput
+    task: Literal["multilabel"] | None = Field(
+        None, description="absent: one class per image, the positive class against the rest"
+    )
+    thresholds: dict[str, float] | None = Field(
+        None, description="multilabel: each finding's threshold; a finding is present at p >= it"
+    )
 
     @model_validator(mode="after")
     def _positive_is_a_label(self) -> Runtime:
-        if self.positive not in self.labels:
+        if self.task == "multilabel":
+            if self.positive is not None or set(self.thresholds or {}) != set(self.labels):
+                raise ValueError("multilabel: positive is null and every label has a threshold")
+        elif self.positive not in self.labels:
             raise ValueError(f"positive {self.positive!r} is not one of labels {self.labels}")
         return self

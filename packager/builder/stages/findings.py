@@ -1,0 +1,43 @@
+"""Validation of a multi-label model: every finding as its own binary model (core.findings), with
+its metrics, evidence and gates; the report's summary metrics are the worst finding's."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, replace
+from typing import Any
+
+import numpy as np
+
+from packager.core.config import Config
+from packager.core.data import Dataset
+from packager.core.findings import binary, config_for, findings, named
+from packager.core.gates import metric_gates
+from packager.core.metrics import Clinical, clinical
+from packager.core.target import Check
+from packager.reports.evidence import for_data
+from packager.runtime.validate import gate_checks
+
+
+def by_finding(
+    cfg: Config, ds: Dataset, probs: np.ndarray, reference: np.ndarray | None
+) -> tuple[str, Clinical, dict[str, Any], list[Check], dict[str, dict[str, Any]]]:
+    """(the worst finding's name, its metrics, its evidence, every finding's gate lines, per finding its
+    metrics and evidence). The worst finding has the lowest sensitivity, then the largest
+    sensitivity drop: the one a sensitivity claim rests on."""
+    per: dict[str, dict[str, Any]] = {}
+    checks: list[Check] = []
+    ranked = []
+    for f in findings(cfg.labels):
+        fcfg = config_for(cfg, f)
+        y = ds.labels[:, f.index]
+        p = binary(probs, f)
+        r = None if reference is None else binary(reference, f)
+        c = clinical(p, y, 1, f.threshold, r)
+        ev, ev_checks = for_data(fcfg, replace(ds, labels=y), p, r)
+        lines = gate_checks(c, fcfg, r is not None, ev["paired"])[1:]  # finite: once, model-wide
+        checks += named(lines + metric_gates(c, ev, fcfg.gates) + ev_checks, f)
+        per[f.name] = asdict(c) | {"evidence": ev}
+        ranked.append((c.sensitivity, -(c.sensitivity_drop or 0.0), f.index, f.name, c, ev))
+    *_, name, worst, worst_ev = min(ranked, key=lambda t: t[:3])
+    worst.finite = bool(np.isfinite(probs).all())
+    return name, worst, worst_ev, checks, per
