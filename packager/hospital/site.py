@@ -189,6 +189,11 @@ def _revalidate(
 
 def _bundle_config(bundle: Path, manifest: dict[str, Any], runtime: dict[str, Any]) -> Config:
     """The gates and timeouts the bundle was built with; labels and threshold as it ships them."""
+    if runtime.get("task") == "multilabel":
+        raise UserError(
+            "site acceptance of a multi-label bundle is not built yet (each finding needs its "
+            "own site gates); validate it with packager build on the site's data meanwhile"
+        )
     cfg = parse_config(manifest["config"], bundle)
     cfg.labels.names = list(runtime["labels"])
     cfg.labels.positive = runtime["positive"]

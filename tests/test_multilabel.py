@@ -1,0 +1,322 @@
+"""Multi-label models (issue 30): a 3-finding sigmoid model on PneumoniaMNIST-derived synthetic
+findings (tests/multilabel_fixture.py) built for cpu-onnxruntime, cpu-openvino FP32 and INT8 and
+edge-ort. Each finding's numbers in report.json are recounted here from validation.npz with plain
+numpy and scikit-learn; a gate on one finding fails the build naming it; the shipped self-test
+compares every finding's decision. Binary and multi-class builds are covered, unchanged, by the
+rest of the suite."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tomllib
+from sklearn.metrics import roc_auc_score
+
+from packager.core.config import parse_config
+from packager.core.data import load_dataset
+from packager.core.errors import UserError
+from tests.conftest import Result, assert_user_error
+from tests.multilabel_fixture import FINDINGS, config_text, write_data, write_model
+
+TARGETS = ("cpu-onnxruntime", "cpu-openvino", "edge-ort")
+NAME = "cxr-3-findings-0.0.0"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, data_path: Path) -> Path:
+    root = tmp_path_factory.mktemp("multilabel")
+    data, medians = write_data(data_path, root / "findings.npz")
+    model = write_model(root / "model.onnx", medians)
+    (root / "packager.toml").write_text(config_text(model, data))
+    return root
+
+
+def build(root: Path, out: Path, *args: str) -> Result:
+    proc = subprocess.run(
+        [sys.executable, "-m", "packager.cli", "build", "--config", str(root / "packager.toml")]
+        + ["--no-bench", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
+
+
+@pytest.fixture(scope="module")
+def built(project: Path) -> dict[str, Path]:
+    """One build of the three targets (cpu-openvino FP32), and cpu-openvino INT8 on its own."""
+    out = project / "dist"
+    r = build(project, out, *(a for t in TARGETS for a in ("-t", t)))
+    assert r.code == 0, r.stderr[-3000:]
+    r8 = build(project, project / "dist8", "-t", "cpu-openvino", "--int8")
+    assert r8.code == 0, r8.stderr[-3000:]
+    bundles = {t: out / NAME / t for t in TARGETS}
+    return bundles | {"cpu-openvino-int8": project / "dist8" / NAME / "cpu-openvino"}
+
+
+def recount(y: np.ndarray, p: np.ndarray, threshold: float) -> dict[str, float]:
+    d = p >= threshold
+    tp = sum(1 for a, b in zip(y, d, strict=True) if a == 1 and b)
+    fn = sum(1 for a, b in zip(y, d, strict=True) if a == 1 and not b)
+    tn = sum(1 for a, b in zip(y, d, strict=True) if a == 0 and not b)
+    fp = sum(1 for a, b in zip(y, d, strict=True) if a == 0 and b)
+    return {"tp": tp, "fn": fn, "tn": tn, "fp": fp, "sens": tp / (tp + fn), "spec": tn / (tn + fp)}
+
+
+@pytest.mark.parametrize("bundle", [*TARGETS, "cpu-openvino-int8"])
+def test_every_finding_recounted(built: dict[str, Path], project: Path, bundle: str) -> None:
+    b = built[bundle]
+    report = json.loads((b / "report.json").read_text())
+    assert report["status"] == "passed", report["reason"]
+    with np.load(b / "validation.npz") as z:
+        labels, probs, ref = z["labels"], z["probs"].astype(np.float64), z["reference"]
+    with np.load(project / "findings.npz") as z:  # the labels are the data's own
+        assert (labels == z["test_labels"]).all() and labels.shape[1] == 3
+    clinical = report["clinical"]
+    assert list(clinical["findings"]) == sorted(FINDINGS)
+    sens = {}
+    for k, name in enumerate(FINDINGS):
+        f = clinical["findings"][name]
+        n = recount(labels[:, k], probs[:, k], 0.5)
+        assert f["confusion"] == {key: n[key] for key in ("tp", "fn", "tn", "fp")}
+        assert f["sensitivity"] == pytest.approx(n["sens"], abs=1e-12)
+        assert f["specificity"] == pytest.approx(n["spec"], abs=1e-12)
+        assert f["auc"] == pytest.approx(roc_auc_score(labels[:, k], probs[:, k]), abs=1e-12)
+        ref_sens = recount(labels[:, k], ref[:, k].astype(np.float64), 0.5)["sens"]
+        assert f["sensitivity_drop"] == pytest.approx(ref_sens - n["sens"], abs=1e-12)
+        sens[name] = n["sens"]
+    # the summary is the finding with the lowest sensitivity
+    worst = min(FINDINGS, key=lambda n: (sens[n], FINDINGS.index(n)))
+    assert clinical["finding"] == worst and clinical["sensitivity"] == sens[worst]
+    gates = {c["name"]: c for c in report["gates"]["checks"]}
+    for name in FINDINGS:
+        line = gates[f"min_sensitivity[finding={name}]"]
+        assert line["value"] == pytest.approx(sens[name], abs=1e-6) and line["limit"] == 0.8
+        assert f"max_sensitivity_drop[finding={name}]" in gates
+    runtime = json.loads((b / "runtime.json").read_text())
+    assert runtime["task"] == "multilabel" and runtime["positive"] is None
+    assert runtime["thresholds"] == dict.fromkeys(FINDINGS, 0.5)
+
+
+def test_int8_control_protects_every_finding(built: dict[str, Path]) -> None:
+    report = json.loads((built["cpu-openvino-int8"] / "report.json").read_text())
+    assert report["precision"] == "int8"
+    with np.load(built["cpu-openvino-int8"] / "validation.npz") as z:
+        labels, probs, ref = z["labels"], z["probs"], z["reference"]
+    drops = [
+        recount(labels[:, k], ref[:, k], 0.5)["sens"]
+        - recount(labels[:, k], probs[:, k], 0.5)["sens"]
+        for k in range(3)
+    ]
+    assert max(drops) <= 0.05 + 1e-12  # max_sensitivity_drop holds for the worst finding
+
+
+def test_predict_decides_each_finding(built: dict[str, Path], project: Path) -> None:
+    from PIL import Image
+
+    with np.load(project / "findings.npz") as z:
+        image, truth = z["test_images"][0], z["test_labels"][0]
+    png = project / "one.png"
+    Image.fromarray(image).save(png)
+    b = built["cpu-onnxruntime"]
+    out = subprocess.run(
+        [sys.executable, str(b / "predict.py"), str(png)], capture_output=True, text=True
+    )
+    line = json.loads(out.stdout)
+    with np.load(b / "validation.npz") as z:
+        p0 = z["probs"][0]
+    assert line["findings"] == [n for k, n in enumerate(FINDINGS) if p0[k] >= 0.5]
+    assert list(line["probabilities"]) == FINDINGS
+    assert len(truth) == 3
+
+
+def test_selftest_replays_every_finding(built: dict[str, Path], tmp_path: Path) -> None:
+    """Each finding's near-threshold cases are in the golden set and the self-test passes; a
+    threshold moved on one finding alone (runtime.json and the golden set's record agree
+    otherwise) flips that finding's decisions, and the replay names those cases."""
+    from packager.shipped import selftest as shipped
+
+    b = built["cpu-onnxruntime"]
+    meta = json.loads((b / "selftest.json").read_text())
+    assert meta["thresholds"] == dict.fromkeys(FINDINGS, 0.5) and meta["positive_index"] is None
+    assert meta["cases"]["near-threshold"] >= 2 * len(FINDINGS)
+    copy = tmp_path / "bundle"
+    shutil.copytree(b, copy)
+    config = json.loads((copy / "runtime.json").read_text())
+    runtime = _open(copy)
+    try:
+        checks = {c["name"]: c for c in shipped.replay(copy, runtime, config)}
+        assert checks["decisions"]["status"] == "passed", checks
+        with np.load(copy / "selftest.npz") as g:
+            golden = np.concatenate([g["probs"], g["raw_probs"]])
+        # move one finding's threshold past its near-threshold cases above it
+        k = FINDINGS.index("upper")
+        config["thresholds"]["upper"] = 0.5 + 0.05
+        checks = {c["name"]: c for c in shipped.replay(copy, runtime, config)}
+    finally:
+        runtime.close()
+    tol = meta["tolerance"]
+    flips = [
+        i for i, g in enumerate(golden) if abs(g[k] - 0.5) > tol and (g[k] >= 0.55) != (g[k] >= 0.5)
+    ]
+    assert flips and checks["decisions"]["differing_cases"] == flips
+    assert checks["probabilities"]["status"] == "passed"
+
+
+def _open(bundle: Path):  # the bundle's own runtime, as predict.py opens it
+    sys.path.insert(0, str(bundle))
+    try:
+        from predict import open_runtime  # type: ignore[import-not-found]
+    finally:
+        sys.path.remove(str(bundle))
+    return open_runtime(bundle)[0]
+
+
+def test_a_gate_on_one_finding_fails_naming_it(project: Path, tmp_path: Path) -> None:
+    root = tmp_path / "p"
+    root.mkdir()
+    for f in ("model.onnx", "findings.npz"):
+        (root / f).symlink_to(project / f)
+    text = config_text(root / "model.onnx", root / "findings.npz")
+    (root / "packager.toml").write_text(
+        text + "\n[gates.findings.bright]\nmin_specificity = 0.999\n"
+    )
+    r = build(root, root / "dist", "-t", "cpu-onnxruntime")
+    assert r.code == 1, r.stderr[-2000:]
+    assert "min_specificity[finding=bright]" in r.stderr
+    report = json.loads(
+        (root / "dist" / ".failed" / NAME / "cpu-onnxruntime" / "report.json").read_text()
+    )
+    gates = {c["name"]: c for c in report["gates"]["checks"]}
+    assert gates["min_specificity[finding=bright]"]["status"] == "failed"
+    assert "min_specificity[finding=upper]" not in gates  # the override is bright's alone
+    assert not (root / "dist" / NAME / "cpu-onnxruntime").exists()
+
+
+# --- configuration and data (no build) --------------------------------------------------------
+
+
+def _cfg(text: str):
+    return parse_config(tomllib.loads(text), Path.cwd())
+
+
+ML = '[labels]\ntask = "multilabel"\nnames = ["a", "b", "c"]\n'
+
+
+def test_per_finding_thresholds_and_gates() -> None:
+    cfg = _cfg(
+        ML + "threshold = 0.4\n[labels.thresholds]\nb = 0.3\n[gates]\nmin_sensitivity = 0.9\n"
+        "[gates.findings.b]\nmin_sensitivity = 0.95\n"
+    )
+    assert cfg.labels.operating_points() == ([0, 1, 2], [0.4, 0.3, 0.4])
+    assert cfg.gates.for_finding("b").min_sensitivity == 0.95
+    assert cfg.gates.for_finding("a").min_sensitivity == 0.9
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        ("[labels.thresholds]\nz = 0.3\n", ["thresholds.z", "names no finding"]),
+        ("[labels.thresholds]\nb = 1.5\n", ["thresholds.b", "between 0 and 1"]),
+        ("[gates.findings.z]\nmin_sensitivity = 0.9\n", ["gates.findings.z", "names no finding"]),
+        ("[gates.findings.b]\nmin_sensitivty = 0.9\n", ["min_sensitivty", "min_sensitivity"]),
+        ("[gates.findings.b]\nmin_sensitivity = 95\n", ["gates.findings.b", "fraction"]),
+        ("[gates.findings.b]\ncustom = {}\n", ["custom", "whole model"]),
+        ("[gates.classes.b]\nmin_sensitivity = 0.9\n", ["gates.classes", "gates.findings"]),
+    ],
+)
+def test_bad_multilabel_config_is_one_line(extra: str, words: list[str]) -> None:
+    with pytest.raises(UserError) as e:
+        _cfg(ML + extra)
+    for w in words:
+        assert w in str(e.value), str(e.value)
+
+
+def _npz(path: Path, labels: np.ndarray) -> Path:
+    images = np.zeros((len(labels), 4, 4), np.uint8)
+    np.savez(path, test_images=images, test_labels=labels)
+    return path
+
+
+def test_npz_findings_load_and_bad_values_name_the_row(tmp_path: Path) -> None:
+    y = np.array([[0, 1, 1], [1, 0, 0]])
+    ds = load_dataset(_npz(tmp_path / "ok.npz", y), "test", ["a", "b", "c"])  # inferred
+    assert ds.labels.shape == (2, 3) and (ds.labels == y).all()
+    bad = np.array([[0, 1, 1], [1, 2, 0]])
+    with pytest.raises(UserError, match=r"row 1: finding 'b' is 2"):
+        load_dataset(_npz(tmp_path / "bad.npz", bad), "test", ["a", "b", "c"], task="multilabel")
+    with pytest.raises(UserError, match=r"\(N, 3\)"):
+        load_dataset(
+            _npz(tmp_path / "one.npz", y[:, 0]), "test", ["a", "b", "c"], task="multilabel"
+        )
+
+
+def test_labels_csv_findings(tmp_path: Path) -> None:
+    from PIL import Image
+
+    for i in range(3):
+        Image.fromarray(np.full((4, 4), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
+    csv = tmp_path / "labels.csv"
+    csv.write_text("path,a,b,c\n0.png,1,0,0\n1.png,0,1,1\n2.png,0,0,0\n")
+    ds = load_dataset(tmp_path, "test", ["a", "b", "c"])
+    assert ds.labels.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 0]]
+    csv.write_text("path,a,b,c\n0.png,1,0,0\n1.png,0,,1\n2.png,0,0,0\n")
+    with pytest.raises(UserError, match=r"line 3: finding 'b' is ''"):
+        load_dataset(tmp_path, "test", ["a", "b", "c"], task="multilabel")
+    csv.write_text("path,a,b,c\n0.png,1,0,0\n1.png,0,0.5,1\n2.png,0,0,0\n")
+    with pytest.raises(UserError, match=r"line 3: finding 'b' is '0.5'"):
+        load_dataset(tmp_path, "test", ["a", "b", "c"], task="multilabel")
+
+
+def test_class_folders_refused_for_multilabel(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    with pytest.raises(UserError, match="labels.csv"):
+        load_dataset(tmp_path, "test", ["a", "b"], task="multilabel")
+
+
+def test_sigmoid_logits(project: Path, tmp_path: Path, cli: Callable[..., Result]) -> None:
+    """A multi-label model ending in logits: packager applies a sigmoid per finding (never a
+    softmax): the reference probabilities equal numpy's sigmoid of the raw outputs."""
+    import onnxruntime as ort
+
+    with np.load(project / "findings.npz") as z:
+        medians = np.median(_features(z["train_images"]), axis=0)
+    model = write_model(tmp_path / "logits.onnx", medians, logits=True)
+    (tmp_path / "packager.toml").write_text(
+        config_text(model, project / "findings.npz") + "\n[labels.thresholds]\nleft = 0.4\n"
+    )
+    r = build(tmp_path, tmp_path / "dist", "-t", "cpu-onnxruntime")
+    assert r.code == 0, r.stderr[-2000:]
+    b = tmp_path / "dist" / NAME / "cpu-onnxruntime"
+    assert json.loads((b / "runtime.json").read_text())["output"] == "sigmoid-logits"
+    with np.load(b / "validation.npz") as z:
+        probs = z["probs"]
+    from packager.shipped.preprocess import Preprocess
+
+    pre = Preprocess.from_json(b / "preprocess.json")
+    with np.load(project / "findings.npz") as z:
+        x = pre(z["test_images"])
+    raw = ort.InferenceSession(str(model)).run(None, {"input": x})[0].astype(np.float64)
+    assert np.abs(probs - 1 / (1 + np.exp(-raw))).max() < 1e-6
+    report = json.loads((b / "report.json").read_text())
+    assert report["clinical"]["findings"]["left"]["threshold"] == 0.4
+
+
+def _features(images: np.ndarray) -> np.ndarray:
+    from tests.multilabel_fixture import features
+
+    return features(images)
+
+
+def test_site_acceptance_refuses_multilabel_in_one_line(
+    built: dict[str, Path], project: Path, cli: Callable[..., Result], tmp_path: Path
+) -> None:
+    r = cli("validate", built["cpu-onnxruntime"], "--data", project / "findings.npz", cwd=tmp_path)
+    assert_user_error(r, "multi-label", "not built yet")
