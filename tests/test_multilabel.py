@@ -320,3 +320,34 @@ def test_site_acceptance_refuses_multilabel_in_one_line(
 ) -> None:
     r = cli("validate", built["cpu-onnxruntime"], "--data", project / "findings.npz", cwd=tmp_path)
     assert_user_error(r, "multi-label", "not built yet")
+
+
+def test_report_lists_every_finding_sortable_in_chromium(built: dict[str, Path]) -> None:
+    """report.html's per-finding table in Chromium: one row per finding with report.json's
+    numbers, re-ordered by a click on the sensitivity header (ascending, then descending), and
+    one small ROC per finding."""
+    from tests.test_report_browser import CHROMIUM, check_page
+
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/install-browser.sh")
+    from playwright import sync_api
+
+    b = built["cpu-onnxruntime"]
+    findings = json.loads((b / "report.json").read_text())["clinical"]["findings"]
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = check_page(browser, b / "report.html", "report-multilabel.png")
+            names = page.locator("#findings tbody tr td:first-child").all_inner_texts()
+            assert sorted(names) == sorted(FINDINGS)
+            page.locator("#findings th", has_text="sensitivity").first.click()
+            up = page.locator("#findings tbody tr td:first-child").all_inner_texts()
+            page.locator("#findings th", has_text="sensitivity").first.click()
+            down = page.locator("#findings tbody tr td:first-child").all_inner_texts()
+            axes = page.locator('svg[data-plot="roc-findings"] g[id^="axes_"]').count()
+        finally:
+            browser.close()
+    by_sens = sorted(FINDINGS, key=lambda n: findings[n]["sensitivity"])
+    assert up[0] == by_sens[0] and down[0] == by_sens[-1]
+    assert axes == len(FINDINGS)
+    assert "not drawn" not in (b / "report.html").read_text()

@@ -432,3 +432,26 @@ def thumbnail(image: np.ndarray, size: int = 96) -> str:
     buf = io.BytesIO()
     img.save(buf, format="PNG", optimize=True)
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def roc_small_multiples(curves: list[tuple[Any, ...]], cols: int, rows: int) -> Markup:
+    """One small ROC per finding of a multi-label model: (name, (fpr, tpr), reference (fpr, tpr)
+    or None, operating point (1 - specificity, sensitivity), AUC or None), same axes for all."""
+    with matplotlib.rc_context(RC):
+        fig = Figure(figsize=(2.3 * cols, 2.2 * rows))
+        axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, sharey=True)).ravel()
+        for ax, (name, (fpr, tpr), ref, (fp, tp), auc) in zip(axes, curves, strict=False):
+            ax.plot(fpr, tpr, color=TARGET_C, linewidth=1.3)
+            if ref is not None:
+                ax.plot(ref[0], ref[1], "--", color=REF_C, linewidth=1.0)
+            ax.plot([0, 1], [0, 1], ":", color=GRID)
+            ax.plot([fp], [tp], "o", color=ALT_C, markersize=5)
+            title = plain(name) + (f" (AUC {auc:.3f})" if auc is not None else "")
+            ax.set_title(title, loc="left", fontsize=8)
+            ax.set_xlim(-0.01, 1.01)
+            ax.set_ylim(-0.01, 1.01)
+        for ax in axes[len(curves) :]:
+            ax.set_visible(False)
+        fig.supxlabel("false-positive rate (1 - specificity)", fontsize=8)
+        fig.supylabel("sensitivity", fontsize=8)
+    return to_svg(fig, "roc-findings", "ROC curve of each finding with its operating point")

@@ -11,10 +11,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from markupsafe import Markup
 
 from packager.core.gates import decide, interval, side_of
 from packager.core.metrics import roc_curve
 from packager.core.status import Basis, BenchStatus, CheckStatus
+from packager.reports import findings
 
 FLIPS_SHOWN = 48  # thumbnails in report.html; the rest are counted
 
@@ -305,10 +307,15 @@ def _runtime_json(bdir: Path) -> dict[str, Any]:
         return {}
 
 
-def class_names(bdir: Path | None) -> tuple[str, str, list[str] | None, int | None]:
-    """(positive name, name of the rest, all names, positive index) from the bundle's runtime.json."""
+def class_names(
+    bdir: Path | None, finding: str | None = None
+) -> tuple[str, str, list[str] | None, int | None]:
+    """(positive name, name of the rest, all names, positive index) from the bundle's runtime.json;
+    for a multi-label bundle, `finding` (the report's summary finding) against its absence."""
     rt = _runtime_json(bdir) if bdir else {}
     names, pos = rt.get("labels"), rt.get("positive")
+    if finding is not None and names and finding in names:
+        return finding, f"not {finding}", names, names.index(finding)
     if not names or pos not in names:
         return "positive", "negative", None, None
     rest = [n for n in names if n != pos]
@@ -331,17 +338,18 @@ def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None
     from packager.reports import plots  # matplotlib is imported only when a report is drawn
 
     row = summarize(report)
-    positive, negative, names, pos_idx = class_names(bdir)
+    c = report.get("clinical")
+    positive, negative, names, pos_idx = class_names(bdir, (c or {}).get("finding"))
     # Every key present (None when absent) so templates can test them under StrictUndefined.
     figures: dict[str, Any] = dict.fromkeys(
-        ("confusion", "roc", "latency", "sweep", "reliability", "candidates")
+        ("confusion", "roc", "latency", "sweep", "reliability", "candidates", "roc-findings")
     )
     gaps: dict[str, str | None] = dict.fromkeys(
         ("clinical", "roc", "flips", "thumbnails", "bench", "latency", "calibration")
-    )
+    ) | {"roc-findings": None}
     flips: list[dict[str, Any]] = []
     near = None  # (labels == positive, p(positive)) for the self-test tolerance count
-    c = report.get("clinical")
+    per_finding = findings.rows(report)
     if row["clinical_gap"]:
         gaps["clinical"] = row["clinical_gap"]
     else:
@@ -356,7 +364,12 @@ def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None
             gaps["roc"] = arrays
         else:
             labels, p, ref = arrays
-            y = labels == pos_idx
+            shown_names = names
+            if labels.ndim == 2:  # multi-label: the summary finding, present or not
+                labels, shown_names = labels[:, pos_idx], [negative, positive]
+                y = labels == 1
+            else:
+                y = labels == pos_idx
             near = (y, p)
             fpr, tpr = roc_curve(y, p)
             ref_curve = roc_curve(y, ref) if ref is not None else None
@@ -364,7 +377,11 @@ def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None
             point = (1 - spec, c["sensitivity"])
             figures["roc"] = plots.roc(fpr, tpr, ref_curve, point, c["threshold"], c["auc"])
             if ref is not None:
-                flips = _flipped(c, labels, y, p, ref, names, images)
+                flips = _flipped(c, labels, y, p, ref, shown_names, images)
+        if per_finding is not None and names:
+            grid = findings.roc_grid(bdir, report, names)
+            key = "roc-findings"
+            (figures if isinstance(grid, Markup) else gaps)[key] = grid  # Markup is a str too
     if c and c.get("flipped") and not flips and gaps["roc"]:
         gaps["flips"] = gaps["roc"]
     if images is None and flips:
@@ -406,6 +423,7 @@ def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None
         "flips_more": max(0, (row["flips"] or 0) - len(flips)),
         "positive": positive,
         "negative": negative,
+        "findings": per_finding,
         "latency_samples": _sample_stats(samples_row),
     }
 
@@ -424,7 +442,7 @@ def _validation_arrays(
     with np.load(path, allow_pickle=False) as z:
         labels, probs = z["labels"], z["probs"]
         reference = z["reference"] if "reference" in z.files else None
-    y = labels == pos_idx
+    y = labels[:, pos_idx] == 1 if labels.ndim == 2 else labels == pos_idx
     p = probs[:, pos_idx].astype(np.float64)
     pred = p >= c["threshold"]
     counts = {
