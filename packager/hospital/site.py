@@ -46,6 +46,7 @@ from packager.builder.bundle import (
 )
 from packager.builder.signing import check_private_key, check_same_key, is_signed, sign_dir
 from packager.builder.stages import bench_run, open_loop_run
+from packager.builder.stages.findings import by_finding
 from packager.builder.state import BuildState, ValidationInfo
 from packager.builder.supply_chain import write_sbom_and_provenance
 from packager.builder.verify import require
@@ -55,18 +56,24 @@ from packager.core.data import Dataset, labels_origin, open_dataset, row_index
 from packager.core.errors import Unavailable, UserError
 from packager.core.gates import check_custom, custom_gates, metric_gates, on_bounds
 from packager.core.hostinfo import host_facts
-from packager.core.metrics import decisions
 from packager.core.progress import Progress
 from packager.core.registry import get
 from packager.core.status import ReportStatus, StepStatus
 from packager.core.target import Check
 from packager.core.version import __version__
-from packager.hospital.site_gates import PASS, rate, site_gates, site_verdict, subgroups
+from packager.hospital.site_findings import finding_sections, site_parts
+from packager.hospital.site_gates import PASS, site_verdict
 from packager.reports.evidence import check_categories, for_data
 from packager.reports.render import render_reports
 from packager.reports.site_report import site_html, site_markdown
 from packager.runtime.stream import StreamResult, stream_predict
-from packager.runtime.validate import evaluate, gate_checks, is_clinical_gate, save_validation
+from packager.runtime.validate import (
+    evaluate,
+    gate_checks,
+    is_clinical_gate,
+    model_probabilities,
+    save_validation,
+)
 from packager.shipped.preprocess import Preprocess
 
 # What `validate` and `bench` read from a bundle, checked against the model it was written with.
@@ -189,15 +196,13 @@ def _revalidate(
 
 def _bundle_config(bundle: Path, manifest: dict[str, Any], runtime: dict[str, Any]) -> Config:
     """The gates and timeouts the bundle was built with; labels and threshold as it ships them."""
-    if runtime.get("task") == "multilabel":
-        raise UserError(
-            "site acceptance of a multi-label bundle is not built yet (each finding needs its "
-            "own site gates); validate it with packager build on the site's data meanwhile"
-        )
     cfg = parse_config(manifest["config"], bundle)
     cfg.labels.names = list(runtime["labels"])
-    cfg.labels.positive = runtime["positive"]
     cfg.labels.threshold = float(runtime["threshold"])
+    if runtime.get("task") == "multilabel":
+        cfg.labels.task, cfg.labels.thresholds = "multilabel", dict(runtime["thresholds"])
+    else:
+        cfg.labels.positive = runtime["positive"]
     return cfg
 
 
@@ -219,24 +224,32 @@ def _complete_in_place(
     re-signed when a key is given, then swapped in atomically); never written into the
     published one. A signed bundle without the key stays published as it was: a new
     generation would carry no valid signature."""
-    probs, clin = evaluate(res.scores, res.labels, cfg, runtime["output"], reference)
     ds = Dataset(images, res.labels, split, res.sha256, metadata=res.metadata)
-    evidence, evidence_checks = _evidence(cfg, ds, probs, reference)
+    per_finding: dict[str, Any] = {}
+    if cfg.labels.multilabel:
+        probs = model_probabilities(res.scores, cfg, runtime["output"])
+        worst, clin, evidence, gates, findings = by_finding(cfg, ds, probs, reference)
+        gates = gate_checks(clin, cfg, reference is not None)[:1] + gates
+        per_finding = {"finding": worst, "findings": findings}
+    else:
+        probs, clin = evaluate(res.scores, res.labels, cfg, runtime["output"], reference)
+        evidence, evidence_checks = _evidence(cfg, ds, probs, reference)
+        gates = (
+            gate_checks(clin, cfg, reference is not None, evidence["paired"])
+            + metric_gates(clin, evidence, cfg.gates)
+            + evidence_checks
+        )
     state = BuildState.load(report)
     # The build's own checks (e.g. a converted model read back) still hold; the clinical gates
     # are this host's now (every name gate_checks can give counts as clinical).
     state.checks = (
-        gate_checks(clin, cfg, reference is not None, evidence["paired"])
-        + metric_gates(clin, evidence, cfg.gates)
+        gates
         + custom_gates(cfg.gates, res.labels, probs, res.metadata)
-        + evidence_checks
         + [c for c in state.checks if not is_clinical_gate(c.name)]
     )
-    state.clinical = asdict(clin) | {
-        "split": split,
-        "output": runtime["output"],
-        "evidence": evidence,
-    }
+    state.clinical = (
+        asdict(clin) | {"split": split, "output": runtime["output"], "evidence": evidence}
+    ) | per_finding
     state.validation = ValidationInfo(res.runtime, limitations=state.validation.limitations)
     state.step("revalidate", StepStatus.ok)
     state.finish()
@@ -372,18 +385,11 @@ def site_acceptance(
     the data can support (packager.hospital.site_gates). `described`: where the labels and the
     group columns came from; `rows`: each image's row in its labels source (data.row_index)."""
     when = datetime.now(UTC)
-    probs, clin = evaluate(res.scores, res.labels, cfg, runtime["output"], None)
     built = BuildState.load(report)
     build_clinical = built.clinical or {}
-    checks, not_applied = site_gates(clin, cfg, build_clinical, grouped=bool(res.metadata))
-    c = clin.confusion
-    rates = {
-        "sensitivity": rate(c["tp"], c["tp"] + c["fn"]),
-        "specificity": rate(c["tn"], c["tn"] + c["fp"]),
-    }
-    pos = cfg.labels.positive_index
-    y, pred = res.labels == pos, decisions(probs, pos, cfg.labels.threshold)
-    groups = subgroups(res.metadata, y, pred, cfg, build_clinical)
+    parts = site_parts(cfg, runtime["output"], res.scores, res.labels, res.metadata, build_clinical)
+    probs, clin, rates = parts.probs, parts.summary.clin, parts.summary.rates()
+    checks, not_applied, groups = parts.checks, parts.not_applied, parts.groups
     verdict, reason = site_verdict(checks, groups, rates["specificity"])
     n = len(res.labels)
     site = {
@@ -425,17 +431,15 @@ def site_acceptance(
             **described,
         },
         "decision": {
-            "positive": cfg.labels.positive,
+            "positive": runtime["positive"],
             "threshold": cfg.labels.threshold,
             "output": runtime["output"],
-        },
+        }
+        | ({"thresholds": runtime["thresholds"]} if parts.findings else {}),
         "clinical": asdict(clin) | {"split": split, "output": runtime["output"]},
         "rates": rates,
         # Row indexes only (data.labels.row_index says into what): no path, no identifier.
-        "errors": {
-            "false_positives": np.sort(rows[pred & ~y]).tolist(),
-            "false_negatives": np.sort(rows[~pred & y]).tolist(),
-        },
+        "errors": parts.summary.errors(rows),
         "subgroups": groups,
         "gates": {
             "passed": verdict == PASS,
@@ -453,6 +457,11 @@ def site_acceptance(
         },
         "tool": {"packager": __version__},
     }
+    if parts.findings:
+        site |= {
+            "finding": parts.finding,
+            "findings": finding_sections(parts, rows, runtime["output"], split),
+        }
     paths = site_report_paths(bundle, manifest, out, when)
     paths["json"].parent.mkdir(parents=True, exist_ok=True)
     arrays = {"labels": res.labels, "probs": probs.astype(np.float32), "row": rows}

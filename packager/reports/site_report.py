@@ -62,7 +62,7 @@ def site_markdown(site: dict[str, Any]) -> str:
         f"- data: {md(d['path'])} split {md(d['split'])}, {d['n']} images, {d['positives']} "
         f"positive, sha256 {d['sha256'][:16]}…",
         f"- labels: {md(labels['statement'])}",
-        f"- decision: {md(site['decision']['positive'])} when p >= {site['decision']['threshold']}",
+        _decision(site),
         f"- bundle manifest sha256 {b['manifest_sha256'][:16]}… (left unchanged), "
         f"signed: {'yes' if b['signed'] else 'no'}",
         "",
@@ -80,6 +80,23 @@ def site_markdown(site: dict[str, Any]) -> str:
         "| --- | --- | --- | --- | --- | --- |",
         *(_gate_row(g) for g in site["gates"]["checks"]),
     ]
+    if site.get("findings"):
+        lines += [
+            "",
+            f"A multi-label bundle: the table above is **{md(site['finding'])}**, the finding "
+            "with the lowest sensitivity here. Every finding:",
+            "",
+            "| finding | positives | sensitivity (95% CI) | specificity (95% CI) | false "
+            "positives | false negatives |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        lines += [
+            f"| {md(n)} | {f['clinical']['positives']} | "
+            f"{_with_ci(f['rates']['sensitivity'], 'positives')} | "
+            f"{_with_ci(f['rates']['specificity'], 'negatives')} | "
+            f"{_rows(f['errors']['false_positives'])} | {_rows(f['errors']['false_negatives'])} |"
+            for n, f in site["findings"].items()
+        ]
     for g in site["gates"]["not_applied"]:
         lines += ["", f"Not applied: {g['name']} (limit {g['limit']}): {md(g['reason'])}."]
     for col, rows in site["subgroups"].items():
@@ -115,6 +132,14 @@ def site_markdown(site: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _decision(site: dict[str, Any]) -> str:
+    d = site["decision"]
+    if d.get("thresholds"):
+        each = ", ".join(f"{md(n)} >= {t}" for n, t in d["thresholds"].items())
+        return f"- decision: each finding present when its probability meets its threshold: {each}"
+    return f"- decision: {md(d['positive'])} when p >= {d['threshold']}"
 
 
 def site_html(site: dict[str, Any]) -> str:

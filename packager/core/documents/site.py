@@ -70,9 +70,12 @@ class SiteData(_Closed):
 
 
 class Decision(_Closed):
-    positive: str
+    positive: str | None = Field(description="null for a multi-label bundle")
     threshold: float
     output: OutputKind
+    thresholds: dict[str, float] | None = Field(
+        None, description="multilabel: each finding's threshold"
+    )
 
 
 SiteVerdict = Literal["pass", "fail", "insufficient evidence", "undefined"]
@@ -138,6 +141,12 @@ class SiteErrors(_Closed):
     false_negatives: list[int]
 
 
+class SiteFinding(_Closed):
+    clinical: ClinicalMetrics
+    rates: SiteRates
+    errors: SiteErrors
+
+
 class Throughput(_Closed):
     images_per_s: float | None
     read_s: float
@@ -169,6 +178,14 @@ class SiteValidation(_Closed):
     host: Host
     throughput: Throughput
     tool: Tool
+    finding: str | None = Field(
+        None, description="multilabel: the finding clinical/rates/errors are (lowest sensitivity)"
+    )
+    findings: dict[str, SiteFinding] | None = Field(
+        None,
+        description="multilabel: each finding's numbers; its gate lines are in gates.checks "
+        "and its subgroups in subgroups, named [finding=<name>]",
+    )
 
     @model_validator(mode="after")
     def _passed_only_on_pass(self) -> SiteValidation:
