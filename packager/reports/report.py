@@ -89,11 +89,12 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "reason": report.get("reason", ""),
         "validated_on": None if not c else (f"proxy: {v['proxy']}" if v.get("proxy") else "own"),
         "clinical_gap": _gap_clinical(report),
+        "finding": c.get("finding"),  # multi-label: the summary (lowest-sensitivity) finding
         "gate_min_sensitivity": next(
             (
                 ch["limit"]
                 for ch in (report.get("gates") or {}).get("checks", [])
-                if ch["name"] == "min_sensitivity"
+                if ch["name"] in ("min_sensitivity", f"min_sensitivity[finding={c.get('finding')}]")
             ),
             None,
         ),
@@ -208,7 +209,9 @@ def _pct(x: float) -> str:
 def _sens(r: dict[str, Any]) -> str:
     ci = r["sensitivity_ci95"]
     text = _pct(r["sensitivity"])
-    return f"{text} ({_pct(ci[0])}–{_pct(ci[1])})" if ci else text
+    text = f"{text} ({_pct(ci[0])}–{_pct(ci[1])})" if ci else text
+    # multi-label: the lowest finding's, so a limit it meets every finding meets
+    return f"{text}, lowest finding: {r['finding']}" if r.get("finding") else text
 
 
 def _opt(key: str, show: Callable[[Any], str], none: str) -> Callable[[dict[str, Any]], str]:
