@@ -241,7 +241,7 @@ def build(
 def inspect(model: Path, as_json: bool) -> None:
     """Check an ONNX model and show its signature, batch mode, FLOPs and operators."""
     from packager.core.errors import UserError
-    from packager.core.model import inspect_model
+    from packager.core.model import inspect_model, likely_task
 
     if not model.exists():
         raise UserError(f"model {model} does not exist; check the MODEL argument")
@@ -253,7 +253,8 @@ def inspect(model: Path, as_json: bool) -> None:
             f"ir / opset {info.ir_version} / {info.opset}   producer {info.producer or 'n/a'}",
             f"input      {info.input.name} {info.input.dtype} {info.input.shape} ({info.layout or 'layout unknown'})",
             f"output     {info.output.name} {info.output.dtype} {info.output.shape}"
-            + ("  (ends in Softmax)" if info.ends_with_softmax else ""),
+            + (f"  (ends in {info.activation})" if info.activation else ""),
+            f"task       {likely_task(info)}",
             f"batch      {info.batch}",
             f"params     {info.params:,}",
             f"GFLOPs     {gf:.4f} per sample"

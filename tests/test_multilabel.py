@@ -412,3 +412,10 @@ def test_report_lists_every_finding_sortable_in_chromium(built: dict[str, Path])
     assert up[0] == by_sens[0] and down[0] == by_sens[-1]
     assert axes == len(FINDINGS)
     assert "not drawn" not in (b / "report.html").read_text()
+
+
+def test_inspect_states_the_task(project: Path, cli: Callable[..., Result], tmp_path: Path) -> None:
+    r = cli("inspect", project / "model.onnx", cwd=tmp_path)
+    assert r.code == 0, r.stderr
+    assert "(ends in Sigmoid)" in r.stdout
+    assert "task       multilabel (3 outputs, each through its own Sigmoid)" in r.stdout

@@ -95,7 +95,7 @@ class ModelInfo:
     channels: int | None
     spatial: list[int | None]  # H, W (None when dynamic)
     num_classes: int | None
-    ends_with_softmax: bool
+    ends_with_softmax: bool  # Softmax or Sigmoid: the outputs are probabilities
     params: int
     macs_per_sample: int | None
     ops: dict[str, int] = field(default_factory=dict)
@@ -104,6 +104,7 @@ class ModelInfo:
     operators: dict[str, int] = field(default_factory=dict)
     opsets: dict[str, int] = field(default_factory=dict)
     quantization: Quantization | None = None  # None: a float model
+    activation: str | None = None  # "Softmax" / "Sigmoid" at the output, else None (logits)
 
     @property
     def gflops_per_sample(self) -> float | None:
@@ -278,7 +279,8 @@ def inspect_model(path: str | Path) -> ModelInfo:
         channels=channels if isinstance(channels, int) else None,
         spatial=spatial,
         num_classes=num_classes,
-        ends_with_softmax=_ends_with_softmax(model, out.name),
+        ends_with_softmax=final_activation(model, out.name) is not None,
+        activation=final_activation(model, out.name),
         params=params,
         macs_per_sample=None,
         ops=dict(sorted(collections.Counter(n.op_type for n in inferred.graph.node).items())),
@@ -300,14 +302,29 @@ def inspect_model(path: str | Path) -> ModelInfo:
 PASS_THROUGH = {"Identity", "Cast", "Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 
 
-def _ends_with_softmax(model: onnx.ModelProto, name: str) -> bool:
-    """Whether the output is a Softmax/Sigmoid, looking through shape-only ops and casts."""
+def final_activation(model: onnx.ModelProto, name: str) -> str | None:
+    """ "Softmax" or "Sigmoid" when the output is one, looking through shape-only ops and casts."""
     producers = {o: n for n in model.graph.node for o in n.output}
     node = producers.get(name)
     while node is not None and node.op_type in PASS_THROUGH:
         node = producers.get(node.input[0])
     # LogSoftmax is not listed: softmax of log-probabilities gives the probabilities back.
-    return node is not None and node.op_type in ("Softmax", "Sigmoid")
+    return node.op_type if node is not None and node.op_type in ("Softmax", "Sigmoid") else None
+
+
+def likely_task(info: ModelInfo) -> str:
+    """What the model's tail says its task is, for `inspect` ([labels] task decides)."""
+    k = info.num_classes
+    if info.activation == "Sigmoid" and (k or 0) > 1:
+        return f"multilabel ({k} outputs, each through its own Sigmoid)"
+    if k is None:
+        return "unknown (dynamic output size)"
+    one = "binary" if k == 2 else "multiclass" if k > 2 else "one output"
+    how = "ending in Softmax" if info.activation == "Softmax" else "logits"
+    return (
+        f"{one} ({k} outputs, {how}); multilabel if [labels] task says so or the data has one "
+        "0/1 column per name"
+    )
 
 
 def _classes(p: Path, out: onnx.ValueInfoProto, shape: list[int | str]) -> int | None:
