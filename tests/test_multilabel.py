@@ -406,12 +406,16 @@ def test_report_lists_every_finding_sortable_in_chromium(built: dict[str, Path])
             page.locator("#findings th", has_text="sensitivity").first.click()
             down = page.locator("#findings tbody tr td:first-child").all_inner_texts()
             axes = page.locator('svg[data-plot="roc-findings"] g[id^="axes_"]').count()
+            signoff = page.locator("#finding-verdicts tr").all_inner_texts()
         finally:
             browser.close()
     by_sens = sorted(FINDINGS, key=lambda n: findings[n]["sensitivity"])
     assert up[0] == by_sens[0] and down[0] == by_sens[-1]
     assert axes == len(FINDINGS)
     assert "not drawn" not in (b / "report.html").read_text()
+    # the sign-off's matrix: a row per finding, a verdict per gate
+    assert len(signoff) == 1 + len(FINDINGS)
+    assert all(row.count("pass") == 2 for row in signoff[1:]), signoff
 
 
 def test_inspect_states_the_task(project: Path, cli: Callable[..., Result], tmp_path: Path) -> None:

@@ -87,3 +87,22 @@ def roc_grid(bdir: Path, report: dict[str, Any], names: list[str]) -> Markup | s
     return plots.roc_small_multiples(
         curves, cols=min(4, len(curves)), rows=math.ceil(len(curves) / 4)
     )
+
+
+def verdict_matrix(report: dict[str, Any]) -> dict[str, Any] | None:
+    """The sign-off's view of a multi-label bundle: one row per finding, one column per gate,
+    each cell the gate line's value and verdict; None for a single-label bundle."""
+    findings = (report.get("clinical") or {}).get("findings")
+    if not findings:
+        return None
+    checks = (report.get("gates") or {}).get("checks") or []
+    kinds: list[str] = []
+    cells: dict[str, dict[str, dict[str, Any]]] = {name: {} for name in findings}
+    for ch in checks:
+        for name in findings:
+            tag = SUFFIX.format(name)
+            if ch["name"].endswith(tag):
+                kind = ch["name"].removesuffix(tag)
+                kinds += [] if kind in kinds else [kind]
+                cells[name][kind] = ch
+    return {"kinds": kinds, "rows": [(name, f, cells[name]) for name, f in findings.items()]}

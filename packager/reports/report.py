@@ -590,6 +590,7 @@ def signoff(
         "built_at": report.get("built_at"),
         "threshold": f"{c['threshold']:.4g}" if c.get("threshold") is not None else None,
         "changes": change_summary(ev, report.get("target", "this target")),
+        "findings": findings.verdict_matrix(report),
     }
 
 
