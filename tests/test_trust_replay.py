@@ -438,3 +438,25 @@ def test_a_bundle_without_its_golden_set_is_refused(tmp_path: Path) -> None:
         shipped.self_test(bundle, tmp_path / "record.json")
     assert str(exc.value) == f"{bundle} has no selftest.npz; rebuild it with packager build"
     assert exc.value.code == 2
+
+
+def test_a_golden_set_with_zero_raw_files_is_refused(tmp_path: Path) -> None:
+    """Raw arrays present but empty: no image file would go through preprocess.py, so the
+    self-test refuses (exit 2) rather than accept without testing the preprocessing (it used to
+    crash splitting zero files)."""
+    bundle = make_bundle(tmp_path / "bundle", [0.25], [0.25], RECORDED)
+    rewrite_golden(
+        bundle,
+        raw_bytes=np.zeros(0, np.uint8),
+        raw_ends=np.zeros(0, np.int64),
+        raw_names=np.array([], dtype=str),
+        raw_kinds=np.array([], dtype=str),
+        raw_probs=np.zeros((0, 2), np.float32),
+    )
+    with pytest.raises(shipped.Refused) as exc:
+        shipped.self_test(bundle, tmp_path / "record.json")
+    assert str(exc.value) == "selftest.npz holds no raw image files; rebuild the bundle"
+    assert exc.value.code == 2
+    assert shipped.raw_files(np.zeros(0, np.uint8), np.zeros(0, np.int64)) == []
+    data, ends = np.frombuffer(b"abcdef", np.uint8), np.array([2, 2, 6])
+    assert shipped.raw_files(data, ends) == [b"ab", b"", b"cdef"]

@@ -112,7 +112,7 @@ def shipped_preprocess(bundle: Path) -> Any:
 
 def raw_files(data: np.ndarray, ends: np.ndarray) -> list[bytes]:
     """The files stored end to end in `data` (uint8), split at `ends`."""
-    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)
+    starts = np.concatenate([[0], ends[:-1]]).astype(np.int64)[: len(ends)]
     return [data[a:b].tobytes() for a, b in zip(starts, ends, strict=True)]
 
 
@@ -187,6 +187,8 @@ def replay(bundle: Path, runtime: Any, config: dict[str, Any]) -> list[dict[str,
         raw = {k: g[k] for k in RAW}
     n = len(raw["raw_names"])
     ends = raw["raw_ends"]
+    if n == 0:  # the preprocessing would go untested: never a pass
+        raise Refused(f"{GOLDEN} holds no raw image files; rebuild the bundle", EXIT_USAGE)
     if not (
         len(golden) == len(kinds) == len(x)
         and len(raw["raw_kinds"]) == len(raw["raw_probs"]) == len(ends) == n
