@@ -77,6 +77,7 @@ def test_wheel_in_fresh_venv_adds_one_import_name(wheel: tuple[Path, str], tmp_p
     assert all(v.startswith("packager.targets.") for v in json.loads(groups))
     assert (site / "packager" / "templates" / "report" / "report.html.j2").is_file()
     assert (site / "packager" / "example" / "packager.toml").is_file()
+    assert (site / "packager" / "example" / "multilabel" / "packager.toml").is_file()
 
 
 def test_packager_imports_with_targets_unavailable() -> None:
