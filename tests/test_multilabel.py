@@ -22,7 +22,7 @@ from sklearn.metrics import roc_auc_score
 from packager.core.config import parse_config
 from packager.core.data import load_dataset
 from packager.core.errors import UserError
-from tests.conftest import Result
+from tests.conftest import Result, assert_user_error
 from tests.multilabel_fixture import FINDINGS, config_text, write_data, write_model
 
 TARGETS = ("cpu-onnxruntime", "cpu-openvino", "edge-ort")
@@ -423,3 +423,24 @@ def test_inspect_states_the_task(project: Path, cli: Callable[..., Result], tmp_
     assert r.code == 0, r.stderr
     assert "(ends in Sigmoid)" in r.stdout
     assert "task       multilabel (3 outputs, each through its own Sigmoid)" in r.stdout
+
+
+def test_task_inferred_only_for_a_sigmoid_model(project: Path, tmp_path: Path) -> None:
+    """No [labels] task: (N, 3) 0/1 labels and a model ending in a Sigmoid build as multilabel;
+    the same data for a logits model is refused in one line (one-hot labels look the same)."""
+    text = config_text(project / "model.onnx", project / "findings.npz")
+    (tmp_path / "packager.toml").write_text(text.replace('task = "multilabel"\n', ""))
+    r = build(tmp_path, tmp_path / "dist", "-t", "cpu-onnxruntime")
+    assert r.code == 0, r.stderr[-2000:]
+    runtime = json.loads(
+        (tmp_path / "dist" / NAME / "cpu-onnxruntime" / "runtime.json").read_text()
+    )
+    assert runtime["task"] == "multilabel"
+    with np.load(project / "findings.npz") as z:
+        medians = np.median(_features(z["train_images"]), axis=0)
+    logits = write_model(tmp_path / "logits.onnx", medians, logits=True)
+    text = config_text(logits, project / "findings.npz").replace('task = "multilabel"\n', "")
+    (tmp_path / "packager.toml").write_text(text)
+    r = build(tmp_path, tmp_path / "dist2", "-t", "cpu-onnxruntime")
+    assert_user_error(r, "does not end in a Sigmoid", 'task = "multilabel"')
+    assert not (tmp_path / "dist2").exists() or not any((tmp_path / "dist2").rglob("*.tar.gz"))

@@ -98,12 +98,21 @@ def resolve_formats(cfg: Config, data_holds_dicom: bool) -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in listed)
 
 
-def resolve_task(cfg: Config, multilabel_data: bool) -> None:
-    """[labels] task from the data when the config leaves it out: one 0/1 column per name is
-    multi-label. Per-finding settings on single-label data are refused."""
+def resolve_task(cfg: Config, multilabel_data: bool, activation: str | None) -> None:
+    """[labels] task from the data when the config leaves it out: one 0/1 column per name, for
+    a model ending in a Sigmoid, is multi-label. Any other model with such data is refused: one-hot
+    labels of a softmax model look the same, and packager does not guess. Per-finding settings
+    on single-label data are refused."""
     labels = cfg.labels
     if labels.task is None and multilabel_data:
+        if activation != "Sigmoid":
+            raise UserError(
+                f"the data has one 0/1 column per name ({len(labels.names)}) but the model does "
+                "not end in a Sigmoid; for a multi-label model set [labels] task = "
+                '"multilabel", else give one class index per image'
+            )
         labels.task = "multilabel"
+    labels.check_positive()
     if not labels.multilabel and (labels.thresholds or cfg.gates.findings):
         raise UserError(
             "[labels.thresholds] and [gates.findings] are per finding of a multi-label model, "
@@ -145,7 +154,7 @@ class Session:
                 cfg.data.group_by,
                 task=cfg.labels.task,
             )
-            resolve_task(cfg, source.labels.ndim == 2)
+            resolve_task(cfg, source.labels.ndim == 2, info.activation)
             dicom = isinstance(source, FileList) and holds_dicom(source)
             pre = replace(pre, formats=resolve_formats(cfg, dicom))
             val = source if isinstance(source, Dataset) else read_files(source, pre)

@@ -15,6 +15,7 @@ from packager.core.identifiers import refuse_identifier
 from packager.core.schema import from_dict, hint, shown, typed
 
 CONFIG_NAMES = ("packager.toml", "pyproject.toml")
+DEFAULT_POSITIVE = "pneumonia"
 # Golden-set sizes: each entry is an image stored in every bundle and replayed at every arrival.
 GOLDEN_MAX = 1000
 
@@ -139,7 +140,7 @@ class LabelsConfig:
     # two names and multiclass for more (docs/multilabel.md).
     task: Literal["binary", "multiclass", "multilabel"] | None = None
     names: list[str] = field(default_factory=lambda: ["normal", "pneumonia"])
-    positive: str = "pneumonia"
+    positive: str = DEFAULT_POSITIVE
     threshold: float = 0.5
     # multilabel: a finding's own threshold; the others use `threshold`
     thresholds: dict[str, float] = field(default_factory=dict)
@@ -156,11 +157,10 @@ class LabelsConfig:
             raise UserError(f"{where}.names must list at least {least} distinct {what} names")
         if self.task == "binary" and len(self.names) != 2:
             raise UserError(f'{where}: task = "binary" takes two names, got {len(self.names)}')
-        if not self.multilabel and self.positive not in self.names:
-            raise UserError(
-                f"{where}.positive = {self.positive!r} is not in {where}.names {self.names}"
-                + ('; for a multi-label model set task = "multilabel"' if not self.task else "")
-            )
+        # The default positive is checked once the data says whether the model is multi-label
+        # (builder.session.resolve_task); a task or a positive the user set, at once.
+        if self.task is not None or self.positive != DEFAULT_POSITIVE:
+            self.check_positive(where)
         if self.thresholds and self.task in ("binary", "multiclass"):
             raise UserError(
                 f'[{where}.thresholds] needs task = "multilabel"; a single-label model has one '
@@ -172,6 +172,13 @@ class LabelsConfig:
                 raise UserError(f"{key} names no finding; use one of {where}.names {self.names}")
             if not 0.0 < value < 1.0:
                 raise UserError(f"{key} = {value} must be between 0 and 1")
+
+    def check_positive(self, where: str = "labels") -> None:
+        if not self.multilabel and self.positive not in self.names:
+            raise UserError(
+                f"{where}.positive = {self.positive!r} is not in {where}.names {self.names}"
+                + ('; for a multi-label model set task = "multilabel"' if not self.task else "")
+            )
 
     @property
     def multilabel(self) -> bool:

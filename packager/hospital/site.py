@@ -158,7 +158,8 @@ def _revalidate(
         raise UserError(f"--out {out} is inside the bundle; write the site report elsewhere")
     pre = Preprocess.from_json(bundle / "preprocess.json")
     columns = list(group_by) if group_by else cfg.data.group_by
-    source = open_dataset(data, split, runtime["labels"], labels_csv, columns, not group_by)
+    task = cfg.labels.task or "binary"  # as built: never inferred from the site's data
+    source = open_dataset(data, split, runtime["labels"], labels_csv, columns, not group_by, task)
     for name, values in source.metadata.items():  # before any image is read or written
         check_categories(name, values)
     what = "validating on this host (streamed)"

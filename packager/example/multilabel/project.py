@@ -4,12 +4,13 @@ writes next to the model, checked by hand until packager's parser takes `task = 
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
 import tomllib
 
+from packager.core.config import Config, load_config
+from packager.core.errors import UserError
 from packager.example.train import set_value
 from packager.shipped.preprocess import Preprocess
 
@@ -68,35 +69,17 @@ def write_config(out: Path, thresholds: dict[str, dict[str, Any]]) -> Path:
     path = out / "packager.toml"
     path.write_text(text)
     check_config(path)
-    # ENABLE when main parses task = "multilabel" (issue 30): load_config(path)
     return path
 
 
-def check_config(path: Path) -> None:
-    """What packager will read must hold together: one name per output, a threshold in (0, 1)
-    for every finding and none for an unknown one, gates only for known findings, and the
-    model and data files present. A ValueError names the first problem."""
-    cfg = tomllib.loads(path.read_text())
-    labels = cfg["labels"]
-    names = labels["names"]
-    if labels.get("task") != "multilabel" or labels.get("output") != "probabilities":
-        raise ValueError(f"{path}: [labels] must say task = multilabel, output = probabilities")
-    if len(set(names)) != len(names) or not names:
-        raise ValueError(f"{path}: [labels] names must be distinct and non-empty: {names}")
-    thresholds = labels.get("thresholds", {})
-    for table, keys in (
-        ("labels.thresholds", thresholds),
-        ("gates.findings", cfg.get("gates", {}).get("findings", {})),
-    ):
-        unknown = sorted(set(keys) - set(names))
-        if unknown:
-            raise ValueError(f"{path}: [{table}] names unknown findings {unknown}")
-    missing = sorted(set(names) - set(thresholds))
+def check_config(path: Path) -> Config:
+    """What packager will read, read by packager itself (a UserError names the first problem),
+    with a threshold for every finding and the model and data files present."""
+    cfg = load_config(path)
+    missing = [n for n in cfg.labels.names if n not in cfg.labels.thresholds]
     if missing:
-        raise ValueError(f"{path}: no threshold for {missing}")
-    for name, t in thresholds.items():
-        if not (isinstance(t, float) and math.isfinite(t) and 0 < t < 1):
-            raise ValueError(f"{path}: threshold {name} = {t!r} is not in (0, 1)")
-    for key in ("model", "data"):
-        if not (path.parent / cfg[key]["path"]).is_file():
-            raise ValueError(f"{path}: [{key}] path {cfg[key]['path']} does not exist")
+        raise UserError(f"{path}: [labels.thresholds] has no threshold for {missing}")
+    for key, file in (("model", cfg.model.path), ("data", cfg.data.path)):
+        if file is None or not Path(file).is_file():
+            raise UserError(f"{path}: [{key}] path {file} does not exist")
+    return cfg
