@@ -257,3 +257,51 @@ def test_densenet_has_densenet121s_size_and_14_probabilities(tmp_path: Path) -> 
     x = np.random.default_rng(0).normal(size=(2, 1, 224, 224)).astype(np.float32)
     y = _ort(path, x)
     assert y.shape == (2, 14) and np.all((y >= 0) & (y <= 1))
+
+
+def test_the_example_goes_through_all_targets(trained: Path, tmp_path: Path) -> None:
+    """`packager build --all` on the example (the smoke-trained model, so gates may fail: the
+    point is every target ending in a status with a reason), and every finding's sensitivity,
+    specificity and AUC in each validated report.json recounted from validation.npz with numpy
+    and scikit-learn."""
+    import json
+    import subprocess
+    import sys
+
+    from sklearn.metrics import roc_auc_score
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "packager.cli", "build", "--config", str(trained / "packager.toml")]
+        + ["--all", "--no-bench", "--out", str(tmp_path / "dist")],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    assert proc.returncode in (0, 1), proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    reports = list((tmp_path / "dist").rglob("report.json"))
+    targets = {json.loads(p.read_text())["target"] for p in reports}
+    assert {
+        "cpu-onnxruntime",
+        "cpu-openvino",
+        "edge-ort",
+        "apple-coreml",
+        "gpu-tensorrt",
+    } <= targets
+    recounted = 0
+    for path in reports:
+        report = json.loads(path.read_text())
+        assert report["status"] == "passed" or report["reason"], report["target"]  # and why
+        if not (report.get("clinical") or {}).get("findings"):
+            continue
+        with np.load(path.parent / "validation.npz") as z:
+            labels, probs = z["labels"], z["probs"].astype(np.float64)
+        names = json.loads((path.parent / "runtime.json").read_text())["labels"]
+        for k, name in enumerate(names):
+            f = report["clinical"]["findings"][name]
+            y, d = labels[:, k] == 1, probs[:, k] >= f["threshold"]
+            assert f["sensitivity"] == pytest.approx((y & d).sum() / y.sum(), abs=1e-12)
+            assert f["specificity"] == pytest.approx((~y & ~d).sum() / (~y).sum(), abs=1e-12)
+            assert f["auc"] == pytest.approx(roc_auc_score(y, probs[:, k]), abs=1e-12)
+        recounted += 1
+    assert recounted >= 3  # cpu-onnxruntime, cpu-openvino, edge-ort (Core ML: its proxy too)

@@ -74,8 +74,9 @@ class SensitivityMetric:
 
     def __init__(self, positive: Any, threshold: Any, kind: str) -> None:
         self.positive, self.threshold, self.kind = positive, threshold, kind
-        # multilabel: each finding's FP32 sensitivity; the metric is then the worst finding's
-        # change from it, so NNCF's max_drop bounds every finding's drop, not an average's
+        # multilabel: each finding's FP32 sensitivity; the metric is then 1 + the worst
+        # finding's change from it (1 for the FP32 model: NNCF divides by it), so NNCF's
+        # absolute max_drop bounds every finding's drop, not an average's
         self.baseline: np.ndarray | None = None
 
     def __call__(
@@ -92,7 +93,7 @@ class SensitivityMetric:
         if not isinstance(self.positive, list):
             return clinical(probs, labels, self.positive, self.threshold).sensitivity
         each = self.per_finding(probs, labels)
-        return float((each - self.baseline).min() if self.baseline is not None else each.min())
+        return float(1 + (each - self.baseline).min() if self.baseline is not None else each.min())
 
     def per_finding(self, probs: np.ndarray, labels: np.ndarray) -> np.ndarray:
         """Each finding's sensitivity (0 where it has no positives)."""
@@ -196,7 +197,7 @@ def quantize(ctx: BuildContext, model: Any) -> tuple[Any, dict[str, Any], list[C
         outs = np.concatenate([np.array(_compile_f32(model)(x)[0], np.float32) for x in xs])
         probs = to_probabilities(outs, ctx.output_kind)[: len(control)]
         metric.baseline = metric.per_finding(probs, control.labels)
-        fp32_sens = 0.0
+        fp32_sens = 1.0
     with tempfile.TemporaryDirectory(prefix="packager-nncf-") as tmp, _nncf_output(verbose):
         q = nncf.quantize_with_accuracy_control(
             model,
@@ -234,7 +235,7 @@ def quantize(ctx: BuildContext, model: Any) -> tuple[Any, dict[str, Any], list[C
         "max_drop": max_drop,
     }
     if ctx.labels.multilabel:
-        details["control"]["metric"] = "the worst finding's sensitivity change from FP32"
+        details["control"]["metric"] = "1 + the worst finding's sensitivity change from FP32"
     check = Check(
         "int8_control_sensitivity_drop",
         round(drop, 6),
