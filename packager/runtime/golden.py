@@ -122,12 +122,19 @@ def record(
     threshold, floor = spec["threshold"], spec["floor"]
     # one decision, or one per finding of a multi-label model: near-threshold cases for each
     points = list(zip(pos, threshold, strict=True)) if isinstance(pos, list) else [(pos, threshold)]
+    # Each case costs SEARCH_ROUNDS x SEARCH_POINTS inferences: the cases are shared out among
+    # the findings, at least one each side of every finding's threshold.
+    each = (
+        spec["near_threshold"]
+        if len(points) == 1
+        else max(2, spec["near_threshold"] // len(points))
+    )
     p = probs_of(x)
     found = [x[:0]]
     for col, t in points:
         goals = [
             min(max(t + sign * m * floor, 1e-6), 1 - 1e-6) for m in NEAR_MARGINS for sign in (-1, 1)
-        ][: spec["near_threshold"]]
+        ][:each]
         found.append(near_threshold(lambda z, c=col: probs_of(z)[:, c], x, p[:, col], t, goals))
     near = np.concatenate(found)
     tensors = np.concatenate([x, near, samples.astype(x.dtype)])
