@@ -357,6 +357,7 @@ class SelftestConfig:
     # Sizes of the golden set shipped in every bundle (ranges checked by pydantic, see schema).
     synthetic: Annotated[int, Field(ge=1, le=GOLDEN_MAX)] = 16  # seeded synthetic inputs
     # Synthetic blends placed just either side of the threshold.
+    # multi-label: shared among the findings, at least 2 each (one either side of its threshold)
     near_threshold: Annotated[int, Field(ge=0, le=GOLDEN_MAX)] = 4
     # Validation images nearest the threshold; needs [data] shareable = true.
     samples: Annotated[int, Field(ge=0, le=GOLDEN_MAX)] = 0

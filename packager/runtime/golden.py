@@ -124,11 +124,8 @@ def record(
     points = list(zip(pos, threshold, strict=True)) if isinstance(pos, list) else [(pos, threshold)]
     # Each case costs SEARCH_ROUNDS x SEARCH_POINTS inferences: the cases are shared out among
     # the findings, at least one each side of every finding's threshold.
-    each = (
-        spec["near_threshold"]
-        if len(points) == 1
-        else max(2, spec["near_threshold"] // len(points))
-    )
+    n = spec["near_threshold"]
+    each = n if len(points) == 1 or n == 0 else max(2, n // len(points))
     p = probs_of(x)
     found = [x[:0]]
     for col, t in points:
