@@ -444,3 +444,62 @@ def test_task_inferred_only_for_a_sigmoid_model(project: Path, tmp_path: Path) -
     r = build(tmp_path, tmp_path / "dist2", "-t", "cpu-onnxruntime")
     assert_user_error(r, "does not end in a Sigmoid", 'task = "multilabel"')
     assert not (tmp_path / "dist2").exists() or not any((tmp_path / "dist2").rglob("*.tar.gz"))
+
+
+def _rehashed(bundle: Path, dest: Path, edit: Callable[[Path], None]) -> Path:
+    """A copy of `bundle` edited, with every manifest entry made to agree again (what a hostile
+    or careless re-packager does)."""
+    import hashlib
+
+    copy = shutil.copytree(bundle, dest)
+    edit(copy)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    for name, meta in manifest["files"].items():
+        data = (copy / name).read_bytes()
+        meta["sha256"], meta["size"] = hashlib.sha256(data).hexdigest(), len(data)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    return copy
+
+
+def _json_edit(name: str, change: Callable[[dict], None]) -> Callable[[Path], None]:
+    def edit(b: Path) -> None:
+        doc = json.loads((b / name).read_text())
+        change(doc)
+        (b / name).write_text(json.dumps(doc))
+
+    return edit
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "words"),
+    [
+        (  # the bundle made a one-finding model: predict.py would decide 'bright' only
+            "runtime.json",
+            lambda d: d.pop("task") and d.update(positive="bright"),
+            "runtime.json: task",
+        ),
+        ("runtime.json", lambda d: d["thresholds"].update(left=0.9), "runtime.json: thresholds"),
+        ("selftest.json", lambda d: d["thresholds"].update(left=0.9), "selftest.json: thresholds"),
+        (  # a finding's gate limit lowered in the report
+            "report.json",
+            lambda d: [
+                c.update(limit=0.1)
+                for c in d["gates"]["checks"]
+                if c["name"] == "min_sensitivity[finding=upper]"
+            ],
+            "gates.min_sensitivity for upper",
+        ),
+    ],
+)
+def test_an_edited_multilabel_bundle_is_rejected_before_its_code_runs(
+    built: dict[str, Path],
+    tmp_path: Path,
+    cli: Callable[..., Result],
+    name: str,
+    change: Callable[[dict], None],
+    words: str,
+) -> None:
+    b = _rehashed(built["cpu-onnxruntime"], tmp_path / "b", _json_edit(name, change))
+    r = cli("selftest", b, cwd=tmp_path)
+    assert r.code == 1, (r.stdout, r.stderr)
+    assert "no bundle code ran" in r.stdout + r.stderr and words in r.stdout + r.stderr

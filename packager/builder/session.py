@@ -112,6 +112,11 @@ def resolve_task(cfg: Config, multilabel_data: bool, activation: str | None) -> 
                 '"multilabel", else give one class index per image'
             )
         labels.task = "multilabel"
+    if labels.multilabel and cfg.gates.classes:
+        raise UserError(
+            "[gates.classes] is for one class per image; a multi-label model takes "
+            "[gates.findings.<name>]"
+        )
     labels.check_positive()
     if not labels.multilabel and (labels.thresholds or cfg.gates.findings):
         raise UserError(

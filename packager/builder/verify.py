@@ -151,16 +151,25 @@ def _config_problems(
         ("threshold", labels.get("threshold"), "runtime.json", runtime.get("threshold")),
         ("threshold", labels.get("threshold"), "selftest.json", golden.get("threshold")),
     ]
-    if labels.get("task") == "multilabel":
-        names = labels.get("names") if isinstance(labels.get("names"), list) else []
+    multilabel = labels.get("task") == "multilabel"
+    names = [n for n in labels.get("names") or [] if isinstance(n, str)] if multilabel else []
+    pairs += [
+        ("task", labels.get("task") if multilabel else None, "runtime.json", runtime.get("task")),
+        (
+            "positive",
+            None if multilabel else labels.get("positive"),
+            "runtime.json",
+            runtime.get("positive"),
+        ),
+    ]
+    if multilabel:
         own = labels.get("thresholds") if isinstance(labels.get("thresholds"), dict) else {}
-        each = {n: own.get(n, labels.get("threshold")) for n in names if isinstance(n, str)}
+        each = {n: own.get(n, labels.get("threshold")) for n in names}
         pairs += [
             ("thresholds", each, "runtime.json", runtime.get("thresholds")),
             ("thresholds", each, "selftest.json", golden.get("thresholds")),
+            ("positive_index", None, "selftest.json", golden.get("positive_index")),
         ]
-    else:
-        pairs.append(("positive", labels.get("positive"), "runtime.json", runtime.get("positive")))
     gates = config.get("gates") if isinstance(config.get("gates"), dict) else {}
     checks = (report.get("gates") or {}).get("checks") if isinstance(report, dict) else None
     limits = {
@@ -173,6 +182,15 @@ def _config_problems(
         for name, value in sorted(gates.items())
         if name in limits
     ]
+    # a multi-label bundle's gates, one line per finding: [gates] with its [gates.findings] over it
+    over = gates.get("findings") if isinstance(gates.get("findings"), dict) else {}
+    for n in names:
+        mine = {**gates, **(over.get(n) if isinstance(over.get(n), dict) else {})}
+        pairs += [
+            (f"gates.{key} for {n}", value, "report.json", limits[f"{key}[finding={n}]"])
+            for key, value in sorted(mine.items())
+            if f"{key}[finding={n}]" in limits
+        ]
     return [
         f"{where}: {what} is {integrity.printable(repr(theirs))} but manifest.json's config "
         f"says {integrity.printable(repr(ours))}"

@@ -45,7 +45,7 @@ def config_for(cfg: Config, f: Finding) -> Config:
         output="probabilities",
         threshold_rationale=cfg.labels.threshold_rationale,
     )
-    gates = dataclasses.replace(cfg.gates.for_finding(f.name), custom={})
+    gates = dataclasses.replace(cfg.gates.for_finding(f.name), custom={}, classes={})
     return dataclasses.replace(cfg, labels=labels, gates=gates)
 
 

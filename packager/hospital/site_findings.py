@@ -14,7 +14,16 @@ import numpy as np
 from packager.core.config import Config
 from packager.core.findings import binary, config_for, findings
 from packager.core.metrics import Clinical, clinical, decisions
-from packager.hospital.site_gates import EVERY, FAIL, PASS, line, rate, site_gates, subgroups
+from packager.hospital.site_gates import (
+    EVERY,
+    FAIL,
+    PASS,
+    UNDEFINED,
+    line,
+    rate,
+    site_gates,
+    subgroups,
+)
 from packager.runtime.validate import evaluate, model_probabilities
 
 
@@ -94,8 +103,13 @@ def site_parts(
         checks += [c | {"name": c["name"] + tag} for c in d.checks[1:]]  # [0]: finite_outputs
         not_applied += [n | {"name": n["name"] + tag} for n in d.not_applied]
         groups |= {col + tag: rows for col, rows in d.groups.items()}
+        if d.rates()["specificity"]["value"] is None:  # fails closed, as for one class
+            why = "specificity is undefined: no negatives in the data"
+            checks.append(line(f"specificity{tag}", None, None, UNDEFINED, EVERY, None, why))
         per[f.name] = d
-    worst = min(per, key=lambda n: (per[n].clin.sensitivity, list(per).index(n)))
+    worst = min(
+        per, key=lambda n: (not per[n].clin.positives, per[n].clin.sensitivity, list(per).index(n))
+    )
     summary = dataclasses.replace(per[worst])
     summary.clin = dataclasses.replace(summary.clin, finite=bool(np.isfinite(probs).all()))
     finite = summary.clin.finite  # once, for the whole model

@@ -153,7 +153,16 @@ def operating_points(
     """(the output columns decided on, their thresholds when the golden set was recorded, their
     thresholds in runtime.json now): the positive class, or every finding of a multi-label
     model, each at its own threshold."""
-    if config.get("task") == "multilabel":
+    multilabel = config.get("task") == "multilabel"
+    if multilabel != ("thresholds" in meta) or multilabel == isinstance(
+        meta.get("positive_index"), int
+    ):
+        raise Refused(
+            "runtime.json and selftest.json disagree on whether the model is multi-label; "
+            "rebuild the bundle",
+            EXIT_USAGE,
+        )
+    if multilabel:
         names = list(config["labels"])
         recorded, now = meta.get("thresholds") or {}, config.get("thresholds") or {}
         if set(recorded) != set(names) or set(now) != set(names):

@@ -101,7 +101,7 @@ def metadata(ctx: BuildContext, p: Plan) -> dict[str, Any]:
             "threshold": repr(labels.threshold)
             if not labels.multilabel
             else json.dumps({n: labels.threshold_of(n) for n in labels.names}),
-            "positive_class": labels.positive,
+            "positive_class": "" if labels.multilabel else labels.positive,
             "labels": json.dumps(labels.names),
             "output": kind,
             "source_sha256": ctx.model.sha256,

@@ -12,7 +12,7 @@ from packager.core.config import Config
 from packager.core.data import Dataset
 from packager.core.findings import binary, config_for, findings, named
 from packager.core.gates import metric_gates
-from packager.core.metrics import Clinical, clinical
+from packager.core.metrics import Clinical, clinical, flipped
 from packager.core.target import Check
 from packager.reports.evidence import for_data
 from packager.runtime.validate import gate_checks
@@ -37,7 +37,13 @@ def by_finding(
         lines = gate_checks(c, fcfg, r is not None, ev["paired"])[1:]  # finite: once, model-wide
         checks += named(lines + metric_gates(c, ev, fcfg.gates) + ev_checks, f)
         per[f.name] = asdict(c) | {"evidence": ev}
-        ranked.append((c.sensitivity, -(c.sensitivity_drop or 0.0), f.index, f.name, c, ev))
-    *_, name, worst, worst_ev = min(ranked, key=lambda t: t[:3])
-    worst.finite = bool(np.isfinite(probs).all())
+        # a finding with no positives has no sensitivity to rank: never the summary
+        key = (not c.positives, c.sensitivity, -(c.sensitivity_drop or 0.0), f.index)
+        ranked.append((key, f.name, c, ev))
+    _, name, worst, worst_ev = min(ranked, key=lambda t: t[0])
+    worst = replace(worst, finite=bool(np.isfinite(probs).all()))
+    if reference is not None:  # an image flips when any finding's decision does
+        pos, thr = cfg.labels.operating_points()
+        worst.flipped = flipped(probs, reference, pos, thr)
+        worst.max_abs_diff = float(np.max(np.abs(probs - reference))) if len(probs) else 0.0
     return name, worst, worst_ev, checks, per
