@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import asdict
 from pathlib import Path
@@ -23,6 +22,7 @@ from packager.core.data import file_sha256
 from packager.core.errors import GateFailed, UserError
 from packager.core.progress import Progress
 from packager.example.data import cache_dir, find_data
+from packager.example.run import cached
 from packager.example.train import (
     HERE,
     Settings,
@@ -61,20 +61,8 @@ def cache_key(data: Path, s: Settings) -> str:
 
 def trained_model(data: Path, s: Settings, progress: Progress) -> Path:
     """A folder with the trained model files, from the cache when this exact run was done."""
-    root = cache_dir() / "example"
-    final = root / cache_key(data, s)
-    if all((final / f).is_file() for f in MODEL_FILES):
-        progress.say(f"[train] reusing the trained model in {final}")
-        return final
-    tmp = root / f".tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        train(data, tmp, s, progress)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    final = cache_dir() / "example" / cache_key(data, s)
+    return cached(final, MODEL_FILES, lambda tmp: train(data, tmp, s, progress), progress)
 
 
 def run_demo(

@@ -12,7 +12,6 @@ import hashlib
 import json
 import math
 import re
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,13 +25,13 @@ import torch.nn.functional as F
 
 from packager.core.config import Config, parse_config
 from packager.core.data import Dataset, load_dataset
-from packager.core.errors import PackagerError
 from packager.core.hostinfo import has_flag
 from packager.core.metrics import clinical, roc_auc, to_probabilities, wilson
 from packager.core.progress import Progress
 from packager.example.data import find_data
 from packager.example.export import export_fp32, to_fp16
 from packager.example.model import make_model
+from packager.example.run import main_of
 from packager.runtime.validate import predict_all
 from packager.shipped.ort_session import OrtSession
 from packager.shipped.preprocess import Preprocess
@@ -347,14 +346,7 @@ def cli(data: Path | None, out: Path, epochs: int, seed: int, width: int) -> Non
 
 
 def main() -> None:
-    try:
-        cli.main(prog_name="python -m packager.example.train", standalone_mode=False)
-    except PackagerError as exc:
-        click.echo(f"train: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2)
+    main_of(cli, "python -m packager.example.train")
 
 
 if __name__ == "__main__":

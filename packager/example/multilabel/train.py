@@ -12,9 +12,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import shutil
-import sys
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,7 +25,6 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from packager.core.data import file_sha256
-from packager.core.errors import PackagerError
 from packager.core.progress import Progress
 from packager.example.data import cache_dir, find_data
 from packager.example.export import export_fp32
@@ -41,6 +37,7 @@ from packager.example.multilabel.project import (
     preprocess,
     write_config,
 )
+from packager.example.run import cached, main_of
 from packager.shipped.ort_session import OrtSession
 from packager.shipped.predict import infer_all
 
@@ -214,20 +211,8 @@ def trained_model(src: Path, s: Settings, progress: Progress) -> Path:
     """A folder holding FILES for this data, these settings and this code, from the cache when
     this exact run was done (the paths in its packager.toml are relative, so it moves whole)."""
     key = json.dumps([file_sha256(src), asdict(s), source_hash()], sort_keys=True)
-    root = cache_dir() / "example-multilabel"
-    final = root / hashlib.sha256(key.encode()).hexdigest()[:20]
-    if all((final / f).is_file() for f in FILES):
-        progress.say(f"[train] reusing the trained model in {final}")
-        return final
-    tmp = root / f".tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        train(src, tmp, s, progress)
-        shutil.rmtree(final, ignore_errors=True)
-        tmp.rename(final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    final = cache_dir() / "example-multilabel" / hashlib.sha256(key.encode()).hexdigest()[:20]
+    return cached(final, FILES, lambda tmp: train(src, tmp, s, progress), progress)
 
 
 def summary_lines(summary: dict[str, Any]) -> list[str]:
@@ -262,14 +247,7 @@ def cli(data: Path | None, out: Path, epochs: int, seed: int, limit: int | None)
 
 
 def main() -> None:
-    try:
-        cli.main(prog_name="python -m packager.example.multilabel.train", standalone_mode=False)
-    except PackagerError as exc:
-        click.echo(f"train: error: {exc}", err=True)
-        sys.exit(exc.exit_code)
-    except click.ClickException as exc:
-        exc.show()
-        sys.exit(2)
+    main_of(cli, "python -m packager.example.multilabel.train")
 
 
 if __name__ == "__main__":
