@@ -46,7 +46,7 @@ from packager.builder.bundle import (
 )
 from packager.builder.signing import check_private_key, check_same_key, is_signed, sign_dir
 from packager.builder.stages import bench_run, open_loop_run
-from packager.builder.stages.findings import by_finding
+from packager.builder.stages.findings import judge
 from packager.builder.state import BuildState, ValidationInfo
 from packager.builder.supply_chain import write_sbom_and_provenance
 from packager.builder.verify import require
@@ -54,7 +54,7 @@ from packager.core import documents
 from packager.core.config import Config, find_config, load_config, parse_config
 from packager.core.data import Dataset, labels_origin, open_dataset, row_index
 from packager.core.errors import Unavailable, UserError
-from packager.core.gates import check_custom, custom_gates, metric_gates, on_bounds
+from packager.core.gates import check_custom, custom_gates, on_bounds
 from packager.core.hostinfo import host_facts
 from packager.core.progress import Progress
 from packager.core.registry import get
@@ -68,10 +68,7 @@ from packager.reports.render import render_reports
 from packager.reports.site_report import site_html, site_markdown
 from packager.runtime.stream import StreamResult, stream_predict
 from packager.runtime.validate import (
-    evaluate,
-    gate_checks,
     is_clinical_gate,
-    model_probabilities,
     save_validation,
 )
 from packager.shipped.preprocess import Preprocess
@@ -226,20 +223,9 @@ def _complete_in_place(
     published one. A signed bundle without the key stays published as it was: a new
     generation would carry no valid signature."""
     ds = Dataset(images, res.labels, split, res.sha256, metadata=res.metadata)
-    per_finding: dict[str, Any] = {}
-    if cfg.labels.multilabel:
-        probs = model_probabilities(res.scores, cfg, runtime["output"])
-        worst, clin, evidence, gates, findings = by_finding(cfg, ds, probs, reference)
-        gates = gate_checks(clin, cfg, reference is not None)[:1] + gates
-        per_finding = {"finding": worst, "findings": findings}
-    else:
-        probs, clin = evaluate(res.scores, res.labels, cfg, runtime["output"], reference)
-        evidence, evidence_checks = _evidence(cfg, ds, probs, reference)
-        gates = (
-            gate_checks(clin, cfg, reference is not None, evidence["paired"])
-            + metric_gates(clin, evidence, cfg.gates)
-            + evidence_checks
-        )
+    probs, clin, evidence, gates, per_finding = judge(
+        cfg, ds, res.scores, runtime["output"], reference, _evidence
+    )
     state = BuildState.load(report)
     # The build's own checks (e.g. a converted model read back) still hold; the clinical gates
     # are this host's now (every name gate_checks can give counts as clinical).

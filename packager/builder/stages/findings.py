@@ -1,8 +1,11 @@
-"""Validation of a multi-label model: every finding as its own binary model (core.findings), with
-its metrics, evidence and gates; the report's summary metrics are the worst finding's."""
+"""The clinical judgement of a model's outputs on a dataset, the same at build and at a
+hospital's re-validation: one class per image (the positive class against the rest), or a
+multi-label model as one binary model per finding (core.findings), each with its metrics,
+evidence and gates, summarised by the finding with the lowest sensitivity."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -15,15 +18,51 @@ from packager.core.gates import metric_gates
 from packager.core.metrics import Clinical, clinical, flipped
 from packager.core.target import Check
 from packager.reports.evidence import for_data
-from packager.runtime.validate import gate_checks
+from packager.runtime.validate import evaluate, gate_checks, model_probabilities
+
+# (config, data, probabilities, reference) -> (evidence, its gate lines): reports.evidence.for_data,
+# or a caller's variant of it (a hospital without the build host's group files)
+Evidence = Callable[
+    [Config, Dataset, np.ndarray, np.ndarray | None], tuple[dict[str, Any], list[Check]]
+]
+
+
+def judge(
+    cfg: Config,
+    ds: Dataset,
+    scores: np.ndarray,
+    kind: str,
+    reference: np.ndarray | None,
+    evidence: Evidence = for_data,
+) -> tuple[np.ndarray, Clinical, dict[str, Any], list[Check], dict[str, Any]]:
+    """(probabilities, the summary metrics, their evidence, every clinical gate line, what
+    report.json's clinical section adds for a multi-label model)."""
+    has_ref = reference is not None
+    if cfg.labels.multilabel:
+        probs = model_probabilities(scores, cfg, kind)
+        worst, clin, ev, gates, per = by_finding(cfg, ds, probs, reference, evidence)
+        finite = gate_checks(clin, cfg, has_ref)[:1]  # once, for the whole model
+        return probs, clin, ev, finite + gates, {"finding": worst, "findings": per}
+    probs, clin = evaluate(scores, ds.labels, cfg, kind, reference)
+    ev, ev_checks = evidence(cfg, ds, probs, reference)
+    gates = (
+        gate_checks(clin, cfg, has_ref, ev["paired"])
+        + metric_gates(clin, ev, cfg.gates)
+        + ev_checks
+    )
+    return probs, clin, ev, gates, {}
 
 
 def by_finding(
-    cfg: Config, ds: Dataset, probs: np.ndarray, reference: np.ndarray | None
+    cfg: Config,
+    ds: Dataset,
+    probs: np.ndarray,
+    reference: np.ndarray | None,
+    evidence: Evidence = for_data,
 ) -> tuple[str, Clinical, dict[str, Any], list[Check], dict[str, dict[str, Any]]]:
-    """(the worst finding's name, its metrics, its evidence, every finding's gate lines, per finding its
-    metrics and evidence). The worst finding has the lowest sensitivity, then the largest
-    sensitivity drop: the one a sensitivity claim rests on."""
+    """(the worst finding's name, its metrics, its evidence, every finding's gate lines, per
+    finding its metrics and evidence). The worst finding has the lowest sensitivity, then the
+    largest sensitivity drop: the one a sensitivity claim rests on."""
     per: dict[str, dict[str, Any]] = {}
     checks: list[Check] = []
     ranked = []
@@ -33,7 +72,7 @@ def by_finding(
         p = binary(probs, f)
         r = None if reference is None else binary(reference, f)
         c = clinical(p, y, 1, f.threshold, r)
-        ev, ev_checks = for_data(fcfg, replace(ds, labels=y), p, r)
+        ev, ev_checks = evidence(fcfg, replace(ds, labels=y), p, r)
         lines = gate_checks(c, fcfg, r is not None, ev["paired"])[1:]  # finite: once, model-wide
         checks += named(lines + metric_gates(c, ev, fcfg.gates) + ev_checks, f)
         per[f.name] = asdict(c) | {"evidence": ev}

@@ -11,11 +11,11 @@ from typing import Any
 import numpy as np
 
 from packager.builder.session import Session
-from packager.builder.stages.findings import by_finding
+from packager.builder.stages.findings import judge
 from packager.builder.state import BuildState, ValidationInfo, failure
 from packager.builder.supply_chain import build_time
 from packager.core.errors import Unavailable
-from packager.core.gates import custom_gates, metric_gates
+from packager.core.gates import custom_gates
 from packager.core.metrics import flipped, to_probabilities
 from packager.core.status import StepStatus
 from packager.core.target import (
@@ -27,14 +27,8 @@ from packager.core.target import (
     Status,
     Target,
 )
-from packager.reports.evidence import for_data
 from packager.runtime.runner import predict
-from packager.runtime.validate import (
-    evaluate,
-    gate_checks,
-    model_probabilities,
-    save_validation,
-)
+from packager.runtime.validate import save_validation
 
 LISTED_FLIPS = 20  # a cross-check's gate line names at most this many differing images
 
@@ -92,21 +86,9 @@ def validate(
         scores, runtime = predict(
             t.name, bdir, built.runtime_config, s.x, s.info.fixed_batch, s.cfg.bench.timeout_s, kind
         )
-    per_finding, worst = None, None
-    if s.cfg.labels.multilabel:
-        probs = model_probabilities(scores, s.cfg, s.output_kind)
-        worst, clin, evidence, gates, per_finding = by_finding(
-            s.cfg, s.validation, probs, reference
-        )
-        gates = gate_checks(clin, s.cfg, True)[:1] + gates  # finite_outputs, model-wide
-    else:
-        probs, clin = evaluate(scores, s.validation.labels, s.cfg, s.output_kind, reference)
-        evidence, evidence_checks = for_data(s.cfg, s.validation, probs, reference)
-        gates = (
-            gate_checks(clin, s.cfg, has_reference=True, paired=evidence["paired"])
-            + metric_gates(clin, evidence, s.cfg.gates)
-            + evidence_checks
-        )
+    probs, clin, evidence, gates, per_finding = judge(
+        s.cfg, s.validation, scores, s.output_kind, reference
+    )
     checks = (
         gates
         + custom_gates(s.cfg.gates, s.validation.labels, probs, s.validation.metadata)
@@ -127,13 +109,11 @@ def validate(
         why.append(f"proxy: {proxy_label}")
     state.step("validate", StepStatus.failed if failed else StepStatus.ok, "; ".join(why))
     save_validation(bdir, s.validation.labels, probs, reference)
-    state.clinical = asdict(clin) | {
-        "split": s.validation.split,
-        "output": s.output_kind,
-        "evidence": evidence,
-    }
-    if per_finding is not None:
-        state.clinical |= {"finding": worst, "findings": per_finding}
+    state.clinical = (
+        asdict(clin)
+        | {"split": s.validation.split, "output": s.output_kind, "evidence": evidence}
+        | per_finding
+    )
     return state
 
 
