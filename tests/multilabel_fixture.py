@@ -8,13 +8,19 @@ model's is."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+
+from tests.conftest import Result
 
 FINDINGS = ["bright", "upper", "left"]
 SIZE = 32
 GAIN = 12.0
+NAME = "cxr-3-findings-0.0.0"  # the bundles' folder
 
 
 def features(images: np.ndarray) -> np.ndarray:
@@ -107,3 +113,23 @@ batch_sizes = [1]
 seconds = 0.2
 {extra}
 """
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory: pytest.TempPathFactory, data_path: Path) -> Path:
+    root = tmp_path_factory.mktemp("multilabel")
+    data, medians = write_data(data_path, root / "findings.npz")
+    model = write_model(root / "model.onnx", medians)
+    (root / "packager.toml").write_text(config_text(model, data))
+    return root
+
+
+def build(root: Path, out: Path, *args: str) -> Result:
+    proc = subprocess.run(
+        [sys.executable, "-m", "packager.cli", "build", "--config", str(root / "packager.toml")]
+        + ["--no-bench", "--out", str(out), *args],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    return Result(proc.returncode, proc.stdout, proc.stderr)
