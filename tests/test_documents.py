@@ -48,23 +48,24 @@ def test_committed_schemas_are_what_the_models_give() -> None:
 
 @pytest.fixture(scope="module")
 def built(
-    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path
+    tmp_path_factory: pytest.TempPathFactory,
+    tiny_model: Path,
+    data_path: Path,
+    benched_build: Callable[[str], tuple[Path, Result]],
 ) -> tuple[Path, Path]:
-    """(a passed cpu-onnxruntime bundle built with benchmarks, a failed one under .failed/)."""
-    from tests.conftest import DEFAULT_TOML, _run
+    """(a passed cpu-onnxruntime bundle built with benchmarks: the session's, read-only; a
+    failed one under .failed/)."""
+    from tests.conftest import DEFAULT_TOML, _run, bundle_dir
 
-    out = []
-    for name, threshold in (("passed", "0.2"), ("failed", "0.95")):
-        root = tmp_path_factory.mktemp(name)
-        toml = DEFAULT_TOML.format(model=tiny_model, data=data_path)
-        (root / "packager.toml").write_text(
-            toml.replace("threshold = 0.2", f"threshold = {threshold}")
-        )
-        r = _run(["build", "-t", "cpu-onnxruntime", "--json", "-q"], root)
-        assert r.code == (0 if name == "passed" else 1), r.stderr
-        sub = ROOT if name == "passed" else Path("dist/.failed/tiny-1.0.0")
-        out.append(root / sub / "cpu-onnxruntime")
-    return out[0], out[1]
+    passed, r = benched_build("cpu-onnxruntime")
+    assert r.code == 0, r.stderr
+    root = tmp_path_factory.mktemp("failed")
+    toml = DEFAULT_TOML.format(model=tiny_model, data=data_path)
+    (root / "packager.toml").write_text(toml.replace("threshold = 0.2", "threshold = 0.95"))
+    r = _run(["build", "-t", "cpu-onnxruntime", "--json", "-q"], root)
+    assert r.code == 1, r.stderr
+    failed = root / "dist/.failed/tiny-1.0.0" / "cpu-onnxruntime"
+    return bundle_dir(passed, "cpu-onnxruntime"), failed
 
 
 def test_a_real_build_writes_documents_the_published_schemas_accept(
