@@ -253,30 +253,40 @@ def run_with(
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
+def once_a_run(
+    tmp_path_factory: pytest.TempPathFactory, name: str, build: Callable[[Path], Result]
+) -> tuple[Path, Result]:
+    """(folder, result) of `build(folder)`, run once a run: under pytest-xdist the first worker
+    to ask builds under a file lock in the run's common temp folder, the others read its
+    saved result. Read what it built; copy it before changing anything in it."""
+    shared = run_shared(tmp_path_factory)
+    root = shared / name
+    with FileLock(str(shared / f"{name}.lock")):
+        saved = shared / f"{name}.json"
+        if not saved.is_file():
+            root.mkdir(exist_ok=True)  # a worker that died mid-build left it
+            r = build(root)
+            saved.write_text(json.dumps([r.code, r.stdout, r.stderr]))
+    return root, Result(*json.loads(saved.read_text()))
+
+
 @pytest.fixture(scope="session")
 def _default_dist(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path
 ) -> Callable[[], tuple[Path, Result]]:
     """Runs `packager build --all --no-bench --json -q` with DEFAULT_TOML on first use, once a
-    run, with fixed SOURCE_DATE_EPOCH, TZ and umask (tests/test_reproducible.py rebuilds
-    with other settings and compares). Under pytest-xdist the workers share it: the first
-    builds under a file lock in the run's common temp folder, the others read its result."""
+    run (once_a_run), with fixed SOURCE_DATE_EPOCH, TZ and umask (tests/test_reproducible.py
+    rebuilds with other settings and compares)."""
     done: list[tuple[Path, Result]] = []
-    shared = run_shared(tmp_path_factory)
+
+    def build(root: Path) -> Result:
+        (root / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
+        args = ["build", "--all", "--no-bench", "--json", "-q"]
+        return run_with(args, root, **DEFAULT_DIST_ENV)
 
     def get() -> tuple[Path, Result]:
         if not done:
-            root = shared / "default-all"
-            with FileLock(str(shared / "default-all.lock")):
-                saved = shared / "default-all.json"
-                if not saved.is_file():
-                    root.mkdir(exist_ok=True)  # a worker that died mid-build left it
-                    toml = DEFAULT_TOML.format(model=tiny_model, data=data_path)
-                    (root / "packager.toml").write_text(toml)
-                    args = ["build", "--all", "--no-bench", "--json", "-q"]
-                    r = run_with(args, root, **DEFAULT_DIST_ENV)
-                    saved.write_text(json.dumps([r.code, r.stdout, r.stderr]))
-                done.append((root, Result(*json.loads(saved.read_text()))))
+            done.append(once_a_run(tmp_path_factory, "default-all", build))
         return done[0]
 
     return get
@@ -309,13 +319,52 @@ def default_build(
 
 
 @pytest.fixture(scope="session")
-def reference_bundle(
+def reference_project(
     tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path
 ) -> Path:
-    """One published cpu-onnxruntime bundle of the tiny model (`--no-bench`), shared read-only
-    by the tests of one worker; copy it before changing anything in it."""
-    root = tmp_path_factory.mktemp("reference-bundle")
-    (root / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
-    r = _run(["build", "--target", "cpu-onnxruntime", "--no-bench", "--quiet"], root)
+    """The project folder of one `build --target cpu-onnxruntime --no-bench` with DEFAULT_TOML,
+    built once a run (once_a_run) and shared read-only; copy_project() gives a test its own."""
+
+    def build(root: Path) -> Result:
+        (root / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
+        return _run(["build", "--target", "cpu-onnxruntime", "--no-bench", "--quiet"], root)
+
+    root, r = once_a_run(tmp_path_factory, "reference-bundle", build)
     assert r.code == 0, r.stderr
-    return (root / "dist" / "tiny-1.0.0" / "cpu-onnxruntime").resolve()
+    return root
+
+
+@pytest.fixture(scope="session")
+def reference_bundle(reference_project: Path) -> Path:
+    """The published cpu-onnxruntime bundle of reference_project, shared read-only; copy it
+    before changing anything in it (a site validation without --out writes beside it)."""
+    return (reference_project / "dist" / "tiny-1.0.0" / "cpu-onnxruntime").resolve()
+
+
+def copy_project(src: Path, dest: Path) -> Path:
+    """A private copy of a built project: its packager.toml and dist/ as published (the
+    generation links kept), for a test that validates in place, rebuilds or signs."""
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copy(src / "packager.toml", dest / "packager.toml")
+    shutil.copytree(src / "dist", dest / "dist", symlinks=True)
+    return dest
+
+
+@pytest.fixture(scope="session")
+def benched_build(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path
+) -> Callable[[str], tuple[Path, Result]]:
+    """benched_build(target) -> (project folder, CLI result) of `build --target TARGET --quiet`
+    with DEFAULT_TOML and its short [bench]: one build per target a run (once_a_run), shared
+    read-only by the tests that read a benchmark or a profile; its bundle is
+    bundle_dir(folder, target)."""
+
+    def get(target: str) -> tuple[Path, Result]:
+        def build(root: Path) -> Result:
+            toml = DEFAULT_TOML.format(model=tiny_model, data=data_path)
+            (root / "packager.toml").write_text(toml)
+            return _run(["build", "--target", target, "--quiet"], root)
+
+        return once_a_run(tmp_path_factory, f"benched-{target}", build)
+
+    return get

@@ -806,25 +806,20 @@ def check_escaped(bundle: Path) -> None:
         assert parse_config(cfg).name == cfg.parent.name == EVIL_NAME
 
 
-def test_injection_is_escaped(cli, tiny_model: Path, data_path: Path, tmp_path: Path) -> None:
-    root = evil_project(tmp_path, tiny_model, data_path)
-    r = cli(*BUILD, cwd=tmp_path)
-    assert r.code == 0, r.stderr
-    assert (
-        "&lt;img src=x onerror=alert(1)&gt;" in (root / "cpu-onnxruntime/report.html").read_text()
-    )
-    check_escaped(root / "cpu-onnxruntime")
-
-
 @pytest.mark.slow  # every target this host can build (about 30 s)
 def test_injection_is_escaped_in_every_target(
     cli, tiny_model: Path, data_path: Path, tmp_path: Path
 ) -> None:
+    """One `build --all` (its cpu-onnxruntime bundle is the single-target build's, byte for
+    byte): the HTML report shows the name as text, and no bundle has it as markup or code."""
     root = evil_project(tmp_path, tiny_model, data_path)
     r = cli("build", "--all", "--no-bench", cwd=tmp_path)
     assert r.code == 0, r.stderr
+    assert (
+        "&lt;img src=x onerror=alert(1)&gt;" in (root / "cpu-onnxruntime/report.html").read_text()
+    )
     built = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    assert len(built) >= 2, built
+    assert "cpu-onnxruntime" in [p.name for p in built] and len(built) >= 2, built
     for bundle in built:
         check_escaped(bundle)
 

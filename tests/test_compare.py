@@ -37,19 +37,22 @@ def rel(
     tiny_model: Path,
     make_model: Callable[..., Path],
     data_path: Path,
+    benched_build: Callable[[str], tuple[Path, Result]],
+    reference_project: Path,
 ) -> Releases:
     root = tmp_path_factory.mktemp("compare")
+    # 1.0.0 with and without benchmarks: the session's builds of DEFAULT_TOML, read-only.
+    old, r = benched_build(TARGET)
+    assert r.code == 0, r.stderr
     # A larger head scale moves every logit away from the threshold's: at 2.0 two caught
     # pneumonia cases drop under it (a drop between 0.5 and 1 point), at 3.0 the gate fails.
-    build_bundle(root / "old", tiny_model, data_path)
     build_bundle(root / "new", make_model("tiny-x2", head_scale=2.0), data_path, version="2.0.0")
     build_bundle(root / "bad", make_model("tiny-x3", head_scale=3.0), data_path, version="3.0.0")
-    build_bundle(root / "nb", tiny_model, data_path, "--no-bench")
     return Releases(
-        root / "old" / "dist",
+        old / "dist",
         root / "new" / "dist",
         root / "bad" / "dist",
-        root / "nb" / "dist",
+        reference_project / "dist",
         root,
     )
 
@@ -266,7 +269,9 @@ def test_release_diff_with_a_failed_new_release(rel: Releases, cli: Callable[...
 
 def test_write_comparison_for_a_dist_dir(rel: Releases, tmp_path: Path) -> None:
     sla = sla_file(tmp_path, "[sla]\nsensitivity = 0.98\n")
-    paths = write_comparison(rel.old, sla)
+    dist = Path(shutil.copytree(rel.old, tmp_path / "dist", symlinks=True))  # it writes there
+    paths = write_comparison(dist, sla)
+    assert [p.parent for p in paths] == [dist, dist]
     assert [p.name for p in paths] == ["comparison.md", "comparison.html"]
     assert "## SLA scorecard" in paths[0].read_text()
     assert f"Ship to a CPU workstation: {TARGET}</h2>" in paths[1].read_text()

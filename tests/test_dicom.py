@@ -5,6 +5,7 @@ own pixels, so each must give exactly the npz's decisions through `packager buil
 from __future__ import annotations
 
 import json
+import shutil
 import struct
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from PIL import Image
 from packager.core.data import load_dataset
 from packager.core.errors import UserError
 from packager.shipped.preprocess import Preprocess, load_image
-from tests.conftest import DEFAULT_TOML, Result, assert_user_error
+from tests.conftest import DEFAULT_TOML, Result, assert_user_error, bundle_dir
 from tests.dicom_files import (
     CR_STORAGE,
     PATIENT_ID,
@@ -58,18 +59,21 @@ def run(*args: object, cwd: Path) -> Result:
 
 def built(root: Path) -> tuple[dict, np.ndarray, np.ndarray]:
     """(clinical section, labels, p(positive)) of the bundle a build wrote under root."""
-    report = json.loads((root / BUNDLE / "report.json").read_text())
-    with np.load(root / BUNDLE / "validation.npz") as v:
+    return bundle_numbers(root / BUNDLE)
+
+
+def bundle_numbers(bundle: Path) -> tuple[dict, np.ndarray, np.ndarray]:
+    report = json.loads((bundle / "report.json").read_text())
+    with np.load(bundle / "validation.npz") as v:
         return report["clinical"], v["labels"], v["probs"][:, 1]
 
 
 @pytest.fixture(scope="module")
-def npz_build(tmp_path_factory, tiny_model: Path, data_path: Path) -> tuple[dict, np.ndarray, Path]:
-    root = write_project(tmp_path_factory.mktemp("npz"), tiny_model, data_path)
-    r = run(*BUILD, cwd=root)
-    assert r.code == 0, r.stderr
-    clinical, _, probs = built(root)
-    return clinical, probs, root / BUNDLE
+def npz_build(reference_bundle: Path) -> tuple[dict, np.ndarray, Path]:
+    """BUILD on the npz with DEFAULT_TOML: the session's build of it (reference_bundle, shared
+    read-only)."""
+    clinical, _, probs = bundle_numbers(reference_bundle)
+    return clinical, probs, reference_bundle
 
 
 def class_folders(root: Path, images: np.ndarray, labels: np.ndarray, **kw: object) -> Path:
@@ -524,7 +528,7 @@ def test_site_acceptance_failing_gate_still_writes_its_report(
 
 @pytest.mark.slow
 def test_site_acceptance_on_openvino_and_edge_bundles(
-    split, tiny_model: Path, data_path: Path, tmp_path: Path
+    split, default_build: Callable[[str], tuple[Path, Result]], tmp_path: Path
 ) -> None:
     from packager.core.registry import get
 
@@ -536,12 +540,14 @@ def test_site_acceptance_on_openvino_and_edge_bundles(
                 f"not validated: {name} cannot build/validate here ({avail.build.reason or avail.validate.reason})"
             )
     images, labels = split
-    root = write_project(tmp_path / "project", tiny_model, data_path)
-    r = run("build", "-t", names[0], "-t", names[1], "--no-bench", cwd=root)
-    assert r.code == 0, r.stderr
     site = site_folder(tmp_path / "site", images[:200], labels[:200])
     for name in names:
-        bundle = root / "dist/tiny-1.0.0" / name
+        # the session's `build --all --no-bench` with DEFAULT_TOML; a copy, as validate
+        # writes its site reports beside the bundle
+        root, r = default_build(name)
+        [res] = [x for x in r.json["results"] if x["target"] == name]
+        assert res["status"] == "passed", res
+        bundle = Path(shutil.copytree(bundle_dir(root, name), tmp_path / "dist/tiny-1.0.0" / name))
         with np.load(bundle / "validation.npz") as v:
             decided = v["probs"][:200, 1] >= 0.2  # the build's decisions on the same pixels
         r = run(

@@ -85,11 +85,14 @@ min_sensitivity = {min_sensitivity}
 
 
 def _huge_project(project: Callable[..., Path], extra: str, model: Path) -> Path:
+    """The huge-range model's project; its tests check the gates and the diagnosis, not speed:
+    batch 1 only, so the candidates' short benchmarks (always run to rank them) are short."""
     root = project(extra, model=model)
     toml = root / "packager.toml"
     text = toml.read_text()
-    assert "threshold = 0.2\n" in text
-    toml.write_text(text.replace("threshold = 0.2\n", "threshold = 0.995\n"))
+    assert "threshold = 0.2\n" in text and "batch_sizes = [1, 8]\n" in text
+    text = text.replace("threshold = 0.2\n", "threshold = 0.995\n")
+    toml.write_text(text.replace("batch_sizes = [1, 8]\n", "batch_sizes = [1]\n"))
     return root
 
 
@@ -128,6 +131,9 @@ def _gates_hold(row: dict) -> bool:
     return ok and bool(row["gates"])
 
 
+RANGE = {"latency": "latency_p50_ms_range", "throughput": "throughput_sps_range"}
+
+
 def _objective(row: dict, objective: str) -> float:
     return {
         "latency": row["latency_p50_ms"],
@@ -164,14 +170,19 @@ def test_auto_ships_the_best_candidate_passing_every_gate(
     for row in rows.values():
         if row["status"] in ("passed", "failed"):
             assert (row["status"] == "passed") == _gates_hold(row), row
-    # The winner passed every gate, and is the best passing candidate of the measured table
-    # (within 5%).
+    # The winner passed every gate, and is the best passing candidate of the measured table, or
+    # one whose round-to-round range overlaps the best one's (a speed difference inside the
+    # noise is a tie) and that is no larger: the tie rule, re-judged from the table.
     passing = [row for row in rows.values() if row["status"] == "passed"]
     assert passing
     winner = rows[search["winner"]]
     assert winner["status"] == "passed"
-    best = min(_objective(row, objective) for row in passing)
-    assert _objective(winner, objective) <= best + 0.05 * abs(best)
+    fastest = min(passing, key=lambda row: _objective(row, objective))
+    if _objective(winner, objective) != _objective(fastest, objective):
+        (lo, hi), (flo, fhi) = winner[RANGE[objective]], fastest[RANGE[objective]]
+        assert lo <= fhi and flo <= hi, (winner, fastest)
+        assert winner["size_mb"] <= fastest["size_mb"], (winner, fastest)
+        assert search["tie"]["fastest"] == fastest["label"], search["tie"]
 
     # What shipped is the winner's conversion: the bundle's own validation arrays, recounted
     # with numpy, give the candidate's numbers and pass the gate.
@@ -231,7 +242,7 @@ def test_int8_that_cannot_hold_a_layer_ships_float_or_mixed_and_names_the_layer(
         HUGE_TOML.format(min_sensitivity=0.5) + f'[targets.{target}]\n{OPTION[target]} = "auto"\n'
     )
     root = _huge_project(project, extra, huge_model)
-    r = cli("build", "-t", target, cwd=root)
+    r = cli("build", "-t", target, "--no-bench", cwd=root)
     assert r.code == 0, r.stderr
     bundle = _bundle(root, target)
     report = json.loads((bundle / "report.json").read_text())

@@ -18,21 +18,22 @@ TARGETS = ["cpu-onnxruntime", "cpu-openvino", "edge-ort"]
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path) -> Path:
-    from tests.conftest import DEFAULT_TOML, _run
+def built(benched_build: Callable[[str], tuple[Path, Result]]) -> dict[str, Path]:
+    """target -> the project folder of the session's benchmarked build of it
+    (conftest.benched_build, read-only), for each target that benchmarks on this host."""
+    out = {}
+    for target in TARGETS:
+        if registry.get(target).availability().bench.ok:
+            root, r = benched_build(target)
+            assert r.code == 0, r.stderr
+            out[target] = root
+    return out
 
-    root = tmp_path_factory.mktemp("profile")
-    (root / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
-    names = [t for t in TARGETS if registry.get(t).availability().bench.ok]
-    r = _run(["build", "-q", *[a for t in names for a in ("-t", t)]], root)
-    assert r.code == 0, r.stderr
-    return root
 
-
-def profile_of(root: Path, target: str) -> tuple[dict, object]:
+def profile_of(built: dict[str, Path], target: str) -> tuple[dict, object]:
     if not registry.get(target).availability().bench.ok:
         pytest.skip(f"not validated: {target} cannot benchmark on this host")
-    bundle = bundle_dir(root, target)
+    bundle = bundle_dir(built[target], target)
     report = json.loads((bundle / "report.json").read_text())
     prof = report["benchmark"]["profile"]
     assert prof["status"] == "ok", prof
@@ -42,7 +43,7 @@ def profile_of(root: Path, target: str) -> tuple[dict, object]:
 
 
 @pytest.mark.parametrize("target", ["cpu-onnxruntime", "edge-ort"])
-def test_onnxruntime_top_five_recounted_from_its_trace(built: Path, target: str) -> None:
+def test_onnxruntime_top_five_recounted_from_its_trace(built: dict[str, Path], target: str) -> None:
     prof, trace = profile_of(built, target)
     per_node: dict[str, float] = defaultdict(float)
     for ev in trace:
@@ -58,7 +59,7 @@ def test_onnxruntime_top_five_recounted_from_its_trace(built: Path, target: str)
     assert prof["total_ms_per_call"] == pytest.approx(total / prof["calls"] / 1e3)
 
 
-def test_openvino_top_five_are_its_performance_counters(built: Path) -> None:
+def test_openvino_top_five_are_its_performance_counters(built: dict[str, Path]) -> None:
     """The raw file holds the last call's counters (benchmark_app -pc's table): the top five
     are executed nodes of it, in order of their summed time, with its layer types."""
     prof, counters = profile_of(built, "cpu-openvino")
@@ -71,12 +72,13 @@ def test_openvino_top_five_are_its_performance_counters(built: Path) -> None:
 
 
 def test_compare_shows_the_top_operators_side_by_side(
-    built: Path, cli: Callable[..., Result]
+    built: dict[str, Path], cli: Callable[..., Result], tmp_path: Path
 ) -> None:
-    r = cli("compare", built / "dist", cwd=built)
+    r = cli("compare", *[bundle_dir(root, t) for t, root in built.items()], cwd=tmp_path)
     assert r.code == 0, r.stderr
     table = r.stdout.split("Most expensive operators at batch 1")[1].split("\n\n")[1]
     rows = {ln.split("|")[1].strip(): ln for ln in table.splitlines()[2:]}
+    assert set(rows) == set(built), rows
     for target in rows:
         prof, _ = profile_of(built, target)
         cells = [c.strip() for c in rows[target].split("|")[2:7]]

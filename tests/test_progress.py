@@ -48,15 +48,23 @@ def test_plain_is_the_default_off_a_terminal_with_groups_on_github(project) -> N
     assert quiet.returncode == 0 and quiet.stderr == ""
 
 
-def test_site_acceptance_counts_its_images(project, data_path: Path) -> None:
+def test_site_acceptance_counts_its_images(
+    reference_bundle: Path, data_path: Path, tmp_path: Path
+) -> None:
     import numpy as np
 
-    root = project()
-    assert run(["build", "-t", TARGET, "--no-bench", "--quiet"], root).returncode == 0
-    bundle = root / "dist" / "tiny-1.0.0" / TARGET
     r = run(
-        ["validate", str(bundle), "--data", str(data_path), "--split", "val", "--out", "site"],
-        root,
+        [
+            "validate",
+            str(reference_bundle),
+            "--data",
+            str(data_path),
+            "--split",
+            "val",
+            "--out",
+            "site",
+        ],
+        tmp_path,
         PACKAGER_PROGRESS="plain",
     )
     assert r.returncode in (0, 1), r.stderr

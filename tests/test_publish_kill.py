@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from packager.builder.bundle import PUBLISH_STEPS
-from tests.conftest import DEFAULT_TOML
+from tests.conftest import DEFAULT_TOML, copy_project
 
 TARGET = "cpu-onnxruntime"
 OLD, NEW = 0.2, 0.25  # thresholds: the two builds differ in runtime.json and every report
@@ -36,11 +35,11 @@ def _build(root: Path, threshold: float, env: dict[str, str] | None = None) -> i
 
 
 @pytest.fixture(scope="module")
-def old_dist(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path) -> Path:
-    root = tmp_path_factory.mktemp("old")
-    (root / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
-    assert _build(root, OLD) == 0
-    return root
+def old_dist(reference_project: Path) -> Path:
+    """The old release: DEFAULT_TOML (threshold OLD) built without benchmarks, published (the
+    session's reference_project, read-only: each test copies it)."""
+    assert f"threshold = {OLD}\n" in (reference_project / "packager.toml").read_text()
+    return reference_project
 
 
 def _published_threshold(root: Path) -> float:
@@ -61,8 +60,7 @@ def _published_threshold(root: Path) -> float:
 
 @pytest.mark.parametrize("step", PUBLISH_STEPS)
 def test_sigkill_at_every_publish_step(old_dist: Path, step: str, tmp_path: Path) -> None:
-    root = tmp_path / "project"
-    shutil.copytree(old_dist, root, symlinks=True)
+    root = copy_project(old_dist, tmp_path / "project")
     mark = tmp_path / "reached"
     code = _build(root, NEW, {"PACKAGER_KILL_AT": step, "PACKAGER_KILL_MARK": str(mark)})
     assert code == -signal.SIGKILL, code

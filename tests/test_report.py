@@ -89,12 +89,17 @@ def build_bundle(
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path) -> Path:
-    """One real bundle shared by this module; tests that change it work on a copy."""
-    return build_bundle(tmp_path_factory.mktemp("report"), tiny_model, data_path)
+def built(benched_build: Callable[[str], tuple[Path, Result]]) -> Path:
+    """One real benchmarked bundle (the session's, conftest.benched_build), read-only; tests
+    that change it work on a copy."""
+    root, r = benched_build(TARGET)
+    assert r.code == 0, r.stderr
+    return bundle_of(root)
 
 
-def test_report_has_every_plot_and_the_numbers_of_report_json(built: Path, data_path: Path) -> None:
+def test_report_has_every_plot_and_the_numbers_of_report_json(
+    built: Path, data_path: Path, tmp_path: Path
+) -> None:
     report = load(built)
     html = (built / "report.html").read_text()
     md = (built / "report.md").read_text()
@@ -115,8 +120,9 @@ def test_report_has_every_plot_and_the_numbers_of_report_json(built: Path, data_
     assert f"| {b1['latency_ms']['p50']:.4f} |" in md
     assert "## At a glance" in md and "Against batch size" in md
     # The same report drawn again (another process, same inputs) is byte-identical.
-    render_reports(built, report, validation_images(data_path))
-    assert (built / "report.html").read_text() == html
+    again = Path(shutil.copytree(built, tmp_path / TARGET))
+    render_reports(again, report, validation_images(data_path))
+    assert (again / "report.html").read_text() == html
 
 
 def test_flipped_cases_show_thumbnails_and_both_probabilities(
@@ -146,10 +152,8 @@ def test_flipped_cases_show_thumbnails_and_both_probabilities(
     assert "No thumbnails" in html and html.count('class="flip bad"') == 3
 
 
-def test_not_benchmarked_says_so(project: Callable[..., Path], cli: Callable[..., Result]) -> None:
-    cwd = project()
-    assert cli("build", "--target", TARGET, "--no-bench", "--quiet", cwd=cwd).code == 0
-    bundle = bundle_of(cwd)
+def test_not_benchmarked_says_so(reference_bundle: Path) -> None:
+    bundle = reference_bundle  # `build --target TARGET --no-bench` of DEFAULT_TOML, read-only
     html = (bundle / "report.html").read_text()
     md = (bundle / "report.md").read_text()
     assert sorted(plots_in(html)) == ["confusion", "reliability", "roc"]

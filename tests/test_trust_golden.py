@@ -41,9 +41,10 @@ def _build(root: Path, model: Path, data: Path, extra: str = "") -> Path:
 
 
 @pytest.fixture(scope="module")
-def png_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path) -> Path:
-    """The default build: reads PNG, JPEG, TIFF and BMP, not DICOM."""
-    return _build(tmp_path_factory.mktemp("golden-png"), tiny_model, data_path)
+def png_bundle(reference_bundle: Path) -> Path:
+    """The default build (the session's reference_bundle, read-only): reads PNG, JPEG, TIFF and
+    BMP, not DICOM."""
+    return reference_bundle
 
 
 @pytest.fixture(scope="module")

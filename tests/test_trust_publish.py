@@ -24,7 +24,7 @@ import pytest
 from PIL import Image
 
 from packager.core.config import parse_config
-from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, must_have
+from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error, copy_project, must_have
 
 TARGET = "cpu-onnxruntime"
 BUILD = ["build", "--target", TARGET, "--no-bench"]
@@ -202,10 +202,8 @@ def test_readme_arrival_steps_in_a_fresh_venv(
     run_arrival(folder, where / "bin", tmp_path / "home", openssl_fingerprint(keys[1]))
 
 
-def test_unsigned_bundle_readme_says_so(tmp_path: Path, tiny_model: Path, data_path: Path) -> None:
-    (tmp_path / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
-    assert _run(BUILD, tmp_path).code == 0
-    bundle = tmp_path / "dist" / "tiny-1.0.0" / TARGET
+def test_unsigned_bundle_readme_says_so(reference_bundle: Path) -> None:
+    bundle = reference_bundle  # BUILD with DEFAULT_TOML, unsigned: the session's, read-only
     readme = (bundle / "README.md").read_text()
     assert not (bundle / "model.sig").exists() and "**unsigned**" in readme
     # No command in its arrival steps points at a model.sig it does not have.
@@ -305,11 +303,10 @@ def test_in_place_validate_refuses_another_key(
 
 
 def test_sign_publishes_a_new_generation(
-    tmp_path: Path, tiny_model: Path, data_path: Path, keys: tuple[Path, Path]
+    tmp_path: Path, reference_project: Path, keys: tuple[Path, Path]
 ) -> None:
     """`packager sign` on a published bundle: the old generation is never written to."""
-    (tmp_path / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
-    assert _run(BUILD, tmp_path).code == 0
+    copy_project(reference_project, tmp_path)  # BUILD with DEFAULT_TOML, published
     bundle = tmp_path / "dist" / "tiny-1.0.0" / TARGET
     old, before = bundle.resolve(), tree(bundle)
     assert _run(["sign", str(bundle), "--key", str(keys[0])], tmp_path).code == 0
@@ -374,11 +371,10 @@ def test_two_site_validations_into_one_out_keep_both(
 
 
 def test_default_site_report_location_survives_the_next_build(
-    tmp_path: Path, tiny_model: Path, data_path: Path
+    tmp_path: Path, reference_project: Path, data_path: Path
 ) -> None:
     """Old code: the reports went inside .generations/<target>/<id>/, deleted by build --force."""
-    (tmp_path / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
-    assert _run(BUILD, tmp_path).code == 0
+    copy_project(reference_project, tmp_path)  # BUILD with DEFAULT_TOML, published
     bundle = tmp_path / "dist" / "tiny-1.0.0" / TARGET
     args = ["validate", str(bundle), "--data", str(data_path), "--split", "val", "--json"]
     runs = [_run(args, tmp_path) for _ in range(2)]

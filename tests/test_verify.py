@@ -19,19 +19,16 @@ import pytest
 
 import packager.builder.bundle as bundle_mod
 from packager.core.errors import UserError
-from tests.conftest import DEFAULT_TOML, Result, _run, assert_user_error
+from tests.conftest import Result, assert_user_error
 
 TARGET = "cpu-onnxruntime"
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory: pytest.TempPathFactory, tiny_model: Path, data_path: Path) -> Path:
-    """One real bundle for the module: DIR/tiny-1.0.0/{cpu-onnxruntime, cpu-onnxruntime.tar.gz}."""
-    root = tmp_path_factory.mktemp("verify")
-    (root / "packager.toml").write_text(DEFAULT_TOML.format(model=tiny_model, data=data_path))
-    r = _run(["build", "--target", TARGET, "--no-bench"], root)
-    assert r.code == 0, r.stderr
-    return root / "dist" / "tiny-1.0.0"
+def built(reference_bundle: Path) -> Path:
+    """The folder holding one real bundle, {cpu-onnxruntime, cpu-onnxruntime.tar.gz}: the
+    session's reference_bundle, read-only."""
+    return reference_bundle.parent
 
 
 @pytest.fixture

@@ -100,8 +100,9 @@ def run_demo(
 
     cfg = load_config(config)
     cfg.output.dir = str(out)
-    if bench_seconds is not None:
+    if bench_seconds is not None:  # a smoke run: the open-loop rates as short as the rest
         cfg.bench.seconds = bench_seconds
+        cfg.bench.open_loop.seconds = bench_seconds
     session = Session.open(cfg, progress)
     names = targets or registry.names()
     # rebuilt every time (force), reusing the cache's conversions and validations

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import copy_project
+
 BUNDLE = Path("dist/tiny-1.0.0/cpu-onnxruntime")
 
 
@@ -28,9 +30,9 @@ def test_reference_handles_model_variants(project, cli, make_model, name, varian
     assert report["clinical"]["output"] == expected
 
 
-def test_validate_and_bench_an_existing_bundle(project, cli, data_path) -> None:
-    root = project()
-    assert cli("build", "-t", "cpu-onnxruntime", "--no-bench", cwd=root).code == 0
+def test_validate_and_bench_an_existing_bundle(reference_project, cli, data_path, tmp_path) -> None:
+    # the session's `build -t cpu-onnxruntime --no-bench`, copied: validate publishes in place
+    root = copy_project(reference_project, tmp_path / "project")
     bundle = root / BUNDLE
     r = cli("validate", bundle, "--data", data_path, "--json", cwd=root)
     assert r.code == 0, r.stderr

@@ -171,8 +171,10 @@ def test_pin_is_applied_by_runner_and_predict_py(build, data_path, tiny_model) -
     assert abs(got - probs[3, 1]) < 1e-6
 
 
-def test_bench_reports_latency_and_throughput_modes(build) -> None:
-    root, r = build("# benchmarked (the session's default build is not)\n")
+def test_bench_reports_latency_and_throughput_modes(
+    benched_build: Callable[[str], tuple[Path, Result]],
+) -> None:
+    root, r = benched_build(TARGET)  # the session's benchmarked build (default_build is not)
     assert r.code == 0, r.stderr
     bench = report_of(root)["benchmark"]
     assert bench["status"] == "ok"
