@@ -97,7 +97,7 @@ def _npz(path: Path, labels: np.ndarray) -> Path:
 
 def test_npz_findings_load_and_bad_values_name_the_row(tmp_path: Path) -> None:
     y = np.array([[0, 1, 1], [1, 0, 0]])
-    ds = load_dataset(_npz(tmp_path / "ok.npz", y), "test", ["a", "b", "c"])  # inferred
+    ds = load_dataset(_npz(tmp_path / "ok.npz", y), "test", ["a", "b", "c"], task="infer")
     assert ds.labels.shape == (2, 3) and (ds.labels == y).all()
     bad = np.array([[0, 1, 1], [1, 2, 0]])
     with pytest.raises(UserError, match=r"row 1: finding 'b' is 2"):
@@ -115,7 +115,7 @@ def test_labels_csv_findings(tmp_path: Path) -> None:
         Image.fromarray(np.full((4, 4), 40 * i, np.uint8)).save(tmp_path / f"{i}.png")
     csv = tmp_path / "labels.csv"
     csv.write_text("path,a,b,c\n0.png,1,0,0\n1.png,0,1,1\n2.png,0,0,0\n")
-    ds = load_dataset(tmp_path, "test", ["a", "b", "c"])
+    ds = load_dataset(tmp_path, "test", ["a", "b", "c"], task="infer")
     assert ds.labels.tolist() == [[1, 0, 0], [0, 1, 1], [0, 0, 0]]
     csv.write_text("path,a,b,c\n0.png,1,0,0\n1.png,0,,1\n2.png,0,0,0\n")
     with pytest.raises(UserError, match=r"line 3: finding 'b' is ''"):
@@ -172,7 +172,8 @@ def test_inspect_states_the_task(project: Path, cli: Callable[..., Result], tmp_
 
 def test_task_inferred_only_for_a_sigmoid_model(project: Path, tmp_path: Path) -> None:
     """No [labels] task: (N, 3) 0/1 labels and a model ending in a Sigmoid build as multilabel;
-    the same data for a logits model is refused in one line (one-hot labels look the same)."""
+    the same data for a logits model is refused in one line, naming the fix (one-hot labels of
+    a softmax model look the same: packager does not guess)."""
     text = config_text(project / "model.onnx", project / "findings.npz")
     (tmp_path / "packager.toml").write_text(text.replace('task = "multilabel"\n', ""))
     r = build(tmp_path, tmp_path / "dist", "-t", "cpu-onnxruntime")
@@ -187,5 +188,5 @@ def test_task_inferred_only_for_a_sigmoid_model(project: Path, tmp_path: Path) -
     text = config_text(logits, project / "findings.npz").replace('task = "multilabel"\n', "")
     (tmp_path / "packager.toml").write_text(text)
     r = build(tmp_path, tmp_path / "dist2", "-t", "cpu-onnxruntime")
-    assert_user_error(r, "does not end in a Sigmoid", 'task = "multilabel"')
+    assert_user_error(r, "(N, 3) 0/1 findings for a multi-label model", 'task = "multilabel"')
     assert not (tmp_path / "dist2").exists() or not any((tmp_path / "dist2").rglob("*.tar.gz"))

@@ -98,19 +98,18 @@ def resolve_formats(cfg: Config, data_holds_dicom: bool) -> tuple[str, ...]:
     return tuple(f for f in FORMATS if f in listed)
 
 
-def resolve_task(cfg: Config, multilabel_data: bool, activation: str | None) -> None:
-    """[labels] task from the data when the config leaves it out: one 0/1 column per name, for
-    a model ending in a Sigmoid, is multi-label. Any other model with such data is refused: one-hot
-    labels of a softmax model look the same, and packager does not guess. Per-finding settings
-    on single-label data are refused."""
+def infer_from(info: ModelInfo) -> str | None:
+    """Whether the data may say the model is multi-label ("infer"): only for a model ending in
+    a Sigmoid with several outputs. Any other model with one 0/1 column per name is refused by
+    the loader: one-hot labels of a softmax model look the same, and packager does not guess."""
+    return "infer" if info.activation == "Sigmoid" and (info.num_classes or 0) > 1 else None
+
+
+def resolve_task(cfg: Config, multilabel_data: bool) -> None:
+    """[labels] task from the data when the config leaves it out (see `infer_from`).
+    Per-finding settings on single-label data are refused."""
     labels = cfg.labels
     if labels.task is None and multilabel_data:
-        if activation != "Sigmoid":
-            raise UserError(
-                f"the data has one 0/1 column per name ({len(labels.names)}) but the model does "
-                "not end in a Sigmoid; for a multi-label model set [labels] task = "
-                '"multilabel", else give one class index per image'
-            )
         labels.task = "multilabel"
     if labels.multilabel and cfg.gates.classes:
         raise UserError(
@@ -157,9 +156,9 @@ class Session:
                 cfg.labels.names,
                 cfg.data.labels,
                 cfg.data.group_by,
-                task=cfg.labels.task,
+                task=cfg.labels.task or (infer_from(info)),
             )
-            resolve_task(cfg, source.labels.ndim == 2, info.activation)
+            resolve_task(cfg, source.labels.ndim == 2)
             dicom = isinstance(source, FileList) and holds_dicom(source)
             pre = replace(pre, formats=resolve_formats(cfg, dicom))
             val = source if isinstance(source, Dataset) else read_files(source, pre)

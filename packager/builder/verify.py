@@ -146,21 +146,15 @@ def _config_problems(
     if not isinstance(config, dict):
         return ["manifest.json: no recorded config; rebuild the bundle with this packager version"]
     labels = config.get("labels") if isinstance(config.get("labels"), dict) else {}
-    pairs = [
-        ("labels", labels.get("names"), "runtime.json", runtime.get("labels")),
-        ("threshold", labels.get("threshold"), "runtime.json", runtime.get("threshold")),
-        ("threshold", labels.get("threshold"), "selftest.json", golden.get("threshold")),
-    ]
     multilabel = labels.get("task") == "multilabel"
     names = [n for n in labels.get("names") or [] if isinstance(n, str)] if multilabel else []
-    pairs += [
+    positive = None if multilabel else labels.get("positive")
+    pairs = [
+        ("labels", labels.get("names"), "runtime.json", runtime.get("labels")),
+        ("positive", positive, "runtime.json", runtime.get("positive")),
+        ("threshold", labels.get("threshold"), "runtime.json", runtime.get("threshold")),
+        ("threshold", labels.get("threshold"), "selftest.json", golden.get("threshold")),
         ("task", labels.get("task") if multilabel else None, "runtime.json", runtime.get("task")),
-        (
-            "positive",
-            None if multilabel else labels.get("positive"),
-            "runtime.json",
-            runtime.get("positive"),
-        ),
     ]
     if multilabel:
         own = labels.get("thresholds") if isinstance(labels.get("thresholds"), dict) else {}

@@ -141,8 +141,8 @@ def load_dataset(
     """The whole split in memory. With `pre` (the model's preprocessing), images that are not
     all 8-bit of one size (16-bit, DICOM, mixed sizes) are resized to the model's size one by
     one as they load, on the display scale, so memory is bounded by the model's input size.
-    `columns`: the CSV metadata columns to keep (the module docstring). `task`: [labels] task
-    (None: multi-label when the labels have one 0/1 column per name)."""
+    `columns`: the CSV metadata columns to keep (the module docstring). `task`: [labels] task;
+    None is one class per image, "infer" takes one 0/1 column per name as multi-label."""
     source = open_dataset(path, split, class_names, labels_csv, columns, task=task)
     return source if isinstance(source, Dataset) else read_files(source, pre)
 
@@ -207,7 +207,7 @@ def _load_npz(path: Path, split: str, class_names: list[str], task: str | None) 
     if not np.issubdtype(labels.dtype, np.integer):
         raise UserError(f"{path}: {lbl_key} must hold integer class indices, got {labels.dtype}")
     k = len(class_names)
-    multi = labels.ndim == 2 and labels.shape[1] == k and task in (None, "multilabel")
+    multi = labels.ndim == 2 and labels.shape[1] == k and task in ("infer", "multilabel")
     if task == "multilabel" and not multi:
         raise UserError(
             f"{path}: {lbl_key} has shape {labels.shape}; a multilabel model needs (N, {k}): "
@@ -216,7 +216,7 @@ def _load_npz(path: Path, split: str, class_names: list[str], task: str | None) 
     if not multi and (labels.ndim not in (1, 2) or labels.ndim == 2 and labels.shape[1] != 1):
         raise UserError(
             f"{path}: {lbl_key} has shape {labels.shape}; expected (N,) or (N, 1) class indices, "
-            f"or (N, {k}) 0/1 findings for a multi-label model"
+            f'or (N, {k}) 0/1 findings for a multi-label model (set [labels] task = "multilabel")'
         )
     labels = labels.astype(np.int64) if multi else labels.reshape(-1).astype(np.int64)
     if len(labels) != len(images):
@@ -375,7 +375,7 @@ def _scan_csv(
     except csv.Error as exc:
         raise UserError(f"{csv_path} is not a readable CSV ({exc})") from None
     multi = task == "multilabel" or (
-        task is None and "label" not in header and set(class_names) <= set(header)
+        task == "infer" and "label" not in header and set(class_names) <= set(header)
     )
     wanted = ["path", *(class_names if multi else ["label"])]
     if not set(wanted) <= set(header):
