@@ -39,7 +39,9 @@ def build(cli, root: Path, *extra: str) -> Result:
     return r
 
 
-def test_unchanged_gate_changed_and_forced(project, cli) -> None:
+def test_one_project_rebuilt_through_the_cache(project, cli) -> None:
+    """One project's builds in turn (each step starts from the last one's cache): unchanged
+    inputs, --force, a changed gate, --no-cache, a corrupt entry, a changed model card."""
     root = project()
     first = build(cli, root)
     model = sha(root / BUNDLE / "model.onnx")
@@ -76,11 +78,7 @@ def test_unchanged_gate_changed_and_forced(project, cli) -> None:
     assert "reused" not in report(root)["steps"][0]["reason"]
     assert len(entries("conversion")) == 1
 
-
-def test_a_corrupt_entry_is_a_miss_and_rebuilt(project, cli) -> None:
-    root = project()
-    build(cli, root)
-    model = sha(root / BUNDLE / "model.onnx")
+    # a corrupt entry is a miss and rebuilt
     [entry] = entries("conversion")
     stored = entry / "files" / "model.onnx"
     data = bytearray(stored.read_bytes())
@@ -94,6 +92,15 @@ def test_a_corrupt_entry_is_a_miss_and_rebuilt(project, cli) -> None:
     index = json.loads((again / "index.json").read_text())
     for name, f in index["files"].items():  # the rebuilt entry is whole again
         assert hashlib.sha256((again / "files" / name).read_bytes()).hexdigest() == f["sha256"]
+
+    # Only measurements come from the cache: a changed [model.card] (no input of validation)
+    # reuses the validation, and the report carries the new card, not the cached one.
+    with (root / "packager.toml").open("a") as f:
+        f.write('\n[model.card]\nintended_use = "second reader only"\n')
+    build(cli, root, "--force")
+    r = report(root)
+    assert any(n.startswith("Validation reused from cache") for n in r["notes"])
+    assert r["model"]["card"]["intended_use"] == "second reader only"
 
 
 def test_two_concurrent_builds_share_the_cache(project, tmp_path: Path) -> None:
@@ -131,16 +138,3 @@ def test_two_concurrent_builds_share_the_cache(project, tmp_path: Path) -> None:
         p.name for p in Path(os.environ["PACKAGER_CACHE"]).iterdir() if p.name.startswith(".tmp-")
     ]
     assert leftovers == []
-
-
-def test_a_reused_validation_keeps_this_builds_own_description(project, cli) -> None:
-    """Only measurements come from the cache: a changed [model.card] (no input of validation)
-    reuses the validation, and the report carries the new card, not the cached one."""
-    root = project()
-    build(cli, root)
-    with (root / "packager.toml").open("a") as f:
-        f.write('\n[model.card]\nintended_use = "second reader only"\n')
-    build(cli, root, "--force")
-    r = report(root)
-    assert any(n.startswith("Validation reused from cache") for n in r["notes"])
-    assert r["model"]["card"]["intended_use"] == "second reader only"
