@@ -10,11 +10,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from scipy.optimize import brentq
-from scipy.stats import binom
-from sklearn.calibration import calibration_curve
-from sklearn.metrics import brier_score_loss
-from statsmodels.stats.contingency_tables import mcnemar
 
 from packager.core.config import Config, GatesConfig
 from packager.core.errors import UserError
@@ -75,6 +70,9 @@ def detectable_drop(n_pos: int, power: float = POWER, alpha: float = ALPHA) -> f
     """Smallest true sensitivity drop that the exact McNemar test detects with `power` on
     `n_pos` positives, if the target loses each positive independently with that probability
     and gains none: P(Binomial(n_pos, drop) >= critical) = power."""
+    from scipy.optimize import brentq  # scipy/sklearn/statsmodels (~0.9 s) only when counting
+    from scipy.stats import binom
+
     k = mcnemar_critical(alpha)
     if n_pos < k:
         return None  # no drop, however large, can reach significance
@@ -87,6 +85,8 @@ def _pair_table(truth: np.ndarray, ref_right: np.ndarray, tgt_right: np.ndarray)
     n12 = int((truth & ref_right & ~tgt_right).sum())  # reference right, target wrong
     n21 = int((truth & ~ref_right & tgt_right).sum())  # reference wrong, target right
     n22 = int((truth & ~ref_right & ~tgt_right).sum())
+    from statsmodels.stats.contingency_tables import mcnemar
+
     test = mcnemar(np.array([[n11, n12], [n21, n22]]), exact=True)
     return {
         "n": n11 + n12 + n21 + n22,
@@ -306,6 +306,9 @@ def calibration(y: np.ndarray, p: np.ndarray, bins: int = CALIBRATION_BINS) -> d
     Brier score of p(positive), with the reliability curve behind them."""
     p = np.clip(p, 0.0, 1.0)
     yi = y.astype(np.int64)
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import brier_score_loss
+
     prob_true, prob_pred = calibration_curve(yi, p, n_bins=bins, strategy="uniform", pos_label=1)
     # The same bins as calibration_curve, for the per-bin case counts it does not return.
     ids = np.searchsorted(np.linspace(0.0, 1.0, bins + 1)[1:-1], p)
