@@ -12,8 +12,9 @@ Writes into DIR (default dist/densenet121):
 - packager.toml: each finding's threshold chosen on val as the multi-label example does.
 
 Then prints the parameter count, the onnx.checker and ONNX Runtime checks (shape (N, 14), values in
-[0, 1]) and ONNX Runtime CPU latency at batch 1. Numbers are printed, never asserted. Once main
-parses `task = "multilabel"`, `packager build --config DIR/packager.toml --all` times the build.
+[0, 1]) and ONNX Runtime CPU latency at batch 1. Numbers are printed, never asserted. Then
+`packager build --config DIR/packager.toml --all` builds it on every target (README gives the
+time it took).
 """
 
 from __future__ import annotations

@@ -48,8 +48,10 @@ def write_data(source: Path, out: Path, limit: int = 400) -> tuple[Path, np.ndar
     return out, medians
 
 
-def write_model(path: Path, medians: np.ndarray, logits: bool = False) -> Path:
-    """The ONNX model: (N, 1, SIZE, SIZE) float in, (N, 3) out, probabilities (ending in a
+def write_model(
+    path: Path, medians: np.ndarray, logits: bool = False, hw: tuple[int, int] = (SIZE, SIZE)
+) -> Path:
+    """The ONNX model: (N, 1, height, width) float in, (N, 3) out, probabilities (ending in a
     Sigmoid) unless `logits`."""
     import torch
 
@@ -58,7 +60,7 @@ def write_model(path: Path, medians: np.ndarray, logits: bool = False) -> Path:
             super().__init__()
             self.smooth = torch.nn.Conv2d(1, 1, 3, padding=1, bias=False)
             self.smooth.weight.data.fill_(1 / 9)
-            self.pool = torch.nn.AvgPool2d(SIZE // 2)
+            self.pool = torch.nn.AvgPool2d((hw[0] // 2, hw[1] // 2))
             self.head = torch.nn.Linear(4, 3)
             # quadrants TL, TR, BL, BR -> mean, upper - lower, left - right
             w = torch.tensor(
@@ -73,7 +75,7 @@ def write_model(path: Path, medians: np.ndarray, logits: bool = False) -> Path:
 
     torch.onnx.export(
         Net().eval(),
-        torch.zeros(1, 1, SIZE, SIZE),
+        torch.zeros(1, 1, *hw),
         str(path),
         input_names=["input"],
         output_names=["findings"],

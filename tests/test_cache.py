@@ -263,3 +263,22 @@ def test_keys_and_kinds_cannot_escape_the_root(
 ) -> None:
     with pytest.raises(ValueError):
         cache.get(kind, key, tmp_path / "dest")
+
+
+def _bench(noisy: bool | None = False, stable: tuple[bool, ...] = (True, True)) -> dict:
+    state = None if noisy is None else {"noisy": noisy}
+    return {"host_state": state, "batches": [{"stable": s} for s in stable]}
+
+
+def test_only_a_quiet_settled_benchmark_is_reused_by_default() -> None:
+    from packager.builder.reuse import settled
+
+    ok = {"status": "ok", **_bench(), "variants": [_bench()]}
+    assert settled(ok)
+    assert not settled(ok | {"status": "skipped"})
+    assert not settled(ok | _bench(noisy=True))  # the main run on a busy host
+    assert not settled(ok | _bench(noisy=None))  # host state unknown: not known quiet
+    assert not settled(ok | _bench(stable=(True, False)))  # one window never settled
+    assert not settled(ok | {"variants": [_bench(), _bench(noisy=True)]})  # a variant busy
+    assert not settled(ok | {"variants": [_bench(stable=(False,))]})
+    assert settled(ok | {"variants": []})

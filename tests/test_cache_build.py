@@ -138,3 +138,39 @@ def test_two_concurrent_builds_share_the_cache(project, tmp_path: Path) -> None:
         p.name for p in Path(os.environ["PACKAGER_CACHE"]).iterdir() if p.name.startswith(".tmp-")
     ]
     assert leftovers == []
+
+
+def bench_build(cli, root: Path, *extra: str) -> dict:
+    r = cli("build", "-t", TARGET, "--json", "--force", *extra, cwd=root)
+    assert r.code == 0, r.stderr
+    return report(root)
+
+
+def test_a_benchmark_is_reused_for_the_same_bundle_and_settings(project, cli) -> None:
+    """A changed gate re-validates but reuses the benchmark of the same files and [bench]
+    (reuse = "always": this busy test host never gives a quiet one); "never" measures again."""
+    root = project('reuse = "always"\n')  # DEFAULT_TOML ends inside [bench]
+    first = bench_build(cli, root)["benchmark"]
+    assert first["status"] == "ok" and first.get("reused") is None
+    assert len(entries("benchmark")) == 1
+    profile = sha(root / BUNDLE / "profile.json")
+
+    with (root / "packager.toml").open("a") as f:
+        f.write("\n[gates]\nmin_specificity = 0.0\n")
+    r = bench_build(cli, root)
+    assert not any(n.startswith("Validation reused") for n in r["notes"])  # re-validated
+    bench = r["benchmark"]
+    [entry] = entries("benchmark")
+    assert bench["reused"].startswith(f"cache {entry.name}, measured ")
+    # the very measurements of the first build, the profile's raw file with them
+    assert bench["batches"] == first["batches"] and bench["host_state"] == first["host_state"]
+    assert sha(root / BUNDLE / "profile.json") == profile
+    step = next(s for s in r["steps"] if s["name"] == "benchmark")
+    assert step["reason"].startswith("reused from cache")
+    assert "reused from the build cache" in (root / BUNDLE / "report.html").read_text()
+
+    text = (root / "packager.toml").read_text().replace('reuse = "always"', 'reuse = "never"')
+    (root / "packager.toml").write_text(text)
+    again = bench_build(cli, root)["benchmark"]
+    assert again.get("reused") is None and again["batches"] != first["batches"]
+    assert len(entries("benchmark")) == 1  # "never" stores nothing either

@@ -78,10 +78,13 @@ def test_every_finding_recounted(built: dict[str, Path], project: Path, bundle: 
     worst = min(FINDINGS, key=lambda n: (sens[n], FINDINGS.index(n)))
     assert clinical["finding"] == worst and clinical["sensitivity"] == sens[worst]
     gates = {c["name"]: c for c in report["gates"]["checks"]}
-    for name in FINDINGS:
+    for k, name in enumerate(FINDINGS):
         line = gates[f"min_sensitivity[finding={name}]"]
         assert line["value"] == pytest.approx(sens[name], abs=1e-6) and line["limit"] == 0.8
         assert f"max_sensitivity_drop[finding={name}]" in gates
+        enough = gates[f"min_finding_positives[finding={name}]"]
+        assert (enough["value"], enough["limit"]) == (int(labels[:, k].sum()), 20)
+        assert enough["verdict"] == "pass"
     runtime = json.loads((b / "runtime.json").read_text())
     assert runtime["task"] == "multilabel" and runtime["positive"] is None
     assert runtime["thresholds"] == dict.fromkeys(FINDINGS, 0.5)
@@ -232,7 +235,7 @@ def test_site_on_the_build_data_completes_per_finding(
 def test_report_lists_every_finding_sortable_in_chromium(built: dict[str, Path]) -> None:
     """report.html's per-finding table in Chromium: one row per finding with report.json's
     numbers, re-ordered by a click on the sensitivity header (ascending, then descending), and
-    one small ROC per finding."""
+    one small ROC and one reliability diagram per finding."""
     from tests.test_report_browser import CHROMIUM, check_page
 
     if not Path(CHROMIUM).is_file():
@@ -252,16 +255,21 @@ def test_report_lists_every_finding_sortable_in_chromium(built: dict[str, Path])
             page.locator("#findings th", has_text="sensitivity").first.click()
             down = page.locator("#findings tbody tr td:first-child").all_inner_texts()
             axes = page.locator('svg[data-plot="roc-findings"] g[id^="axes_"]').count()
+            cal = page.locator('svg[data-plot="reliability-findings"]').text_content() or ""
+            cal_axes = page.locator('svg[data-plot="reliability-findings"] g[id^="axes_"]').count()
             signoff = page.locator("#finding-verdicts tr").all_inner_texts()
         finally:
             browser.close()
     by_sens = sorted(FINDINGS, key=lambda n: findings[n]["sensitivity"])
     assert up[0] == by_sens[0] and down[0] == by_sens[-1]
-    assert axes == len(FINDINGS)
+    assert axes == len(FINDINGS) and cal_axes == len(FINDINGS)
+    for name in FINDINGS:  # each finding's own ECE, as report.json has it
+        ece = findings[name]["evidence"]["calibration"]["target"]["ece"]
+        assert f"{name} (ECE {ece:.3f})" in cal
     assert "not drawn" not in (b / "report.html").read_text()
     # the sign-off's matrix: a row per finding, a verdict per gate
     assert len(signoff) == 1 + len(FINDINGS)
-    assert all(row.count("pass") == 2 for row in signoff[1:]), signoff
+    assert all(row.count("pass") == 3 for row in signoff[1:]), signoff
 
 
 def _rehashed(bundle: Path, dest: Path, edit: Callable[[Path], None]) -> Path:

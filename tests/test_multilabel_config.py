@@ -19,6 +19,7 @@ from packager.core.errors import UserError
 from tests import multilabel_fixture
 from tests.conftest import Result, assert_user_error
 from tests.multilabel_fixture import (
+    FINDINGS,
     NAME,
     build,
     config_text,
@@ -37,6 +38,7 @@ def test_a_gate_on_one_finding_fails_naming_it(project: Path, tmp_path: Path) ->
     text = config_text(root / "model.onnx", root / "findings.npz")
     (root / "packager.toml").write_text(
         text + "\n[gates.findings.bright]\nmin_specificity = 0.999\n"
+        "[gates.findings.upper]\nmin_finding_positives = 10000\n"
     )
     r = build(root, root / "dist", "-t", "cpu-onnxruntime")
     assert r.code == 1, r.stderr[-2000:]
@@ -47,6 +49,17 @@ def test_a_gate_on_one_finding_fails_naming_it(project: Path, tmp_path: Path) ->
     gates = {c["name"]: c for c in report["gates"]["checks"]}
     assert gates["min_specificity[finding=bright]"]["status"] == "failed"
     assert "min_specificity[finding=upper]" not in gates  # the override is bright's alone
+    # too few positives for upper's own limit: insufficient evidence, never a pass
+    with np.load(root / "findings.npz") as z:
+        upper = int(z["test_labels"][:, FINDINGS.index("upper")].sum())
+    line = gates["min_finding_positives[finding=upper]"]
+    assert (line["value"], line["limit"], line["verdict"]) == (
+        upper,
+        10000,
+        "insufficient evidence",
+    )
+    assert line["status"] == "failed" and "add positives" in line["reason"]
+    assert gates["min_finding_positives[finding=bright]"]["verdict"] == "pass"
     assert not (root / "dist" / NAME / "cpu-onnxruntime").exists()
 
 

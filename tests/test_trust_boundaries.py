@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from packager.builder.search import ranked_by, select
+from packager.builder.search import ranked_by, select, worst_drop
 from packager.core.config import GatesConfig, parse_config
 from packager.core.metrics import clinical
 from packager.core.status import ReportStatus
@@ -242,3 +242,22 @@ def test_select_falls_back_to_proxy_candidates_and_ranks_by_size() -> None:
     # a single passed candidate outranks every proxy one, however small they are
     rows.append(_row("bf16", size=99.0))
     assert select(rows, "size")["label"] == "bf16"  # type: ignore[index]
+
+
+def test_a_multilabel_candidate_shows_its_largest_finding_drop() -> None:
+    # The summary finding (lowest sensitivity, "a") dropped 0.01; "b" dropped 0.04: the row must
+    # show 0.04, or an INT8 that hurt one strong finding would look harmless.
+    clinical = {
+        "finding": "a",
+        "sensitivity": 0.90,
+        "sensitivity_drop": 0.01,
+        "findings": {
+            "a": {"sensitivity": 0.90, "sensitivity_drop": 0.01},
+            "b": {"sensitivity": 0.95, "sensitivity_drop": 0.04},
+            "c": {"sensitivity": 0.99, "sensitivity_drop": -0.02},
+            "d": {"sensitivity": 0.97, "sensitivity_drop": None},  # no reference comparison
+        },
+    }
+    assert worst_drop(clinical) == 0.04
+    assert worst_drop({"sensitivity_drop": 0.02}) == 0.02  # single-label: its own
+    assert worst_drop({"findings": {"d": {"sensitivity_drop": None}}}) is None

@@ -36,7 +36,7 @@ from typing import Any
 
 from packager.core.errors import UserError
 
-KINDS = ("conversion", "calibration", "validation")  # in use; any plain lowercase name is allowed
+KINDS = ("conversion", "calibration", "validation", "benchmark")  # in use; any plain lowercase name is allowed
 INDEX = "index.json"
 FILES = "files"
 TMP_PREFIX = ".tmp-"

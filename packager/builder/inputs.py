@@ -6,6 +6,9 @@ of "up to date".
 - validation: the bundle's files as converted and installed (artifact, code, runtime.json), the
   validation data, the config the gates and evidence read, the runtime versions and packager's
   code. Reused only when all of them are byte-identical.
+- benchmark: the bundle's files as converted and installed, [bench], the images it feeds, the
+  host's kind (CPU model, cores, ISA flags, OS, Python), the runtime versions and packager's code.
+  A benchmark measured on a busy host, or with a window that never settled, is never stored.
 - inputs: everything of a build (the conversion key, the whole config but the output folder,
   --no-bench); recorded in manifest.json, so an unchanged build finds its bundle up to date."""
 
@@ -21,6 +24,7 @@ from typing import Any
 
 from packager.builder.cache import cache_key
 from packager.builder.session import Session
+from packager.core.hostinfo import host_facts
 from packager.core.target import Target
 from packager.core.version import __version__
 from packager.shipped.integrity import file_sha256
@@ -130,6 +134,26 @@ def validation_key(s: Session, t: Target, files: dict[str, str]) -> str:
             "data": {"sha256": s.validation.sha256, "split": s.validation.split},
             "config": {k: cfg[k] for k in ("labels", "gates", "data", "preprocess")}
             | {"data": cfg["data"] | {"path": None}},
+            "versions": versions(),
+            "packager": __version__,
+            "code": code_sha256(type(t)),
+        }
+    )
+
+
+def benchmark_key(s: Session, t: Target, files: dict[str, str]) -> str:
+    """`files`: {name: sha256} of the bundle folder as converted and installed (what the
+    runtime loads). The host is its CPU model, core count, ISA flags, OS and Python: a
+    benchmark is reused only on a machine of the same kind."""
+    return cache_key(
+        {
+            "kind": "benchmark",
+            "target": t.name,
+            "files": files,
+            "bench": s.cfg.to_dict()["bench"] | {"reuse": None},  # how to reuse, not what
+            "fixed_batch": s.info.fixed_batch,
+            "inputs": hashlib.sha256(s.x.tobytes()).hexdigest(),  # what the benchmark feeds
+            "host": host_facts(),
             "versions": versions(),
             "packager": __version__,
             "code": code_sha256(type(t)),

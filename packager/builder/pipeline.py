@@ -17,7 +17,7 @@ import numpy as np
 from packager.builder import reuse, search, stages
 from packager.builder.bundle import ensure_writable, locked, make_tarball, new_stage, publish
 from packager.builder.cache import Cache
-from packager.builder.inputs import inputs_key
+from packager.builder.inputs import bundle_hashes, inputs_key
 from packager.builder.session import Session
 from packager.builder.signing import check_private_key
 from packager.builder.stages.convert import Converter
@@ -207,13 +207,14 @@ def build_one(
             )
         size_mb = stages.artifact_mb(bdir, built)
         code = stages.install_runtime(s, t, bdir, built)
+        installed = bundle_hashes(bdir) if cache is not None else {}
         # the search validated these very files (copied with validation.npz and golden set)
-        state = validated or reuse.validate(s, t, ctx, bdir, built, reference, cache)
+        state = validated or reuse.validate(s, t, ctx, bdir, built, reference, cache, installed)
         state.inputs_sha256 = inputs
         state.steps.insert(0, documents.Step("convert", *convert_step))
         state.code = code
         stages.selftest(s, t, bdir, built, state, recorded=validated is not None)
-        state.benchmark = stages.bench(s, t, bdir, built, state, bench)
+        state.benchmark = reuse.bench(s, t, bdir, built, state, bench, cache, installed)
         state.benchmark["model_size_mb"] = size_mb
         report = stages.finish(s, t, bdir, built, state)
         final = stages.publish_bundle(s, t, stage, state)

@@ -237,11 +237,21 @@ def _candidate(
         ],
         gates_ok=bool(state.checks)
         and all(ch.passed or ch.status == CheckStatus.not_run for ch in state.checks),
-        sensitivity=c_.get("sensitivity"),
-        sensitivity_drop=c_.get("sensitivity_drop"),
+        sensitivity=c_.get("sensitivity"),  # multi-label: the lowest finding's
+        sensitivity_drop=worst_drop(c_),
         flips=len(c_["flipped"]) if c_.get("flipped") is not None else None,
     )
     return row, Run(copts, built, folder, state)
+
+
+def worst_drop(clinical: dict[str, Any]) -> float | None:
+    """The sensitivity drop a candidate row shows: a multi-label model's largest over its
+    findings (not the summary finding's, which has the lowest sensitivity, not the largest drop)."""
+    per = clinical.get("findings")
+    if not per:
+        return clinical.get("sensitivity_drop")
+    drops = [f["sensitivity_drop"] for f in per.values() if f.get("sensitivity_drop") is not None]
+    return max(drops, default=None)
 
 
 def _short_bench(s: Session, t: Target, timed: list[tuple[dict[str, Any], Run]]) -> None:

@@ -36,6 +36,10 @@ from packager.runtime.validate import output_kind
 from packager.shipped.preprocess import FORMATS, PILLOW_FORMATS, Preprocess
 
 
+def _hw_text(hw: list[int | None]) -> str:
+    return "x".join("?" if d is None else str(d) for d in hw)
+
+
 def resolve_preprocess(cfg: Config, info: ModelInfo) -> Preprocess:
     p = cfg.preprocess
     layout = p.layout or info.layout
@@ -54,17 +58,17 @@ def resolve_preprocess(cfg: Config, info: ModelInfo) -> Preprocess:
         raise UserError(
             f"input {shape} has no 1- or 3-channel axis for {layout}; set [preprocess] channels"
         )
-    fixed = [d for d in hw if isinstance(d, int)]
-    if fixed and (fixed[0] != fixed[-1] or (len(fixed) == 1 and p.size is None)):
-        raise UserError(f"input {shape}: packager feeds square images; export a square input")
-    if p.size is not None and fixed and p.size != fixed[0]:
+    wanted = (p.size, p.size) if isinstance(p.size, int) else tuple(p.size or (None, None))
+    model = [d if isinstance(d, int) else None for d in hw]
+    if any(m is not None and w is not None and m != w for m, w in zip(model, wanted, strict=True)):
         raise UserError(
-            f"the model expects {fixed[0]}x{fixed[0]} images but [preprocess] size = {p.size}; "
+            f"the model expects {_hw_text(model)} images but [preprocess] size = {p.size}; "
             "make them match"
         )
-    size = p.size or (fixed[0] if fixed else None)
-    if size is None:
+    h, w = (m if m is not None else s for m, s in zip(model, wanted, strict=True))
+    if h is None or w is None:
         raise UserError(f"input {shape} has a dynamic image size; set [preprocess] size")
+    size = h if h == w else (h, w)
     for key in ("mean", "std"):
         if len(getattr(p, key)) not in (1, channels):
             raise UserError(

@@ -102,7 +102,7 @@ class DataConfig:
 
 @typed
 class PreprocessConfig:
-    size: int | None = None  # None: the model's own spatial size
+    size: int | list[int] | None = None  # a side or [height, width]; None: the model's own
     channels: int | None = None  # None: the model's own channel count
     layout: Literal["NCHW", "NHWC"] | None = None  # None: guessed from the model input
     scale: float = 1.0 / 255.0
@@ -120,8 +120,11 @@ class PreprocessConfig:
     def check(self, where: str) -> None:
         if not 9 <= self.uint16_bits <= 16:
             raise UserError(f"{where}.uint16_bits = {self.uint16_bits} must be between 9 and 16")
-        if self.size is not None and not 1 <= self.size <= 4096:
-            raise UserError(f"{where}.size = {self.size} must be between 1 and 4096")
+        sides = [self.size] if isinstance(self.size, int) else self.size or []
+        if isinstance(self.size, list) and len(sides) != 2:
+            raise UserError(f"{where}.size = {self.size}: give one side or [height, width]")
+        if any(not 1 <= s <= 4096 for s in sides):
+            raise UserError(f"{where}.size = {self.size}: each side must be between 1 and 4096")
         if self.channels is not None and self.channels not in (1, 3):
             raise UserError(f"{where}.channels = {self.channels} must be 1 or 3")
         if any(s == 0 for s in self.std):
@@ -224,6 +227,9 @@ class GatesConfig:
     min_subgroup_sensitivity: float | None = None
     max_subgroup_sensitivity_drop: float | None = None
     min_subgroup_positives: int = 20
+    # multilabel: a finding with fewer positive validation images is `insufficient evidence`
+    # (fails closed), as a subgroup with too few is never judged passed
+    min_finding_positives: int = 20
     # Every other clinical metric (packager/core/gates.py), off unless set. PPV and NPV depend on the
     # prevalence where the model is used, so they need it declared.
     min_specificity: float | None = None
@@ -251,8 +257,9 @@ class GatesConfig:
             value = getattr(self, key)
             if value is not None and not 0.0 <= value <= 1.0:
                 raise UserError(f"{where}.{key} is a fraction between 0 and 1 (0.98, not 98)")
-        if self.min_subgroup_positives < 1:
-            raise UserError(f"{where}.min_subgroup_positives must be at least 1")
+        for key in ("min_subgroup_positives", "min_finding_positives"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{where}.{key} must be at least 1")
         if (self.min_ppv is not None or self.min_npv is not None) and self.prevalence is None:
             raise UserError(
                 f"{where}: min_ppv and min_npv depend on the prevalence; declare "
@@ -333,6 +340,10 @@ class BenchConfig:
     stability: float = 0.10
     max_seconds: float | None = None
     open_loop: OpenLoopConfig = field(default_factory=OpenLoopConfig)
+    # Through the build cache, a benchmark of the same bundle files, [bench], images and kind of
+    # host is reused: "quiet" only one measured on a quiet host with every window settled,
+    # "always" any (its busy-host marks kept), "never" none.
+    reuse: Literal["quiet", "always", "never"] = "quiet"
 
     def check(self, where: str) -> None:
         if not self.batch_sizes or any(b < 1 or b > 4096 for b in self.batch_sizes):

@@ -237,6 +237,25 @@ def metric_gates(c: Clinical, ev: dict[str, Any] | None, g: GatesConfig) -> list
     return checks + class_gates(c, g, bounds)
 
 
+def finding_positives(positives: int, g: GatesConfig) -> Check:
+    """min_finding_positives for one finding of a multi-label model: fewer positives than the
+    limit are too few to support its sensitivity claim, whatever the estimate."""
+    limit = g.min_finding_positives
+    if positives >= limit:
+        return Check("min_finding_positives", positives, limit, True, "", decided_on=Basis.point)
+    return Check(
+        "min_finding_positives",
+        positives,
+        limit,
+        False,
+        f"insufficient evidence: {positives} positive images, fewer than {limit}; add positives "
+        "to the validation data or lower min_finding_positives ([gates], or per finding in "
+        "[gates.findings.<name>])",
+        verdict=GateVerdict.insufficient,
+        decided_on=Basis.point,
+    )
+
+
 def interval(ci: list[float] | None) -> tuple[float, float] | None:
     """An interval as report.json stores it (a list), as a gate reads it."""
     return None if ci is None else (float(ci[0]), float(ci[1]))

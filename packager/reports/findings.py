@@ -1,9 +1,9 @@
 """A multi-label bundle's report, per finding: one table row each (metrics, intervals, and its
-gate verdicts) and ROC curves as small multiples, from report.json and validation.npz."""
+gate verdicts), and ROC curves and reliability diagrams as small multiples, from report.json and
+validation.npz."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
@@ -84,9 +84,22 @@ def roc_grid(bdir: Path, report: dict[str, Any], names: list[str]) -> Markup | s
         )
     if not curves:
         return "no finding has both positive and negative images"
-    return plots.roc_small_multiples(
-        curves, cols=min(4, len(curves)), rows=math.ceil(len(curves) / 4)
-    )
+    return plots.roc_small_multiples(curves)
+
+
+def reliability_grid(report: dict[str, Any], names: list[str]) -> Markup | str:
+    """Each finding's reliability diagram (its reference's dashed), 4 to a row; or why not."""
+    from packager.reports import plots
+
+    found = report["clinical"]["findings"]
+    items = []
+    for name in names:
+        cal = (found[name].get("evidence") or {}).get("calibration")
+        if cal and cal.get("target"):
+            items.append((name, cal["target"], cal.get("reference")))
+    if not items:
+        return "no calibration per finding: this report predates it"
+    return plots.reliability_small_multiples(items)
 
 
 def verdict_matrix(report: dict[str, Any]) -> dict[str, Any] | None:

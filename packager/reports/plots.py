@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import matplotlib
@@ -434,24 +435,57 @@ def thumbnail(image: np.ndarray, size: int = 96) -> str:
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def roc_small_multiples(curves: list[tuple[Any, ...]], cols: int, rows: int) -> Markup:
+def _small_multiples(
+    items: list[Any], draw: Callable[[Any, Any], None], xlabel: str, ylabel: str
+) -> Figure:
+    """One small square plot per item, 4 to a row, on shared unit axes."""
+    cols, rows = min(4, len(items)), math.ceil(len(items) / 4)
+    fig = Figure(figsize=(2.3 * cols, 2.2 * rows))
+    axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, sharey=True)).ravel()
+    for ax, item in zip(axes, items, strict=False):
+        ax.plot([0, 1], [0, 1], ":", color=GRID)
+        draw(ax, item)
+        ax.set_xlim(-0.01, 1.01)
+        ax.set_ylim(-0.01, 1.01)
+    for ax in axes[len(items) :]:
+        ax.set_visible(False)
+    fig.supxlabel(xlabel, fontsize=8)
+    fig.supylabel(ylabel, fontsize=8)
+    return fig
+
+
+def roc_small_multiples(curves: list[tuple[Any, ...]]) -> Markup:
     """One small ROC per finding of a multi-label model: (name, (fpr, tpr), reference (fpr, tpr)
     or None, operating point (1 - specificity, sensitivity), AUC or None), same axes for all."""
+
+    def draw(ax: Any, curve: tuple[Any, ...]) -> None:
+        name, (fpr, tpr), ref, (fp, tp), auc = curve
+        ax.plot(fpr, tpr, color=TARGET_C, linewidth=1.3)
+        if ref is not None:
+            ax.plot(ref[0], ref[1], "--", color=REF_C, linewidth=1.0)
+        ax.plot([fp], [tp], "o", color=ALT_C, markersize=5)
+        title = plain(name) + (f" (AUC {auc:.3f})" if auc is not None else "")
+        ax.set_title(title, loc="left", fontsize=8)
+
     with matplotlib.rc_context(RC):
-        fig = Figure(figsize=(2.3 * cols, 2.2 * rows))
-        axes = np.atleast_1d(fig.subplots(rows, cols, sharex=True, sharey=True)).ravel()
-        for ax, (name, (fpr, tpr), ref, (fp, tp), auc) in zip(axes, curves, strict=False):
-            ax.plot(fpr, tpr, color=TARGET_C, linewidth=1.3)
-            if ref is not None:
-                ax.plot(ref[0], ref[1], "--", color=REF_C, linewidth=1.0)
-            ax.plot([0, 1], [0, 1], ":", color=GRID)
-            ax.plot([fp], [tp], "o", color=ALT_C, markersize=5)
-            title = plain(name) + (f" (AUC {auc:.3f})" if auc is not None else "")
-            ax.set_title(title, loc="left", fontsize=8)
-            ax.set_xlim(-0.01, 1.01)
-            ax.set_ylim(-0.01, 1.01)
-        for ax in axes[len(curves) :]:
-            ax.set_visible(False)
-        fig.supxlabel("false-positive rate (1 - specificity)", fontsize=8)
-        fig.supylabel("sensitivity", fontsize=8)
+        fig = _small_multiples(curves, draw, "false-positive rate (1 - specificity)", "sensitivity")
     return to_svg(fig, "roc-findings", "ROC curve of each finding with its operating point")
+
+
+def reliability_small_multiples(items: list[tuple[str, dict[str, Any], Any]]) -> Markup:
+    """One small reliability diagram per finding: (name, its target calibration, the
+    reference's or None), as `reliability` draws them, ECE in each title."""
+
+    def draw(ax: Any, item: tuple[str, dict[str, Any], Any]) -> None:
+        name, cal, ref = item
+        for c, color, style in ((ref, REF_C, "s--"), (cal, TARGET_C, "o-")):
+            if c is not None:
+                curve = c["curve"]
+                ax.plot(curve["prob_pred"], curve["prob_true"], style, color=color, markersize=3)
+        ax.set_title(f"{plain(name)} (ECE {cal['ece']:.3f})", loc="left", fontsize=8)
+
+    with matplotlib.rc_context(RC):
+        fig = _small_multiples(
+            items, draw, "mean predicted probability in the bin", "share truly present"
+        )
+    return to_svg(fig, "reliability-findings", "reliability diagram of each finding")

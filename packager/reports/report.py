@@ -157,8 +157,9 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
 
 
 def bench_caveats(b: dict[str, Any]) -> list[str]:
-    """What makes a benchmark's numbers shaky: a busy host, windows that never agreed."""
-    out = []
+    """What a reader must know of a benchmark's numbers: reused from an earlier build, a busy
+    host, windows that never agreed."""
+    out = [f"reused from the build {b['reused']}"] if b.get("reused") else []
     state = b.get("host_state") or {}
     if state.get("noisy"):
         out.append(
@@ -345,11 +346,20 @@ def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None
     positive, negative, names, pos_idx = class_names(bdir, (c or {}).get("finding"))
     # Every key present (None when absent) so templates can test them under StrictUndefined.
     figures: dict[str, Any] = dict.fromkeys(
-        ("confusion", "roc", "latency", "sweep", "reliability", "candidates", "roc-findings")
+        (
+            "confusion",
+            "roc",
+            "latency",
+            "sweep",
+            "reliability",
+            "candidates",
+            "roc-findings",
+            "reliability-findings",
+        )
     )
     gaps: dict[str, str | None] = dict.fromkeys(
         ("clinical", "roc", "flips", "thumbnails", "bench", "latency", "calibration")
-    ) | {"roc-findings": None}
+    ) | {"roc-findings": None, "reliability-findings": None}
     flips: list[dict[str, Any]] = []
     near = None  # (labels == positive, p(positive)) for the self-test tolerance count
     per_finding = findings.rows(report)
@@ -382,9 +392,12 @@ def bundle_context(bdir: Path, report: dict[str, Any], images: np.ndarray | None
             if ref is not None:
                 flips = _flipped(c, labels, y, p, ref, shown_names, images)
         if per_finding is not None and names:
-            grid = findings.roc_grid(bdir, report, names)
-            key = "roc-findings"
-            (figures if isinstance(grid, Markup) else gaps)[key] = grid  # Markup is a str too
+            grids = {
+                "roc-findings": findings.roc_grid(bdir, report, names),
+                "reliability-findings": findings.reliability_grid(report, names),
+            }
+            for key, grid in grids.items():
+                (figures if isinstance(grid, Markup) else gaps)[key] = grid  # Markup is a str too
     if c and c.get("flipped") and not flips and gaps["roc"]:
         gaps["flips"] = gaps["roc"]
     if images is None and flips:

@@ -50,25 +50,29 @@ def floor_for(precision: str, proxy: bool) -> float:
     return max(base, PROXY_FLOOR) if proxy else base
 
 
-def synthetic_images(size: int, channels: int, n: int, seed: int = 0) -> np.ndarray:
-    """Seeded uint8 images: flat fields, gradients, smooth blobs and white noise in turn."""
+def synthetic_images(hw: tuple[int, int], channels: int, n: int, seed: int = 0) -> np.ndarray:
+    """Seeded uint8 (height, width) images: flat fields, gradients, smooth blobs and white noise
+    in turn."""
     rng = np.random.default_rng(seed)
-    shape = (size, size, 3) if channels == 3 else (size, size)
+    h, w = hw
+    shape = (h, w, 3) if channels == 3 else (h, w)
     out = np.empty((n, *shape), np.uint8)
-    ramp = np.linspace(0.0, 1.0, size)
     for i in range(n):
         kind = i % 4
         if kind == 0:
             img = np.full(shape, rng.integers(0, 256), np.float64)
         elif kind == 1:
             angle = rng.uniform(0, np.pi)
-            field = np.cos(angle) * ramp[None, :] + np.sin(angle) * ramp[:, None]
+            field = (
+                np.cos(angle) * np.linspace(0.0, 1.0, w)[None, :]
+                + np.sin(angle) * np.linspace(0.0, 1.0, h)[:, None]
+            )
             img = 255 * (field - field.min()) / max(np.ptp(field), 1e-9)
             img = np.repeat(img[..., None], 3, axis=2) if channels == 3 else img
         elif kind == 2:
             coarse = rng.integers(0, 256, (rng.integers(3, 9),) * 2 + shape[2:], dtype=np.uint8)
             img = np.asarray(
-                Image.fromarray(coarse).resize((size, size), Image.Resampling.BICUBIC), np.float64
+                Image.fromarray(coarse).resize((w, h), Image.Resampling.BICUBIC), np.float64
             )
         else:
             img = rng.integers(0, 256, shape).astype(np.float64)
@@ -217,7 +221,7 @@ def write_golden(
 
 
 def synthetic_inputs(pre: Preprocess, n: int) -> np.ndarray:
-    return pre(synthetic_images(pre.size, pre.channels, n))
+    return pre(synthetic_images(pre.hw, pre.channels, n))
 
 
 def _smooth(rng: np.random.Generator, h: int, w: int, channels: int = 1) -> np.ndarray:
@@ -293,12 +297,12 @@ def raw_cases(pre: Preprocess, seed: int = RAW_SEED) -> dict[str, np.ndarray]:
     forms alternate smooth blobs and ramps, so the two 8-bit and 16-bit PNGs differ. Arrays
     as selftest.npz stores them (shipped selftest.RAW)."""
     rng = np.random.default_rng(seed)
-    side = min(pre.size, RAW_MAX_SIDE)
-    h, w = side + side // 4 + 1, side + side // 8 + 1
+    side_h, side_w = (min(s, RAW_MAX_SIDE) for s in pre.hw)
+    h, w = side_h + side_h // 4 + 1, side_w + side_w // 8 + 1
     top16 = 2**pre.uint16_bits - 1
     forms = [form for form in _raw_forms(top16) if form[1] in pre.formats]
     # fewer candidates for a large model input: they are all decoded and run once
-    variants = max(1, min(len(RAW_VARIANTS), RAW_BUDGET // (pre.size**2 * pre.channels)))
+    variants = max(1, min(len(RAW_VARIANTS), RAW_BUDGET // (pre.hw[0] * pre.hw[1] * pre.channels)))
     names, kinds, groups, files = [], [], [], []
     for group, (kind, fmt, encode, channels) in enumerate(forms):
         gradient = channels == 1 and group % 2 == 1  # smooth blobs and ramps in turn

@@ -52,7 +52,7 @@ class ImageError(ValueError):
 
 @dataclass(frozen=True)
 class Preprocess:
-    size: int
+    size: int | tuple[int, int]  # the model's image side, or (height, width)
     channels: int
     layout: str  # "NCHW" | "NHWC"
     scale: float
@@ -63,6 +63,11 @@ class Preprocess:
     uint16_bits: int = 16  # the bit depth of uint16 images (see the module docstring)
     dicom_window: tuple[float, float] | None = None  # [center, width]; None: the file's own
     formats: tuple[str, ...] = FORMATS  # the file formats `load` reads (module docstring)
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        """(height, width) of the model's images."""
+        return (self.size, self.size) if isinstance(self.size, int) else self.size
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
         """Images (N, H, W) or (N, H, W, C) of one dtype (see the module docstring) -> the
@@ -75,7 +80,7 @@ class Preprocess:
         images = self.display(images[..., :3])
         if images.shape[-1] == 3 and self.channels == 1:
             images = images @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]
-        if images.shape[1:3] != (self.size, self.size):
+        if images.shape[1:3] != self.hw:
             images = np.stack([self._resize(img) for img in images])
         if images.shape[-1] == 1 and self.channels == 3:  # after resizing: 3x less work
             images = np.repeat(images, 3, axis=-1)
@@ -103,7 +108,7 @@ class Preprocess:
         raise ImageError(f"images of dtype {images.dtype} have no defined range")
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        """One image of any size and supported dtype -> float32 (size, size, channels) on the
+        """One image of any size and supported dtype -> float32 (height, width, channels) on the
         display scale: what __call__ does before scaling, so a folder of mixed sizes can be
         resized image by image as it loads and give the same tensor."""
         img = np.asarray(image)
@@ -112,7 +117,7 @@ class Preprocess:
         img = self.display(img[..., :3])
         if img.shape[-1] == 3 and self.channels == 1:
             img = img @ np.array([0.299, 0.587, 0.114], np.float32)[:, None]
-        if img.shape[:2] != (self.size, self.size):
+        if img.shape[:2] != self.hw:
             img = self._resize(img)
         if img.shape[-1] == 1 and self.channels == 3:
             img = np.repeat(img, 3, axis=-1)
@@ -128,7 +133,8 @@ class Preprocess:
         out = [
             np.asarray(
                 Image.fromarray(np.ascontiguousarray(img[..., c]), mode="F").resize(
-                    (self.size, self.size), _RESAMPLE[self.resize]
+                    self.hw[::-1],
+                    _RESAMPLE[self.resize],  # Pillow takes (width, height)
                 )
             )
             for c in range(img.shape[-1])
@@ -137,8 +143,8 @@ class Preprocess:
 
     def input_shape(self, batch: int) -> tuple[int, ...]:
         if self.layout == "NCHW":
-            return (batch, self.channels, self.size, self.size)
-        return (batch, self.size, self.size, self.channels)
+            return (batch, self.channels, *self.hw)
+        return (batch, *self.hw, self.channels)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
@@ -147,6 +153,8 @@ class Preprocess:
     def from_json(cls, path: str | Path) -> Preprocess:
         data = json.loads(Path(path).read_text())
         data["mean"], data["std"] = tuple(data["mean"]), tuple(data["std"])
+        if isinstance(data["size"], list):
+            data["size"] = tuple(data["size"])
         if data.get("dicom_window") is not None:
             data["dicom_window"] = tuple(data["dicom_window"])
         if "formats" in data:

@@ -99,12 +99,8 @@ def spec_checks(
     elif p.image:
         want = "GRAYSCALE" if pre.channels == 1 else "RGB"
         got = inputs[0]
-        if (
-            got["type"] != "imageType"
-            or got["size"] != [pre.size, pre.size]
-            or got["color"] != want
-        ):
-            io_.append(f"input {got}, expected a {pre.size}x{pre.size} {want} image")
+        if got["type"] != "imageType" or got["size"] != list(pre.hw) or got["color"] != want:
+            io_.append(f"input {got}, expected a {pre.hw[0]}x{pre.hw[1]} {want} image")
     else:
         got = inputs[0]
         want_shape = list(pre.input_shape(p.batch or 1))

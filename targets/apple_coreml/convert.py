@@ -221,7 +221,7 @@ def describe(ml: Any, ctx: BuildContext, p: Plan, meta: dict[str, Any]) -> None:
     ml.user_defined_metadata.update(meta["user"])
     color = "grayscale" if pre.channels == 1 else "RGB"
     ml.input_description[p.input_name] = (
-        f"{pre.size}x{pre.size} {color} image; the model applies [preprocess] itself"
+        f"{pre.hw[0]}x{pre.hw[1]} {color} image; the model applies [preprocess] itself"
         if p.image
         else f"preprocessed {pre.layout} tensor (preprocess.py with preprocess.json)"
     )

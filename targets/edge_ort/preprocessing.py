@@ -101,7 +101,7 @@ def _with_preprocessing(
     except ImportError:
         raise Unavailable(NO_EXTENSIONS) from None
 
-    c, s = pre.channels, pre.size
+    (c, (h, w)) = pre.channels, pre.hw
     if c == 3:  # decoded BGR -> RGB (a grayscale PNG decodes to three equal channels)
         to_channels = """
         order = Constant <value = int64[3] {2, 1, 0}> ()
@@ -125,7 +125,7 @@ def _with_preprocessing(
     axes = Constant <value = int64[1] {{0}}> ()
     batched = Unsqueeze ($x, axes)
     nchw = Transpose <perm = [0, 3, 1, 2]> (batched)
-    sizes = Constant <value = int64[4] {{1, {c}, {s}, {s}}}> ()
+    sizes = Constant <value = int64[4] {{1, {c}, {h}, {w}}}> ()
     $y = Resize <{mode}> (nchw, , , sizes)
     """
     stats = {k: _per_channel(getattr(pre, k), c) for k in ("mean", "std")}
@@ -140,8 +140,8 @@ def _with_preprocessing(
     steps = [
         ConvertImageToBGR(),
         _step("to_channels", f"float[h, w, {c}]", to_channels),
-        _step("resize", f"float[1, {c}, {s}, {s}]", resize),
-        _step("normalize", f"float[1, {c}, {s}, {s}]", normalize),
+        _step("resize", f"float[1, {c}, {h}, {w}]", resize),
+        _step("normalize", f"float[1, {c}, {h}, {w}]", normalize),
     ]
     to_input = _to_model_input(pre, batch)
     if to_input:

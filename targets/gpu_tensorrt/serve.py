@@ -37,7 +37,7 @@ class Io:
     ) -> Io:
         shipped = onnx.load(str(onnx_path), load_external_data=False)
         p, info = ctx.preprocess, ctx.model
-        dims = [p.channels, p.size, p.size] if p.layout == "NCHW" else [p.size, p.size, p.channels]
+        dims = [p.channels, *p.hw] if p.layout == "NCHW" else [*p.hw, p.channels]
         batched = info.fixed_batch is None and len(info.output.shape) == 2
         preferred = preferred if batched else []
         if batched:  # min 1, opt the largest preferred size, max max_batch_size

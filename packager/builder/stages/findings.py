@@ -14,7 +14,7 @@ import numpy as np
 from packager.core.config import Config
 from packager.core.data import Dataset
 from packager.core.findings import binary, config_for, findings, named
-from packager.core.gates import metric_gates
+from packager.core.gates import finding_positives, metric_gates
 from packager.core.metrics import Clinical, clinical, flipped
 from packager.core.target import Check
 from packager.reports.evidence import for_data
@@ -74,7 +74,8 @@ def by_finding(
         c = clinical(p, y, 1, f.threshold, r)
         ev, ev_checks = evidence(fcfg, replace(ds, labels=y), p, r)
         lines = gate_checks(c, fcfg, r is not None, ev["paired"])[1:]  # finite: once, model-wide
-        checks += named(lines + metric_gates(c, ev, fcfg.gates) + ev_checks, f)
+        enough = finding_positives(c.positives, fcfg.gates)
+        checks += named([enough, *lines, *metric_gates(c, ev, fcfg.gates), *ev_checks], f)
         per[f.name] = asdict(c) | {"evidence": ev}
         # a finding with no positives has no sensitivity to rank: never the summary
         key = (not c.positives, c.sensitivity, -(c.sensitivity_drop or 0.0), f.index)

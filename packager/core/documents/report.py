@@ -243,6 +243,11 @@ class Benchmark(BenchRun):
     best: Best | None
     variants: list[BenchVariant]
     model_size_mb: float
+    reused: str | None = Field(
+        None,
+        description="null: measured by this build; else the build cache entry it was reused "
+        "from and when it was measured (same bundle files, [bench], images and host kind)",
+    )
 
 
 class NoBenchmark(_Closed):
