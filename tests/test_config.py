@@ -33,6 +33,9 @@ def test_defaults_follow_the_contract() -> None:
         ({"data": {"groups": ["site.csv"]}}, ["data.groups", "table of str"]),
         ({"gates": {"min_subgroup_sensitivity": 95}}, ["min_subgroup_sensitivity", "fraction"]),
         ({"gates": {"min_subgroup_positives": 0}}, ["min_subgroup_positives"]),
+        ({"gates": {"min_finding_positives": 0}}, ["min_finding_positives"]),
+        ({"bench": {"reuse": "sometimes"}}, ["bench.reuse", "quiet"]),
+        ({"preprocess": {"size": [224, 224, 1]}}, ["preprocess.size", "[height, width]"]),
     ],
 )
 def test_bad_keys_and_types_name_the_key(data: dict, words: list[str]) -> None:
