@@ -24,29 +24,31 @@ def _axis(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return lo, np.minimum(lo + 1, n_in - 1), pos - lo
 
 
-def bilinear(img: np.ndarray, size: int) -> np.ndarray:
-    """(H, W, C) float -> (size, size, C), upsampling only (Pillow's filter widens downward)."""
-    r0, r1, tr = _axis(img.shape[0], size)
-    c0, c1, tc = _axis(img.shape[1], size)
+def bilinear(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    """(H, W, C) float -> (height, width, C), upsampling only (Pillow's filter widens
+    downward)."""
+    r0, r1, tr = _axis(img.shape[0], hw[0])
+    c0, c1, tc = _axis(img.shape[1], hw[1])
     rows = img[r0] * (1 - tr)[:, None, None] + img[r1] * tr[:, None, None]
     return rows[:, c0] * (1 - tc)[None, :, None] + rows[:, c1] * tc[None, :, None]
 
 
-def nearest(img: np.ndarray, size: int) -> np.ndarray:
-    r = ((np.arange(size) + 0.5) * img.shape[0] / size).astype(int)
-    c = ((np.arange(size) + 0.5) * img.shape[1] / size).astype(int)
+def nearest(img: np.ndarray, hw: tuple[int, int]) -> np.ndarray:
+    r = ((np.arange(hw[0]) + 0.5) * img.shape[0] / hw[0]).astype(int)
+    c = ((np.arange(hw[1]) + 0.5) * img.shape[1] / hw[1]).astype(int)
     return img[np.ix_(r, c)]
 
 
 def reference(img: np.ndarray, pre: Preprocess) -> np.ndarray:
-    """One image -> (size, size, channels) float64 on the display scale, by the docstring."""
+    """One image -> (height, width, channels) float64 on the display scale, by the docstring."""
     x = img[..., None] if img.ndim == 2 else img
     top = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 2.0**pre.uint16_bits - 1}
     x = x[..., :3].astype(np.float64) * (255.0 / top.get(x.dtype, 255.0))
     if x.shape[-1] == 3 and pre.channels == 1:
         x = 0.299 * x[..., :1] + 0.587 * x[..., 1:2] + 0.114 * x[..., 2:3]
-    if x.shape[:2] != (pre.size, pre.size):
-        x = (bilinear if pre.resize == "bilinear" else nearest)(x, pre.size)
+    hw = (pre.size, pre.size) if isinstance(pre.size, int) else pre.size
+    if x.shape[:2] != hw:
+        x = (bilinear if pre.resize == "bilinear" else nearest)(x, hw)
     return np.repeat(x, pre.channels // x.shape[-1], axis=-1)
 
 
@@ -61,25 +63,35 @@ def _images() -> dict[str, np.ndarray]:
     }
 
 
+SIZES = [8, (16, 24)]  # square, and [height, width] (multiples of 8: no nearest-pixel ties)
+
+
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("resize", ["bilinear", "nearest"])
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("name", list(_images()))
-def test_prepare_equals_a_numpy_recount(name: str, channels: int, resize: str) -> None:
-    pre = Preprocess(8, channels, "NHWC", 1.0, (0.0,), (1.0,), "float32", resize, uint16_bits=12)
+def test_prepare_equals_a_numpy_recount(
+    name: str, channels: int, resize: str, size: int | tuple[int, int]
+) -> None:
+    pre = Preprocess(size, channels, "NHWC", 1.0, (0.0,), (1.0,), "float32", resize, uint16_bits=12)
     img = _images()[name]
     got = pre.prepare(img)
-    assert got.dtype == np.float32 and got.shape == (8, 8, channels)
+    hw = (size, size) if isinstance(size, int) else size
+    assert got.dtype == np.float32 and got.shape == (*hw, channels)
     np.testing.assert_allclose(got, reference(img, pre), atol=1e-3)
 
 
+@pytest.mark.parametrize("size", SIZES)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 @pytest.mark.parametrize("layout", ["NCHW", "NHWC"])
 @pytest.mark.parametrize("channels", [1, 3])
 @pytest.mark.parametrize("name", list(_images()))
-def test_tensor_equals_a_numpy_recount(name: str, channels: int, layout: str, dtype: str) -> None:
+def test_tensor_equals_a_numpy_recount(
+    name: str, channels: int, layout: str, dtype: str, size: int | tuple[int, int]
+) -> None:
     img = _images()[name]
     pre = Preprocess(
-        8, channels, layout, 1 / 255, MEAN[:channels], STD[:channels], dtype, uint16_bits=12
+        size, channels, layout, 1 / 255, MEAN[:channels], STD[:channels], dtype, uint16_bits=12
     )
     batch = np.stack([img, img[::-1].copy()])
     x = pre(batch)
@@ -147,3 +159,16 @@ def test_json_round_trips_every_field(tmp_path: Path) -> None:
     plain = Preprocess(32, 1, "NCHW", 1.0, (0.5,), (0.5,), "float32")
     (tmp_path / "q.json").write_text(plain.to_json())
     assert Preprocess.from_json(tmp_path / "q.json") == plain  # dicom_window None stays None
+
+
+def test_a_height_width_size_round_trips_as_a_pair(tmp_path: Path) -> None:
+    pre = Preprocess((24, 40), 1, "NCHW", 1.0, (0.5,), (0.5,), "float32")
+    (tmp_path / "p.json").write_text(pre.to_json())
+    assert json.loads(pre.to_json())["size"] == [24, 40]  # [height, width], as in the config
+    back = Preprocess.from_json(tmp_path / "p.json")
+    assert back == pre and back.size == (24, 40) and back.hw == (24, 40)
+    assert back.input_shape(2) == (2, 1, 24, 40)
+    nhwc = Preprocess((24, 40), 3, "NHWC", 1.0, (0.5,), (0.5,), "float32")
+    assert nhwc.input_shape(1) == (1, 24, 40, 3) and Preprocess(
+        7, 1, "NCHW", 1, (0,), (1,), "float32"
+    ).hw == (7, 7)
