@@ -59,21 +59,43 @@ def black_png() -> bytes:
     return buf.getvalue()
 
 
+def bundle_code(root: Path, target: str = "cpu_onnxruntime") -> None:
+    """The shipped code files and `target`'s runtime.py in a new bundle folder."""
+    root.mkdir(parents=True)
+    for name in ("predict.py", "selftest.py", "integrity.py", "ort_session.py", "preprocess.py"):
+        shutil.copy(SHIPPED / name, root / name)
+    shutil.copy(TARGETS_DIR / target / "runtime.py", root / "runtime.py")
+
+
+def seal(root: Path) -> None:
+    """manifest.json listing every file of the bundle with its sha256, as a build writes it."""
+    (root / "manifest.json").unlink(missing_ok=True)
+    files = {
+        p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "size": p.stat().st_size}
+        for p in sorted(root.iterdir())
+    }
+    manifest = {"name": "tiny", "version": "1.0.0", "target": "cpu-onnxruntime", "files": files}
+    (root / "manifest.json").write_text(json.dumps(manifest | {"precision": "fp32"}))
+
+
 def make_bundle(
-    root: Path, got: list[float], golden: list[float], threshold: float, fixed: int | None = None
+    root: Path,
+    got: list[float],
+    golden: list[float],
+    threshold: float,
+    fixed: int | None = None,
+    formats: tuple[str, ...] = ("png",),
+    target: str = "cpu_onnxruntime",
 ) -> Path:
     """A bundle whose runtime returns P(positive) = `got` for each case (the inputs are the
     probabilities) against the recorded `golden` ones, then one raw file: a black 1x1 PNG,
     P(positive) 0 both times (the case after the others)."""
-    root.mkdir(parents=True)
-    for name in ("predict.py", "selftest.py", "integrity.py", "ort_session.py", "preprocess.py"):
-        shutil.copy(SHIPPED / name, root / name)
-    shutil.copy(TARGETS_DIR / "cpu_onnxruntime" / "runtime.py", root / "runtime.py")
+    bundle_code(root, target)
     positive_is_the_pixel(root / "model.onnx", fixed)
-    pre = Preprocess(1, 1, "NCHW", 1 / 255, (0.0,), (1.0,), "float32", formats=("png",))
+    pre = Preprocess(1, 1, "NCHW", 1 / 255, (0.0,), (1.0,), "float32", formats=formats)
     (root / "preprocess.json").write_text(pre.to_json())
     runtime = {
-        "runner_options": {"model": "model.onnx"},
+        "runner_options": {"model": "model.onnx", "precision": "fp32"},
         "threshold": threshold,
         "output": "probabilities",
         "fixed_batch": fixed,
@@ -93,12 +115,7 @@ def make_bundle(
         raw_kinds=np.array(["png"]),
         raw_probs=np.array([[1.0, 0.0]], np.float32),
     )
-    files = {
-        p.name: {"sha256": hashlib.sha256(p.read_bytes()).hexdigest(), "size": p.stat().st_size}
-        for p in sorted(root.iterdir())
-    }
-    manifest = {"name": "tiny", "version": "1.0.0", "target": "cpu-onnxruntime", "files": files}
-    (root / "manifest.json").write_text(json.dumps(manifest | {"precision": "fp32"}))
+    seal(root)
     return root
 
 
@@ -272,12 +289,7 @@ def rewrite_golden(bundle: Path, **arrays: np.ndarray | None) -> None:
         else:
             data[k] = v
     np.savez(bundle / "selftest.npz", **data)
-    manifest = json.loads((bundle / "manifest.json").read_text())
-    manifest["files"]["selftest.npz"] = {
-        "sha256": hashlib.sha256((bundle / "selftest.npz").read_bytes()).hexdigest(),
-        "size": (bundle / "selftest.npz").stat().st_size,
-    }
-    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    seal(bundle)
 
 
 def test_an_unreadable_image_file_fails_the_preprocessing_check(

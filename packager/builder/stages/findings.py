@@ -85,5 +85,5 @@ def by_finding(
     if reference is not None:  # an image flips when any finding's decision does
         pos, thr = cfg.labels.operating_points()
         worst.flipped = flipped(probs, reference, pos, thr)
-        worst.max_abs_diff = float(np.max(np.abs(probs - reference))) if len(probs) else 0.0
+        worst.max_abs_diff = float(np.max(np.abs(probs - reference)))
     return name, worst, worst_ev, checks, per
