@@ -277,3 +277,26 @@ def test_an_unknown_custom_metric_with_none_installed() -> None:
     g = from_dict(GatesConfig, {"custom": {"no_such": {"min": 0.5}}}, "gates")
     with pytest.raises(UserError, match=r"of that name \(none installed\); install"):
         check_custom(g)
+
+
+@pytest.mark.parametrize(
+    ("positives", "verdict"),
+    [(20, "pass"), (19, "insufficient evidence"), (0, "insufficient evidence"), (400, "pass")],
+)
+def test_min_finding_positives_at_its_limit(positives: int, verdict: str) -> None:
+    from packager.core.gates import finding_positives
+
+    line = finding_positives(positives, GatesConfig()).to_dict()  # the default limit, 20
+    assert (line["name"], line["value"], line["limit"]) == ("min_finding_positives", positives, 20)
+    assert line["verdict"] == verdict and line["passed"] == (verdict == "pass")
+    assert line["decided_on"] == "point"
+    if verdict == "pass":
+        assert line["reason"] == ""
+    else:
+        assert line["reason"] == (
+            f"insufficient evidence: {positives} positive images, fewer than 20; add positives "
+            "to the validation data or lower min_finding_positives ([gates], or per finding in "
+            "[gates.findings.<name>])"
+        )
+    own = finding_positives(5, GatesConfig(min_finding_positives=5)).to_dict()
+    assert own["verdict"] == "pass" and own["limit"] == 5
