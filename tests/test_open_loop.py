@@ -15,69 +15,41 @@ import pytest
 
 from packager.runtime.openloop import MAX_DROP_SHARE, WARM_CALLS, arrivals, search, serve
 from tests.conftest import Result, bundle_dir
+from tests.queueing import VirtualClock, simulate
 
-
-class VirtualClock:
-    """Time that moves only when the loop sleeps or the 'runtime' works."""
-
-    def __init__(self, service: Callable[[int], float]) -> None:
-        self.now, self.service, self.batches = 0.0, service, []
-
-    def clock(self) -> float:
-        return self.now
-
-    def sleep(self, s: float) -> None:
-        self.now += s
-
-    def infer(self, b: int) -> None:
-        self.batches.append(b)
-        self.now += self.service(b)
-
-
-def simulate(
-    schedule: list[float], service: Callable[[int], float], max_batch: int, delay: float
-) -> tuple[list[float], list[int]]:
-    """The same server written as a queue: when free at `free`, the next batch starts at
-    max(free, first arrival), waits until the batch is full or `delay` after its first
-    arrival, and takes everyone who has arrived by then."""
-    lat, batches, free, i = [0.0] * len(schedule), [], 0.0, 0
-    while i < len(schedule):
-        start = max(free, schedule[i])
-        last = min(i + max_batch, len(schedule)) - 1
-        if schedule[last] > start:
-            start = max(start, min(schedule[i] + delay, schedule[last]))
-        j = i
-        while j < len(schedule) and j - i < max_batch and schedule[j] <= start:
-            j += 1
-        free = start + service(j - i)
-        for k in range(i, j):
-            lat[k] = free - schedule[k]
-        batches.append(j - i)
-        i = j
-    return lat, batches
+MS = 2.0**-10  # about a millisecond; binary fractions of it keep the virtual clock exact
 
 
 @pytest.mark.parametrize(
     ("gap", "max_batch", "delay"),
-    [(1e-3, 1, 0.0), (0.5e-3, 1, 0.0), (0.5e-3, 4, 0.0), (0.3e-3, 8, 1e-3)],
+    [
+        (MS, 1, 0.0),
+        (MS / 2, 1, 0.0),
+        (MS / 2, 4, 0.0),
+        (MS * 5 / 16, 8, MS),
+        (2 * MS, 1, 0.0),  # idle between requests
+        (2 * MS, 4, 1.5 * MS),  # each batch waits max_delay for company that does not come
+        (MS, 4, 8 * MS),  # each batch waits until it is full
+        (MS, 1, MS),  # a batch of one is full at once: no waiting
+    ],
 )
 def test_latency_runs_from_the_scheduled_arrival_through_the_queue(
     gap: float, max_batch: int, delay: float
 ) -> None:
-    """Requests every `gap` s, 1 ms + 0.1 ms per extra sample of service: past capacity the
+    """Requests every `gap` s, 1 ms + 1/8 ms per extra sample of service: past capacity the
     queue grows and every request's latency includes its wait (no coordinated omission)."""
     schedule = np.arange(200) * gap
 
     def service(b: int) -> float:
-        return 1e-3 + 1e-4 * (b - 1)
+        return MS + MS / 8 * (b - 1)
 
     vc = VirtualClock(service)
     lat, dropped = serve(vc.infer, schedule, max_batch, delay, 1e9, vc.clock, vc.sleep)
-    want, batches = simulate(list(schedule), service, max_batch, delay)
+    want, batches, _ = simulate(list(schedule), service, max_batch, delay)
     assert dropped == 0 and vc.batches == batches
     np.testing.assert_allclose(lat, want, atol=1e-9)
-    if max_batch == 1 and gap < 1e-3:  # overloaded: the last request waited for all before it
-        assert lat[-1] == pytest.approx(200 * 1e-3 - 199 * gap, abs=1e-9)
+    if max_batch == 1 and gap < MS:  # overloaded: the last request waited for all before it
+        assert lat[-1] == pytest.approx(200 * MS - 199 * gap, abs=1e-9)
 
 
 def test_requests_still_queued_at_the_cutoff_are_dropped() -> None:

@@ -92,11 +92,14 @@ def point(
     max_batch: int,
     max_delay: float,
     seed: int,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = precise_sleep,
 ) -> dict[str, Any]:
-    """One offered rate: achieved rate, latency percentiles (ms) of served requests, drops."""
+    """One offered rate: achieved rate, latency percentiles (ms) of served requests, drops.
+    `clock` and `sleep` as in serve()."""
     schedule = arrivals(rate, seconds, seed)
     cutoff = 2 * seconds + 1.0  # an overloaded server's backlog is cut here and counted dropped
-    lat, dropped = serve(infer, schedule, max_batch, max_delay, cutoff)
+    lat, dropped = serve(infer, schedule, max_batch, max_delay, cutoff, clock, sleep)
     ms = lat * 1e3
     q = (lambda p: float(np.percentile(ms, p))) if len(ms) else (lambda p: None)
     return {
@@ -128,15 +131,20 @@ def warm(infer: Callable[[int], Any], sizes: list[int], calls: int = WARM_CALLS)
             infer(b)
 
 
-def saturation(infer: Callable[[int], Any], max_batch: int, seconds: float) -> float:
+def saturation(
+    infer: Callable[[int], Any],
+    max_batch: int,
+    seconds: float,
+    clock: Callable[[], float] = time.perf_counter,
+) -> float:
     """Closed-loop samples/s at max_batch: the ceiling any open-loop rate can reach."""
     for _ in range(3):
         infer(max_batch)
-    calls, t0 = 0, time.perf_counter()
-    while time.perf_counter() - t0 < seconds or calls < 5:
+    calls, t0 = 0, clock()
+    while clock() - t0 < seconds or calls < 5:
         infer(max_batch)
         calls += 1
-    return max_batch * calls / (time.perf_counter() - t0)
+    return max_batch * calls / (clock() - t0)
 
 
 def search(
@@ -148,9 +156,12 @@ def search(
     seconds: float,
     rates: list[float] | None = None,
     fixed_batch: int | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    sleep: Callable[[float], None] = precise_sleep,
 ) -> dict[str, Any]:
     """The highest offered rate whose p95 latency meets the SLA (max_rate), found on a ladder
-    of shares of closed-loop saturation and refined by bisection; or the given `rates`."""
+    of shares of closed-loop saturation and refined by bisection; or the given `rates`.
+    `clock` and `sleep` as in serve()."""
     if fixed_batch:
         max_batch = fixed_batch
     inputs = {b: batch_of(sample, fixed_batch or b) for b in range(1, max_batch + 1)}
@@ -160,12 +171,12 @@ def search(
 
     # A fixed-batch model sees one input shape whatever the batcher forms.
     warm(infer, [max_batch] if fixed_batch else list(range(1, max_batch + 1)))
-    sat = saturation(infer, max_batch, min(seconds, 1.0))
+    sat = saturation(infer, max_batch, min(seconds, 1.0), clock)
     delay = max_delay_ms / 1e3
     points: list[dict[str, Any]] = []
 
     def run(rate: float) -> bool:
-        points.append(point(infer, rate, seconds, max_batch, delay, seed=len(points)))
+        points.append(point(infer, rate, seconds, max_batch, delay, len(points), clock, sleep))
         return meets(points[-1], sla_ms)
 
     if rates:
