@@ -421,3 +421,24 @@ def test_a_corrupt_entry_names_the_files_that_differ(tmp_path: Path) -> None:
     assert str(record[0].message).endswith(
         "(files differ from index.json: ['sub/calib.json', 'x1', 'x2']); removed it, rebuilding"
     )
+
+
+def test_prune_survives_a_temporary_folder_renamed_in_place_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A put renames its .tmp- folder into place between prune's listing and its look at the
+    folder's age: prune goes on (no FileNotFoundError), and an old leftover is still removed."""
+    cache = Cache(tmp_path)
+    old = tmp_path / ".tmp-old"
+    old.mkdir()
+    os.utime(old, (time.time() - 2 * 86400,) * 2)
+    gone = tmp_path / ".tmp-renamed"  # listed, then gone before its stat
+    listing = Path.glob
+
+    def glob(self: Path, pattern: str) -> Iterator[Path]:
+        found = list(listing(self, pattern))
+        return iter([gone, *found] if pattern.startswith(".tmp-") else found)
+
+    monkeypatch.setattr(Path, "glob", glob)
+    cache.prune(older_than_days=1)
+    assert not old.exists()

@@ -18,6 +18,7 @@ touches index.json, whose mtime is the last use that `prune` orders by.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -36,7 +37,12 @@ from typing import Any
 
 from packager.core.errors import UserError
 
-KINDS = ("conversion", "calibration", "validation", "benchmark")  # in use; any plain lowercase name is allowed
+KINDS = (
+    "conversion",
+    "calibration",
+    "validation",
+    "benchmark",
+)  # in use; any plain lowercase name is allowed
 INDEX = "index.json"
 FILES = "files"
 TMP_PREFIX = ".tmp-"
@@ -192,8 +198,9 @@ class Cache:
             with self._lock(e.kind, e.key, exclusive=True):
                 self._remove(self._folder(e.kind, e.key))
         for tmp in self.root.glob(TMP_PREFIX + "*"):  # left by a killed build, a day ago or more
-            if tmp.stat().st_mtime < now - 86400:
-                shutil.rmtree(tmp, ignore_errors=True)
+            with contextlib.suppress(FileNotFoundError):  # a concurrent put renamed it in place
+                if tmp.stat().st_mtime < now - 86400:
+                    shutil.rmtree(tmp, ignore_errors=True)
         return doomed
 
     def clear(self) -> int:
