@@ -56,17 +56,10 @@ def untrained_model(dest: Path) -> Path:
 
 
 def toml_text(cfg: dict[str, Any]) -> str:
-    """TOML for a two-level table of scalars and lists (JSON literals are valid TOML there)."""
-    lines = []
-    for section, table in cfg.items():
-        if isinstance(table, dict) and all(isinstance(v, dict) for v in table.values()):
-            for sub, values in table.items():
-                lines.append(f"[{section}.{sub}]")
-                lines += [f"{k} = {json.dumps(v)}" for k, v in values.items()]
-        else:
-            lines.append(f"[{section}]")
-            lines += [f"{k} = {json.dumps(v)}" for k, v in table.items()]
-    return "\n".join(lines) + "\n"
+    """The config as TOML (tomli-w: nested tables such as [model.card] included)."""
+    import tomli_w
+
+    return tomli_w.dumps(cfg)
 
 
 def packager_build(config: Path, out: Path, targets: list[str], int8: bool) -> dict[str, dict]:

@@ -36,6 +36,7 @@ def test_defaults_follow_the_contract() -> None:
         ({"gates": {"min_finding_positives": 0}}, ["min_finding_positives"]),
         ({"bench": {"reuse": "sometimes"}}, ["bench.reuse", "quiet"]),
         ({"preprocess": {"size": [224, 224, 1]}}, ["preprocess.size", "[height, width]"]),
+        ({"preprocess": {"size": [224, 0]}}, ["preprocess.size", "between 1 and 4096"]),
     ],
 )
 def test_bad_keys_and_types_name_the_key(data: dict, words: list[str]) -> None:
