@@ -155,3 +155,41 @@ def test_predict_all_batches_and_trims_padding(
     assert runner.calls == calls
     assert out.dtype == np.float32 and out.shape == (10, 2)
     np.testing.assert_allclose(out, np.tanh(x.astype(np.float64) @ runner.w), atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("configured", "softmax", "kind"),
+    [
+        ("auto", False, "sigmoid-logits"),  # a multi-label model's logits: a sigmoid each
+        ("logits", True, "sigmoid-logits"),
+        ("auto", True, "probabilities"),
+        ("probabilities", False, "probabilities"),
+    ],
+)
+def test_output_kind_of_a_multilabel_model(configured: str, softmax: bool, kind: str) -> None:
+    labels = {"task": "multilabel", "names": ["a", "b"], "output": configured}
+    assert output_kind(_cfg(labels=labels), softmax) == kind
+
+
+def test_finite_outputs_is_decided_on_every_score() -> None:
+    c = clinical(_two(np.array([0.2, 0.8])), np.array([0, 1]), 1, 0.5)
+    fin = gate_checks(c, _cfg(), False)[0].to_dict()
+    assert (fin["name"], fin["decided_on"]) == ("finite_outputs", "every output")
+
+
+def test_custom_metric_lines_are_clinical() -> None:
+    assert is_clinical_gate("custom:balanced_accuracy:min")
+    assert not is_clinical_gate("xcustom:balanced_accuracy:min")
+    # the name's first "[" ends the gate: a subgroup value may itself hold "[" and "]"
+    assert is_clinical_gate("min_sensitivity[finding=a][site=B[1]]")
+    assert not is_clinical_gate("min_sensitivityx[site=B]")
+
+
+def test_evaluate_names_the_classes_in_the_confusion() -> None:
+    cfg = _cfg(labels={"names": ["normal", "pneumonia", "covid"], "positive": "covid"})
+    scores = np.array([[0.8, 0.1, 0.1], [0.1, 0.8, 0.1], [0.1, 0.1, 0.8], [0.7, 0.2, 0.1]])
+    labels = np.array([0, 1, 2, 1])
+    _, c = evaluate(scores, labels, cfg, "probabilities", None)
+    want = clinical(scores, labels, 2, 0.5, None, ["normal", "pneumonia", "covid"])
+    assert c == want and c.classes is not None
+    assert list(c.classes) == ["normal", "pneumonia", "covid"]
