@@ -37,6 +37,7 @@ mutate: $(STAMP)
 	PACKAGER_TEST_DATA="$${PACKAGER_TEST_DATA:-$(CURDIR)/../shared/data/pneumoniamnist.npz}" \
 	  nice -n 10 $(BIN)/mutmut run --max-children 2 $(MUTANTS)
 	$(BIN)/mutmut results
+	$(BIN)/python scripts/mutation_scores.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
