@@ -2,7 +2,9 @@
 of "up to date".
 
 - conversion: the model, the target's typed Options, preprocessing, the calibration data, the
-  converter and runtime versions installed, packager's version and the target's own code.
+  converter, runtime and image decoder versions installed, packager's version and the target's
+  own code; of the config, what the conversion reads: [labels], [model] (its path aside), the
+  sensitivity drop INT8 accuracy control holds (each finding's too).
 - validation: the bundle's files as converted and installed (artifact, code, runtime.json), the
   validation data, the config the gates and evidence read, the runtime versions and packager's
   code. Reused only when all of them are byte-identical.
@@ -29,11 +31,16 @@ from packager.core.target import Target
 from packager.core.version import __version__
 from packager.shipped.integrity import file_sha256
 
-# Every converter and runtime a target may use: a change of any one invalidates all keys
-# (coarse, never wrong).
+# Every converter, runtime and image decoder a build may use: a change of any one invalidates
+# all keys (coarse, never wrong). The data hashes are of the files, so the decoders that turn
+# them into pixels are versioned here.
 DISTRIBUTIONS = (
     "numpy",
     "pillow",
+    "pydicom",
+    "pylibjpeg",  # with its two plugins: compressed DICOM (preprocess.DICOM_DECODERS)
+    "pylibjpeg-libjpeg",
+    "pylibjpeg-openjpeg",
     "onnx",
     "onnxruntime",
     "onnxruntime-gpu",
@@ -43,6 +50,7 @@ DISTRIBUTIONS = (
     "coremltools",
     "torch",
     "tensorrt",
+    "cuda-python",  # the engine's buffers, with tensorrt (gpu-tensorrt's requirements)
     "scipy",
     "scikit-learn",
     "statsmodels",
@@ -84,15 +92,11 @@ def options_dict(opts: Any) -> dict[str, Any]:
 
 def calibration_sha256(s: Session) -> str:
     """The data file's sha256; for a folder, the calibration split's own hash (it is read)."""
-    path = Path(s.cfg.data.path)
-    if path.is_file():
-        return _file_sha256(path)
+    if Path(s.cfg.data.path).is_file():
+        # the npz's hash as this session read it: a cache by path would go stale when the file
+        # is rewritten between two builds of one process (the Python API)
+        return s.validation.sha256
     return s.dataset(s.cfg.data.calibration_split).sha256
-
-
-@cache
-def _file_sha256(path: Path) -> str:
-    return file_sha256(path)
 
 
 def conversion_key(s: Session, t: Target, opts: Any) -> str:
@@ -113,9 +117,15 @@ def conversion_key(s: Session, t: Target, opts: Any) -> str:
             # what a conversion reads of the config (BuildContext): labels and [model] (Core ML
             # metadata, Triton names), and the one gate INT8 accuracy control holds; the other
             # gates only decide validation, so changing them re-validates without converting
+            # (a multi-label model's accuracy control holds each finding to its own limit)
             "labels": dataclasses.asdict(cfg.labels),
             "model": dataclasses.asdict(cfg.model) | {"path": None},
             "max_sensitivity_drop": cfg.gates.max_sensitivity_drop,
+            "finding_max_sensitivity_drop": {
+                name: over["max_sensitivity_drop"]
+                for name, over in cfg.gates.findings.items()
+                if "max_sensitivity_drop" in over
+            },
             "versions": versions(),
             "packager": __version__,
             "code": code_sha256(type(t)),
