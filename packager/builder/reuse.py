@@ -114,7 +114,7 @@ def bench(
         state.step("benchmark", StepStatus.ok, f"reused from {reused}")
         state.notes.append(
             f"Benchmark reused from {reused} (same bundle files, [bench], images and host "
-            "kind); --no-cache or [bench] reuse = \"never\" measures again."
+            'kind); --no-cache or [bench] reuse = "never" measures again.'
         )
         s.progress.say(f"[{t.name}] benchmark reused from cache {key[:16]} ({hit.created})")
         return hit.meta["benchmark"] | {"reused": reused}
