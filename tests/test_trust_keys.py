@@ -260,10 +260,14 @@ def test_the_calibration_hash_of_a_folder_is_its_calibration_splits_own(
     val = session(data={"path": str(folder), "calibration_split": "val"})
     assert inputs.calibration_sha256(val) == folder_hash(folder / "val")
     key = conversion(s)
-    Image.new("L", (28, 28), 7).save(next((folder / "test" / "normal").iterdir()))
-    assert conversion(session(data={"path": str(folder)})) == key  # the validation split
+    Image.new("L", (28, 28), 7).save(next((folder / "val" / "normal").iterdir()))
+    assert conversion(session(data={"path": str(folder)})) == key  # a split nobody reads
     Image.new("L", (28, 28), 7).save(next((folder / "train" / "normal").iterdir()))
-    assert conversion(session(data={"path": str(folder)})) != key
+    calibrated = conversion(session(data={"path": str(folder)}))
+    assert calibrated != key
+    # the validation split too: a conversion may read it (Core ML's translation check)
+    Image.new("L", (28, 28), 7).save(next((folder / "test" / "normal").iterdir()))
+    assert conversion(session(data={"path": str(folder)})) not in (key, calibrated)
 
 
 # --- the keys, recomputed from their documented parts ----------------------------------------
@@ -291,6 +295,8 @@ def conversion_parts(s: Session, root: Path, t: Any) -> dict[str, Any]:
             "size": 300,
             "seed": 0,
         },
+        "validation": validation_data(root),
+        "splits": {},
         "labels": dataclasses.asdict(s.cfg.labels),
         "model": model | {"path": None, "card": card},
         "max_sensitivity_drop": s.cfg.gates.max_sensitivity_drop,
@@ -409,7 +415,7 @@ def keys(s: Session) -> dict[str, str]:
 
 
 # For each config change, the keys it must change (the others must stay): conversion reads the
-# card, labels, preprocessing, calibration and its one gate; validation the labels, gates, [data]
+# card, labels, preprocessing, calibration, the validation split and its one gate; validation the labels, gates, [data]
 # and preprocessing; a benchmark [bench] but `reuse`, and the images it feeds; inputs all of it
 # but the output folder.
 CHANGES = [
@@ -421,7 +427,7 @@ CHANGES = [
     *[(n, c, {"conversion", "validation", "inputs"}) for n, c in CALIBRATION.items()],
     *[(n, c, {"conversion", "validation", "inputs"}) for n, c in DROP.items()],
     *[(n, c, {"validation", "inputs"}) for n, c in (GATE | DATA).items()],
-    *[(n, c, {"validation", "benchmark", "inputs"}) for n, c in SPLIT.items()],
+    *[(n, c, {"conversion", "validation", "benchmark", "inputs"}) for n, c in SPLIT.items()],
     *[(n, c, {"benchmark", "inputs"}) for n, c in BENCH.items()],
     *[(n, c, {"inputs"}) for n, c in REUSE.items()],
     ("[targets] table", {"targets": {"edge-ort": {"threads": 2}}}, {"inputs"}),
@@ -516,3 +522,20 @@ def test_a_findings_own_sensitivity_drop_decides_its_conversion(root: Path, tmp_
     drops = [key({"bright": {"max_sensitivity_drop": d}}) for d in (0.02, 0.1)]
     drops.append(key({"upper": {"max_sensitivity_drop": 0.02}}))
     assert len({base, *drops}) == 4
+
+
+def test_the_splits_a_target_reads_decide_its_conversion(session: Open, root: Path) -> None:
+    """OpenVINO's INT8 accuracy control reads its control split: that split's own hash is a
+    part of the key (for an image folder, the calibration split's hash would not cover it)."""
+    ov = get("cpu-openvino")
+    s = session()
+    control = ov.Options(precision="int8", int8_mode="accuracy-control", control_split="val")
+    ptq = ov.Options(precision="int8")
+    assert ov.data_splits(ptq) == () and ov.data_splits(control) == ("val",)
+    want = conversion_parts(s, root, ov) | {
+        "options": dataclasses.asdict(control),
+        "splits": {"val": s.dataset("val").sha256},
+    }
+    assert conversion(s, ov, control) == canonical(want)
+    other = dataclasses.replace(control, control_split="train")
+    assert conversion(s, ov, other) != conversion(s, ov, control)

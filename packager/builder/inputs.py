@@ -114,6 +114,11 @@ def conversion_key(s: Session, t: Target, opts: Any) -> str:
                 "size": cfg.data.calibration_size,
                 "seed": cfg.data.seed,
             },
+            # a conversion may read the validation images (Core ML's translation check,
+            # edge-ort's shape check) and other splits its target names (OpenVINO's control
+            # split): each by its own hash, whatever the calibration split's is
+            "validation": {"sha256": s.validation.sha256, "split": cfg.data.split},
+            "splits": {name: s.dataset(name).sha256 for name in t.data_splits(opts)},
             # what a conversion reads of the config (BuildContext): labels and [model] (Core ML
             # metadata, Triton names), and the one gate INT8 accuracy control holds; the other
             # gates only decide validation, so changing them re-validates without converting

@@ -314,6 +314,11 @@ class Target(ABC):
         """Target-specific follow-up on the cross-checks that ran, given their outputs and the
         validated probabilities (a report file in the bundle, notes on a result); runs nothing."""
 
+    def data_splits(self, options: Any) -> tuple[str, ...]:
+        """Data splits the conversion reads besides the calibration and validation splits
+        (BuildContext.dataset): their hashes go into the conversion's cache key."""
+        return ()
+
     def search_space(self, options: Any) -> list[Candidate]:
         """The candidates a precision search tries, in order (search_option names the field)."""
         return []

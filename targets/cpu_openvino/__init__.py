@@ -104,6 +104,10 @@ class CpuOpenVino(Target):
             return status
         return frontend_check(model)
 
+    def data_splits(self, options: Any) -> tuple[str, ...]:
+        accuracy_control = options.precision == "int8" and options.int8_mode == "accuracy-control"
+        return (options.control_split,) if accuracy_control else ()
+
     def build(self, ctx: BuildContext, stage: Path) -> BuildOutput:
         import openvino as ov
 
