@@ -2,6 +2,7 @@
 of "up to date".
 
 - conversion: the model, the target's typed Options, preprocessing, the calibration data, the
+  validation split and any other split the target's conversion reads (Target.data_splits), the
   converter, runtime and image decoder versions installed, packager's version and the target's
   own code; of the config, what the conversion reads: [labels], [model] (its path aside), the
   sensitivity drop INT8 accuracy control holds (each finding's too).
