@@ -19,8 +19,18 @@ from sklearn.metrics import roc_curve as sk_roc_curve
 from statsmodels.stats.proportion import proportion_confint
 
 from packager.core.config import parse_config
-from packager.core.metrics import clinical, roc_auc, roc_curve, to_probabilities, wilson
+from packager.core.metrics import (
+    auc_ci95,
+    clinical,
+    overlap,
+    predicted_classes,
+    roc_auc,
+    roc_curve,
+    to_probabilities,
+    wilson,
+)
 from packager.runtime.validate import gate_checks
+from tests.test_verdicts import bootstrap_pairs
 
 
 def _overlapping(
@@ -182,3 +192,54 @@ def test_non_finite_scores_tie_with_the_values_they_decide_as() -> None:
     assert c.reference_auc == roc_auc_score(y, read)
     assert c.auc_drop == roc_auc_score(y, read) - roc_auc_score(y, finite[:, 1])
     assert roc_auc_score(y, read) not in (0.5, 1.0)  # not a degenerate example
+
+
+def test_nan_ranks_lowest_among_the_other_classes() -> None:
+    """The class of an image below the positive threshold is the most probable other class;
+    a NaN probability ranks below every number, 0.0 included (expected classes by hand)."""
+    probs = np.array(
+        [
+            [np.nan, 0.0, 0.3],  # 0.0 beats NaN: class 1
+            [np.nan, 0.2, 0.1],  # class 1
+            [0.0, np.nan, 0.4],  # class 0
+            [0.3, np.nan, 0.6],  # viral at its threshold: 2
+        ]
+    )
+    assert predicted_classes(probs, 2, 0.5).tolist() == [1, 1, 0, 2]
+
+
+def test_auc_interval_of_a_small_sample_is_a_percentile_bootstrap() -> None:
+    """12 positives, 12 negatives, AUC 0.965: a skewed statistic, where a bias-corrected (BCa)
+    interval's lower bound lies about 0.07 below the percentile one. Against the plain
+    percentile loop of tests/test_verdicts.py with its own seed (Monte Carlo spread about
+    0.01 here), on 0/1 integer labels as well as booleans."""
+    rng = np.random.default_rng(3)
+    y = np.r_[np.ones(12, bool), np.zeros(12, bool)]
+    s = np.clip(np.where(y, 0.75, 0.3) + rng.normal(0, 0.15, 24), 0, 1)
+    assert roc_auc_score(y, s) == pytest.approx(0.9653, abs=1e-4)
+    want = bootstrap_pairs(y, s, None)
+    assert auc_ci95(y, s) == pytest.approx(want, abs=0.03)
+    assert auc_ci95(y.astype(int), s) == auc_ci95(y, s)
+    # the drop against a reference that ranks the images alike is 0 in every resample
+    assert auc_ci95(y, s, s**2) == (0.0, 0.0)
+    # one class absent: no interval (a bootstrap could not resample it)
+    assert auc_ci95(y[:12], s[:12]) is None and auc_ci95(~y[:12], s[:12], s[:12]) is None
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "shared"),
+    [
+        ([0.1, 0.3], [0.3, 0.5], True),  # touching, either order
+        ([0.3, 0.5], [0.1, 0.3], True),
+        ([0.1, 0.5], [0.2, 0.3], True),  # one inside the other, either order
+        ([0.2, 0.3], [0.1, 0.5], True),
+        ([0.1, 0.3], [0.31, 0.5], False),  # apart, either order
+        ([0.5, 0.6], [0.1, 0.3], False),
+        (None, [0.1, 0.3], False),  # a missing interval ties with nothing
+        ([0.1, 0.3], None, False),
+    ],
+)
+def test_intervals_overlap_when_they_share_a_point(
+    a: list[float] | None, b: list[float] | None, shared: bool
+) -> None:
+    assert overlap(a, b) is shared
