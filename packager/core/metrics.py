@@ -199,7 +199,7 @@ def clinical(
         if out.auc is not None and out.reference_auc is not None:
             out.auc_drop = out.reference_auc - out.auc
         out.flipped = flipped(probs, reference, positive, threshold)
-        out.max_abs_diff = float(np.max(np.abs(p - ref))) if len(p) else 0.0
+        out.max_abs_diff = float(np.max(np.abs(p - ref)))
     return out
 
 
