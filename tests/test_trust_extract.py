@@ -328,3 +328,14 @@ def test_an_extraction_that_fails_is_one_line(tmp_path: Path) -> None:
         UserError, match=f"^{tar}: cannot extract \\(.+\\); the tarball is damaged$"
     ):
         safe_extract(tar, into)
+
+
+def test_a_refused_listing_is_a_one_line_user_error_naming_the_file(tmp_path: Path) -> None:
+    from packager.builder.bundle import listing
+    from packager.core.errors import UserError
+
+    (tmp_path / "model.onnx").write_bytes(b"x")
+    (tmp_path / "link").symlink_to(tmp_path / "model.onnx")
+    with pytest.raises(UserError) as err:
+        listing(tmp_path)
+    assert str(err.value) == f"{tmp_path / 'link'} is a link; bundles hold plain files only"
