@@ -74,6 +74,8 @@ def test_side_by_side_in_every_format(rel: Releases, cli: Callable[..., Result])
     assert md.code == 0, md.stderr
     row = next(line for line in md.stdout.splitlines() if line.startswith(f"| {TARGET} |"))
     assert f"{100 * c['sensitivity']:.2f}%" in row
+    lo, hi = (f"{100 * v:.2f}%" for v in c["specificity_ci95"])
+    assert f"| {100 * c['specificity']:.2f}% \\({lo}–{hi}\\) |" in row
     # A shaky timing carries its marks (this busy host may well set them): read from the report.
     b1 = b["batches"][0]
     on = [("unstable", b1["stable"] is False), ("busy host", b["host_state"]["noisy"])]

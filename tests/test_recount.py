@@ -45,6 +45,7 @@ def recount(bundle: Path, labels: np.ndarray) -> dict[str, Any]:
         "accuracy": (tp + tn) / len(labels),
         "auc": roc_auc_score(y, p),
         "sensitivity_ci95": proportion_confint(tp, tp + fn, alpha=0.05, method="wilson"),
+        "specificity_ci95": proportion_confint(tn, tn + fp, alpha=0.05, method="wilson"),
         "reference_sensitivity": ref_sens,
         "sensitivity_drop": ref_sens - sens,
         "flipped": np.flatnonzero(decide != ref_decide).tolist(),
@@ -66,6 +67,7 @@ def check_report(bundle: Path, labels: np.ndarray, gates: dict[str, float] = GAT
     assert got["auc"] == pytest.approx(want["auc"], abs=1e-12)
     assert got["max_abs_diff"] == pytest.approx(want["max_abs_diff"], abs=1e-12)
     assert got["sensitivity_ci95"] == pytest.approx(list(want["sensitivity_ci95"]), abs=1e-9)
+    assert got["specificity_ci95"] == pytest.approx(list(want["specificity_ci95"]), abs=1e-9)
     # The gates decide on these numbers, and the status follows the gates.
     checks = {c["name"]: c for c in report["gates"]["checks"]}
     expected = {

@@ -72,6 +72,8 @@ def test_clinical_with_fp_and_fn_equals_sklearn_and_statsmodels(
     assert c.auc == pytest.approx(roc_auc_score(truth, p), abs=1e-12)
     lo, hi = proportion_confint(tp, tp + fn, alpha=0.05, method="wilson")
     assert c.sensitivity_ci95 == pytest.approx((lo, hi), abs=1e-12)
+    lo, hi = proportion_confint(tn, tn + fp, alpha=0.05, method="wilson")
+    assert c.specificity_ci95 == pytest.approx((lo, hi), abs=1e-12)
     assert c.finite
 
 
@@ -173,6 +175,11 @@ def test_no_positives_fails_the_sensitivity_gate_closed() -> None:
     assert c.positives == 0 and c.auc is None
     checks = {ch.name: ch for ch in gate_checks(c, parse_config({}, Path.cwd()), False)}
     assert not checks["min_sensitivity"].passed, "no positive was seen: it cannot pass"
+    # With no negatives instead, specificity has no interval rather than Wilson's (0, 1).
+    ones = clinical(two, np.ones(20, int), 1, 0.5)
+    assert ones.specificity is None and ones.specificity_ci95 is None
+    want = proportion_confint(0, 20, alpha=0.05, method="wilson")  # every score is below 0.5
+    assert ones.sensitivity_ci95 == pytest.approx(want, abs=1e-12)
 
 
 def test_non_finite_scores_tie_with_the_values_they_decide_as() -> None:

@@ -152,6 +152,7 @@ class Clinical:
     auc_drop: float | None = None
     # Per class name: one class against the rest on the predicted class (predicted_classes).
     classes: dict[str, dict[str, int]] | None = None
+    specificity_ci95: tuple[float, float] | None = None  # None: no negatives
 
 
 def clinical(
@@ -178,6 +179,7 @@ def clinical(
         sensitivity=tp / n_pos if n_pos else 0.0,
         sensitivity_ci95=wilson(tp, n_pos),
         specificity=tn / n_neg if n_neg else None,
+        specificity_ci95=wilson(tn, n_neg) if n_neg else None,
         accuracy=(tp + tn) / len(labels),
         auc=roc_auc(y, p),
         confusion={"tp": tp, "fn": fn, "tn": tn, "fp": fp},

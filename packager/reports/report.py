@@ -104,6 +104,7 @@ def summarize(report: dict[str, Any]) -> dict[str, Any]:
         "sensitivity": c.get("sensitivity"),
         "sensitivity_ci95": c.get("sensitivity_ci95"),
         "specificity": c.get("specificity"),
+        "specificity_ci95": c.get("specificity_ci95"),
         "auc": c.get("auc"),
         "flips": len(flipped) if flipped is not None else None,
         "n": c.get("n"),
@@ -215,6 +216,10 @@ def _sens(r: dict[str, Any]) -> str:
     return f"{text}, lowest finding: {r['finding']}" if r.get("finding") else text
 
 
+def _spec(spec: float, ci: list[float] | None) -> str:
+    return f"{_pct(spec)} ({_pct(ci[0])}–{_pct(ci[1])})" if ci else _pct(spec)
+
+
 def _opt(key: str, show: Callable[[Any], str], none: str) -> Callable[[dict[str, Any]], str]:
     return lambda r: none if r[key] is None else show(r[key])
 
@@ -235,9 +240,13 @@ COLUMNS = (
     Column("sensitivity", "sensitivity (95% CI)", "clinical_gap", _sens, "higher"),
     Column(
         "specificity",
-        "specificity",
+        "specificity (95% CI)",
         "clinical_gap",
-        _opt("specificity", _pct, "n/a: no negatives"),
+        lambda r: (
+            "n/a: no negatives"
+            if r["specificity"] is None
+            else _spec(r["specificity"], r.get("specificity_ci95"))
+        ),
         "higher",
     ),
     Column("auc", "AUC", "clinical_gap", _opt("auc", "{:.4f}".format, "n/a: one class"), "higher"),
