@@ -297,6 +297,7 @@ def conversion_parts(s: Session, root: Path, t: Any) -> dict[str, Any]:
         },
         "validation": validation_data(root),
         "splits": {},
+        "host": {},
         "labels": dataclasses.asdict(s.cfg.labels),
         "model": model | {"path": None, "card": card},
         "max_sensitivity_drop": s.cfg.gates.max_sensitivity_drop,
@@ -539,3 +540,26 @@ def test_the_splits_a_target_reads_decide_its_conversion(session: Open, root: Pa
     assert conversion(s, ov, control) == canonical(want)
     other = dataclasses.replace(control, control_split="train")
     assert conversion(s, ov, other) != conversion(s, ov, control)
+
+
+def test_the_gpu_a_tensorrt_engine_is_built_for_decides_its_conversion(
+    session: Open, root: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A TensorRT engine runs on the GPU that built it only: a cache shared between hosts must
+    not hand one GPU's engine to another. The GPU's facts are a part of gpu-tensorrt's key; no
+    other target's key reads the GPU."""
+    import packager.targets.gpu_tensorrt as trt_target
+    from packager.targets.gpu_tensorrt.runtime import Gpu
+
+    trt, s = get("gpu-tensorrt"), session()
+    here = trt.conversion_host(trt.Options())
+    assert here == {"gpu": None}  # this host: no CUDA (the test suite runs on CPU hosts)
+    assert conversion(s, trt) == canonical(conversion_parts(s, root, trt) | {"host": here})
+    keys = {conversion(s, trt), conversion(s, EDGE)}
+    for name, cc in (("NVIDIA L4", "8.9"), ("NVIDIA A100", "8.0")):
+        gpu = Gpu(name, cc, 24000)
+        monkeypatch.setattr(trt_target, "cuda_host", lambda gpu=gpu: (gpu, ""))
+        facts = {"gpu": {"name": name, "compute_capability": cc, "memory_mb": 24000}}
+        assert trt.conversion_host(trt.Options()) == facts
+        keys |= {conversion(s, trt), conversion(s, EDGE)}
+    assert len(keys) == 4  # gpu-tensorrt: one key per GPU; edge-ort: one key whatever the GPU

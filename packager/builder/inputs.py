@@ -4,7 +4,8 @@ of "up to date".
 - conversion: the model, the target's typed Options, preprocessing, the calibration data, the
   validation split and any other split the target's conversion reads (Target.data_splits), the
   converter, runtime and image decoder versions installed, packager's version and the target's
-  own code; of the config, what the conversion reads: [labels], [model] (its path aside), the
+  own code; the host facts the target's conversion depends on (Target.conversion_host: the GPU
+  a TensorRT engine is built for); of the config, what the conversion reads: [labels], [model] (its path aside), the
   sensitivity drop INT8 accuracy control holds (each finding's too).
 - validation: the bundle's files as converted and installed (artifact, code, runtime.json), the
   validation data, the config the gates and evidence read, the runtime versions and packager's
@@ -120,6 +121,7 @@ def conversion_key(s: Session, t: Target, opts: Any) -> str:
             # split): each by its own hash, whatever the calibration split's is
             "validation": {"sha256": s.validation.sha256, "split": cfg.data.split},
             "splits": {name: s.dataset(name).sha256 for name in t.data_splits(opts)},
+            "host": t.conversion_host(opts),  # e.g. the GPU a TensorRT engine is built for
             # what a conversion reads of the config (BuildContext): labels and [model] (Core ML
             # metadata, Triton names), and the one gate INT8 accuracy control holds; the other
             # gates only decide validation, so changing them re-validates without converting

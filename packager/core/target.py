@@ -319,6 +319,11 @@ class Target(ABC):
         (BuildContext.dataset): their hashes go into the conversion's cache key."""
         return ()
 
+    def conversion_host(self, options: Any) -> dict[str, Any]:
+        """Facts of this host that a conversion's result depends on (a TensorRT engine is built
+        for one GPU): they go into the conversion's cache key. Most conversions depend on none."""
+        return {}
+
     def search_space(self, options: Any) -> list[Candidate]:
         """The candidates a precision search tries, in order (search_option names the field)."""
         return []

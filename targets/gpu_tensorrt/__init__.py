@@ -14,7 +14,7 @@ takes) and serve.py (the Triton model and its TensorRT accelerator); runtime.py 
 
 from __future__ import annotations
 
-from dataclasses import field, replace
+from dataclasses import asdict, field, replace
 from functools import cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -226,6 +226,11 @@ class GpuTensorRT(Target):
             out.details["calibration"] = {"split": split, "cache": cache_file.name}
         out.artifacts = [p.relative_to(stage).as_posix() for p in sorted(vdir.iterdir())]
         return out
+
+    def conversion_host(self, options: Any) -> dict[str, Any]:
+        """The engine is built for this GPU (TensorRT's own version is in every key)."""
+        gpu, _ = cuda_host()
+        return {"gpu": asdict(gpu) if gpu else None}
 
     def requirements(self, options: dict[str, Any]) -> list[str]:
         return ["tensorrt", "cuda-python"] if options.get("plan") else ["onnxruntime-gpu"]
