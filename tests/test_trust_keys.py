@@ -562,4 +562,9 @@ def test_the_gpu_a_tensorrt_engine_is_built_for_decides_its_conversion(
         facts = {"gpu": {"name": name, "compute_capability": cc, "memory_mb": 24000}}
         assert trt.conversion_host(trt.Options()) == facts
         keys |= {conversion(s, trt), conversion(s, EDGE)}
-    assert len(keys) == 4  # gpu-tensorrt: one key per GPU; edge-ort: one key whatever the GPU
+        # the portable form (no engine) is the same whatever the GPU: its key is shared
+        portable = trt.Options(engine="skip")
+        assert trt.conversion_host(portable) == {"gpu": None}
+        keys.add(conversion(s, trt, portable))
+    # gpu-tensorrt: one key per GPU, and one for the portable form; edge-ort: one key
+    assert len(keys) == 5

@@ -228,8 +228,9 @@ class GpuTensorRT(Target):
         return out
 
     def conversion_host(self, options: Any) -> dict[str, Any]:
-        """The engine is built for this GPU (TensorRT's own version is in every key)."""
-        gpu, _ = cuda_host()
+        """The GPU an engine is built for (TensorRT's own version is in every key); none for
+        the portable form, which no GPU changes (engine = "skip")."""
+        gpu = cuda_host()[0] if options.engine != "skip" else None
         return {"gpu": asdict(gpu) if gpu else None}
 
     def requirements(self, options: dict[str, Any]) -> list[str]:
