@@ -445,3 +445,20 @@ def test_a_build_deciding_on_bounds_fails_with_insufficient_evidence(
         assert "95% " in row and "insufficient evidence" in row, row
         assert "badge passed" not in row and "badge failed" in row, row
     assert "badge passed" in signoff_row(html, "finite_outputs")
+
+
+@pytest.mark.parametrize(
+    ("hits", "n", "counts"),
+    [(1, 1, "1/1 positives: 1 positive"), (2, 2, "2/2 positives: 2 positives")],
+)
+def test_a_site_too_small_to_show_it_says_how_many(hits: int, n: int, counts: str) -> None:
+    """Site acceptance on one positive image: Wilson's lower bound (statsmodels) is under the
+    gate, so the verdict is insufficient evidence, and the reason counts the images in words."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    from packager.hospital.site_gates import min_rate
+
+    got = min_rate("min_sensitivity", hits, n, 0.98, "sensitivity", "positives")
+    lo = proportion_confint(hits, n, alpha=0.05, method="wilson")[0]
+    assert got["verdict"] == "insufficient evidence" and got["ci95"][0] == pytest.approx(lo)
+    assert got["reason"].endswith(f"({counts} cannot show it)"), got["reason"]

@@ -84,7 +84,7 @@ def min_rate(
     check = decide(name, value, limit, "min", ci, bounds, f"no {of} in the data")
     counts = f"{hits}/{n} {of}"
     if check.verdict == INSUFFICIENT:
-        counts += f": {n} {of} cannot show it"
+        counts += f": {n} {of[:-1] if n == 1 else of} cannot show it"  # "1 positive"
     check.reason = f"{metric}: {check.reason} ({counts})"
     return check.to_dict()
 
