@@ -33,7 +33,7 @@ from packager.builder.session import Session
 from packager.builder.stages.convert import Converter
 from packager.builder.state import BuildState, TargetResult
 from packager.convert import ort_quant
-from packager.core.errors import PackagerError, Unavailable, UserError
+from packager.core.errors import Unavailable, UserError
 from packager.core.metrics import overlap
 from packager.core.quiet import stdout_to_stderr
 from packager.core.status import CheckStatus, ReportStatus, ResultStatus
@@ -265,21 +265,16 @@ def _short_bench(s: Session, t: Target, timed: list[tuple[dict[str, Any], Run]])
     sps: dict[str, dict[int, list[float]]] = {row["label"]: {} for row, _ in timed}
     failed: dict[str, str] = {}
     with s.progress.step(t.name, f"short benchmarks, batch sizes {sizes}, {ROUNDS} rounds"):
-        for i in range(ROUNDS):
-            for row, r in timed if i % 2 == 0 else list(reversed(timed)):
-                if row["label"] in failed:
-                    continue
-                try:
-                    out = stages.bench_run(
-                        t, r.folder, r.built.runtime_config, spec, s.x[: max(sizes)], b.timeout_s
-                    )
-                except PackagerError as exc:
-                    failed[row["label"]] = str(exc)
-                    continue
-                for x in out["batches"]:
-                    sps[row["label"]].setdefault(x["batch_size"], []).append(x["throughput_sps"])
-                    if x["batch_size"] == 1:
-                        p50[row["label"]].append(x["latency_ms"]["p50"])
+        entries = [(row["label"], r.folder, r.built.runtime_config) for row, r in timed]
+        runs = stages.bench_rounds(t, entries, spec, s.x[: max(sizes)], ROUNDS, b.timeout_s)
+        for label, out, error in runs:
+            if out is None:
+                failed[label] = error or "no result"
+                continue
+            for x in out["batches"]:
+                sps[label].setdefault(x["batch_size"], []).append(x["throughput_sps"])
+                if x["batch_size"] == 1:
+                    p50[label].append(x["latency_ms"]["p50"])
     for row, _ in timed:
         label = row["label"]
         if label in failed:

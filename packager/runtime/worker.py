@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,20 @@ import numpy as np
 from packager.core.errors import Unavailable
 from packager.runtime.bench import measure
 from packager.runtime.runner import ModuleRunner
-from packager.runtime.validate import predict_all
+
+# packager.shipped.predict.infer_all is runtime.validate.predict_all itself, imported from where
+# it lives: runtime.validate would bring config, gates and target (pydantic, onnx) into every
+# worker, about 0.15 s of each worker's start-up, for nothing it uses.
+from packager.shipped.predict import infer_all as predict_all
 
 
 def main(spec_path: str) -> None:
     job = json.loads(Path(spec_path).read_text())
     work = Path(job["workdir"])
     x = np.load(work / "x.npy", allow_pickle=False)
+    if job["job"] == "bench_rounds":
+        (work / "result.json").write_text(json.dumps(_bench_rounds(job, x)))
+        return
     bundle = Path(job["bundle"])
     code = Path(job.get("code") or bundle)
     try:
@@ -84,6 +92,56 @@ def _run(job: dict, runner: ModuleRunner, work: Path, x: np.ndarray) -> dict:
             b.get("max_seconds"),
         )
     return result
+
+
+def _bench_rounds(job: dict, x: np.ndarray) -> dict:
+    """`measure` on each of several bundles, in `rounds` interleaved rounds (every second round
+    in reverse order), one fresh runner per bundle and round, each from its own bundle's
+    runtime.py. A bundle that fails is reported with the reason a worker of its own would give,
+    and left out of the later rounds; the others go on."""
+    b = job["bench"]
+    entries = job["entries"]
+    runs: list[dict] = []
+    failed: set[str] = set()
+    for i in range(job["rounds"]):
+        for e in entries if i % 2 == 0 else list(reversed(entries)):
+            if e["label"] in failed:
+                continue
+            bundle = Path(e["bundle"])
+            runner = None
+            try:
+                runner = ModuleRunner(bundle, bundle, e["options"])
+                out = measure(
+                    runner,
+                    x,
+                    b["batch_sizes"],
+                    b["warmup"],
+                    b["seconds"],
+                    b["min_iterations"],
+                    b.get("stability", 0.10),
+                    b.get("max_seconds"),
+                )
+            except Unavailable as exc:
+                failed.add(e["label"])
+                runs.append({"label": e["label"], "error": str(exc).strip()})
+                continue
+            except Exception as exc:  # as runner.run_worker words a worker that raised
+                failed.add(e["label"])
+                lines = "".join(traceback.format_exception(exc)).strip().splitlines()
+                tail = lines[-1] if lines else "no output"
+                runs.append(
+                    {
+                        "label": e["label"],
+                        "error": f"bench on {job['target']} failed in its subprocess "
+                        f"(exit 1): {tail}",
+                    }
+                )
+                continue
+            finally:
+                if runner is not None:
+                    runner.close()
+            runs.append({"label": e["label"], "result": out})
+    return {"runs": runs}
 
 
 if __name__ == "__main__":

@@ -101,6 +101,57 @@ def bench_run(
     return run_worker(job, timeout, {"x": sample})
 
 
+def bench_rounds(
+    t: Target,
+    entries: list[tuple[str, Path, dict[str, Any]]],
+    spec: dict[str, Any],
+    sample: np.ndarray,
+    rounds: int,
+    timeout: float,
+) -> list[tuple[str, dict[str, Any] | None, str | None]]:
+    """`bench_run` on each (label, bundle, options) in `rounds` interleaved rounds (every second
+    round in reverse order), as (label, result, None) or (label, None, reason) in the order they
+    ran; a bundle that fails is not run again and the others go on. All of it in one worker
+    process (one interpreter and runtime import instead of one per bundle and round), a fresh
+    runner from each bundle's own runtime.py every time; should that worker die as a whole (a
+    crash in native code, or past `timeout` per run for all of them), the rounds run again with a
+    worker per bundle and round, as they did before, so one bundle's crash fails only that one."""
+    job = {
+        "job": "bench_rounds",
+        "target": t.name,
+        "entries": [{"label": k, "bundle": str(b), "options": o} for k, b, o in entries],
+        "rounds": rounds,
+        "bench": spec,
+    }
+    try:
+        out = run_worker(job, timeout * rounds * max(1, len(entries)), {"x": sample})
+    except PackagerError:
+        return _bench_rounds_apart(t, entries, spec, sample, rounds, timeout)
+    return [(r["label"], r.get("result"), r.get("error")) for r in out["runs"]]
+
+
+def _bench_rounds_apart(
+    t: Target,
+    entries: list[tuple[str, Path, dict[str, Any]]],
+    spec: dict[str, Any],
+    sample: np.ndarray,
+    rounds: int,
+    timeout: float,
+) -> list[tuple[str, dict[str, Any] | None, str | None]]:
+    runs: list[tuple[str, dict[str, Any] | None, str | None]] = []
+    failed: set[str] = set()
+    for i in range(rounds):
+        for label, bdir, options in entries if i % 2 == 0 else list(reversed(entries)):
+            if label in failed:
+                continue
+            try:
+                runs.append((label, bench_run(t, bdir, options, spec, sample, timeout), None))
+            except PackagerError as exc:
+                failed.add(label)
+                runs.append((label, None, str(exc)))
+    return runs
+
+
 def profile_run(
     t: Target, bdir: Path, options: dict[str, Any], x: np.ndarray, timeout: float
 ) -> dict[str, Any]:
