@@ -80,18 +80,22 @@ def _run(job: dict, runner: ModuleRunner, work: Path, x: np.ndarray) -> dict:
             (work / "profile.json").write_text(json.dumps(raw.pop("raw")))
         result["profile"] = raw
     elif job["job"] == "bench":
-        b = job["bench"]
-        result = measure(
-            runner,
-            x,
-            b["batch_sizes"],
-            b["warmup"],
-            b["seconds"],
-            b["min_iterations"],
-            b.get("stability", 0.10),
-            b.get("max_seconds"),
-        )
+        result = _measure(runner, x, job["bench"])
     return result
+
+
+def _measure(runner: ModuleRunner, x: np.ndarray, b: dict) -> dict:
+    """packager.runtime.bench.measure with a job's [bench] spec."""
+    return measure(
+        runner,
+        x,
+        b["batch_sizes"],
+        b["warmup"],
+        b["seconds"],
+        b["min_iterations"],
+        b.get("stability", 0.10),
+        b.get("max_seconds"),
+    )
 
 
 def _bench_rounds(job: dict, x: np.ndarray) -> dict:
@@ -111,16 +115,7 @@ def _bench_rounds(job: dict, x: np.ndarray) -> dict:
             runner = None
             try:
                 runner = ModuleRunner(bundle, bundle, e["options"])
-                out = measure(
-                    runner,
-                    x,
-                    b["batch_sizes"],
-                    b["warmup"],
-                    b["seconds"],
-                    b["min_iterations"],
-                    b.get("stability", 0.10),
-                    b.get("max_seconds"),
-                )
+                out = _measure(runner, x, b)
             except Unavailable as exc:
                 failed.add(e["label"])
                 runs.append({"label": e["label"], "error": str(exc).strip()})
