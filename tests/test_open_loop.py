@@ -155,8 +155,16 @@ def test_a_build_with_open_loop_reports_it_and_the_sla_scores_it(
     import json
 
     ol = json.loads((bundle / "report.json").read_text())["benchmark"]["open_loop"]
-    assert ol["sla_ms"] == 50 and ol["max_batch"] == 4 and ol["points"]
-    assert "Open loop (Poisson arrivals" in (bundle / "report.md").read_text()
+    assert ol["sla_ms"] == 50 and ol["points"]
+    # Both batcher settings are listed ([bench.open_loop] max_batch first); the one that served
+    # the higher rate is shown (a tie keeps max_batch), its share of the closed loop at 4.
+    assert [b["max_batch"] for b in ol["batchers"]] == [4, 1]
+    rates = [-1.0 if b["max_rate"] is None else b["max_rate"] for b in ol["batchers"]]
+    shown = ol["batchers"][rates.index(max(rates))]
+    assert (ol["max_batch"], ol["max_rate"]) == (shown["max_batch"], shown["max_rate"])
+    assert ol["saturation_sps"] == ol["batchers"][0]["saturation_sps"]
+    md = (bundle / "report.md").read_text()
+    assert "Open loop (Poisson arrivals" in md and "Tried with the batcher up to 4: " in md
     limit = 1.0 if ol["max_rate"] is None else ol["max_rate"] / 2
     (tmp_path / "sla.toml").write_text(f"[sla]\nopen_loop_sps = {limit}\n")
     c = cli("compare", bundle, "--sla", tmp_path / "sla.toml", "--format", "json", cwd=root)

@@ -21,6 +21,7 @@ from packager.runtime.openloop import (
     LADDER,
     WARM_CALLS,
     arrivals,
+    best_batcher,
     meets,
     point,
     precise_sleep,
@@ -323,3 +324,70 @@ def test_given_rates_are_run_as_they_are() -> None:
 
 def test_a_fixed_batch_model_always_gets_its_batch() -> None:
     check_search(slow, 8, 0.0, 60.0, 0.25, None, 3, [T, T, T, T, T, F])
+
+
+def batchy(b: int) -> float:
+    return 2 * MS + MS / 8 * (b - 1)  # a fixed cost per call: batching pays
+
+
+def switchy(b: int) -> float:
+    return MS * b + (3 * MS if b > 1 else 0.0)  # a batch costs more than its samples alone
+
+
+def first_best(run: list[dict[str, Any]], sla_ms: float) -> dict[str, Any] | None:
+    best = None
+    for p in run:  # the first of the passing points with the highest achieved rate
+        if passes(p, sla_ms) and (best is None or p["achieved_rate"] > best["achieved_rate"]):
+            best = p
+    return best
+
+
+@pytest.mark.parametrize(("service", "winner"), [(batchy, 4), (switchy, 1)])
+def test_the_batcher_setting_that_serves_more_is_shown_beside_the_other(
+    service: Callable[[int], float], winner: int
+) -> None:
+    """best_batcher: the search at max_batch, then at 1, on one runner. Each setting's max_rate
+    is the plain queue simulation's (expected_search), the higher one is shown with its own
+    points and p95, and its share is of the closed loop at max_batch (the ceiling)."""
+    runner = VirtualRunner(service)
+    vc = runner.vc
+    got = best_batcher(runner, SAMPLE, 6.0, 4, 0.0, 0.25, clock=vc.clock, sleep=vc.sleep)
+    want: dict[int, tuple[dict[str, Any], float, list[dict[str, Any]]]] = {}
+    for b in (4, 1):
+        sat = b / service(b)
+        run, _ = expected_search(sat, service, b, 0.0, 0.25, 6.0, None)
+        best = first_best(run, 6.0)
+        assert best is not None, "both settings meet the SLA at some rate here"
+        want[b] = (best, sat, run)
+    assert [x["max_batch"] for x in got["batchers"]] == [4, 1]
+    for x in got["batchers"]:
+        best, sat, _ = want[x["max_batch"]]
+        assert x["saturation_sps"] == pytest.approx(sat, rel=1e-12)
+        assert x["max_rate"] == pytest.approx(best["achieved_rate"], rel=1e-12)
+        assert x["p95_ms_at_max_rate"] == pytest.approx(best["p95_ms"], abs=1e-5)
+    assert max(want, key=lambda b: want[b][0]["achieved_rate"]) == winner
+    best, _, run = want[winner]
+    assert got["max_batch"] == winner and got["max_rate"] == pytest.approx(best["achieved_rate"])
+    same_points(got["points"], sorted(run, key=lambda p: p["rate"]))
+    ceiling = want[4][1]
+    assert got["saturation_sps"] == pytest.approx(ceiling, rel=1e-12)
+    assert got["share_of_saturation"] == pytest.approx(best["achieved_rate"] / ceiling, rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("max_batch", "rates", "fixed"), [(1, None, None), (4, [300.0], None), (4, None, 2)]
+)
+def test_one_batcher_setting_when_there_is_nothing_to_choose(
+    max_batch: int, rates: list[float] | None, fixed: int | None
+) -> None:
+    """A batcher of 1, given rates (run as asked) or a fixed-batch model: one search, as
+    search() alone would run it."""
+    runner = VirtualRunner(fast)
+    vc = runner.vc
+    args = (SAMPLE, 6.0, max_batch, 0.0, 0.25, rates, fixed)
+    got = best_batcher(runner, *args, clock=vc.clock, sleep=vc.sleep)
+    alone = VirtualRunner(fast)
+    want = search(alone, *args, clock=alone.vc.clock, sleep=alone.vc.sleep)
+    assert [x["max_batch"] for x in got["batchers"]] == [fixed or max_batch]
+    assert {k: v for k, v in got.items() if k != "batchers"} == want
+    assert [len(x) for x in runner.inputs] == [len(x) for x in alone.inputs]

@@ -57,11 +57,11 @@ def _run(job: dict, runner: ModuleRunner, work: Path, x: np.ndarray) -> dict:
             np.save(work / f"golden_{key}.npy", golden.pop(key), allow_pickle=False)
         result |= golden | {"arrays": [f"golden_{key}" for key in keys]}
     elif job["job"] == "openloop":
-        from packager.runtime.openloop import search
+        from packager.runtime.openloop import best_batcher
 
         o = job["open_loop"]
         with runner:
-            result = search(
+            result = best_batcher(
                 runner,
                 x,
                 o["sla_ms"],

@@ -195,18 +195,31 @@ class OpenLoopPoint(_Closed):
     dropped: int = Field(description="still unserved when the run was cut off")
 
 
+class OpenLoopBatcher(_Closed):
+    max_batch: int
+    max_rate: float | None
+    p95_ms_at_max_rate: float | None
+    saturation_sps: float = Field(description="closed-loop samples/s at this max_batch")
+
+
 class OpenLoop(_Closed):
-    """packager.runtime.openloop.search(): latency from each request's scheduled arrival."""
+    """packager.runtime.openloop.best_batcher(): latency from each request's scheduled arrival,
+    with the batcher setting (up to [bench.open_loop] max_batch, or 1) that served the most."""
 
     sla_ms: float
-    max_batch: int
+    max_batch: int = Field(description="the batcher's largest batch in the setting shown")
     max_delay_ms: float
     seconds_per_rate: float
-    saturation_sps: float = Field(description="closed-loop samples/s at max_batch")
+    saturation_sps: float = Field(
+        description="closed-loop samples/s at [bench.open_loop] max_batch: the ceiling"
+    )
     max_rate: float | None = Field(description="highest achieved rate with p95 <= sla_ms")
     p95_ms_at_max_rate: float | None
     share_of_saturation: float | None
-    points: list[OpenLoopPoint]
+    points: list[OpenLoopPoint] = Field(description="every rate tried in the setting shown")
+    batchers: list[OpenLoopBatcher] | None = Field(
+        None, description="each batcher setting tried, [bench.open_loop] max_batch first"
+    )
     runtime: RuntimeInfo | None = None
 
 
