@@ -391,3 +391,34 @@ def test_one_batcher_setting_when_there_is_nothing_to_choose(
     assert [x["max_batch"] for x in got["batchers"]] == [fixed or max_batch]
     assert {k: v for k, v in got.items() if k != "batchers"} == want
     assert [len(x) for x in runner.inputs] == [len(x) for x in alone.inputs]
+
+
+def lonely(b: int) -> float:
+    return 0.5 if b == 1 else 10.0  # batching is ruinous: a pair takes 20 single calls
+
+
+@pytest.mark.parametrize(
+    ("service", "sla_ms", "max_batch", "shown"),
+    [
+        # batches of 1 never meet 600 ms (a queue forms at every rung); batches up to 2 do at
+        # their lowest rungs, under 1 request/s: a rate however low beats none
+        (lonely, 600.0, 2, 2),
+        (fast, 0.5, 4, 4),  # no setting meets 0.5 ms (each call takes ~1 ms): max_batch's shown
+    ],
+)
+def test_a_setting_that_meets_the_sla_beats_one_that_never_does(
+    service: Callable[[int], float], sla_ms: float, max_batch: int, shown: int
+) -> None:
+    """A setting with no max_rate loses to any rate; with none anywhere the result is
+    max_batch's search, with no max_rate and no share of saturation."""
+    runner = VirtualRunner(service)
+    vc = runner.vc
+    args = (SAMPLE, sla_ms, max_batch, 0.0, 20.0)
+    got = best_batcher(runner, *args, clock=vc.clock, sleep=vc.sleep)
+    rates = {x["max_batch"]: x["max_rate"] for x in got["batchers"]}
+    assert got["max_batch"] == shown and rates[1] is None
+    if rates[shown] is None:
+        assert got["max_rate"] is None and got["share_of_saturation"] is None
+    else:
+        assert 0 < rates[shown] < 1 and got["max_rate"] == rates[shown]
+        assert got["share_of_saturation"] == pytest.approx(rates[shown] / got["saturation_sps"])

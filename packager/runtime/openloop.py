@@ -231,7 +231,8 @@ def best_batcher(
         search(runner, sample, sla_ms, b, max_delay_ms, seconds, rates, fixed_batch, clock, sleep)
         for b in sizes
     ]
-    best = max(found, key=lambda r: -1.0 if r["max_rate"] is None else r["max_rate"])
+    rated = [r for r in found if r["max_rate"] is not None]
+    best = max(rated, key=lambda r: r["max_rate"], default=found[0])
     ceiling = found[0]["saturation_sps"]
     keys = ("max_batch", "max_rate", "p95_ms_at_max_rate", "saturation_sps")
     return best | {
